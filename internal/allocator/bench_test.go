@@ -1,0 +1,44 @@
+package allocator
+
+import (
+	"context"
+	"math/rand/v2"
+	"testing"
+	"time"
+)
+
+// BenchmarkPreferred measures one request with random availability (a fresh
+// pattern per iteration, drawn ahead of time) under a 10 ms deadline.
+func BenchmarkPreferred(b *testing.B) {
+	cases := []struct {
+		fixture string
+		size    int
+	}{
+		{"dgx1-v100", 1}, {"dgx1-v100", 2}, {"dgx1-v100", 4},
+		{"dgx-h100", 4},
+		{"islands-16", 2}, {"islands-16", 4}, {"islands-16", 8},
+		{"islands-32", 4}, {"islands-32", 8}, {"islands-32", 16},
+		{"dgx-h100-mig56", 1}, {"dgx-h100-mig56", 4}, {"dgx-h100-mig56", 14}, {"dgx-h100-mig56", 28},
+	}
+	for _, bc := range cases {
+		f := fixture(b, bc.fixture)
+		topo := mustTopo(b, f)
+		r := rand.New(rand.NewPCG(11, uint64(bc.size)))
+		var reqs [][]string
+		for range 256 {
+			a := bc.size + r.IntN(len(f.Devices)-bc.size+1)
+			reqs = append(reqs, idsOf(f.Devices, randSubset(r, len(f.Devices), a)))
+		}
+		b.Run(bc.fixture+"/size="+itoa(bc.size), func(b *testing.B) {
+			i := 0
+			for b.Loop() {
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
+				if _, err := topo.Preferred(ctx, reqs[i%len(reqs)], nil, bc.size); err != nil {
+					b.Fatal(err)
+				}
+				cancel()
+				i++
+			}
+		})
+	}
+}

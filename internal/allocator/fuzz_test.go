@@ -1,0 +1,87 @@
+package allocator
+
+import (
+	"context"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// fuzzTopos are the topologies FuzzPreferred picks from.
+func fuzzTopos(t testing.TB) []*Topology {
+	var out []*Topology
+	for _, name := range []string{"dgx1-v100", "dgx-h100-mig56", "islands-16"} {
+		out = append(out, mustTopo(t, fixture(t, name)))
+	}
+	noLinks, err := NewTopology(nil, []Device{{ID: "a", GPU: 0, NUMA: 0}, {ID: "b", GPU: 0, NUMA: 0}, {ID: "c", GPU: 3, NUMA: -1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return append(out, noLinks)
+}
+
+// fuzzIDs splits a comma list; a token "#n" names the topology's device n
+// so the fuzzer reaches valid requests, anything else is taken verbatim.
+func fuzzIDs(topo *Topology, s string) []string {
+	if s == "" {
+		return nil
+	}
+	var out []string
+	for _, tok := range strings.Split(s, ",") {
+		if n, err := strconv.Atoi(strings.TrimPrefix(tok, "#")); err == nil && strings.HasPrefix(tok, "#") && n >= 0 && len(topo.devices) > 0 {
+			tok = topo.devices[n%len(topo.devices)].ID
+		}
+		out = append(out, tok)
+	}
+	return out
+}
+
+// FuzzPreferred: arbitrary requests never panic, and the answer is an error
+// exactly when the request is invalid, otherwise a valid set.
+func FuzzPreferred(f *testing.F) {
+	f.Add(uint8(0), "#0,#1,#2,#3", "#1", 2, false)
+	f.Add(uint8(1), "#0,#1,#2,#3,#7,#8,#9,#10,#20,#30,#40,#50", "#9,#10", 5, false)
+	f.Add(uint8(2), "#0,#1,#2,#3,#4,#5,#6,#7,#8,#9,#10,#11,#12,#13,#14,#15", "", 8, true)
+	f.Add(uint8(3), "a,b,c", "", 2, false)
+	f.Add(uint8(0), "#0,#0", "", 1, false)
+	f.Add(uint8(0), "#0,#1", "#2", 1, false)
+	f.Add(uint8(0), "gpu0,zzz", "", 0, false)
+	f.Add(uint8(1), "#1,#2,#3", "#1,#1", 3, false)
+	topos := fuzzTopos(f)
+	f.Fuzz(func(t *testing.T, which uint8, availS, mustS string, size int, expired bool) {
+		topo := topos[int(which)%len(topos)]
+		avail, must := fuzzIDs(topo, availS), fuzzIDs(topo, mustS)
+		ctx := context.Background()
+		if expired {
+			c, cancel := context.WithDeadline(ctx, time.Now().Add(-time.Second))
+			defer cancel()
+			ctx = c
+		}
+		got, err := topo.Preferred(ctx, avail, must, size)
+		valid := size > 0 && size <= len(avail) && len(must) <= size
+		seen := map[string]int{}
+		for _, a := range avail {
+			if _, ok := topo.index[a]; !ok || seen[a] != 0 {
+				valid = false
+			}
+			seen[a] = 1
+		}
+		for _, m := range must {
+			if seen[m] != 1 {
+				valid = false // unknown, unavailable or repeated
+			}
+			seen[m] = 2
+		}
+		if !valid {
+			if err == nil {
+				t.Fatalf("invalid request avail=%q must=%q size=%d answered %v", avail, must, size, got)
+			}
+			return
+		}
+		if err != nil {
+			t.Fatalf("valid request avail=%q must=%q size=%d: %v", avail, must, size, err)
+		}
+		checkValid(t, topo, avail, must, size, got)
+	})
+}
