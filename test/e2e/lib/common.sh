@@ -1,0 +1,47 @@
+# shellcheck shell=bash
+# Shared helpers for the gpulet end-to-end test. Sourced, never executed.
+
+E2E_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+REPO_ROOT=$(cd "$E2E_DIR/../.." && pwd)
+E2E_CACHE=${GPULET_E2E_CACHE:-/var/cache/gpulet-e2e}
+export GPULET_E2E_CACHE=$E2E_CACHE
+
+if [[ -t 1 ]]; then
+	C_RED=$'\e[31m' C_GREEN=$'\e[32m' C_YELLOW=$'\e[33m' C_BOLD=$'\e[1m' C_OFF=$'\e[0m'
+else
+	C_RED='' C_GREEN='' C_YELLOW='' C_BOLD='' C_OFF=''
+fi
+
+# now_ms: wall clock in milliseconds.
+now_ms() { date +%s%3N; }
+
+# secs_since START_MS: seconds (3 decimals) elapsed since START_MS.
+secs_since() { local d=$(($(now_ms) - $1)); printf '%d.%03d' $((d / 1000)) $((d % 1000)); }
+
+log() { echo "${C_BOLD}[e2e $(date +%T)]${C_OFF} $*"; }
+warn() { echo "${C_YELLOW}[e2e $(date +%T)] WARNING:${C_OFF} $*" >&2; }
+# fail MSG: print MSG and exit the current (sub)shell with status 1.
+fail() { echo "${C_RED}[e2e $(date +%T)] FAIL:${C_OFF} $*" >&2; exit 1; }
+
+# wait_until TIMEOUT_S WHAT CMD...: runs CMD every 0.2 s until it succeeds; fails after TIMEOUT_S
+# seconds, showing the last output of CMD. Returns 0 on success.
+wait_until() {
+	local timeout=$1 what=$2; shift 2
+	local deadline=$(($(now_ms) + timeout * 1000)) out
+	while true; do
+		if out=$("$@" 2>&1); then return 0; fi
+		if (($(now_ms) > deadline)); then
+			echo "timed out after ${timeout}s waiting for: $what" >&2
+			[[ -n $out ]] && printf 'last check said:\n%s\n' "$out" | tail -n 20 >&2
+			return 1
+		fi
+		sleep 0.2
+	done
+}
+
+# section NAME FILE LINES: print the last LINES lines of FILE under a header (if it exists).
+tail_file() {
+	local name=$1 file=$2 lines=${3:-40}
+	echo "----- $name: last $lines lines of $file -----"
+	if [[ -s $file ]]; then tail -n "$lines" "$file"; else echo "(empty or missing)"; fi
+}

@@ -1,0 +1,430 @@
+# shellcheck shell=bash
+# The e2e scenarios. Sourced by run.sh, which provides W, LOGS, BIN, IMG, GPULET and the helpers of
+# lib/common.sh and lib/cluster.sh. Each scenario runs in a subshell with `set -e`; `fail` ends it.
+
+GPU_NS=gpu-resources
+DS_NAME=gpulet
+SIM_ROOT=/var/lib/gpulet/sim # inside the cluster's namespace (the node's filesystem)
+SIM_PROFILE=dgx-h100
+SIM_GPUS=8
+MANIFESTS=$E2E_DIR/manifests
+DEPLOY_DIR=${GPULET_E2E_DEPLOY:-$REPO_ROOT/deploy} # the manifests users apply
+
+# id|description|prerequisite scenario ids
+SCENARIOS=(
+	"ds|DaemonSet Ready; describe node: nvidia.com/gpu 8 in Capacity and Allocatable|"
+	"seed-job|the guide's Job (1 GPU) completes 1/1; its log shows exactly one GPU|ds"
+	"sharing|two 4-GPU Jobs run without sharing; a 1-GPU Job Pends (Insufficient) then runs|ds"
+	"fault|fault on one GPU: Allocatable 7, Capacity 8; cleared: back to 8|ds"
+	"restarts|kubelet restart, gpulet pod deletion: capacity returns, running pods keep GPUs|ds"
+	"no-gpu|a pod that requests no GPU sees no GPU|ds"
+)
+SCENARIO_IDS=()
+for s in "${SCENARIOS[@]}"; do SCENARIO_IDS+=("${s%%|*}"); done
+
+K() { "$W/kubectl" "$@"; }
+gpulet_node() { "$W/nsrun" "$GPULET" "$@"; } # gpulet CLI on the node (inside the cluster namespace)
+
+# timing NAME SECONDS: a measurement for docs/benchmarks.md.
+timing() {
+	printf '%s\t%s\n' "$1" "$2" >>"$LOGS/timings.tsv"
+	log "timing: $1 = $2 s"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Node and workload helpers
+
+# node_gpus: "CAPACITY/ALLOCATABLE" of nvidia.com/gpu as the API server reports it.
+node_gpus() {
+	K get node "$NODE_NAME" -o 'jsonpath={.status.capacity.nvidia\.com/gpu}/{.status.allocatable.nvidia\.com/gpu}'
+}
+node_gpus_are() { local got; got=$(node_gpus) && [[ $got == "$1" ]] || { echo "nvidia.com/gpu capacity/allocatable is '$got', want '$1'"; return 1; }; }
+
+# describe_gpus SECTION: the nvidia.com/gpu value under SECTION (Capacity or Allocatable) of
+# `kubectl describe node`, as a user reads it.
+describe_gpus() {
+	K describe node "$NODE_NAME" | awk -v sec="$1:" '
+		/^[^ ]/ { in_sec = ($1 == sec) ; next }
+		in_sec && $1 == "nvidia.com/gpu:" { print $2; exit }'
+}
+
+# inventory: "INDEX UUID" per simulated GPU, from `gpulet list` (what the node has).
+inventory() {
+	gpulet_node list --backend=sim --sim-profile="$SIM_PROFILE" --sim-root="$SIM_ROOT" -o json |
+		jq -r '(if type == "array" then . else (.gpus // .devices) end) | .[] | "\(.index) \(.uuid // .UUID)"'
+}
+uuid_index() { awk -v u="$1" '$2 == u { print $1; found = 1 } END { exit !found }' "$W/inventory.txt"; }
+
+# render_hold_job NAME GPUS: the hold Job manifest.
+render_hold_job() { sed -e "s/__NAME__/$1/g" -e "s/__GPUS__/$2/g" "$MANIFESTS/gpu-hold-job.yaml"; }
+
+job_pod() { K get pods -l "job-name=$1" -o 'jsonpath={.items[0].metadata.name}'; }
+pod_phase() { K get pod "$1" -o 'jsonpath={.status.phase}'; }
+pod_phase_is() { local p; p=$(pod_phase "$1") && [[ $p == "$2" ]] || { echo "pod $1 is '$p', want $2"; return 1; }; }
+job_pod_running() { local p; p=$(job_pod "$1") && [[ -n $p ]] && pod_phase_is "$p" Running && K logs "$p" | grep -q '^holding'; }
+# completions JOB: the COMPLETIONS column of `kubectl get job`.
+completions() { K get job "$1" --no-headers | awk '{ print $2 }'; }
+job_complete() { local c; c=$(completions "$1") && [[ $c == 1/1 ]] || { echo "job $1 COMPLETIONS=$c"; return 1; }; }
+release() { K exec "$1" -- touch /tmp/release; }
+
+# pod_gpus POD: the UUIDs in NVIDIA_VISIBLE_DEVICES of the pod's log, one per line, sorted.
+pod_gpus() { K logs "$1" | sed -n 's/^NVIDIA_VISIBLE_DEVICES=//p' | head -n1 | tr ',' '\n' | sed '/^$/d' | sort; }
+
+# check_pod_devices POD N: the pod's log names exactly N distinct GPUs of the node, and for each
+# the matching /dev/nvidiaINDEX node (and no other /dev/nvidiaN).
+check_pod_devices() {
+	local pod=$1 want=$2 logs uuids n u idx devs expect
+	logs=$(K logs "$pod")
+	uuids=$(pod_gpus "$pod")
+	n=$(echo "$uuids" | sed '/^$/d' | sort -u | wc -l)
+	[[ $n == "$want" ]] || fail "pod $pod: NVIDIA_VISIBLE_DEVICES names $n distinct GPU(s), want $want; log:"$'\n'"$logs"
+	expect=
+	for u in $uuids; do
+		idx=$(uuid_index "$u") || fail "pod $pod: $u is not a GPU of the node (inventory: $(tr '\n' ' ' <"$W/inventory.txt"))"
+		expect+="/dev/nvidia$idx"$'\n'
+	done
+	devs=$(echo "$logs" | sed -n 's/^device: .* \(\/dev\/nvidia[0-9][0-9]*\)$/\1/p' | sort)
+	expect=$(echo -n "$expect" | sort)
+	[[ $devs == "$expect" ]] || fail "pod $pod: GPU device nodes are [$(echo $devs)], want [$(echo $expect)] for $(echo $uuids); log:"$'\n'"$logs"
+	echo "$logs" | grep -q '^device: c.* /dev/nvidia[0-9]' ||
+		fail "pod $pod: /dev/nvidiaN is not a character device; log:"$'\n'"$logs"
+}
+
+GPULET_SELECTOR=
+gpulet_selector() { [[ -n $GPULET_SELECTOR ]] || GPULET_SELECTOR=$(cat "$W/gpulet.selector" 2>/dev/null); echo "${GPULET_SELECTOR:-name=gpulet}"; }
+gpulet_pod() { K -n "$GPU_NS" get pods -l "$(gpulet_selector)" -o 'jsonpath={.items[0].metadata.name}'; }
+ds_ready() {
+	local s
+	s=$(K -n "$GPU_NS" get ds "$DS_NAME" -o 'jsonpath={.status.desiredNumberScheduled}/{.status.numberReady}/{.status.updatedNumberScheduled}')
+	[[ $s == 1/1/1 ]] || { echo "DaemonSet desired/ready/updated = $s"; return 1; }
+}
+
+# kubelet_registrations: how many times the kubelet's log says a device plugin registered nvidia.com/gpu.
+kubelet_registrations() { grep -c 'nvidia.com/gpu' "$W/logs/kubelet.log" | head -n1; }
+
+cleanup_workloads() {
+	K delete jobs -l app=gpulet-e2e --ignore-not-found --wait=false >/dev/null 2>&1 || true
+	K delete job samples-gpu-demo --ignore-not-found --wait=false >/dev/null 2>&1 || true
+	K delete pods -l app=gpulet-e2e --ignore-not-found --grace-period=1 >/dev/null 2>&1 || true
+	K delete pods -l app=samples-gpu-demo --ignore-not-found --grace-period=1 >/dev/null 2>&1 || true
+}
+
+# ---------------------------------------------------------------------------------------------
+# Diagnostics
+
+# diag_tail: the component log tails that explain most failures.
+diag_tail() {
+	echo "===== diagnostics ====="
+	K get pods -A -o wide 2>&1 | tail -n 30
+	echo "----- node nvidia.com/gpu capacity/allocatable: $(node_gpus 2>&1)"
+	echo "----- events (last 25)"
+	K get events -A --sort-by=.lastTimestamp 2>&1 | tail -n 25
+	local p
+	p=$(gpulet_pod 2>/dev/null) || p=
+	if [[ -n $p ]]; then
+		echo "----- gpulet: kubectl -n $GPU_NS logs $p --tail=40"
+		K -n "$GPU_NS" logs "$p" --tail=40 2>&1
+		K -n "$GPU_NS" logs "$p" --previous --tail=20 2>/dev/null | sed 's/^/[previous] /'
+	else
+		echo "----- gpulet: no pod"
+	fi
+	tail_file kubelet "$W/logs/kubelet.log" 40
+	tail_file containerd "$W/logs/containerd.log" 20
+	echo "===== end of diagnostics (all logs: $LOGS) ====="
+}
+
+# collect_diag: the cluster state into logs/diag/ (called before teardown).
+collect_diag() {
+	local d=$LOGS/diag
+	mkdir -p "$d"
+	K get all,events -A -o wide >"$d/get-all.txt" 2>&1
+	K describe node "$NODE_NAME" >"$d/describe-node.txt" 2>&1
+	K describe pods -A >"$d/describe-pods.txt" 2>&1
+	K -n "$GPU_NS" logs -l "$(gpulet_selector)" --tail=-1 --prefix >"$d/gpulet.log" 2>&1
+	cp "$W"/logs/*.log "$d/" 2>/dev/null
+	"$W/nsrun" sh -c "find $SIM_ROOT -maxdepth 3 -exec ls -ld {} +" >"$d/sim-root.txt" 2>&1
+}
+
+# ---------------------------------------------------------------------------------------------
+# Deployment: deploy/ as users apply it, plus the test overlay (test/e2e/overlay).
+
+# render_manifests OUT: kustomize (built into kubectl) over a copy of deploy/ and the overlay.
+render_manifests() {
+	local out=$1 m=$W/manifests f
+	rm -rf "$m"; mkdir -p "$m"
+	cp "$DEPLOY_DIR"/*.yaml "$m/"
+	cp "$E2E_DIR"/overlay/*.yaml "$m/"
+	{
+		echo "apiVersion: kustomize.config.k8s.io/v1beta1"
+		echo "kind: Kustomization"
+		echo "resources:"
+		for f in "$DEPLOY_DIR"/*.yaml; do
+			[[ $(basename "$f") == kustomization.yaml ]] || echo "- $(basename "$f")"
+		done
+		echo "patches:"
+		for f in "$E2E_DIR"/overlay/*.yaml; do echo "- path: $(basename "$f")"; done
+	} >"$m/kustomization.yaml"
+	"$BIN/kubectl" kustomize "$m" >"$out"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Scenarios
+
+scenario_ds() {
+	[[ -d $DEPLOY_DIR ]] || fail "no $DEPLOY_DIR directory"
+	render_manifests "$LOGS/gpulet-e2e.yaml"
+	log "rendered deploy/ + test overlay: $LOGS/gpulet-e2e.yaml"
+	diff -u <(cat "$DEPLOY_DIR"/*.yaml) "$LOGS/gpulet-e2e.yaml" >"$LOGS/overlay.diff" || true
+
+	# The simulated driver: device nodes under the sim root on the node, as the NVIDIA driver
+	# creates /dev/nvidia* on a real GPU node (gpulet itself keeps its dropped capabilities).
+	gpulet_node sim devices --sim-root="$SIM_ROOT" --sim-profile="$SIM_PROFILE" ||
+		fail "gpulet sim devices failed"
+	inventory >"$W/inventory.txt" || fail "gpulet list failed"
+	[[ $(wc -l <"$W/inventory.txt") == "$SIM_GPUS" ]] || fail "inventory has $(wc -l <"$W/inventory.txt") GPUs, want $SIM_GPUS"
+	log "inventory: $(tr '\n' ' ' <"$W/inventory.txt")"
+
+	local t0
+	t0=$(now_ms)
+	K apply -f "$LOGS/gpulet-e2e.yaml"
+	K -n "$GPU_NS" get ds "$DS_NAME" -o json |
+		jq -r '.spec.selector.matchLabels | to_entries | map("\(.key)=\(.value)") | join(",")' >"$W/gpulet.selector"
+	wait_until 120 "DaemonSet $GPU_NS/$DS_NAME Ready" ds_ready || fail "DaemonSet not Ready"
+	timing "DaemonSet apply -> DaemonSet Ready" "$(secs_since "$t0")"
+	wait_until 120 "Allocatable nvidia.com/gpu 8" node_gpus_are 8/8 || fail "node does not show 8 GPUs"
+	timing "DaemonSet apply -> Allocatable 8" "$(secs_since "$t0")"
+
+	K -n "$GPU_NS" get ds "$DS_NAME"
+	local cap alloc
+	cap=$(describe_gpus Capacity) alloc=$(describe_gpus Allocatable)
+	log "kubectl describe node: Capacity nvidia.com/gpu: $cap, Allocatable nvidia.com/gpu: $alloc"
+	[[ $cap == "$SIM_GPUS" && $alloc == "$SIM_GPUS" ]] ||
+		fail "kubectl describe node shows Capacity $cap / Allocatable $alloc, want $SIM_GPUS / $SIM_GPUS"
+}
+
+scenario_seed_job() {
+	local pod
+	K apply -f "$MANIFESTS/samples-gpu-demo.yaml"
+	wait_until 90 "job samples-gpu-demo COMPLETIONS 1/1" job_complete samples-gpu-demo || fail "the Job did not complete"
+	K get job samples-gpu-demo
+	pod=$(K get pods --selector app=samples-gpu-demo -o 'jsonpath={.items[0].metadata.name}')
+	K get pods --selector app=samples-gpu-demo
+	K logs "$pod" | sed 's/^/    /'
+	check_pod_devices "$pod" 1
+	K logs "$pod" | grep -q '^GPUs visible: 1$' || fail "the Job's log does not say 'GPUs visible: 1'"
+	K delete job samples-gpu-demo --wait=true >/dev/null
+}
+
+scenario_sharing() {
+	local a b c pa pb pc ga gb gc
+	render_hold_job gpu4-a 4 | K apply -f -
+	render_hold_job gpu4-b 4 | K apply -f -
+	wait_until 90 "gpu4-a Running" job_pod_running gpu4-a || fail "gpu4-a did not run"
+	wait_until 90 "gpu4-b Running" job_pod_running gpu4-b || fail "gpu4-b did not run"
+	pa=$(job_pod gpu4-a) pb=$(job_pod gpu4-b)
+	check_pod_devices "$pa" 4
+	check_pod_devices "$pb" 4
+	ga=$(pod_gpus "$pa") gb=$(pod_gpus "$pb")
+	log "gpu4-a: $(echo $ga)"
+	log "gpu4-b: $(echo $gb)"
+	[[ -z $(comm -12 <(echo "$ga") <(echo "$gb")) ]] || fail "gpu4-a and gpu4-b share GPU(s): $(comm -12 <(echo "$ga") <(echo "$gb"))"
+
+	# A 9th GPU does not exist: the scheduler must keep the next Job Pending.
+	render_hold_job gpu1-c 1 | K apply -f -
+	pending_insufficient() {
+		local p msg
+		p=$(job_pod gpu1-c) && [[ -n $p ]] || return 1
+		pod_phase_is "$p" Pending || return 1
+		msg=$(K describe pod "$p")
+		grep -q 'Insufficient nvidia.com/gpu' <<<"$msg" || { echo "$msg" | tail -n 5; return 1; }
+	}
+	wait_until 60 "gpu1-c Pending with Insufficient nvidia.com/gpu" pending_insufficient ||
+		fail "gpu1-c is not Pending for Insufficient nvidia.com/gpu"
+	pc=$(job_pod gpu1-c)
+	K describe pod "$pc" | sed -n '/^Events:/,$p' | sed 's/^/    /'
+	sleep 3
+	pod_phase_is "$pc" Pending >/dev/null || fail "gpu1-c left Pending while 8 GPUs were taken: $(pod_phase "$pc")"
+
+	log "releasing gpu4-a; gpu1-c must run on one of its GPUs"
+	release "$pa"
+	wait_until 60 "gpu4-a COMPLETIONS 1/1" job_complete gpu4-a || fail "gpu4-a did not complete"
+	wait_until 120 "gpu1-c Running" job_pod_running gpu1-c || fail "gpu1-c did not run after gpu4-a finished"
+	check_pod_devices "$pc" 1
+	gc=$(pod_gpus "$pc")
+	log "gpu1-c: $gc"
+	grep -qx "$gc" <<<"$ga" || fail "gpu1-c got $gc, which is not one of gpu4-a's freed GPUs"
+	pod_phase_is "$pb" Running >/dev/null || fail "gpu4-b is no longer Running"
+
+	release "$pc"; release "$pb"
+	wait_until 60 "gpu1-c COMPLETIONS 1/1" job_complete gpu1-c || fail "gpu1-c did not complete"
+	wait_until 60 "gpu4-b COMPLETIONS 1/1" job_complete gpu4-b || fail "gpu4-b did not complete"
+	K get jobs -l app=gpulet-e2e
+	K delete jobs -l app=gpulet-e2e --wait=true >/dev/null
+}
+
+scenario_fault() {
+	local t0 gpu=3 uuid p g
+	wait_until 30 "8/8 GPUs before the fault" node_gpus_are 8/8 || fail "the node does not start with 8/8"
+	uuid=$(awk -v i=$gpu '$1 == i { print $2 }' "$W/inventory.txt")
+	log "injecting Xid 48 on GPU $gpu ($uuid)"
+	t0=$(now_ms)
+	gpulet_node sim fault --sim-root="$SIM_ROOT" --gpu=$gpu --xid=48 || fail "gpulet sim fault failed"
+	wait_until 60 "Allocatable 7, Capacity 8" node_gpus_are 8/7 || fail "Allocatable did not drop to 7"
+	timing "fault injected -> Allocatable 7 (API server)" "$(secs_since "$t0")"
+	local cap alloc
+	cap=$(describe_gpus Capacity) alloc=$(describe_gpus Allocatable)
+	log "kubectl describe node: Capacity $cap, Allocatable $alloc"
+	[[ $cap == 8 && $alloc == 7 ]] || fail "kubectl describe node shows Capacity $cap / Allocatable $alloc, want 8 / 7"
+
+	# The faulty GPU is not handed out: 7 GPUs fit and exclude it.
+	render_hold_job gpu7-fault 7 | K apply -f -
+	wait_until 90 "gpu7-fault Running" job_pod_running gpu7-fault || fail "a 7-GPU Job did not run on the 7 healthy GPUs"
+	p=$(job_pod gpu7-fault)
+	check_pod_devices "$p" 7
+	g=$(pod_gpus "$p")
+	! grep -qx "$uuid" <<<"$g" || fail "the faulty GPU $uuid was allocated to $p"
+	release "$p"
+	wait_until 60 "gpu7-fault COMPLETIONS 1/1" job_complete gpu7-fault || fail "gpu7-fault did not complete"
+	K delete job gpu7-fault --wait=true >/dev/null
+
+	log "clearing the fault on GPU $gpu"
+	t0=$(now_ms)
+	gpulet_node sim clear --sim-root="$SIM_ROOT" --gpu=$gpu || fail "gpulet sim clear failed"
+	wait_until 60 "Allocatable back to 8" node_gpus_are 8/8 || fail "Allocatable did not come back to 8"
+	timing "fault cleared -> Allocatable 8 (API server)" "$(secs_since "$t0")"
+}
+
+scenario_restarts() {
+	local hold g0 cid0 gp uid0 rc0 t0 n0 newpod
+	render_hold_job gpu2-hold 2 | K apply -f -
+	wait_until 90 "gpu2-hold Running" job_pod_running gpu2-hold || fail "gpu2-hold did not run"
+	hold=$(job_pod gpu2-hold)
+	check_pod_devices "$hold" 2
+	g0=$(pod_gpus "$hold")
+	cid0=$(K get pod "$hold" -o 'jsonpath={.status.containerStatuses[0].containerID}')
+	log "running pod $hold holds $(echo $g0)"
+
+	# keeps_gpus: the running pod was not restarted and still sees the same GPUs.
+	keeps_gpus() {
+		local cid env
+		pod_phase_is "$hold" Running >/dev/null || fail "$hold is $(pod_phase "$hold") after $1"
+		cid=$(K get pod "$hold" -o 'jsonpath={.status.containerStatuses[0].containerID}')
+		[[ $cid == "$cid0" ]] || fail "$hold's container changed after $1 ($cid0 -> $cid)"
+		env=$(K exec "$hold" -- printenv NVIDIA_VISIBLE_DEVICES | tr ',' '\n' | sort)
+		[[ $env == "$g0" ]] || fail "$hold sees GPUs [$(echo $env)] after $1, had [$(echo $g0)]"
+		K exec "$hold" -- ls /dev >/dev/null
+		log "after $1: $hold still Running in container ${cid0:0:25}..., same GPUs"
+	}
+
+	# --- kubelet restart: gpulet re-registers by itself.
+	gp=$(gpulet_pod)
+	uid0=$(K -n "$GPU_NS" get pod "$gp" -o 'jsonpath={.metadata.uid}')
+	rc0=$(K -n "$GPU_NS" get pod "$gp" -o 'jsonpath={.status.containerStatuses[0].restartCount}')
+	n0=$(kubelet_registrations)
+	log "restarting the kubelet"
+	stop_component kubelet 20
+	t0=$(now_ms)
+	start_kubelet
+	registered_again() { (($(kubelet_registrations) > n0)) || { echo "no new nvidia.com/gpu registration in the kubelet log"; return 1; }; }
+	fresh_status() {
+		# A node status posted by the new kubelet (heartbeat after its start) showing 8/8.
+		local hb
+		hb=$(K get node "$NODE_NAME" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].lastHeartbeatTime}')
+		(($(date -d "$hb" +%s) * 1000 >= t0 - 1000)) || { echo "last heartbeat $hb is from the old kubelet"; return 1; }
+		node_ready && node_gpus_are 8/8
+	}
+	wait_until 90 "gpulet registered with the new kubelet" registered_again || fail "gpulet did not re-register after the kubelet restart"
+	wait_until 90 "node Ready with 8/8 from the new kubelet" fresh_status || fail "capacity did not return after the kubelet restart"
+	timing "kubelet restart -> Allocatable 8 (API server)" "$(secs_since "$t0")"
+	[[ $(gpulet_pod) == "$gp" ]] || fail "the gpulet pod changed during the kubelet restart"
+	[[ $(K -n "$GPU_NS" get pod "$gp" -o 'jsonpath={.metadata.uid}') == "$uid0" ]] || fail "the gpulet pod was recreated"
+	[[ $(K -n "$GPU_NS" get pod "$gp" -o 'jsonpath={.status.containerStatuses[0].restartCount}') == "$rc0" ]] ||
+		fail "the gpulet container restarted during the kubelet restart"
+	keeps_gpus "the kubelet restart"
+
+	# --- gpulet pod deleted: the DaemonSet recreates it.
+	n0=$(kubelet_registrations)
+	log "deleting the gpulet pod $gp"
+	t0=$(now_ms)
+	K -n "$GPU_NS" delete pod "$gp" --wait=false
+	new_gpulet_ready() {
+		local p
+		p=$(gpulet_pod) && [[ -n $p && $p != "$gp" ]] || { echo "no new gpulet pod yet"; return 1; }
+		ds_ready
+	}
+	wait_until 120 "a new gpulet pod Ready" new_gpulet_ready || fail "the DaemonSet did not recreate gpulet"
+	newpod=$(gpulet_pod)
+	wait_until 90 "gpulet registered again" registered_again || fail "the new gpulet pod did not register"
+	wait_until 90 "Allocatable 8 after the gpulet pod was recreated" node_gpus_are 8/8 || fail "capacity did not return"
+	timing "gpulet pod deleted -> new pod Ready and Allocatable 8" "$(secs_since "$t0")"
+	log "new gpulet pod: $newpod"
+	keeps_gpus "the gpulet pod deletion"
+
+	# The kubelet still accounts the running pod's GPUs: 6 more are handed out, all different.
+	local p6 g6
+	render_hold_job gpu6-after 6 | K apply -f -
+	wait_until 90 "gpu6-after Running" job_pod_running gpu6-after || fail "a 6-GPU Job did not run next to the 2-GPU pod"
+	p6=$(job_pod gpu6-after)
+	check_pod_devices "$p6" 6
+	g6=$(pod_gpus "$p6")
+	[[ -z $(comm -12 <(echo "$g0") <(echo "$g6")) ]] || fail "GPUs of the running pod were handed out again: $(comm -12 <(echo "$g0") <(echo "$g6"))"
+	release "$p6"; release "$hold"
+	wait_until 60 "gpu6-after COMPLETIONS 1/1" job_complete gpu6-after || fail "gpu6-after did not complete"
+	wait_until 60 "gpu2-hold COMPLETIONS 1/1" job_complete gpu2-hold || fail "gpu2-hold did not complete"
+	K delete jobs -l app=gpulet-e2e --wait=true >/dev/null
+}
+
+scenario_no_gpu() {
+	local logs env
+	K apply -f "$MANIFESTS/no-gpu-pod.yaml"
+	wait_until 60 "pod no-gpu Succeeded" pod_phase_is no-gpu Succeeded || fail "pod no-gpu did not succeed"
+	logs=$(K logs no-gpu)
+	echo "$logs" | sed 's/^/    /'
+	env=$(sed -n 's/^NVIDIA_VISIBLE_DEVICES=//p' <<<"$logs")
+	case $env in
+	'<unset>' | '' | void | none) ;;
+	*) fail "a pod without a GPU request has NVIDIA_VISIBLE_DEVICES=$env" ;;
+	esac
+	grep -q '^dev nodes: *$' <<<"$logs" || fail "a pod without a GPU request sees GPU device nodes: $(grep '^dev nodes' <<<"$logs")"
+	K delete pod no-gpu --wait=true >/dev/null
+}
+
+# ---------------------------------------------------------------------------------------------
+
+run_scenarios() {
+	local entry id desc prereqs t0 rc p status skip
+	declare -A passed=()
+	for entry in "${SCENARIOS[@]}"; do
+		IFS='|' read -r id desc prereqs <<<"$entry"
+		if [[ -n ${GPULET_E2E_ONLY:-} && " $GPULET_E2E_ONLY " != *" $id "* && $id != ds ]]; then
+			record "$id" SKIP 0 "$desc (not selected)"
+			continue
+		fi
+		skip=
+		for p in $prereqs; do [[ -n ${passed[$p]:-} ]] || skip=$p; done
+		if [[ -n $skip ]]; then
+			record "$id" SKIP 0 "$desc (needs '$skip', which failed)"
+			continue
+		fi
+		echo
+		log "${C_BOLD}=== scenario $id: $desc${C_OFF}"
+		t0=$(now_ms)
+		rc=0
+		(
+			set -eEuo pipefail
+			trap 'echo "command failed (rc $?): $BASH_COMMAND" >&2' ERR
+			"scenario_${id//-/_}"
+		) || rc=$?
+		[[ -n $INTERRUPTED ]] && exit 130
+		if ((rc == 0)); then
+			status=PASS
+			passed[$id]=1
+		else
+			status=FAIL
+			diag_tail || true
+			cleanup_workloads
+		fi
+		log "=== scenario $id: $status ($(secs_since "$t0")s)"
+		record "$id" "$status" "$(secs_since "$t0")" "$desc"
+	done
+}
