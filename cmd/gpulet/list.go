@@ -1,0 +1,172 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+	"sigs.k8s.io/yaml"
+
+	"github.com/gpulet/gpulet/internal/config"
+	"github.com/gpulet/gpulet/internal/daemon"
+	"github.com/gpulet/gpulet/internal/inventory"
+	"github.com/gpulet/gpulet/internal/resources"
+)
+
+// listing is what `gpulet list -o json|yaml` prints.
+type listing struct {
+	Node      *inventory.Node             `json:"node"`
+	Health    map[string]inventory.Health `json:"health"`
+	Resources []listedResource            `json:"resources"`
+}
+
+type listedResource struct {
+	Name    string         `json:"name"`
+	Count   int            `json:"count"`
+	Healthy int            `json:"healthy"`
+	Devices []listedDevice `json:"devices"`
+}
+
+type listedDevice struct {
+	ID      string `json:"id"`
+	Healthy bool   `json:"healthy"`
+	Reason  string `json:"reason,omitempty"`
+	NUMA    int    `json:"numa"`
+}
+
+func newListCmd() *cobra.Command {
+	cfg := &config.Config{}
+	var output string
+	cmd := &cobra.Command{
+		Use:   "list",
+		Short: "Show the node's GPUs, their links and health, and what would be advertised",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := resolve(cmd, cfg); err != nil {
+				return err
+			}
+			switch output {
+			case "table", "json", "yaml":
+			default:
+				return fmt.Errorf("output %q is not one of table, json, yaml", output)
+			}
+			backend, err := daemon.OpenBackend(cfg, newLogger(cfg))
+			if err != nil {
+				return err
+			}
+			defer backend.Close()
+			node, err := backend.Discover(cmd.Context())
+			if err != nil {
+				return fmt.Errorf("discover GPUs with the %s backend: %w", backend.Name(), err)
+			}
+			// Health here is a probe of each device now; the daemon also
+			// tracks events over time.
+			store := inventory.NewStore(node)
+			for _, g := range node.GPUs {
+				if err := backend.Probe(cmd.Context(), g.UUID); err != nil {
+					store.SetHealth(g.UUID, inventory.Health{Reason: err.Error()})
+				}
+			}
+			snap := store.Snapshot()
+			l := listing{Node: node, Health: snap.Health}
+			for _, r := range resources.Build(snap, cfg.ResourcesConfig()) {
+				lr := listedResource{Name: r.Name, Count: len(r.Devices)}
+				for _, d := range r.Devices {
+					if d.Healthy {
+						lr.Healthy++
+					}
+					lr.Devices = append(lr.Devices, listedDevice{ID: d.ID, Healthy: d.Healthy, Reason: d.Reason, NUMA: d.NUMA})
+				}
+				l.Resources = append(l.Resources, lr)
+			}
+			out := cmd.OutOrStdout()
+			switch output {
+			case "json":
+				enc := json.NewEncoder(out)
+				enc.SetIndent("", "  ")
+				return enc.Encode(l)
+			case "yaml":
+				b, err := yaml.Marshal(l)
+				if err != nil {
+					return err
+				}
+				_, err = out.Write(b)
+				return err
+			}
+			return printTable(out, l)
+		},
+	}
+	cfg.BackendFlags(cmd.Flags(), "auto")
+	cmd.Flags().StringVarP(&output, "output", "o", "table", "output format: table, json, yaml")
+	return cmd
+}
+
+func printTable(out io.Writer, l listing) error {
+	n := l.Node
+	fmt.Fprintf(out, "Backend: %s", n.Backend)
+	if n.Profile != "" {
+		fmt.Fprintf(out, " (profile %s)", n.Profile)
+	}
+	fmt.Fprintf(out, "   Driver: %s   CUDA: %s   Devices: %s\n\n", n.DriverVersion, n.CUDADriverVersion, n.DevRoot)
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "INDEX\tUUID\tNAME\tMEMORY\tCC\tBUS ID\tNUMA\tMIG\tHEALTH")
+	for _, g := range n.GPUs {
+		mig := "n/a"
+		if g.MIGCapable {
+			mig = "disabled"
+		}
+		if g.MIGEnabled {
+			mig = fmt.Sprintf("%d instances", len(g.MIGDevices))
+		}
+		health := "healthy"
+		if h, ok := l.Health[g.UUID]; ok && !h.Healthy {
+			health = "UNHEALTHY: " + h.Reason
+		}
+		numa := "-"
+		if g.NUMANode >= 0 {
+			numa = fmt.Sprint(g.NUMANode)
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%d MiB\t%s\t%s\t%s\t%s\t%s\n", g.Index, g.UUID, g.Name, g.MemoryBytes>>20,
+			g.ComputeCapability, g.PCIBusID, numa, mig, health)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if len(n.GPUs) > 1 && len(n.Links) == len(n.GPUs) {
+		fmt.Fprintln(out, "\nTopology (NV# = bonded NVLinks, else PCIe level):")
+		tw = tabwriter.NewWriter(out, 0, 4, 1, ' ', 0)
+		hdr := []string{""}
+		for i := range n.GPUs {
+			hdr = append(hdr, fmt.Sprintf("GPU%d", i))
+		}
+		fmt.Fprintln(tw, strings.Join(hdr, "\t"))
+		for i := range n.GPUs {
+			row := []string{fmt.Sprintf("GPU%d", i)}
+			for j := range n.GPUs {
+				l := n.Link(i, j)
+				switch {
+				case i == j:
+					row = append(row, "X")
+				case l.NVLinks > 0:
+					row = append(row, fmt.Sprintf("NV%d", l.NVLinks))
+				default:
+					row = append(row, l.PCIe.String())
+				}
+			}
+			fmt.Fprintln(tw, strings.Join(row, "\t"))
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+	}
+	fmt.Fprintln(out, "\nAdvertised resources:")
+	tw = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "RESOURCE\tCAPACITY\tALLOCATABLE")
+	for _, r := range l.Resources {
+		fmt.Fprintf(tw, "%s\t%d\t%d\n", r.Name, r.Count, r.Healthy)
+	}
+	return tw.Flush()
+}

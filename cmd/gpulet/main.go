@@ -1,0 +1,72 @@
+// Command gpulet is the GPU node agent for Kubernetes: a device plugin for
+// the kubelet (drop-in for NVIDIA's), plus the commands people use to see
+// and test what it does.
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/gpulet/gpulet/internal/config"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := newRoot().ExecuteContext(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "gpulet:", err)
+		os.Exit(1)
+	}
+}
+
+func newRoot() *cobra.Command {
+	root := &cobra.Command{
+		Use:           "gpulet",
+		Short:         "GPU node agent for Kubernetes: device plugin, health, topology-aware placement, simulator",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.AddCommand(newRunCmd(), newListCmd(), newSimCmd(), newVersionCmd())
+	return root
+}
+
+// resolve applies env and config file to a command's flags, then validates.
+func resolve(cmd *cobra.Command, cfg *config.Config) error {
+	if err := config.Resolve(cmd.Flags(), os.Getenv); err != nil {
+		return err
+	}
+	return cfg.Validate()
+}
+
+func newLogger(cfg *config.Config) *slog.Logger {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(strings.ToUpper(cfg.LogLevel))); err != nil {
+		level = slog.LevelInfo
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	if cfg.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, opts))
+}
+
+func newVersionCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print gpulet's version",
+		Args:  cobra.NoArgs,
+		Run: func(cmd *cobra.Command, _ []string) {
+			fmt.Fprintf(cmd.OutOrStdout(), "gpulet %s\n", version)
+		},
+	}
+}

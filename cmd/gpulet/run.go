@@ -1,0 +1,37 @@
+package main
+
+import (
+	"github.com/spf13/cobra"
+
+	"github.com/gpulet/gpulet/internal/config"
+	"github.com/gpulet/gpulet/internal/daemon"
+)
+
+func newRunCmd() *cobra.Command {
+	cfg := &config.Config{}
+	cmd := &cobra.Command{
+		Use:   "run",
+		Short: "Run the device plugin daemon (what the DaemonSet runs on each GPU node)",
+		Long: `Run discovers the node's GPUs, registers them with the kubelet as
+nvidia.com/gpu, keeps their health current and answers the kubelet's
+allocation calls. It re-registers by itself when the kubelet restarts and
+removes its sockets on SIGTERM.
+
+--backend=nvml (the default) reads real GPUs; --backend=sim simulates the
+node of --sim-profile; --backend=auto uses NVML when it loads and simulates
+otherwise.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := resolve(cmd, cfg); err != nil {
+				return err
+			}
+			log := newLogger(cfg)
+			log.Info("gpulet starting", "version", version, "backend", cfg.Backend,
+				"device_plugin_path", cfg.DevicePluginPath, "device_list_strategy", cfg.DeviceListStrategy,
+				"device_id_strategy", cfg.DeviceIDStrategy, "pass_device_specs", cfg.PassDeviceSpecs)
+			return daemon.Run(cmd.Context(), cfg, log)
+		},
+	}
+	cfg.RunFlags(cmd.Flags())
+	return cmd
+}

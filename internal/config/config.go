@@ -1,0 +1,345 @@
+// Package config owns gpulet's settings: their flags, the environment
+// variables that set them (NVIDIA's names where NVIDIA's plugin has the same
+// setting, so images can be swapped), the config file (NVIDIA's v1 format
+// plus a gpulet section), and one precedence: flag > env > file > default.
+package config
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+	"sigs.k8s.io/yaml"
+
+	"github.com/gpulet/gpulet/internal/health"
+	"github.com/gpulet/gpulet/internal/plugin"
+	"github.com/gpulet/gpulet/internal/resources"
+)
+
+// Config is every setting of `gpulet run` (and of the commands that share
+// its backend settings).
+type Config struct {
+	ConfigFile string
+
+	Backend    string
+	SimProfile string
+	SimRoot    string
+
+	DevicePluginPath   string
+	DeviceListStrategy []string
+	DeviceIDStrategy   string
+	PassDeviceSpecs    bool
+	FailOnInitError    bool
+	MIGStrategy        string
+	ResourceName       string
+	Replicas           int
+	RenameByDefault    bool
+
+	DisableHealthChecks string
+	HealthQuietPeriod   time.Duration
+	XIDOverrides        map[string]string
+
+	LogFormat string
+	LogLevel  string
+}
+
+// setting ties a flag to its environment variables and its place in the
+// config file.
+type setting struct {
+	flag string
+	env  []string
+	file func(*File) (string, bool)
+}
+
+// File is the config file: NVIDIA's v1 layout, and gpulet's own section.
+type File struct {
+	Version string `json:"version"`
+	Flags   struct {
+		MIGStrategy     *string `json:"migStrategy,omitempty"`
+		FailOnInitError *bool   `json:"failOnInitError,omitempty"`
+		Plugin          struct {
+			PassDeviceSpecs    *bool           `json:"passDeviceSpecs,omitempty"`
+			DeviceListStrategy json.RawMessage `json:"deviceListStrategy,omitempty"`
+			DeviceIDStrategy   *string         `json:"deviceIDStrategy,omitempty"`
+		} `json:"plugin"`
+	} `json:"flags"`
+	Sharing struct {
+		TimeSlicing struct {
+			RenameByDefault *bool `json:"renameByDefault,omitempty"`
+			Resources       []struct {
+				Name     string `json:"name"`
+				Replicas int    `json:"replicas"`
+			} `json:"resources,omitempty"`
+		} `json:"timeSlicing"`
+	} `json:"sharing"`
+	Gpulet struct {
+		Backend          *string           `json:"backend,omitempty"`
+		SimProfile       *string           `json:"simProfile,omitempty"`
+		SimRoot          *string           `json:"simRoot,omitempty"`
+		DevicePluginPath *string           `json:"devicePluginPath,omitempty"`
+		ResourceName     *string           `json:"resourceName,omitempty"`
+		Health           struct {
+			Disable     *string           `json:"disable,omitempty"`
+			QuietPeriod *string           `json:"quietPeriod,omitempty"`
+			XIDs        map[string]string `json:"xids,omitempty"`
+		} `json:"health"`
+		LogFormat *string `json:"logFormat,omitempty"`
+		LogLevel  *string `json:"logLevel,omitempty"`
+	} `json:"gpulet"`
+}
+
+func str(p *string) (string, bool) {
+	if p == nil {
+		return "", false
+	}
+	return *p, true
+}
+
+func boolean(p *bool) (string, bool) {
+	if p == nil {
+		return "", false
+	}
+	return strconv.FormatBool(*p), true
+}
+
+var settings = []setting{
+	{"backend", []string{"GPULET_BACKEND"}, func(f *File) (string, bool) { return str(f.Gpulet.Backend) }},
+	{"sim-profile", []string{"GPULET_SIM_PROFILE"}, func(f *File) (string, bool) { return str(f.Gpulet.SimProfile) }},
+	{"sim-root", []string{"GPULET_SIM_ROOT"}, func(f *File) (string, bool) { return str(f.Gpulet.SimRoot) }},
+	{"device-plugin-path", []string{"GPULET_DEVICE_PLUGIN_PATH"}, func(f *File) (string, bool) { return str(f.Gpulet.DevicePluginPath) }},
+	{"device-list-strategy", []string{"DEVICE_LIST_STRATEGY"}, func(f *File) (string, bool) {
+		return listValue(f.Flags.Plugin.DeviceListStrategy)
+	}},
+	{"device-id-strategy", []string{"DEVICE_ID_STRATEGY"}, func(f *File) (string, bool) { return str(f.Flags.Plugin.DeviceIDStrategy) }},
+	{"pass-device-specs", []string{"PASS_DEVICE_SPECS"}, func(f *File) (string, bool) { return boolean(f.Flags.Plugin.PassDeviceSpecs) }},
+	{"fail-on-init-error", []string{"FAIL_ON_INIT_ERROR"}, func(f *File) (string, bool) { return boolean(f.Flags.FailOnInitError) }},
+	{"mig-strategy", []string{"MIG_STRATEGY"}, func(f *File) (string, bool) { return str(f.Flags.MIGStrategy) }},
+	{"resource-name", []string{"GPULET_RESOURCE_NAME"}, func(f *File) (string, bool) { return str(f.Gpulet.ResourceName) }},
+	{"replicas", []string{"GPULET_REPLICAS"}, func(f *File) (string, bool) {
+		for _, r := range f.Sharing.TimeSlicing.Resources {
+			return strconv.Itoa(r.Replicas), true
+		}
+		return "", false
+	}},
+	{"rename-by-default", []string{"GPULET_RENAME_BY_DEFAULT"}, func(f *File) (string, bool) {
+		return boolean(f.Sharing.TimeSlicing.RenameByDefault)
+	}},
+	{"disable-health-checks", []string{"DP_DISABLE_HEALTHCHECKS"}, func(f *File) (string, bool) { return str(f.Gpulet.Health.Disable) }},
+	{"health-quiet-period", []string{"GPULET_HEALTH_QUIET_PERIOD"}, func(f *File) (string, bool) { return str(f.Gpulet.Health.QuietPeriod) }},
+	{"xid-policy", []string{"GPULET_XID_POLICY"}, func(f *File) (string, bool) {
+		if len(f.Gpulet.Health.XIDs) == 0 {
+			return "", false
+		}
+		var parts []string
+		for k, v := range f.Gpulet.Health.XIDs {
+			parts = append(parts, k+"="+v)
+		}
+		return strings.Join(parts, ","), true
+	}},
+	{"log-format", []string{"GPULET_LOG_FORMAT"}, func(f *File) (string, bool) { return str(f.Gpulet.LogFormat) }},
+	{"log-level", []string{"GPULET_LOG_LEVEL"}, func(f *File) (string, bool) { return str(f.Gpulet.LogLevel) }},
+}
+
+// listValue reads a strategy list given as one string or a list of strings.
+func listValue(raw json.RawMessage) (string, bool) {
+	if len(raw) == 0 {
+		return "", false
+	}
+	var one string
+	if err := json.Unmarshal(raw, &one); err == nil {
+		return one, true
+	}
+	var many []string
+	if err := json.Unmarshal(raw, &many); err == nil {
+		return strings.Join(many, ","), true
+	}
+	return string(raw), true // the flag parser reports it
+}
+
+// BackendFlags adds the settings that choose the hardware backend; every
+// command that reads GPUs shares them. The daemon defaults to nvml, so a
+// node never advertises simulated GPUs unless asked; people's commands
+// default to auto.
+func (c *Config) BackendFlags(fs *pflag.FlagSet, defaultBackend string) {
+	fs.StringVar(&c.ConfigFile, "config-file", "", "config file (NVIDIA device plugin v1 format plus a gpulet section) [env CONFIG_FILE]")
+	fs.StringVar(&c.Backend, "backend", defaultBackend, "hardware backend: nvml (real GPUs), sim (simulated node), auto (nvml if libnvidia-ml is present, else sim) [env GPULET_BACKEND]")
+	fs.StringVar(&c.SimProfile, "sim-profile", "dgx-h100", "simulated node: a built-in profile (h200, dgx-h100, dgx1-v100, pcie-4x-l4, ...) or a profile file [env GPULET_SIM_PROFILE]")
+	fs.StringVar(&c.SimRoot, "sim-root", "", "folder for the simulator's device nodes and fault file (default /var/lib/gpulet/sim as root, else under $TMPDIR) [env GPULET_SIM_ROOT]")
+	fs.StringVar(&c.MIGStrategy, "mig-strategy", resources.MIGNone, "how MIG devices are advertised: none, single, mixed [env MIG_STRATEGY]")
+	fs.StringVar(&c.ResourceName, "resource-name", resources.DefaultResourceName, "extended resource name for whole GPUs [env GPULET_RESOURCE_NAME]")
+	fs.IntVar(&c.Replicas, "replicas", 0, "time-slicing: share each device between this many containers (0 = off) [config sharing.timeSlicing]")
+	fs.BoolVar(&c.RenameByDefault, "rename-by-default", false, "advertise time-sliced devices as <resource>.shared [env GPULET_RENAME_BY_DEFAULT]")
+	fs.BoolVar(&c.FailOnInitError, "fail-on-init-error", true, "exit when no GPU backend can start; false keeps running without GPUs [env FAIL_ON_INIT_ERROR]")
+	fs.StringVar(&c.LogFormat, "log-format", "text", "log format: text or json [env GPULET_LOG_FORMAT]")
+	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn, error [env GPULET_LOG_LEVEL]")
+}
+
+// RunFlags adds the daemon's settings.
+func (c *Config) RunFlags(fs *pflag.FlagSet) {
+	c.BackendFlags(fs, "nvml")
+	fs.StringVar(&c.DevicePluginPath, "device-plugin-path", "/var/lib/kubelet/device-plugins/", "kubelet device-plugin folder (kubelet.sock and plugin sockets) [env GPULET_DEVICE_PLUGIN_PATH]")
+	fs.StringSliceVar(&c.DeviceListStrategy, "device-list-strategy", []string{plugin.StrategyEnvvar}, "how devices reach a container: envvar, volume-mounts, cdi-annotations, cdi-cri (comma-separated) [env DEVICE_LIST_STRATEGY]")
+	fs.StringVar(&c.DeviceIDStrategy, "device-id-strategy", plugin.IDStrategyUUID, "how devices are named to the container: uuid or index [env DEVICE_ID_STRATEGY]")
+	fs.BoolVar(&c.PassDeviceSpecs, "pass-device-specs", false, "also pass /dev/nvidia* device nodes to containers [env PASS_DEVICE_SPECS]")
+	fs.StringVar(&c.DisableHealthChecks, "disable-health-checks", "", "\"all\" disables health checks; a list of XIDs ignores those XIDs [env DP_DISABLE_HEALTHCHECKS]")
+	fs.DurationVar(&c.HealthQuietPeriod, "health-quiet-period", 30*time.Second, "how long an unhealthy GPU must stay quiet before it is re-probed and can become healthy again [env GPULET_HEALTH_QUIET_PERIOD]")
+	fs.StringToStringVar(&c.XIDOverrides, "xid-policy", nil, "override the XID table: XID=ignore|reset|lost, comma-separated [env GPULET_XID_POLICY]")
+}
+
+// Resolve fills settings the command line left unset from the environment,
+// then from the config file. getenv is os.Getenv outside tests.
+func Resolve(fs *pflag.FlagSet, getenv func(string) string) error {
+	path := ""
+	if f := fs.Lookup("config-file"); f != nil {
+		path = f.Value.String()
+		if !f.Changed && getenv("CONFIG_FILE") != "" {
+			path = getenv("CONFIG_FILE")
+			if err := fs.Set("config-file", path); err != nil {
+				return err
+			}
+		}
+	}
+	var file *File
+	if path != "" {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return fmt.Errorf("read config file: %w", err)
+		}
+		file, err = ParseFile(data)
+		if err != nil {
+			return fmt.Errorf("config file %s: %w", path, err)
+		}
+	}
+	for _, s := range settings {
+		f := fs.Lookup(s.flag)
+		if f == nil || f.Changed {
+			continue
+		}
+		val, from, ok := "", "", false
+		for _, e := range s.env {
+			if v := getenv(e); v != "" {
+				val, from, ok = v, "environment variable "+e, true
+				break
+			}
+		}
+		if !ok && file != nil {
+			if val, ok = s.file(file); ok {
+				from = "config file " + path
+			}
+		}
+		if !ok {
+			continue
+		}
+		if sv, isSlice := f.Value.(pflag.SliceValue); isSlice {
+			// A slice flag's Set appends; from env or file it replaces.
+			err := sv.Replace(splitList(val))
+			if err != nil {
+				return fmt.Errorf("%s: %s=%q: %w", from, s.flag, val, err)
+			}
+			continue
+		}
+		if err := f.Value.Set(val); err != nil {
+			return fmt.Errorf("%s: invalid %s %q: %w", from, s.flag, val, err)
+		}
+	}
+	return nil
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// ParseFile decodes a config file, refusing unknown fields so a typo is
+// reported instead of silently ignored.
+func ParseFile(data []byte) (*File, error) {
+	var f File
+	if err := yaml.UnmarshalStrict(data, &f); err != nil {
+		return nil, err
+	}
+	if f.Version != "" && f.Version != "v1" {
+		return nil, fmt.Errorf("version %q is not supported (want v1)", f.Version)
+	}
+	if n := len(f.Sharing.TimeSlicing.Resources); n > 1 {
+		return nil, fmt.Errorf("sharing.timeSlicing.resources: gpulet shares one resource, got %d entries", n)
+	}
+	return &f, nil
+}
+
+// Validate checks the resolved settings before anything starts.
+func (c *Config) Validate() error {
+	var errs []error
+	switch c.Backend {
+	case "auto", "sim", "nvml":
+	default:
+		errs = append(errs, fmt.Errorf("backend %q is not one of auto, sim, nvml", c.Backend))
+	}
+	if c.DeviceIDStrategy != "" || len(c.DeviceListStrategy) > 0 {
+		if err := plugin.ValidateStrategies(c.DeviceListStrategy, c.DeviceIDStrategy); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := c.ResourcesConfig().Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if _, err := c.HealthPolicy(); err != nil {
+		errs = append(errs, err)
+	}
+	if c.HealthQuietPeriod < 0 {
+		errs = append(errs, fmt.Errorf("health-quiet-period must not be negative"))
+	}
+	switch c.LogFormat {
+	case "text", "json":
+	default:
+		errs = append(errs, fmt.Errorf("log-format %q is not one of text, json", c.LogFormat))
+	}
+	return errors.Join(errs...)
+}
+
+// ResourcesConfig is the part of the config that shapes resources.
+func (c *Config) ResourcesConfig() resources.Config {
+	return resources.Config{
+		ResourceName: c.ResourceName, MIGStrategy: c.MIGStrategy,
+		Replicas: c.Replicas, RenameByDefault: c.RenameByDefault,
+	}
+}
+
+// HealthPolicy builds the XID policy and whether health checks are off.
+func (c *Config) HealthPolicy() (*health.Policy, error) {
+	overrides := map[uint64]health.Action{}
+	ignored, _, err := health.ParseXIDList(c.DisableHealthChecks)
+	if err != nil {
+		return nil, fmt.Errorf("disable-health-checks: %w", err)
+	}
+	for _, x := range ignored {
+		overrides[x] = health.Ignore
+	}
+	for k, v := range c.XIDOverrides {
+		x, err := strconv.ParseUint(strings.TrimSpace(k), 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("xid-policy: %q is not an XID number", k)
+		}
+		overrides[x] = health.Action(strings.TrimSpace(v))
+	}
+	p, err := health.NewPolicy(overrides)
+	if err != nil {
+		return nil, fmt.Errorf("xid-policy: %w", err)
+	}
+	return p, nil
+}
+
+// HealthDisabled reports whether health checks are off entirely.
+func (c *Config) HealthDisabled() bool {
+	_, all, _ := health.ParseXIDList(c.DisableHealthChecks)
+	return all
+}

@@ -1,0 +1,155 @@
+// Package daemon wires gpulet's layers together for `gpulet run`:
+// hardware backend → inventory → health monitor → resources → device-plugin
+// servers. It owns start-up order, restarts of the health watch, and
+// shutdown; each layer's logic lives in its own package.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/gpulet/gpulet/internal/allocator"
+	"github.com/gpulet/gpulet/internal/config"
+	"github.com/gpulet/gpulet/internal/hardware"
+	"github.com/gpulet/gpulet/internal/hardware/nvml"
+	"github.com/gpulet/gpulet/internal/hardware/sim"
+	"github.com/gpulet/gpulet/internal/health"
+	"github.com/gpulet/gpulet/internal/inventory"
+	"github.com/gpulet/gpulet/internal/plugin"
+	"github.com/gpulet/gpulet/internal/resources"
+)
+
+// OpenBackend opens the backend the config names. "auto" takes NVML when
+// its library loads and the simulator otherwise.
+func OpenBackend(cfg *config.Config, log *slog.Logger) (hardware.Backend, error) {
+	switch cfg.Backend {
+	case "nvml":
+		return nvml.New()
+	case "sim":
+		return openSim(cfg)
+	case "auto":
+		b, err := nvml.New()
+		if err == nil {
+			return b, nil
+		}
+		log.Info("no usable NVML; simulating a GPU node", "profile", cfg.SimProfile, "nvml", err)
+		return openSim(cfg)
+	}
+	return nil, fmt.Errorf("backend %q is not one of auto, sim, nvml", cfg.Backend)
+}
+
+func openSim(cfg *config.Config) (hardware.Backend, error) {
+	p, err := sim.LoadProfile(cfg.SimProfile)
+	if err != nil {
+		return nil, err
+	}
+	return sim.New(p, cfg.SimRoot)
+}
+
+// PlacementFor builds the topology-aware placer of one device list.
+func PlacementFor(res *resources.Resource) (plugin.Placer, error) {
+	devs := make([]allocator.Device, len(res.Devices))
+	for i, d := range res.Devices {
+		devs[i] = allocator.Device{ID: d.ID, GPU: d.GPU, NUMA: d.NUMA}
+	}
+	return allocator.NewTopology(res.Links, devs)
+}
+
+// Run is `gpulet run`: it serves until ctx ends, then removes its sockets.
+func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
+	start := time.Now()
+	backend, node, err := initHardware(ctx, cfg, log)
+	if err != nil {
+		if cfg.FailOnInitError {
+			return err
+		}
+		// NVIDIA's behaviour with FAIL_ON_INIT_ERROR=false: stay up so the
+		// DaemonSet does not crash-loop on nodes without GPUs.
+		log.Error("no GPUs to serve; staying idle because fail-on-init-error is false", "err", err)
+		<-ctx.Done()
+		return nil
+	}
+	defer backend.Close()
+	if s, ok := backend.(*sim.Backend); ok {
+		if err := s.Publish(); err != nil {
+			return err
+		}
+		log.Info("simulated GPU node ready", "profile", node.Profile, "root", s.Root(),
+			"inject_faults", "gpulet sim fault --sim-root="+s.Root()+" --gpu=0 --xid=48")
+	}
+	log.Info("GPUs discovered", "backend", backend.Name(), "gpus", len(node.GPUs),
+		"driver", node.DriverVersion, "cuda", node.CUDADriverVersion, "took", time.Since(start).Round(time.Microsecond))
+
+	store := inventory.NewStore(node)
+	policy, err := cfg.HealthPolicy()
+	if err != nil {
+		return err
+	}
+	mon := &health.Monitor{
+		Backend: backend, Store: store, Policy: policy, Log: log.With("component", "health"),
+		Quiet: cfg.HealthQuietPeriod, Disabled: cfg.HealthDisabled(),
+	}
+	mgr := &plugin.Manager{
+		Store:     store,
+		Resources: cfg.ResourcesConfig(),
+		Opts: &plugin.Options{
+			PluginDir:            cfg.DevicePluginPath,
+			DeviceListStrategies: cfg.DeviceListStrategy,
+			DeviceIDStrategy:     cfg.DeviceIDStrategy,
+			PassDeviceSpecs:      cfg.PassDeviceSpecs,
+			CDIKind:              resources.DefaultResourceName,
+			Placement:            PlacementFor,
+			Log:                  log.With("component", "deviceplugin"),
+		},
+	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	healthDone := make(chan struct{})
+	go func() {
+		defer close(healthDone)
+		watchHealth(ctx, mon, log)
+	}()
+	err = mgr.Run(ctx)
+	cancel()
+	<-healthDone
+	return err
+}
+
+func initHardware(ctx context.Context, cfg *config.Config, log *slog.Logger) (hardware.Backend, *inventory.Node, error) {
+	backend, err := OpenBackend(cfg, log)
+	if err != nil {
+		return nil, nil, err
+	}
+	node, err := backend.Discover(ctx)
+	if err != nil {
+		backend.Close()
+		return nil, nil, fmt.Errorf("discover GPUs with the %s backend: %w", backend.Name(), err)
+	}
+	return backend, node, nil
+}
+
+// watchHealth keeps the health monitor running: a failed event source is
+// logged and restarted with backoff, never taking the plugin down with it.
+func watchHealth(ctx context.Context, mon *health.Monitor, log *slog.Logger) {
+	backoff := time.Second
+	for {
+		err := mon.Run(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if err == nil {
+			err = errors.New("health monitor stopped")
+		}
+		log.Error("health watch failed; devices keep their last known health, restarting the watch", "err", err, "in", backoff)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, time.Minute)
+	}
+}

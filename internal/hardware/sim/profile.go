@@ -1,0 +1,251 @@
+package sim
+
+import (
+	"crypto/sha256"
+	"embed"
+	"fmt"
+	"os"
+	"path"
+	"sort"
+	"strings"
+
+	"sigs.k8s.io/yaml"
+
+	"github.com/gpulet/gpulet/internal/inventory"
+)
+
+//go:embed profiles/*.yaml
+var builtin embed.FS
+
+// DefaultProfile is the node a newcomer gets without asking for one.
+const DefaultProfile = "dgx-h100"
+
+// Profile describes a simulated node. GPUs are listed one by one, or given
+// as a template repeated Count times with per-GPU bus IDs and NUMA nodes.
+type Profile struct {
+	Name              string    `json:"name"`
+	DriverVersion     string    `json:"driverVersion"`
+	CUDADriverVersion string    `json:"cudaDriverVersion"`
+	GPUs              []GPUSpec `json:"gpus,omitempty"`
+	Template          *GPUSpec  `json:"template,omitempty"`
+	Count             int       `json:"count,omitempty"`
+	PCIBusIDs         []string  `json:"pciBusIDs,omitempty"`
+	NUMANodes         []int     `json:"numaNodes,omitempty"`
+	// NVLinks[i][j] is the NVLink count between GPU i and j.
+	NVLinks [][]int `json:"nvlinks,omitempty"`
+	// PCIe[i][j] is the level `nvidia-smi topo -m` would print (X on the diagonal).
+	PCIe [][]string `json:"pcie,omitempty"`
+}
+
+// GPUSpec is one simulated GPU (or the template for all of them).
+type GPUSpec struct {
+	UUID              string   `json:"uuid,omitempty"`
+	Name              string   `json:"name"`
+	Architecture      string   `json:"architecture,omitempty"`
+	MemoryMiB         uint64   `json:"memoryMiB"`
+	ComputeCapability string   `json:"computeCapability"`
+	PCIBusID          string   `json:"pciBusID,omitempty"`
+	NUMANode          *int     `json:"numaNode,omitempty"`
+	Serial            string   `json:"serial,omitempty"`
+	MIGCapable        bool     `json:"migCapable"`
+	MIG               *MIGSpec `json:"mig,omitempty"`
+}
+
+// MIGSpec enables MIG on a simulated GPU with Count identical instances.
+type MIGSpec struct {
+	Profile   string `json:"profile"`
+	Count     int    `json:"count"`
+	MemoryMiB uint64 `json:"memoryMiB"`
+}
+
+// BuiltinProfiles lists the names of the embedded profiles.
+func BuiltinProfiles() []string {
+	entries, _ := builtin.ReadDir("profiles")
+	var names []string
+	for _, e := range entries {
+		names = append(names, strings.TrimSuffix(e.Name(), ".yaml"))
+	}
+	sort.Strings(names)
+	return names
+}
+
+// LoadProfile reads a built-in profile by name, or a profile file by path.
+func LoadProfile(nameOrPath string) (*Profile, error) {
+	if nameOrPath == "" {
+		nameOrPath = DefaultProfile
+	}
+	data, err := builtin.ReadFile(path.Join("profiles", nameOrPath+".yaml"))
+	if err != nil {
+		data, err = os.ReadFile(nameOrPath)
+		if err != nil {
+			return nil, fmt.Errorf("simulator profile %q is neither a built-in profile (%s) nor a readable file: %w",
+				nameOrPath, strings.Join(BuiltinProfiles(), ", "), err)
+		}
+	}
+	return ParseProfile(data)
+}
+
+// ParseProfile decodes and checks a profile.
+func ParseProfile(data []byte) (*Profile, error) {
+	var p Profile
+	if err := yaml.UnmarshalStrict(data, &p); err != nil {
+		return nil, fmt.Errorf("simulator profile: %w", err)
+	}
+	if _, err := p.Node(); err != nil {
+		return nil, err
+	}
+	return &p, nil
+}
+
+// gpuSpecs expands the template form into one spec per GPU.
+func (p *Profile) gpuSpecs() ([]GPUSpec, error) {
+	if len(p.GPUs) > 0 && p.Template != nil {
+		return nil, fmt.Errorf("profile %q: give either gpus or template+count, not both", p.Name)
+	}
+	specs := append([]GPUSpec(nil), p.GPUs...)
+	if p.Template != nil {
+		if p.Count <= 0 {
+			return nil, fmt.Errorf("profile %q: template needs a positive count", p.Name)
+		}
+		for i := 0; i < p.Count; i++ {
+			specs = append(specs, *p.Template)
+		}
+	}
+	if len(specs) == 0 {
+		return nil, fmt.Errorf("profile %q has no GPUs", p.Name)
+	}
+	if len(specs) > 1024 {
+		return nil, fmt.Errorf("profile %q has %d GPUs; at most 1024 are supported", p.Name, len(specs))
+	}
+	for _, list := range []struct {
+		name string
+		n    int
+	}{{"pciBusIDs", len(p.PCIBusIDs)}, {"numaNodes", len(p.NUMANodes)}} {
+		if list.n != 0 && list.n != len(specs) {
+			return nil, fmt.Errorf("profile %q: %s has %d entries for %d GPUs", p.Name, list.name, list.n, len(specs))
+		}
+	}
+	return specs, nil
+}
+
+// Node builds the simulated node the profile describes. UUIDs not given in
+// the profile are derived from its name and the GPU index, so they are stable
+// across restarts, as real UUIDs are.
+func (p *Profile) Node() (*inventory.Node, error) {
+	specs, err := p.gpuSpecs()
+	if err != nil {
+		return nil, err
+	}
+	n := &inventory.Node{
+		Backend:           "sim",
+		Profile:           p.Name,
+		DriverVersion:     p.DriverVersion,
+		CUDADriverVersion: p.CUDADriverVersion,
+	}
+	for i, s := range specs {
+		g := inventory.GPU{
+			UUID:              s.UUID,
+			Index:             i,
+			Minor:             i,
+			Name:              s.Name,
+			Architecture:      s.Architecture,
+			MemoryBytes:       s.MemoryMiB << 20,
+			ComputeCapability: s.ComputeCapability,
+			PCIBusID:          s.PCIBusID,
+			NUMANode:          -1,
+			Serial:            s.Serial,
+			MIGCapable:        s.MIGCapable || s.MIG != nil,
+		}
+		if g.UUID == "" {
+			g.UUID = stableUUID("GPU", p.Name, i)
+		}
+		if g.PCIBusID == "" && len(p.PCIBusIDs) > 0 {
+			g.PCIBusID = p.PCIBusIDs[i]
+		}
+		if g.PCIBusID == "" {
+			g.PCIBusID = fmt.Sprintf("00000000:%02X:00.0", 0x10+i)
+		}
+		if s.NUMANode != nil {
+			g.NUMANode = *s.NUMANode
+		} else if len(p.NUMANodes) > 0 {
+			g.NUMANode = p.NUMANodes[i]
+		}
+		if s.MIG != nil {
+			if s.MIG.Count <= 0 || s.MIG.Profile == "" {
+				return nil, fmt.Errorf("profile %q: GPU %d: mig needs a profile and a positive count", p.Name, i)
+			}
+			g.MIGEnabled = true
+			for m := 0; m < s.MIG.Count; m++ {
+				g.MIGDevices = append(g.MIGDevices, inventory.MIGDevice{
+					UUID:        stableUUID("MIG", fmt.Sprintf("%s/%d", p.Name, i), m),
+					Profile:     s.MIG.Profile,
+					GI:          m + 1,
+					CI:          0,
+					MemoryBytes: s.MIG.MemoryMiB << 20,
+				})
+			}
+		}
+		n.GPUs = append(n.GPUs, g)
+	}
+	n.Links, err = p.links(len(specs))
+	if err != nil {
+		return nil, err
+	}
+	if err := n.Validate(); err != nil {
+		return nil, fmt.Errorf("profile %q: %w", p.Name, err)
+	}
+	return n, nil
+}
+
+// links builds the link matrix from the profile's matrices; without a PCIe
+// matrix, GPUs on one NUMA node are NODE and others SYS.
+func (p *Profile) links(count int) ([][]inventory.Link, error) {
+	if p.NVLinks != nil && len(p.NVLinks) != count {
+		return nil, fmt.Errorf("profile %q: nvlinks has %d rows for %d GPUs", p.Name, len(p.NVLinks), count)
+	}
+	if p.PCIe != nil && len(p.PCIe) != count {
+		return nil, fmt.Errorf("profile %q: pcie has %d rows for %d GPUs", p.Name, len(p.PCIe), count)
+	}
+	links := make([][]inventory.Link, count)
+	for i := range links {
+		links[i] = make([]inventory.Link, count)
+		for j := range links[i] {
+			if i == j {
+				continue
+			}
+			l := &links[i][j]
+			if p.NVLinks != nil {
+				if len(p.NVLinks[i]) != count {
+					return nil, fmt.Errorf("profile %q: nvlinks row %d has %d entries for %d GPUs", p.Name, i, len(p.NVLinks[i]), count)
+				}
+				if p.NVLinks[i][j] < 0 {
+					return nil, fmt.Errorf("profile %q: nvlinks[%d][%d] is negative", p.Name, i, j)
+				}
+				l.NVLinks = p.NVLinks[i][j]
+			}
+			switch {
+			case p.PCIe != nil:
+				if len(p.PCIe[i]) != count {
+					return nil, fmt.Errorf("profile %q: pcie row %d has %d entries for %d GPUs", p.Name, i, len(p.PCIe[i]), count)
+				}
+				lvl, err := inventory.ParseLevel(p.PCIe[i][j])
+				if err != nil {
+					return nil, fmt.Errorf("profile %q: pcie[%d][%d]: %w", p.Name, i, j, err)
+				}
+				l.PCIe = lvl
+			case len(p.NUMANodes) == count && p.NUMANodes[i] == p.NUMANodes[j]:
+				l.PCIe = inventory.LevelNODE
+			default:
+				l.PCIe = inventory.LevelSYS
+			}
+		}
+	}
+	return links, nil
+}
+
+// stableUUID formats a deterministic UUID the way NVML prints them
+// (GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx).
+func stableUUID(prefix, seed string, i int) string {
+	h := sha256.Sum256([]byte(fmt.Sprintf("gpulet-sim/%s/%s/%d", prefix, seed, i)))
+	return fmt.Sprintf("%s-%x-%x-%x-%x-%x", prefix, h[0:4], h[4:6], h[6:8], h[8:10], h[10:16])
+}

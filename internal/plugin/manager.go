@@ -1,0 +1,92 @@
+package plugin
+
+import (
+	"context"
+	"sync"
+
+	"github.com/gpulet/gpulet/internal/inventory"
+	"github.com/gpulet/gpulet/internal/resources"
+)
+
+// Manager keeps one Server per resource in step with the inventory: a new
+// resource gets a server, a changed one an update. A resource that loses all
+// its devices keeps its server with an empty list, so the kubelet sees the
+// capacity drop instead of a vanished plugin.
+type Manager struct {
+	Opts      *Options
+	Store     *inventory.Store
+	Resources resources.Config
+
+	mu      sync.Mutex
+	servers map[string]*Server
+}
+
+// Servers returns the running servers by resource name.
+func (m *Manager) Servers() map[string]*Server {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make(map[string]*Server, len(m.servers))
+	for k, v := range m.servers {
+		out[k] = v
+	}
+	return out
+}
+
+// Run serves until ctx ends and every server has removed its socket.
+func (m *Manager) Run(ctx context.Context) error {
+	m.mu.Lock()
+	m.servers = map[string]*Server{}
+	m.mu.Unlock()
+	changes, unsubscribe := m.Store.Subscribe()
+	defer unsubscribe()
+
+	var wg sync.WaitGroup
+	errs := make(chan error, 1)
+	defer wg.Wait() // runs after cancel: every server stops and removes its socket
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	apply := func() {
+		built := resources.Build(m.Store.Snapshot(), m.Resources)
+		present := map[string]bool{}
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		for _, r := range built {
+			present[r.Name] = true
+			if s, ok := m.servers[r.Name]; ok {
+				s.Update(r)
+				continue
+			}
+			s := NewServer(m.Opts, r)
+			m.servers[r.Name] = s
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if err := s.Run(ctx); err != nil {
+					select {
+					case errs <- err:
+					default:
+					}
+				}
+			}()
+		}
+		for name, s := range m.servers {
+			if !present[name] {
+				old, _ := s.current()
+				empty := *old
+				empty.Devices = nil
+				s.Update(empty)
+			}
+		}
+	}
+	apply()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-errs:
+			return err
+		case <-changes:
+			apply()
+		}
+	}
+}

@@ -1,0 +1,438 @@
+// Package plugin serves the kubelet device-plugin API (v1beta1): one gRPC
+// server per advertised resource, registered with the kubelet and kept
+// registered across kubelet restarts, socket deletion and dropped streams.
+package plugin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
+
+	"github.com/gpulet/gpulet/internal/resources"
+)
+
+// Placer picks the best-connected devices for a request. One is built per
+// device list (Options.Placement), so topology work is done once per
+// inventory change, never per call.
+type Placer interface {
+	Preferred(ctx context.Context, available, mustInclude []string, size int) ([]string, error)
+}
+
+// preferredBudget bounds one placement search; the placer answers with the
+// best set found by then.
+const preferredBudget = 50 * time.Millisecond
+
+// Options are shared by every resource server.
+type Options struct {
+	// PluginDir holds kubelet.sock and the plugins' sockets.
+	PluginDir            string
+	DeviceListStrategies []string
+	DeviceIDStrategy     string
+	PassDeviceSpecs      bool
+	// CDIKind is the CDI device kind in CDI names (default nvidia.com/gpu).
+	CDIKind string
+	// Placement builds the placer that answers GetPreferredAllocation; nil
+	// turns the call off.
+	Placement func(*resources.Resource) (Placer, error)
+	Log       *slog.Logger
+	// Poll is how often sockets are checked besides inotify (default 1s).
+	Poll time.Duration
+}
+
+func (o *Options) kubeletSocket() string { return filepath.Join(o.PluginDir, "kubelet.sock") }
+
+// SocketName is the file name of a resource's plugin socket.
+func SocketName(resource string) string {
+	return "gpulet-" + strings.NewReplacer("/", "-", ".", "-").Replace(resource) + ".sock"
+}
+
+// Server is the device plugin of one resource.
+type Server struct {
+	pluginapi.UnimplementedDevicePluginServer
+	opts   *Options
+	name   string
+	socket string
+	log    *slog.Logger
+
+	mu           sync.Mutex
+	res          *resources.Resource
+	placer       Placer
+	changed      chan struct{} // closed and replaced on every update
+	streams      int
+	lastRegister time.Time
+	stopping     bool
+
+	resync chan struct{}
+	// Registered receives the time of each successful registration; tests
+	// and benchmarks read it, nobody has to.
+	Registered chan time.Time
+}
+
+// NewServer returns the server of one resource, not yet serving.
+func NewServer(opts *Options, res resources.Resource) *Server {
+	if opts.Poll == 0 {
+		opts.Poll = time.Second
+	}
+	s := &Server{
+		opts:       opts,
+		name:       res.Name,
+		socket:     filepath.Join(opts.PluginDir, SocketName(res.Name)),
+		log:        opts.Log.With("resource", res.Name),
+		changed:    make(chan struct{}),
+		resync:     make(chan struct{}, 1),
+		Registered: make(chan time.Time, 16),
+	}
+	s.Update(res)
+	return s
+}
+
+// Update replaces the advertised devices; every ListAndWatch stream sends
+// the new list at once.
+func (s *Server) Update(res resources.Resource) {
+	var placer Placer
+	if s.opts.Placement != nil {
+		var err error
+		if placer, err = s.opts.Placement(&res); err != nil {
+			s.log.Error("topology-aware placement unavailable for this device list; preferring devices in ID order", "err", err)
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.res = &res
+	s.placer = placer
+	close(s.changed)
+	s.changed = make(chan struct{})
+}
+
+func (s *Server) current() (*resources.Resource, <-chan struct{}) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.res, s.changed
+}
+
+func (s *Server) triggerResync() {
+	select {
+	case s.resync <- struct{}{}:
+	default:
+	}
+}
+
+// GetDevicePluginOptions tells the kubelet which optional calls we serve.
+func (s *Server) GetDevicePluginOptions(context.Context, *pluginapi.Empty) (*pluginapi.DevicePluginOptions, error) {
+	return &pluginapi.DevicePluginOptions{GetPreferredAllocationAvailable: s.opts.Placement != nil}, nil
+}
+
+// ListAndWatch sends the device list now and after every change.
+func (s *Server) ListAndWatch(_ *pluginapi.Empty, stream pluginapi.DevicePlugin_ListAndWatchServer) error {
+	s.mu.Lock()
+	s.streams++
+	started := time.Now()
+	s.mu.Unlock()
+	defer s.streamEnded(started)
+	for {
+		res, changed := s.current()
+		if err := stream.Send(&pluginapi.ListAndWatchResponse{Devices: apiDevices(res)}); err != nil {
+			return err
+		}
+		select {
+		case <-changed:
+		case <-stream.Context().Done():
+			return nil
+		}
+	}
+}
+
+// streamEnded re-registers when the kubelet dropped the stream of our
+// current registration and opened no other: without a stream the kubelet
+// will soon count our devices as gone.
+func (s *Server) streamEnded(started time.Time) {
+	s.mu.Lock()
+	s.streams--
+	current := !started.Before(s.lastRegister)
+	s.mu.Unlock()
+	if !current {
+		return // the kubelet replaced an old registration's stream
+	}
+	time.AfterFunc(20*time.Millisecond, func() {
+		s.mu.Lock()
+		idle := s.streams == 0 && !s.stopping
+		s.mu.Unlock()
+		if idle {
+			s.log.Info("kubelet ended the device stream; registering again")
+			s.triggerResync()
+		}
+	})
+}
+
+func apiDevices(res *resources.Resource) []*pluginapi.Device {
+	out := make([]*pluginapi.Device, len(res.Devices))
+	for i, d := range res.Devices {
+		h := pluginapi.Healthy
+		if !d.Healthy {
+			h = pluginapi.Unhealthy
+		}
+		dev := &pluginapi.Device{ID: d.ID, Health: h}
+		if d.NUMA >= 0 {
+			dev.Topology = &pluginapi.TopologyInfo{Nodes: []*pluginapi.NUMANode{{ID: int64(d.NUMA)}}}
+		}
+		out[i] = dev
+	}
+	return out
+}
+
+// GetPreferredAllocation answers from the topology-aware placer. The
+// kubelet fails the pod if this call fails, so a placer error falls back to
+// a valid choice in ID order rather than an error.
+func (s *Server) GetPreferredAllocation(ctx context.Context, req *pluginapi.PreferredAllocationRequest) (*pluginapi.PreferredAllocationResponse, error) {
+	s.mu.Lock()
+	placer := s.placer
+	s.mu.Unlock()
+	resp := &pluginapi.PreferredAllocationResponse{}
+	for _, cr := range req.ContainerRequests {
+		size := int(cr.AllocationSize)
+		if size <= 0 || size > len(cr.AvailableDeviceIDs) || len(cr.MustIncludeDeviceIDs) > size {
+			return nil, status.Errorf(codes.InvalidArgument, "cannot pick %d %s devices from %d available with %d required",
+				size, s.name, len(cr.AvailableDeviceIDs), len(cr.MustIncludeDeviceIDs))
+		}
+		var ids []string
+		var err error
+		if placer != nil {
+			pctx, cancel := context.WithTimeout(ctx, preferredBudget)
+			ids, err = placer.Preferred(pctx, cr.AvailableDeviceIDs, cr.MustIncludeDeviceIDs, size)
+			cancel()
+			if err != nil {
+				s.log.Warn("placement failed; preferring devices in ID order", "err", err)
+			}
+		}
+		if placer == nil || err != nil {
+			ids = inOrder(cr.AvailableDeviceIDs, cr.MustIncludeDeviceIDs, size)
+		}
+		resp.ContainerResponses = append(resp.ContainerResponses, &pluginapi.ContainerPreferredAllocationResponse{DeviceIDs: ids})
+	}
+	return resp, nil
+}
+
+// inOrder takes the required devices, then available ones in order.
+func inOrder(available, must []string, size int) []string {
+	out := make([]string, 0, size)
+	seen := map[string]bool{}
+	for _, list := range [][]string{must, available} {
+		for _, id := range list {
+			if len(out) == size {
+				return out
+			}
+			if !seen[id] {
+				seen[id] = true
+				out = append(out, id)
+			}
+		}
+	}
+	return out
+}
+
+// Allocate answers each container with its devices, in the configured
+// device-list strategies.
+func (s *Server) Allocate(_ context.Context, req *pluginapi.AllocateRequest) (*pluginapi.AllocateResponse, error) {
+	res, _ := s.current()
+	resp := &pluginapi.AllocateResponse{ContainerResponses: make([]*pluginapi.ContainerAllocateResponse, 0, len(req.ContainerRequests))}
+	for _, cr := range req.ContainerRequests {
+		devs, err := lookup(res, cr.DevicesIds)
+		if err != nil {
+			return nil, err
+		}
+		c, err := s.opts.containerResponse(res, devs)
+		if err != nil {
+			return nil, err
+		}
+		resp.ContainerResponses = append(resp.ContainerResponses, c)
+	}
+	return resp, nil
+}
+
+// PreStartContainer checks that the devices are still known and healthy.
+func (s *Server) PreStartContainer(_ context.Context, req *pluginapi.PreStartContainerRequest) (*pluginapi.PreStartContainerResponse, error) {
+	res, _ := s.current()
+	if _, err := lookup(res, req.DevicesIds); err != nil {
+		return nil, err
+	}
+	return &pluginapi.PreStartContainerResponse{}, nil
+}
+
+// Run serves and keeps the server registered until ctx ends, then stops
+// serving and removes its socket. It returns an error only when it cannot
+// serve at all (the plugin folder is unusable).
+func (s *Server) Run(ctx context.Context) error {
+	if err := os.MkdirAll(s.opts.PluginDir, 0o755); err != nil {
+		return fmt.Errorf("device plugin folder %s: %w", s.opts.PluginDir, err)
+	}
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		return fmt.Errorf("watch %s: %w", s.opts.PluginDir, err)
+	}
+	defer w.Close()
+	if err := w.Add(s.opts.PluginDir); err != nil {
+		return fmt.Errorf("watch %s: %w", s.opts.PluginDir, err)
+	}
+
+	var (
+		srv           *grpc.Server
+		served        os.FileInfo // the socket we listen on
+		kubeletSeen   os.FileInfo // kubelet.sock at our last registration
+		waitingLogged bool
+		retry         = time.NewTimer(time.Hour)
+		backoff       = 50 * time.Millisecond
+	)
+	retry.Stop()
+	stopServing := func() {
+		if srv != nil {
+			srv.Stop()
+			srv = nil
+		}
+	}
+	defer func() {
+		s.mu.Lock()
+		s.stopping = true
+		s.mu.Unlock()
+		stopServing()
+		if served != nil {
+			if fi, err := os.Lstat(s.socket); err == nil && os.SameFile(fi, served) {
+				os.Remove(s.socket)
+			}
+		}
+		s.log.Info("device plugin stopped")
+	}()
+
+	reconcile := func() {
+		// Serve on our socket if it is gone or not ours any more.
+		fi, err := os.Lstat(s.socket)
+		if err != nil || served == nil || !os.SameFile(fi, served) {
+			stopServing()
+			srv, served, err = s.serve()
+			if err != nil {
+				s.log.Error("cannot serve the device plugin socket; retrying", "socket", s.socket, "err", err)
+				retry.Reset(time.Second)
+				return
+			}
+		}
+		kfi, err := os.Stat(s.opts.kubeletSocket())
+		if err == nil {
+			err = s.register(ctx)
+		}
+		if err != nil {
+			if !waitingLogged {
+				s.log.Warn("kubelet not reachable; gpulet keeps serving and registers as soon as kubelet.sock appears",
+					"kubelet_socket", s.opts.kubeletSocket(), "err", err)
+				waitingLogged = true
+			}
+			retry.Reset(backoff)
+			backoff = min(backoff*2, 5*time.Second)
+			return
+		}
+		kubeletSeen = kfi
+		waitingLogged = false
+		backoff = 50 * time.Millisecond
+		select {
+		case s.Registered <- time.Now():
+		default:
+		}
+	}
+	reconcile()
+
+	poll := time.NewTicker(s.opts.Poll)
+	defer poll.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-s.resync:
+			reconcile()
+		case <-retry.C:
+			reconcile()
+		case ev := <-w.Events:
+			switch {
+			case ev.Name == s.opts.kubeletSocket() && ev.Op.Has(fsnotify.Create):
+				s.log.Info("kubelet.sock created (kubelet restarted); registering again")
+				reconcile()
+			case ev.Name == s.socket && ev.Op.Has(fsnotify.Remove):
+				s.log.Info("plugin socket removed; serving and registering again")
+				reconcile()
+			}
+		case err := <-w.Errors:
+			s.log.Warn("inotify error; relying on polling", "err", err)
+		case <-poll.C:
+			// Backstop for missed inotify events (a recreated folder).
+			fi, err := os.Lstat(s.socket)
+			kfi, kerr := os.Stat(s.opts.kubeletSocket())
+			if err != nil || served == nil || !os.SameFile(fi, served) ||
+				(kerr == nil && (kubeletSeen == nil || !os.SameFile(kfi, kubeletSeen))) {
+				reconcile()
+			}
+		}
+	}
+}
+
+// serve listens on the plugin socket (replacing a stale one) and serves.
+func (s *Server) serve() (*grpc.Server, os.FileInfo, error) {
+	if err := os.Remove(s.socket); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, nil, fmt.Errorf("remove stale socket: %w", err)
+	}
+	lis, err := net.Listen("unix", s.socket)
+	if err != nil {
+		return nil, nil, err
+	}
+	fi, err := os.Lstat(s.socket)
+	if err != nil {
+		lis.Close()
+		return nil, nil, err
+	}
+	srv := grpc.NewServer()
+	pluginapi.RegisterDevicePluginServer(srv, s)
+	go func() {
+		// Serve returns when stopServing stops srv; nothing to report then.
+		_ = srv.Serve(lis)
+	}()
+	return srv, fi, nil
+}
+
+// register tells the kubelet about our socket.
+func (s *Server) register(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	conn, err := grpc.NewClient("unix://"+s.opts.kubeletSocket(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	s.mu.Lock()
+	s.lastRegister = time.Now()
+	s.mu.Unlock()
+	_, err = pluginapi.NewRegistrationClient(conn).Register(ctx, &pluginapi.RegisterRequest{
+		Version:      pluginapi.Version,
+		Endpoint:     filepath.Base(s.socket),
+		ResourceName: s.name,
+		Options:      &pluginapi.DevicePluginOptions{GetPreferredAllocationAvailable: s.opts.Placement != nil},
+	})
+	if err != nil {
+		if errors.Is(err, syscall.ECONNREFUSED) {
+			return fmt.Errorf("kubelet.sock refuses connections: %w", err)
+		}
+		return err
+	}
+	s.log.Info("registered with kubelet", "endpoint", filepath.Base(s.socket))
+	return nil
+}

@@ -1,0 +1,182 @@
+// Package resources turns the inventory into what gpulet advertises: named
+// extended resources (nvidia.com/gpu, nvidia.com/mig-1g.10gb, ...) and their
+// devices, after MIG strategy and time-slicing are applied. It is pure: the
+// same snapshot and config always give the same resources.
+package resources
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/gpulet/gpulet/internal/inventory"
+)
+
+// DefaultResourceName is NVIDIA's resource name, so pod specs need no change.
+const DefaultResourceName = "nvidia.com/gpu"
+
+// MIG strategies, named as NVIDIA's plugin names them.
+const (
+	MIGNone   = "none"   // whole GPUs only; MIG devices are not advertised
+	MIGSingle = "single" // every GPU uses one MIG profile; instances are nvidia.com/gpu
+	MIGMixed  = "mixed"  // one resource per MIG profile: nvidia.com/mig-<profile>
+)
+
+// Config selects how inventory becomes resources.
+type Config struct {
+	ResourceName string // whole-GPU resource name; default nvidia.com/gpu
+	MIGStrategy  string // none, single or mixed; default none
+	// Replicas > 1 shares each device between that many containers
+	// (time-slicing): device IDs become <id>::<n>.
+	Replicas int
+	// RenameByDefault advertises shared devices as <name>.shared.
+	RenameByDefault bool
+}
+
+// Validate reports a config error in the user's terms.
+func (c Config) Validate() error {
+	switch c.MIGStrategy {
+	case "", MIGNone, MIGSingle, MIGMixed:
+	default:
+		return fmt.Errorf("MIG strategy %q is not one of none, single, mixed", c.MIGStrategy)
+	}
+	if c.Replicas < 0 {
+		return fmt.Errorf("time-slicing replicas must be 0 (off) or more, got %d", c.Replicas)
+	}
+	if c.ResourceName != "" && !strings.Contains(c.ResourceName, "/") {
+		return fmt.Errorf("resource name %q needs a domain, e.g. nvidia.com/gpu", c.ResourceName)
+	}
+	return nil
+}
+
+// Device is one advertised device.
+type Device struct {
+	ID      string // the device-plugin ID the kubelet sees
+	UUID    string // the GPU or MIG instance UUID behind it
+	Index   string // "3", or "3:1" for MIG instance 1 of GPU 3
+	GPU     int    // position of the (parent) GPU in the node's GPU list
+	Minor   int    // N of /dev/nvidiaN of the (parent) GPU
+	NUMA    int    // -1 when unknown
+	Healthy bool
+	Reason  string // why it is unhealthy
+}
+
+// Resource is one extended resource and its devices, sorted by ID.
+type Resource struct {
+	Name    string
+	Devices []Device
+	// DevRoot is the host folder the device nodes live in; ControlDevices
+	// lists the node-wide ones that exist there (nvidiactl, nvidia-uvm, ...).
+	DevRoot        string
+	ControlDevices []string
+	// Links is the node's link matrix, indexed by Device.GPU (shared, read-only).
+	Links [][]inventory.Link
+}
+
+// Device returns the device with that ID.
+func (r *Resource) Device(id string) (Device, bool) {
+	i := sort.Search(len(r.Devices), func(i int) bool { return r.Devices[i].ID >= id })
+	if i < len(r.Devices) && r.Devices[i].ID == id {
+		return r.Devices[i], true
+	}
+	return Device{}, false
+}
+
+var controlDevices = []string{"nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia-modeset"}
+
+// Build computes the resources of a snapshot.
+func Build(snap inventory.Snapshot, cfg Config) []Resource {
+	name := cfg.ResourceName
+	if name == "" {
+		name = DefaultResourceName
+	}
+	node := snap.Node
+	byName := map[string][]Device{}
+	for gi, g := range node.GPUs {
+		base := Device{GPU: gi, Minor: g.Minor, NUMA: g.NUMANode}
+		gpuHealth := health(snap, g.UUID)
+		if !g.MIGEnabled || cfg.MIGStrategy == "" || cfg.MIGStrategy == MIGNone {
+			if g.MIGEnabled && (cfg.MIGStrategy == "" || cfg.MIGStrategy == MIGNone) {
+				// MIG-enabled GPUs cannot run whole-GPU workloads.
+				continue
+			}
+			d := base
+			d.UUID, d.Index = g.UUID, strconv.Itoa(g.Index)
+			d.Healthy, d.Reason = gpuHealth.Healthy, gpuHealth.Reason
+			byName[name] = append(byName[name], d)
+			continue
+		}
+		for mi, m := range g.MIGDevices {
+			d := base
+			d.UUID, d.Index = m.UUID, fmt.Sprintf("%d:%d", g.Index, mi)
+			h := health(snap, m.UUID)
+			if !gpuHealth.Healthy {
+				h = gpuHealth // a broken parent breaks every instance
+			}
+			d.Healthy, d.Reason = h.Healthy, h.Reason
+			rn := name
+			if cfg.MIGStrategy == MIGMixed {
+				rn = domain(name) + "/mig-" + m.Profile
+			}
+			byName[rn] = append(byName[rn], d)
+		}
+	}
+	var out []Resource
+	for rn, devs := range byName {
+		for i := range devs {
+			devs[i].ID = devs[i].UUID
+		}
+		if cfg.Replicas > 1 {
+			devs = replicate(devs, cfg.Replicas)
+			if cfg.RenameByDefault {
+				rn += ".shared"
+			}
+		}
+		sort.Slice(devs, func(i, j int) bool { return devs[i].ID < devs[j].ID })
+		out = append(out, Resource{Name: rn, Devices: devs, DevRoot: node.DevRoot, ControlDevices: existing(node.DevRoot), Links: node.Links})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+func health(snap inventory.Snapshot, uuid string) inventory.Health {
+	if h, ok := snap.Health[uuid]; ok {
+		return h
+	}
+	return inventory.Health{Healthy: true}
+}
+
+func domain(name string) string {
+	if i := strings.Index(name, "/"); i >= 0 {
+		return name[:i]
+	}
+	return name
+}
+
+// ReplicaSep separates a device's UUID from its replica number in shared IDs.
+const ReplicaSep = "::"
+
+func replicate(devs []Device, n int) []Device {
+	out := make([]Device, 0, len(devs)*n)
+	for _, d := range devs {
+		for r := 0; r < n; r++ {
+			c := d
+			c.ID = d.UUID + ReplicaSep + strconv.Itoa(r)
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+func existing(devRoot string) []string {
+	var out []string
+	for _, c := range controlDevices {
+		if _, err := os.Stat(filepath.Join(devRoot, c)); err == nil {
+			out = append(out, c)
+		}
+	}
+	return out
+}
