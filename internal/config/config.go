@@ -78,11 +78,11 @@ type File struct {
 		} `json:"timeSlicing"`
 	} `json:"sharing"`
 	Gpulet struct {
-		Backend          *string           `json:"backend,omitempty"`
-		SimProfile       *string           `json:"simProfile,omitempty"`
-		SimRoot          *string           `json:"simRoot,omitempty"`
-		DevicePluginPath *string           `json:"devicePluginPath,omitempty"`
-		ResourceName     *string           `json:"resourceName,omitempty"`
+		Backend          *string `json:"backend,omitempty"`
+		SimProfile       *string `json:"simProfile,omitempty"`
+		SimRoot          *string `json:"simRoot,omitempty"`
+		DevicePluginPath *string `json:"devicePluginPath,omitempty"`
+		ResourceName     *string `json:"resourceName,omitempty"`
 		Health           struct {
 			Disable     *string           `json:"disable,omitempty"`
 			QuietPeriod *string           `json:"quietPeriod,omitempty"`
