@@ -19,6 +19,7 @@ func BenchmarkPreferred(b *testing.B) {
 		{"islands-16", 2}, {"islands-16", 4}, {"islands-16", 8},
 		{"islands-32", 4}, {"islands-32", 8}, {"islands-32", 16},
 		{"dgx-h100-mig56", 1}, {"dgx-h100-mig56", 4}, {"dgx-h100-mig56", 14}, {"dgx-h100-mig56", 28},
+		{"islands-16-mig64", 4}, {"islands-16-mig64", 16}, {"islands-16-mig64", 32},
 	}
 	for _, bc := range cases {
 		f := fixture(b, bc.fixture)

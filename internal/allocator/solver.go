@@ -24,6 +24,9 @@ type solver struct {
 	pref []int64
 	// lowDeg[i*(k+1)+t]: the sum of the t smallest degrees among classes i...
 	lowDeg []int64
+	ready  []bool // depth i's rows of pref and lowDeg are filled
+	nb     [][]neighbour
+	byDeg  []int // classes by ascending degree
 
 	cnt     []int
 	attach  []int64 // attach[x]: score from a member of x to everything chosen
@@ -79,20 +82,40 @@ func newSolver(t *Topology, cls []class, size int) *solver {
 		slices.SortFunc(nb, func(a, b gain) int { return cmp.Compare(b.v, a.v) })
 		pot[x] = 2*att + topSum(nb, size-1)
 	}
-	order := make([]int, c)
-	for i := range order {
-		order[i] = i
-	}
-	slices.SortStableFunc(order, func(a, b int) int {
-		ma, mb := cls[a].min > 0, cls[b].min > 0
-		if ma != mb {
-			if ma {
-				return -1
+	// Order: must-include classes first, then repeatedly the class most
+	// strongly tied to those already ordered (potential breaks ties and picks
+	// the first), so a well-connected cluster (an NVLink island, a GPU's
+	// partitions) is decided together and the bound tightens early.
+	order := make([]int, 0, c)
+	placed := make([]bool, c)
+	tie := make([]int64, c) // score to every device of the classes placed
+	for len(order) < c {
+		bx := -1
+		for x := range cls {
+			if placed[x] {
+				continue
 			}
-			return 1
+			if bx < 0 {
+				bx = x
+				continue
+			}
+			mx, mb := cls[x].min > 0, cls[bx].min > 0
+			if mx != mb {
+				if mx {
+					bx = x
+				}
+				continue
+			}
+			if tie[x] > tie[bx] || (tie[x] == tie[bx] && pot[x] > pot[bx]) {
+				bx = x
+			}
 		}
-		return cmp.Compare(pot[b], pot[a])
-	})
+		placed[bx] = true
+		order = append(order, bx)
+		for x := range cls {
+			tie[x] += int64(len(cls[bx].items)) * w(x, bx)
+		}
+	}
 
 	s := &solver{c: c, k: size}
 	s.items = make([][]int, c)
@@ -144,78 +167,82 @@ func topSum(sorted []gain, t int) int64 {
 	return s
 }
 
-// tables fills pref and lowDeg for the branch-and-bound.
+// neighbour is one entry of a class's pair scores, best first.
+type neighbour struct {
+	v    int64
+	n, y int // n devices of class y score v
+}
+
+// tables prepares the bound tables; each depth's rows are filled on first
+// use (depthTables), as pruning leaves many depths unvisited.
 func (s *solver) tables() {
 	c, k := s.c, s.k
 	s.pref = make([]int64, c*c*k)
-	nb := make([][]struct {
-		gain
-		y int
-	}, c)
+	s.lowDeg = make([]int64, c*(k+1))
+	s.ready = make([]bool, c)
+	s.nb = make([][]neighbour, c)
+	all := make([]neighbour, 0, c*c)
 	for x := 0; x < c; x++ {
+		start := len(all)
 		for y := 0; y < c; y++ {
 			n := s.cap[y]
 			if y == x {
 				n--
 			}
 			if n > 0 {
-				nb[x] = append(nb[x], struct {
-					gain
-					y int
-				}{gain{s.w[x*c+y], n}, y})
+				all = append(all, neighbour{s.w[x*c+y], n, y})
 			}
 		}
-		slices.SortFunc(nb[x], func(a, b struct {
-			gain
-			y int
-		}) int {
-			return cmp.Compare(b.v, a.v)
-		})
+		s.nb[x] = all[start:len(all):len(all)]
+		slices.SortFunc(s.nb[x], func(a, b neighbour) int { return cmp.Compare(b.v, a.v) })
 	}
-	for i := 0; i < c; i++ {
-		for x := i; x < c; x++ {
-			row := s.pref[(i*c+x)*k : (i*c+x+1)*k]
-			t := 0
-			var sum int64
-			for _, g := range nb[x] {
-				if g.y < i {
-					continue
-				}
-				for n := 0; n < g.n && t+1 < k; n++ {
-					sum += g.v
-					t++
-					row[t] = sum
-				}
-				if t+1 >= k {
-					break
-				}
-			}
-			for t++; t < k; t++ {
-				row[t] = sum
-			}
-		}
+	s.byDeg = make([]int, c)
+	for i := range s.byDeg {
+		s.byDeg[i] = i
 	}
-	s.lowDeg = make([]int64, c*(k+1))
-	byDeg := make([]int, 0, c)
-	for i := 0; i < c; i++ {
-		byDeg = byDeg[:0]
-		for x := i; x < c; x++ {
-			byDeg = append(byDeg, x)
-		}
-		slices.SortFunc(byDeg, func(a, b int) int { return cmp.Compare(s.deg[a], s.deg[b]) })
-		row := s.lowDeg[i*(k+1) : (i+1)*(k+1)]
+	slices.SortStableFunc(s.byDeg, func(a, b int) int { return cmp.Compare(s.deg[a], s.deg[b]) })
+}
+
+// depthTables fills pref and lowDeg for depth i.
+func (s *solver) depthTables(i int) {
+	s.ready[i] = true
+	c, k := s.c, s.k
+	for x := i; x < c; x++ {
+		row := s.pref[(i*c+x)*k : (i*c+x+1)*k]
 		t := 0
 		var sum int64
-		for _, x := range byDeg {
-			for n := 0; n < s.cap[x] && t < k; n++ {
-				sum += s.deg[x]
+		for _, g := range s.nb[x] {
+			if g.y < i {
+				continue
+			}
+			for n := 0; n < g.n && t+1 < k; n++ {
+				sum += g.v
 				t++
 				row[t] = sum
 			}
+			if t+1 >= k {
+				break
+			}
 		}
-		for t++; t <= k; t++ {
+		for t++; t < k; t++ {
 			row[t] = sum
 		}
+	}
+	row := s.lowDeg[i*(k+1) : (i+1)*(k+1)]
+	t := 0
+	var sum int64
+	for _, x := range s.byDeg {
+		if x < i {
+			continue
+		}
+		for n := 0; n < s.cap[x] && t < k; n++ {
+			sum += s.deg[x]
+			t++
+			row[t] = sum
+		}
+	}
+	for t++; t <= k; t++ {
+		row[t] = sum
 	}
 }
 
@@ -288,34 +315,44 @@ func (s *solver) greedy(S, D int64) (int64, int64) {
 	return S, D
 }
 
-// swaps improves the state by trading one device for another while that
-// raises the objective, and returns the objective.
+// swaps improves the state by moving n devices from one class to another
+// (n = 1 is a plain swap; larger n moves a GPU's partitions together) while
+// that raises the objective, and returns the objective.
 func (s *solver) swaps(S, D int64) (int64, int64) {
 	c := s.c
 	for iter := 0; iter < 4*s.k+16; iter++ {
 		bestDS, bestDD := int64(0), int64(0)
-		ba, bb := -1, -1
+		ba, bb, bn := -1, -1, 0
 		for a := 0; a < c; a++ {
-			if s.cnt[a] <= s.min[a] {
+			m := int64(s.cnt[a])
+			if m <= int64(s.min[a]) {
 				continue
 			}
-			lose := s.attach[a] - s.w[a*c+a]
+			waa := s.w[a*c+a]
+			xa := s.attach[a] - m*waa // one member's score to other classes
 			for b := 0; b < c; b++ {
-				if b == a || s.cnt[b] >= s.cap[b] {
+				p := int64(s.cnt[b])
+				if b == a || p >= int64(s.cap[b]) {
 					continue
 				}
-				dS := s.attach[b] - s.w[b*c+a] - lose
-				dD := s.deg[b] - s.deg[a]
-				if dS > bestDS || (dS == bestDS && dD < bestDD) {
-					bestDS, bestDD, ba, bb = dS, dD, a, b
+				wbb, wab := s.w[b*c+b], s.w[a*c+b]
+				top := min(m-int64(s.min[a]), int64(s.cap[b])-p)
+				for n := int64(1); n <= top; n++ {
+					lose := n*xa + (m*(m-1)-(m-n)*(m-n-1))/2*waa
+					xb := s.attach[b] - n*wab - p*wbb
+					win := n*xb + ((p+n)*(p+n-1)-p*(p-1))/2*wbb
+					dS, dD := win-lose, n*(s.deg[b]-s.deg[a])
+					if dS > bestDS || (dS == bestDS && dD < bestDD) {
+						bestDS, bestDD, ba, bb, bn = dS, dD, a, b, int(n)
+					}
 				}
 			}
 		}
 		if ba < 0 {
 			break
 		}
-		s.add(ba, -1)
-		s.add(bb, 1)
+		s.add(ba, -bn)
+		s.add(bb, bn)
 		S += bestDS
 		D += bestDD
 	}
@@ -329,7 +366,8 @@ const maxSeeds = 16
 func (s *solver) solve(ctx context.Context) {
 	base := slices.Clone(s.min)
 	// Heuristic: greedy from the must-include devices alone and from them
-	// plus one device of each of the most promising classes, then swaps.
+	// plus one device of each of the first classes in search order, then
+	// swaps.
 	seeds := 0
 	for x := -1; x < s.c && seeds <= maxSeeds; x++ {
 		if x >= 0 && base[x] >= s.cap[x] {
@@ -398,6 +436,9 @@ func (s *solver) dfs(i, r int, S, D int64) {
 		return
 	}
 	q := s.k - r
+	if !s.ready[i] {
+		s.depthTables(i)
+	}
 	if s.have {
 		ub := 2*S + s.bound(i, q)
 		if ub < 2*s.bestS || (ub == 2*s.bestS && D+s.lowDeg[i*(s.k+1)+q] >= s.bestD) {

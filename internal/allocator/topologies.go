@@ -37,6 +37,8 @@ func Fixtures() []Fixture {
 	add("islands-32", l, d)
 	l, d = DGXH100MIG7()
 	add("dgx-h100-mig56", l, d)
+	l, d = Islands16MIG4()
+	add("islands-16-mig64", l, d)
 	return out
 }
 
@@ -118,13 +120,25 @@ func DGXH100() ([][]inventory.Link, []Device) {
 // DGXH100MIG7 is the DGX H100 with every GPU split into seven MIG instances
 // (56 devices), named gpuN-migM.
 func DGXH100MIG7() ([][]inventory.Link, []Device) {
+	return h100Links(8), splitGPUs(wholeGPUs(8, func(i int) int { return i / 4 }), 7)
+}
+
+// Islands16MIG4 is Islands16 with every GPU split into four MIG instances
+// (64 devices), named gpuN-migM.
+func Islands16MIG4() ([][]inventory.Link, []Device) {
+	links, gpus := Islands16()
+	return links, splitGPUs(gpus, 4)
+}
+
+// splitGPUs replaces every whole-GPU device by per partitions.
+func splitGPUs(gpus []Device, per int) []Device {
 	var devs []Device
-	for g := 0; g < 8; g++ {
-		for m := 0; m < 7; m++ {
-			devs = append(devs, Device{ID: fmt.Sprintf("gpu%d-mig%d", g, m), GPU: g, NUMA: g / 4})
+	for _, g := range gpus {
+		for m := 0; m < per; m++ {
+			devs = append(devs, Device{ID: fmt.Sprintf("%s-mig%d", g.ID, m), GPU: g.GPU, NUMA: g.NUMA})
 		}
 	}
-	return h100Links(8), devs
+	return devs
 }
 
 // pcieSwitched is n GPUs without NVLink, two per PCIe switch (PIX), perSocket
