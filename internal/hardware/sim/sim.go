@@ -243,6 +243,9 @@ func CreateDeviceNodes(node *inventory.Node) error {
 		if errors.Is(err, unix.EPERM) || errors.Is(err, unix.EACCES) {
 			err = os.WriteFile(p, nil, 0o666)
 		}
+		if err == nil {
+			err = os.Chmod(p, 0o666) // as the driver makes them, whatever the umask
+		}
 		if err != nil {
 			return fmt.Errorf("create simulated device %s: %w", p, err)
 		}
