@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/gpulet/gpulet/internal/inventory"
 )
 
 // fuzzTopos are the topologies FuzzPreferred picks from.
@@ -83,5 +85,61 @@ func FuzzPreferred(f *testing.F) {
 			t.Fatalf("valid request avail=%q must=%q size=%d: %v", avail, must, size, err)
 		}
 		checkValid(t, topo, avail, must, size, got)
+	})
+}
+
+// FuzzNewTopology: arbitrary link matrices and device lists never panic; a
+// topology that builds answers every valid request validly.
+func FuzzNewTopology(f *testing.F) {
+	f.Add([]byte{3, 2, 1, 50, 0, 10, 7, 20, 1, 0, 2, 1}, uint8(2))
+	f.Add([]byte{0, 5, 1, 2, 3}, uint8(1))
+	f.Add([]byte{2, 200, 255, 60, 61}, uint8(3))
+	f.Fuzz(func(t *testing.T, data []byte, size uint8) {
+		next := func() int {
+			if len(data) == 0 {
+				return 0
+			}
+			b := data[0]
+			data = data[1:]
+			return int(b)
+		}
+		n := next() % 6
+		links := make([][]inventory.Link, n)
+		for i := range links {
+			links[i] = make([]inventory.Link, n)
+		}
+		for i := range n {
+			for j := i + 1; j < n; j++ {
+				l := inventory.Link{NVLinks: next() % 20, PCIe: inventory.Level(next() % 70)}
+				links[i][j], links[j][i] = l, l
+			}
+		}
+		if next()%7 == 0 && n > 1 {
+			links[0][1].NVLinks++ // asymmetric
+		}
+		var devs []Device
+		for d := next() % 12; d > 0; d-- {
+			devs = append(devs, Device{ID: "d" + itoa(next()%16), GPU: next()%8 - 1, NUMA: next()%3 - 1})
+		}
+		topo, err := NewTopology(links, devs)
+		if err != nil {
+			return
+		}
+		var all []string
+		for _, d := range devs {
+			all = append(all, d.ID)
+		}
+		k := int(size)%max(1, len(all)) + 1
+		got, err := topo.Preferred(context.Background(), all, nil, k)
+		if k > len(all) {
+			if err == nil {
+				t.Fatalf("size %d of %d answered %v", k, len(all), got)
+			}
+			return
+		}
+		if err != nil {
+			t.Fatalf("%v", err)
+		}
+		checkValid(t, topo, all, nil, k, got)
 	})
 }

@@ -220,7 +220,7 @@ func latency(trials, refTrials int, deadline time.Duration, seed uint64) {
 	fmt.Println("was known (enum = enumeration over per-GPU counts, bb = the allocator's own search run to completion with 5s)")
 	fmt.Println()
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "topology\tdevices\tsize\twall p50\twall p99\twall max\tcpu p50\tcpu p99\tdone\tchecked\tmean ratio\tworst ratio\tref enum/bb\tfirst-N mean\tfirst-N worst\t")
+	fmt.Fprintln(tw, "topology\tdevices\tsize\twall p50\twall p99\twall max\tcpu p50\tcpu p99\tcpu max\tdone\tchecked\tmean ratio\tworst ratio\tref enum/bb\tfirst-N mean\tfirst-N worst\t")
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	for _, f := range allocator.Fixtures() {
@@ -306,12 +306,12 @@ func latency(trials, refTrials int, deadline time.Duration, seed uint64) {
 			if k == 1 {
 				checked, mean, worst, nm, nw = "-", 1, 1, 1, 1
 			}
-			cpu50, cpu99 := "n/a", "n/a"
+			cpu50, cpu99, cpuMax := "n/a", "n/a", "n/a"
 			if threadCPU() > 0 {
-				cpu50, cpu99 = round(pct(st.cpu, 0.5)), round(pct(st.cpu, 0.99))
+				cpu50, cpu99, cpuMax = round(pct(st.cpu, 0.5)), round(pct(st.cpu, 0.99)), round(pct(st.cpu, 1))
 			}
-			fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%.1f%%\t%s\t%.4f\t%.4f\t%d/%d\t%.4f\t%.4f\t\n",
-				f.Name, n, k, round(pct(st.lat, 0.5)), round(pct(st.lat, 0.99)), round(pct(st.lat, 1)), cpu50, cpu99,
+			fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%.1f%%\t%s\t%.4f\t%.4f\t%d/%d\t%.4f\t%.4f\t\n",
+				f.Name, n, k, round(pct(st.lat, 0.5)), round(pct(st.lat, 0.99)), round(pct(st.lat, 1)), cpu50, cpu99, cpuMax,
 				100*float64(st.exact)/float64(trials), checked, mean, worst, st.refEnum, st.refBB, nm, nw)
 		}
 	}
