@@ -1,3 +1,48 @@
+# gpulet: build, test, benchmark, demo. `make help` lists the targets.
+GO      ?= go
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X main.version=$(VERSION)
+# go-nvml's header marks old NVML calls deprecated; the warnings are noise.
+export CGO_CFLAGS ?= -Wno-deprecated-declarations
+
+.PHONY: help build build-static test unit vet fuzz bench demo e2e clean
+
+help:
+	@echo "make demo        run gpulet on a simulated GPU node against kubelet's own device manager"
+	@echo "make test        every test (unit tests with -race, then kubelet's device manager against gpulet)"
+	@echo "make bench       benchmarks (results: docs/benchmarks.md)"
+	@echo "make e2e         the seed walkthrough on a real single-node Kubernetes (root, several minutes)"
+	@echo "make build       _output/gpulet (cgo, NVML-capable)"
+	@echo "make build-static _output/gpulet-static (no cgo: simulator only, for the test image)"
+
+build:
+	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o _output/gpulet ./cmd/gpulet
+
+build-static:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o _output/gpulet-static ./cmd/gpulet
+
+vet:
+	@test -z "$$(gofmt -l cmd internal deploy tools hack 2>/dev/null)" || { gofmt -l cmd internal deploy tools hack; echo "gofmt needed"; exit 1; }
+	$(GO) vet ./...
+
+unit: vet
+	$(GO) test -race -count=1 ./...
+
+test: unit test-kubelet
+
+# Short fuzzing of every parser and request handler.
+fuzz:
+	$(GO) test -run '^$$' -fuzz FuzzParseProfile -fuzztime 20s ./internal/hardware/sim
+	$(GO) test -run '^$$' -fuzz FuzzParseFile -fuzztime 20s ./internal/config
+	$(GO) test -run '^$$' -fuzz FuzzAllocate -fuzztime 20s ./internal/plugin
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchtime 2000x ./internal/plugin
+	$(GO) test -run '^$$' -bench . ./cmd/gpulet
+
+clean:
+	rm -rf _output
+
 .PHONY: e2e
 # End-to-end test on a real single-node Kubernetes (root; see test/e2e/README.md).
 e2e:

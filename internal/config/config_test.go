@@ -9,8 +9,8 @@ import (
 
 	"github.com/spf13/pflag"
 
-	"github.com/gpulet/gpulet/internal/health"
 	"github.com/gpulet/gpulet/internal/hardware"
+	"github.com/gpulet/gpulet/internal/health"
 )
 
 func parse(t *testing.T, args []string, env map[string]string) (*Config, error) {

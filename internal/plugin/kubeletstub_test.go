@@ -4,76 +4,53 @@ import (
 	"context"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 
 	"github.com/gpulet/gpulet/internal/hardware/sim"
 	"github.com/gpulet/gpulet/internal/inventory"
+	"github.com/gpulet/gpulet/internal/plugin/plugintest"
 	"github.com/gpulet/gpulet/internal/resources"
 )
 
-// stubKubelet is the kubelet's side of registration on a real unix socket.
-type stubKubelet struct {
-	pluginapi.UnimplementedRegistrationServer
-	dir  string
-	srv  *grpc.Server
-	regs chan *pluginapi.RegisterRequest
-}
+// stubKubelet wraps plugintest.Kubelet for tests.
+type stubKubelet struct{ *plugintest.Kubelet }
 
 func startKubelet(t testing.TB, dir string) *stubKubelet {
 	t.Helper()
-	k := &stubKubelet{dir: dir, regs: make(chan *pluginapi.RegisterRequest, 16)}
-	sock := filepath.Join(dir, "kubelet.sock")
-	os.Remove(sock)
-	lis, err := net.Listen("unix", sock)
+	k, err := plugintest.StartKubelet(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	k.srv = grpc.NewServer()
-	pluginapi.RegisterRegistrationServer(k.srv, k)
-	go k.srv.Serve(lis)
-	t.Cleanup(k.stop)
-	return k
+	t.Cleanup(k.Stop)
+	return &stubKubelet{k}
 }
 
-func (k *stubKubelet) stop() {
-	k.srv.Stop()
-	os.Remove(filepath.Join(k.dir, "kubelet.sock"))
-}
-
-func (k *stubKubelet) Register(_ context.Context, r *pluginapi.RegisterRequest) (*pluginapi.Empty, error) {
-	k.regs <- r
-	return &pluginapi.Empty{}, nil
-}
+func (k *stubKubelet) stop() { k.Stop() }
 
 func (k *stubKubelet) waitRegistration(t testing.TB, within time.Duration) *pluginapi.RegisterRequest {
 	t.Helper()
-	select {
-	case r := <-k.regs:
-		return r
-	case <-time.After(within):
-		t.Fatalf("no registration within %s", within)
-		return nil
+	r, err := k.WaitRegistration(within)
+	if err != nil {
+		t.Fatal(err)
 	}
+	return r
 }
 
 // dial connects to a plugin's socket the way the kubelet does.
 func dial(t testing.TB, dir, endpoint string) pluginapi.DevicePluginClient {
 	t.Helper()
-	conn, err := grpc.NewClient("unix://"+filepath.Join(dir, endpoint), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	c, closeFn, err := plugintest.Dial(dir, endpoint)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { conn.Close() })
-	return pluginapi.NewDevicePluginClient(conn)
+	t.Cleanup(func() { closeFn() })
+	return c
 }
 
 func discardLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
