@@ -37,12 +37,17 @@
 // Devices that are interchangeable for the objective (devices on one parent
 // GPU; GPUs whose pair scores to every other free device are equal) are merged
 // into classes, and the search chooses how many devices to take from each
-// class. A greedy start from every promising class, improved by one-for-one
-// swaps, gives an answer at once; a branch-and-bound over the class counts
-// then either proves it optimal or finds the optimum. Its upper bound charges
-// every device still addable its score to what is already chosen plus half of
-// its best possible pair scores among the devices still addable. The search
-// stops at the ctx deadline (DefaultSearchBudget when ctx has none) and keeps
+// class. Greedy starts (from the must-include devices, and from them plus one
+// device of each of the first classes), improved by moving one or several
+// devices between classes, give an answer at once; a depth-first
+// branch-and-bound over the class counts then either proves it optimal or
+// finds the optimum. Classes are searched cluster by cluster (each next class
+// is the one most strongly tied to those already placed), so an NVLink island
+// or a GPU's partitions are decided together. The upper bound charges every
+// device still addable its score to what is already chosen plus half of its
+// best possible pair scores among the devices still addable; ties on the
+// score are bounded by the smallest degrees still addable. The search stops
+// at the ctx deadline (DefaultSearchBudget when ctx has none) and keeps
 // the best answer so far; a search space of at most exactSpace count vectors
 // (at least every request over at most 12 free devices) always runs to the
 // end, so small nodes always get the exact optimum.
@@ -190,11 +195,19 @@ func NewTopology(links [][]inventory.Link, devices []Device) (*Topology, error) 
 }
 
 // SameGPUScore is the pair score of two devices on one parent GPU.
-func (t *Topology) SameGPUScore() int { return int(t.same) }
+func (t *Topology) SameGPUScore() int {
+	if t == nil {
+		return 0
+	}
+	return int(t.same)
+}
 
 // Score returns the objective of a set: the sum of its pair scores. IDs the
 // topology does not know are ignored; it does not check for duplicates.
 func (t *Topology) Score(ids []string) int {
+	if t == nil {
+		return 0
+	}
 	idx := make([]int, 0, len(ids))
 	for _, id := range ids {
 		if i, ok := t.index[id]; ok {

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/gpulet/gpulet/internal/inventory"
 )
@@ -276,4 +277,33 @@ func TestConcurrent(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+}
+
+// TestHugeNode: a node far beyond the fixtures (128 GPUs, random links) still
+// gets a valid answer within its deadline.
+func TestHugeNode(t *testing.T) {
+	r := rand.New(rand.NewPCG(12, 13))
+	n := 128
+	links := newLinks(n, func(i, j int) inventory.Link {
+		return inventory.Link{NVLinks: r.IntN(3), PCIe: inventory.Level(10 * (1 + r.IntN(5)))}
+	})
+	devs := wholeGPUs(n, func(i int) int { return i % 2 })
+	topo, err := NewTopology(links, devs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	all := idsOf(devs, r.Perm(n))
+	for _, k := range []int{1, 5, 64, 127} {
+		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+		start := time.Now()
+		got, err := topo.Preferred(ctx, all, all[:1], k)
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkValid(t, topo, all, all[:1], k, got)
+		if d := time.Since(start); d > 2*time.Second {
+			t.Errorf("size %d took %s with a 50ms deadline", k, d)
+		}
+	}
 }

@@ -49,7 +49,7 @@ type gain struct {
 }
 
 // newSolver builds the search for size devices over the classes, ordered
-// so that must-include classes come first, then classes by their potential.
+// must-include classes first, then cluster by cluster.
 func newSolver(t *Topology, cls []class, size int) *solver {
 	c := len(cls)
 	G := t.ngroups
@@ -362,12 +362,29 @@ func (s *solver) swaps(S, D int64) (int64, int64) {
 // maxSeeds bounds how many greedy starts the heuristic tries.
 const maxSeeds = 16
 
+// maxTable bounds the bound tables (entries); a request too large for them
+// keeps the heuristic answer.
+const maxTable = 1 << 20
+
 // solve leaves the best counts found in s.best.
 func (s *solver) solve(ctx context.Context) {
-	base := slices.Clone(s.min)
+	space := 1.0
+	for _, n := range s.cap {
+		space *= float64(n + 1)
+	}
+	s.bounded = space > exactSpace
+	if s.bounded {
+		dl, ok := ctx.Deadline()
+		if !ok {
+			dl = time.Now().Add(DefaultSearchBudget)
+		}
+		s.deadline = dl
+		s.done = ctx.Done()
+	}
 	// Heuristic: greedy from the must-include devices alone and from them
 	// plus one device of each of the first classes in search order, then
-	// swaps.
+	// moves. The first start always runs, so there is always an answer.
+	base := slices.Clone(s.min)
 	seeds := 0
 	for x := -1; x < s.c && seeds <= maxSeeds; x++ {
 		if x >= 0 && base[x] >= s.cap[x] {
@@ -385,25 +402,16 @@ func (s *solver) solve(ctx context.Context) {
 		S, D = s.swaps(S, D)
 		s.offer(S, D)
 		seeds++
-	}
-	// Branch and bound over the counts.
-	space := 1.0
-	for _, n := range s.cap {
-		space *= float64(n + 1)
-	}
-	s.bounded = space > exactSpace
-	if s.bounded {
-		dl, ok := ctx.Deadline()
-		if !ok {
-			dl = time.Now().Add(DefaultSearchBudget)
-		}
-		s.deadline = dl
-		s.done = ctx.Done()
 		if s.expired() {
 			s.stopped = true
 			return
 		}
 	}
+	if s.bounded && s.c*s.c*(s.k+1) > maxTable {
+		s.stopped = true
+		return
+	}
+	// Branch and bound over the counts.
 	s.tables()
 	zero := make([]int, s.c)
 	s.load(zero)
