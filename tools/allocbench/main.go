@@ -213,7 +213,7 @@ func sizesFor(name string) []int {
 // latency measures Preferred on random availability (every device free with
 // probability 1/2..1, at least size free) per topology and size.
 func latency(trials, refTrials int, deadline time.Duration, seed uint64) {
-	fmt.Println("## Latency and optimality (random availability, no must-include)")
+	fmt.Println("== Latency and optimality (random availability, no must-include) ==")
 	fmt.Println("wall = wall-clock time of one Preferred call with its deadline; cpu = CPU time of the calling thread")
 	fmt.Println("(what the call costs without waiting for a core); done = share of searches that finished (proved optimal)")
 	fmt.Println("ratio = score / exact optimum over the first reftrials requests (size 1: always 1); ref = how the optimum")
@@ -425,7 +425,7 @@ func replay(name string, steps int, deadline time.Duration, seed uint64) {
 	for _, k := range []int{2, 4} {
 		fresh[k], _ = b.optimum(all, k, 1<<30)
 	}
-	fmt.Printf("## Fragmentation replay on %s: %d events (half frees of a random live allocation, half requests of 1, 2 or 4 devices)\n", name, steps)
+	fmt.Printf("== Fragmentation replay on %s: %d events (half frees of a random live allocation, half requests of 1, 2 or 4 devices) ==\n", name, steps)
 	fmt.Println("ratio = score / optimum over the devices free at that request; fresh = score / best score on an empty node")
 	fmt.Println("4-GPU NVLink: requests served with a set whose every pair has NVLink; lost = no such set was free although")
 	fmt.Println("at most n-4 devices were in use (so some placement of the earlier allocations would have kept one);")
