@@ -334,6 +334,7 @@ func (s *Server) Run(ctx context.Context) error {
 			err = s.register(ctx)
 		}
 		if err != nil {
+			s.log.Debug("registration failed", "err", err)
 			if !waitingLogged {
 				s.log.Warn("kubelet not reachable; gpulet keeps serving and registers as soon as kubelet.sock appears",
 					"kubelet_socket", s.opts.kubeletSocket(), "err", err)
@@ -367,6 +368,9 @@ func (s *Server) Run(ctx context.Context) error {
 			switch {
 			case ev.Name == s.opts.kubeletSocket() && ev.Op.Has(fsnotify.Create):
 				s.log.Info("kubelet.sock created (kubelet restarted); registering again")
+				// The file appears at bind(), a moment before listen(): a
+				// refused first try is retried within milliseconds.
+				backoff = 5 * time.Millisecond
 				reconcile()
 			case ev.Name == s.socket && ev.Op.Has(fsnotify.Remove):
 				s.log.Info("plugin socket removed; serving and registering again")
