@@ -47,3 +47,10 @@ clean:
 # End-to-end test on a real single-node Kubernetes (root; see test/e2e/README.md).
 e2e:
 	test/e2e/run.sh
+
+.PHONY: gpu-check-build
+# Binaries for hack/gpu-check.sh, which runs on a GPU machine without Go:
+# gpulet with cgo (NVML and libcuda are loaded at run time) and its helper.
+gpu-check-build:
+	CGO_ENABLED=1 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o _output/gpulet ./cmd/gpulet
+	CGO_ENABLED=1 $(GO) build -trimpath -o _output/kubeletstub ./hack/kubeletstub

@@ -239,10 +239,18 @@ func WriteTable(w io.Writer, views []View, rows []Row) error {
 	}
 	hdr = append(hdr, "STATUS")
 	fmt.Fprintln(tw, strings.Join(hdr, "\t"))
+	// GPUs are named gpuN in the order they first appear; the uuid row
+	// gives the full UUID.
+	label := map[string]string{}
 	for _, r := range rows {
-		gpu := r.GPU
-		if gpu == "" {
-			gpu = "node"
+		if _, ok := label[r.GPU]; !ok && r.GPU != "" {
+			label[r.GPU] = fmt.Sprintf("gpu%d", len(label))
+		}
+	}
+	for _, r := range rows {
+		gpu := "node"
+		if r.GPU != "" {
+			gpu = label[r.GPU]
 		}
 		cols := []string{gpu, r.Field}
 		for _, v := range r.Values {

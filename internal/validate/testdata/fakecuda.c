@@ -5,7 +5,9 @@
 //
 // Behaviour comes from the environment, read at each cuInit:
 //   FAKECUDA_GPUS        comma-separated UUIDs of the fake physical GPUs
-//                        (default two)
+//                        (default two, or -DFAKECUDA_DEFAULT_GPUS='"GPU-..."';
+//                        -DFAKECUDA_NAME_FMT and -DFAKECUDA_BUS_FMT change
+//                        names and bus IDs, to rehearse hack/gpu-check.sh)
 //   FAKECUDA_INIT_ERROR  a CUresult cuInit returns instead of success
 //   FAKECUDA_BAD_KERNEL  if set, vadd gets element 7 wrong
 //   FAKECUDA_NO_PIN      if set, cuMemAllocHost_v2 fails
@@ -28,10 +30,14 @@ static int visible[MAXDEV];
 static int nvisible;
 static int current = -1;
 
+#ifndef FAKECUDA_DEFAULT_GPUS
+#define FAKECUDA_DEFAULT_GPUS "GPU-11111111-2222-3333-4444-555555555555,GPU-aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
+#endif
+
 static void load_gpus(void) {
 	const char *g = getenv("FAKECUDA_GPUS");
 	if (!g || !*g)
-		g = "GPU-11111111-2222-3333-4444-555555555555,GPU-aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee";
+		g = FAKECUDA_DEFAULT_GPUS;
 	nphys = 0;
 	const char *p = g;
 	while (*p && nphys < MAXDEV) {
@@ -95,8 +101,15 @@ CUresult cuDeviceGet(CUdevice *d, int ordinal) {
 	return 0;
 }
 
+#ifndef FAKECUDA_NAME_FMT
+#define FAKECUDA_NAME_FMT "Fake GPU %d"
+#endif
+#ifndef FAKECUDA_BUS_FMT
+#define FAKECUDA_BUS_FMT "0000:%02X:00.0"
+#endif
+
 CUresult cuDeviceGetName(char *name, int len, CUdevice d) {
-	snprintf(name, (size_t)len, "Fake GPU %d", visible[d]);
+	snprintf(name, (size_t)len, FAKECUDA_NAME_FMT, visible[d]);
 	return 0;
 }
 
@@ -129,7 +142,7 @@ CUresult cuDeviceTotalMem_v2(size_t *b, CUdevice d) {
 }
 
 CUresult cuDeviceGetPCIBusId(char *bus, int len, CUdevice d) {
-	snprintf(bus, (size_t)len, "0000:%02X:00.0", 0x10 + visible[d]);
+	snprintf(bus, (size_t)len, FAKECUDA_BUS_FMT, 0x10 + visible[d]);
 	return 0;
 }
 
