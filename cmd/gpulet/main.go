@@ -36,7 +36,7 @@ func newRoot() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newRunCmd(), newListCmd(), newSimCmd(), newVersionCmd(), newValidateCmd())
+	root.AddCommand(newRunCmd(), newListCmd(), newSimCmd(), newVersionCmd(), newValidateCmd(), newDoctorCmd())
 	return root
 }
 

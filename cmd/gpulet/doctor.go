@@ -1,0 +1,55 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+
+	"github.com/spf13/cobra"
+
+	"github.com/gpulet/gpulet/internal/config"
+	"github.com/gpulet/gpulet/internal/daemon"
+	"github.com/gpulet/gpulet/internal/doctor"
+	"github.com/gpulet/gpulet/internal/hardware"
+)
+
+func newDoctorCmd() *cobra.Command {
+	cfg := &config.Config{}
+	var output string
+	cmd := &cobra.Command{
+		Use:   "doctor",
+		Short: "Check this node end to end and explain what is wrong: driver, device nodes, GPU health, kubelet, gpulet's registration",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := resolve(cmd, cfg); err != nil {
+				return err
+			}
+			log := newLogger(cfg)
+			fs := doctor.Run(cmd.Context(), doctor.Input{
+				Open:         func() (hardware.Backend, error) { return daemon.OpenBackend(cfg, log) },
+				PluginDir:    cfg.DevicePluginPath,
+				ResourceName: cfg.ResourceName,
+			})
+			failed := false
+			if output == "json" {
+				for _, f := range fs {
+					failed = failed || f.Status == doctor.Fail
+				}
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				if err := enc.Encode(fs); err != nil {
+					return err
+				}
+			} else {
+				failed = doctor.Print(cmd.OutOrStdout(), fs)
+			}
+			if failed {
+				return errors.New("some checks failed (see FAIL above)")
+			}
+			return nil
+		},
+	}
+	cfg.BackendFlags(cmd.Flags(), "nvml")
+	cmd.Flags().StringVar(&cfg.DevicePluginPath, "device-plugin-path", "/var/lib/kubelet/device-plugins/", "kubelet device-plugin folder [env GPULET_DEVICE_PLUGIN_PATH]")
+	cmd.Flags().StringVarP(&output, "output", "o", "table", "table or json")
+	return cmd
+}

@@ -1,0 +1,116 @@
+package doctor
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gpulet/gpulet/internal/hardware"
+	"github.com/gpulet/gpulet/internal/hardware/sim"
+	"github.com/gpulet/gpulet/internal/inventory"
+	"github.com/gpulet/gpulet/internal/plugin"
+	"github.com/gpulet/gpulet/internal/plugin/plugintest"
+)
+
+func find(t *testing.T, fs []Finding, check string) Finding {
+	t.Helper()
+	for _, f := range fs {
+		if f.Check == check {
+			return f
+		}
+	}
+	t.Fatalf("no %q finding in %+v", check, fs)
+	return Finding{}
+}
+
+func TestNoDriver(t *testing.T) {
+	fs := Run(context.Background(), Input{
+		Open:      func() (hardware.Backend, error) { return nil, errors.New("libnvidia-ml.so.1 not found") },
+		PluginDir: filepath.Join(t.TempDir(), "missing"),
+	})
+	if f := find(t, fs, "driver"); f.Status != Fail || !strings.Contains(f.Detail, "libnvidia-ml") {
+		t.Errorf("driver finding %+v", f)
+	}
+	if f := find(t, fs, "device-plugin folder"); f.Status != Fail || !strings.Contains(f.Fix, "hostPath") {
+		t.Errorf("folder finding %+v", f)
+	}
+	var buf bytes.Buffer
+	if !Print(&buf, fs) || !strings.Contains(buf.String(), "→ mount the kubelet") {
+		t.Errorf("table:\n%s", buf.String())
+	}
+}
+
+// A simulated node with a faulted GPU, served by gpulet to a kubelet.
+func TestServingNodeWithAFault(t *testing.T) {
+	root := t.TempDir()
+	p, _ := sim.LoadProfile("pcie-4x-l4")
+	b, err := sim.New(p, root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	node, _ := b.Discover(context.Background())
+	bad := node.GPUs[1].UUID
+	sim.UpdateFaults(root, func(f *sim.Faults) error { f.GPUs[bad] = sim.Fault{XID: 48}; return nil })
+
+	dir, _ := os.MkdirTemp("", "gpulet-doc-")
+	defer os.RemoveAll(dir)
+	k, err := plugintest.StartKubelet(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer k.Stop()
+	store := inventory.NewStore(node)
+	store.SetHealth(bad, inventory.Health{Reason: "XID 48"})
+	mgr := &plugin.Manager{Store: store, Opts: &plugin.Options{PluginDir: dir, DeviceListStrategies: []string{"envvar"},
+		DeviceIDStrategy: "uuid", Log: slog.New(slog.NewTextHandler(io.Discard, nil))}}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- mgr.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	if _, err := k.WaitRegistration(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+
+	fs := Run(context.Background(), Input{Open: func() (hardware.Backend, error) { return b, nil }, PluginDir: dir})
+	want := map[string]Status{"driver": OK, "discovery": OK, "device nodes": OK, "GPU 1 health": Fail, "kubelet": OK, "gpulet plugin": Warn}
+	for check, st := range want {
+		if f := find(t, fs, check); f.Status != st {
+			t.Errorf("%s: %s (%s), want %s", check, f.Status, f.Detail, st)
+		}
+	}
+	if f := find(t, fs, "gpulet plugin"); !strings.Contains(f.Detail, "4 devices, 3 healthy") || !strings.Contains(f.Detail, bad) {
+		t.Errorf("plugin finding %+v", f)
+	}
+
+	// Fault cleared, device node gone: the node check names what is missing.
+	sim.UpdateFaults(root, func(f *sim.Faults) error { delete(f.GPUs, bad); return nil })
+	os.Remove(filepath.Join(node.DevRoot, "nvidia3"))
+	fs = Run(context.Background(), Input{Open: func() (hardware.Backend, error) { return b, nil }, PluginDir: dir})
+	if f := find(t, fs, "device nodes"); f.Status != Fail || !strings.Contains(f.Detail, "nvidia3") {
+		t.Errorf("device nodes finding %+v", f)
+	}
+	if f := find(t, fs, "GPU health"); f.Status != OK {
+		t.Errorf("health finding %+v", f)
+	}
+}
+
+func TestStaleSocket(t *testing.T) {
+	dir, _ := os.MkdirTemp("", "gpulet-doc-")
+	defer os.RemoveAll(dir)
+	os.WriteFile(filepath.Join(dir, "kubelet.sock"), nil, 0o600)
+	os.WriteFile(filepath.Join(dir, plugin.SocketName("nvidia.com/gpu")), nil, 0o600)
+	root := t.TempDir()
+	p, _ := sim.LoadProfile("h200")
+	b, _ := sim.New(p, root)
+	fs := Run(context.Background(), Input{Open: func() (hardware.Backend, error) { return b, nil }, PluginDir: dir})
+	if f := find(t, fs, "gpulet plugin"); f.Status != Fail || !strings.Contains(f.Fix, "stale socket") {
+		t.Errorf("stale socket finding %+v", f)
+	}
+}
