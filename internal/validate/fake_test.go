@@ -31,6 +31,10 @@ type fakeDriver struct {
 	clock   *fakeClock
 	initErr error
 	loadErr error
+	// refuseTarget makes PTX for this target fail to load (a driver that
+	// dropped it).
+	refuseTarget string
+	loaded       []string // the targets of the PTX that loaded
 	// kernel is "ok", "wrong" (one element off), or "noop" (writes nothing).
 	kernel      string
 	corruptDtoD bool
@@ -98,6 +102,14 @@ func (f *fakeDriver) LoadModule(ptx, kernel string) (Module, Function, error) {
 	}
 	if f.loadErr != nil {
 		return 0, 0, f.loadErr
+	}
+	if f.refuseTarget != "" && strings.Contains(ptx, "\n.target "+f.refuseTarget+"\n") {
+		return 0, 0, &CUDAError{Call: "cuModuleLoadDataEx", Code: cudaErrorUnsupportedPTX}
+	}
+	for _, l := range strings.Split(ptx, "\n") {
+		if strings.HasPrefix(l, ".target ") {
+			f.loaded = append(f.loaded, strings.TrimPrefix(l, ".target "))
+		}
 	}
 	if !strings.Contains(ptx, ".entry "+kernel+"(") {
 		return 0, 0, &CUDAError{Call: "cuModuleGetFunction", Code: cudaErrorNotFound}

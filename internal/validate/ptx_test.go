@@ -35,11 +35,26 @@ func TestPTXAssembles(t *testing.T) {
 			t.Skip("ptxas not found (set PTXAS=/path/to/ptxas): the PTX is only checked by the driver's JIT on a GPU")
 		}
 	}
-	for _, arch := range []string{"sm_50", "sm_80", "sm_90"} {
-		t.Run(arch, func(t *testing.T) {
-			out, err := exec.Command(ptxas, "-arch="+arch, "-o", filepath.Join(t.TempDir(), "vadd.cubin"), "vadd.ptx").CombinedOutput()
+	tests := []struct{ arch, cc string }{
+		{"sm_50", ""}, {"sm_80", ""}, {"sm_90", ""}, // the sm_50 PTX, JIT-compiled for each
+		{"sm_80", "8.0"}, {"sm_86", "8.6"}, {"sm_89", "8.9"}, {"sm_90", "9.0"}, // the fallback, retargeted
+	}
+	for _, tt := range tests {
+		t.Run(tt.arch+"/"+tt.cc, func(t *testing.T) {
+			src := "vadd.ptx"
+			if tt.cc != "" {
+				ptx, _, err := RetargetPTX(VaddPTX(), tt.cc)
+				if err != nil {
+					t.Fatal(err)
+				}
+				src = filepath.Join(t.TempDir(), "vadd-"+tt.arch+".ptx")
+				if err := os.WriteFile(src, []byte(ptx), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			out, err := exec.Command(ptxas, "-arch="+tt.arch, "-o", filepath.Join(t.TempDir(), "vadd.cubin"), src).CombinedOutput()
 			if err != nil {
-				t.Errorf("ptxas -arch=%s: %v\n%s", arch, err, out)
+				t.Errorf("ptxas -arch=%s %s: %v\n%s", tt.arch, src, err, out)
 			}
 		})
 	}

@@ -54,7 +54,7 @@ func WriteTable(w io.Writer, r *Report) error {
 			host, pageable = "*", true
 		}
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.Ordinal, orDash(d.UUID), orDash(d.Name),
-			orDash(d.ComputeCapability), mib(d.MemoryBytes), okWord(d.KernelOK), okWord(d.CopyOK),
+			orDash(d.ComputeCapability), mib(d.MemoryBytes), kernelWord(d), okWord(d.CopyOK),
 			rate(d.H2DGBps, d.CopyOK)+host, rate(d.D2HGBps, d.CopyOK)+host, rate(d.D2DGBps, d.CopyOK), result)
 	}
 	if err := tw.Flush(); err != nil {
@@ -87,6 +87,14 @@ func okWord(ok bool) string {
 		return "ok"
 	}
 	return "FAIL"
+}
+
+// kernelWord says when the kernel needed the device's own PTX target.
+func kernelWord(d DeviceResult) string {
+	if d.KernelOK && d.PTXTarget != "" && d.PTXTarget != "sm_50" {
+		return "ok (" + d.PTXTarget + " PTX)"
+	}
+	return okWord(d.KernelOK)
 }
 
 func rate(v float64, measured bool) string {

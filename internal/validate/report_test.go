@@ -53,6 +53,12 @@ func TestWriteTable(t *testing.T) {
 			},
 		},
 		{
+			name: "a kernel that needed the device's own PTX target says so",
+			report: Report{Env: EnvPlan{Note: "n"}, DeviceCount: intp(1), Pass: true,
+				Devices: []DeviceResult{func() DeviceResult { d := pass; d.PTXTarget = "sm_90"; return d }()}},
+			want: []string{"143771 MiB  ok (sm_90 PTX)  ok", "PASS: 1 of 1 GPUs passed"},
+		},
+		{
 			name: "visibility mismatch fails",
 			report: Report{Env: EnvPlan{Note: "n", Expected: []string{uuidA}}, DeviceCount: intp(2),
 				Devices: []DeviceResult{pass, pass}, Visibility: "the environment names 1 GPU(s)"},

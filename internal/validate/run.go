@@ -7,7 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"regexp"
 	"runtime"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -74,7 +76,10 @@ type Report struct {
 type DeviceResult struct {
 	DeviceInfo
 	KernelOK bool `json:"kernelOK"`
-	CopyOK   bool `json:"copyOK"`
+	// PTXTarget is the PTX target the driver JIT-compiled: sm_50, or the
+	// device's own when the driver refused sm_50.
+	PTXTarget string `json:"ptxTarget,omitempty"`
+	CopyOK    bool   `json:"copyOK"`
 	// Pinned says whether host buffers were page-locked; pageable memory
 	// makes host copies slower than the link allows.
 	Pinned bool `json:"pinnedHostMemory"`
@@ -275,7 +280,7 @@ func checkDevice(drv Driver, ordinal int, plan EnvPlan, opts Options) (res Devic
 		}
 	}()
 	var errs []string
-	if err := runKernel(drv, ordinal, opts); err != nil {
+	if err := runKernel(drv, ordinal, info.ComputeCapability, opts, &res.PTXTarget); err != nil {
 		errs = append(errs, "kernel: "+err.Error())
 	} else {
 		res.KernelOK = true
@@ -313,8 +318,9 @@ func (c *cleanup) run() error {
 	return errors.Join(errs...)
 }
 
-// runKernel adds two vectors on the GPU and checks every element.
-func runKernel(drv Driver, ordinal int, opts Options) (err error) {
+// runKernel adds two vectors on the GPU and checks every element. cc is
+// the device's compute capability; ptxTarget hears the target that loaded.
+func runKernel(drv Driver, ordinal int, cc string, opts Options, ptxTarget *string) (err error) {
 	var c cleanup
 	defer func() {
 		if cerr := c.run(); cerr != nil && err == nil {
@@ -326,10 +332,11 @@ func runKernel(drv Driver, ordinal int, opts Options) (err error) {
 	step := func(s string) { opts.Step(fmt.Sprintf("GPU %d: kernel: %s", ordinal, s)) }
 
 	step("load PTX module")
-	mod, fn, err := drv.LoadModule(vaddPTX, "vadd")
+	mod, fn, target, err := loadVadd(drv, cc)
 	if err != nil {
 		return err
 	}
+	*ptxTarget = target
 	c.add(func() error { return drv.UnloadModule(mod) })
 	step("allocate")
 	host, err := drv.HostAlloc(3 * size)
@@ -372,6 +379,61 @@ func runKernel(drv Driver, ordinal int, opts Options) (err error) {
 		return err
 	}
 	return checkSum(a, b, out)
+}
+
+// ptxVersions is the PTX ISA version that introduced a target, where it
+// is newer than the kernel's own 7.0.
+var ptxVersions = map[string]string{
+	"sm_86": "7.1", "sm_87": "7.4", "sm_89": "7.8", "sm_90": "7.8",
+	"sm_100": "8.6", "sm_101": "8.6", "sm_103": "8.8", "sm_110": "9.0",
+	"sm_120": "8.7", "sm_121": "8.8",
+}
+
+var (
+	versionLine = regexp.MustCompile(`(?m)^\.version [0-9.]+$`)
+	targetLine  = regexp.MustCompile(`(?m)^\.target sm_[0-9a-z]+$`)
+)
+
+// RetargetPTX rewrites the kernel for the device of compute capability cc
+// (e.g. 9.0: .target sm_90 with the PTX version that has it).
+func RetargetPTX(ptx, cc string) (string, string, error) {
+	major, minor, ok := strings.Cut(cc, ".")
+	m, err1 := strconv.Atoi(major)
+	n, err2 := strconv.Atoi(minor)
+	if !ok || err1 != nil || err2 != nil || m < 5 || n < 0 || n > 9 {
+		return "", "", fmt.Errorf("compute capability %q is not major.minor", cc)
+	}
+	target := fmt.Sprintf("sm_%d%d", m, n)
+	version, ok := ptxVersions[target]
+	switch {
+	case ok:
+	case m < 9:
+		version = "7.0"
+	default:
+		version = "9.0" // a target newer than this table: the newest ISA the table knows
+	}
+	ptx = versionLine.ReplaceAllString(ptx, ".version "+version)
+	ptx = targetLine.ReplaceAllString(ptx, ".target "+target)
+	return ptx, target, nil
+}
+
+// loadVadd loads the kernel for sm_50, which the driver JIT-compiles for
+// any newer GPU; if this driver refuses so old a target, for the device's
+// own.
+func loadVadd(drv Driver, cc string) (Module, Function, string, error) {
+	mod, fn, err := drv.LoadModule(vaddPTX, "vadd")
+	if err == nil {
+		return mod, fn, "sm_50", nil
+	}
+	ptx, target, rerr := RetargetPTX(vaddPTX, cc)
+	if rerr != nil || target == "sm_50" {
+		return 0, 0, "", err
+	}
+	mod, fn, err2 := drv.LoadModule(ptx, "vadd")
+	if err2 != nil {
+		return 0, 0, "", fmt.Errorf("as sm_50: %w; as %s: %v", err, target, err2)
+	}
+	return mod, fn, target, nil
 }
 
 // checkSum checks out = a + b element by element (float32, little endian).

@@ -29,10 +29,11 @@ func TestValidate(t *testing.T) {
 		copyOK     []bool
 		errHas     []string // in Report.Err()
 		visibility string   // substring of Report.Visibility; "" means none
+		ptxTarget  string   // of every device, if set
 	}{
 		{
 			name: "two healthy GPUs pass", pass: true, count: 2, devices: 2,
-			kernelOK: []bool{true, true}, copyOK: []bool{true, true},
+			kernelOK: []bool{true, true}, copyOK: []bool{true, true}, ptxTarget: "sm_50",
 		},
 		{
 			name:  "a wrong kernel result fails that GPU only",
@@ -50,7 +51,13 @@ func TestValidate(t *testing.T) {
 			name:  "PTX that does not load fails the kernel, copies still measured",
 			setup: func(f *fakeDriver) { f.loadErr = &CUDAError{Call: "cuModuleLoadDataEx", Code: cudaErrorInvalidPTX} },
 			count: 2, devices: 2, kernelOK: []bool{false, false}, copyOK: []bool{true, true},
-			errHas: []string{"kernel: cuModuleLoadDataEx: CUDA_ERROR_INVALID_PTX"},
+			errHas: []string{"kernel: as sm_50: cuModuleLoadDataEx: CUDA_ERROR_INVALID_PTX; as sm_90: cuModuleLoadDataEx: CUDA_ERROR_INVALID_PTX"},
+		},
+		{
+			name:  "a driver that refuses sm_50 PTX gets the device's own target",
+			setup: func(f *fakeDriver) { f.refuseTarget = "sm_50" },
+			pass:  true, count: 2, devices: 2, kernelOK: []bool{true, true}, copyOK: []bool{true, true},
+			ptxTarget: "sm_90",
 		},
 		{
 			name:  "data corrupted on the device fails the copy check",
@@ -132,6 +139,9 @@ func TestValidate(t *testing.T) {
 				}
 				if d.Ordinal != i {
 					t.Errorf("GPU %d reported as index %d", i, d.Ordinal)
+				}
+				if tt.ptxTarget != "" && d.PTXTarget != tt.ptxTarget {
+					t.Errorf("GPU %d: PTX target %q, want %q", i, d.PTXTarget, tt.ptxTarget)
 				}
 			}
 			for _, s := range tt.errHas {
@@ -290,5 +300,44 @@ func TestFillPatternDetectsShifts(t *testing.T) {
 	}
 	if firstDiff(b, b) != -1 {
 		t.Errorf("firstDiff of equal buffers is not -1")
+	}
+}
+
+func TestRetargetPTX(t *testing.T) {
+	tests := []struct {
+		cc, target, version, wantErr string
+	}{
+		{cc: "5.0", target: "sm_50", version: "7.0"},
+		{cc: "7.5", target: "sm_75", version: "7.0"},
+		{cc: "8.0", target: "sm_80", version: "7.0"},
+		{cc: "8.6", target: "sm_86", version: "7.1"},
+		{cc: "8.9", target: "sm_89", version: "7.8"},
+		{cc: "9.0", target: "sm_90", version: "7.8"},
+		{cc: "10.0", target: "sm_100", version: "8.6"},
+		{cc: "12.0", target: "sm_120", version: "8.7"},
+		{cc: "13.5", target: "sm_135", version: "9.0"},
+		{cc: "9", wantErr: "not major.minor"},
+		{cc: "", wantErr: "not major.minor"},
+		{cc: "3.5", wantErr: "not major.minor"},
+		{cc: "9.x", wantErr: "not major.minor"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.cc, func(t *testing.T) {
+			ptx, target, err := RetargetPTX(VaddPTX(), tt.cc)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil || target != tt.target {
+				t.Fatalf("target %q, err %v; want %s", target, err, tt.target)
+			}
+			want := strings.Replace(strings.Replace(VaddPTX(), "\n.version 7.0\n", "\n.version "+tt.version+"\n", 1),
+				"\n.target sm_50\n", "\n.target "+tt.target+"\n", 1)
+			if ptx != want {
+				t.Errorf("retargeted PTX differs beyond .version/.target:\n%s", ptx)
+			}
+		})
 	}
 }
