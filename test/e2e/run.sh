@@ -68,13 +68,17 @@ print_table() {
 	printf '  %-12s %-6s %8s  %s\n' SCENARIO RESULT TIME DESCRIPTION
 	for i in "${!RESULT_ID[@]}"; do
 		s=${RESULT_STATUS[$i]}
-		case $s in PASS) color=$C_GREEN n_pass=$((n_pass + 1)) ;; FAIL) color=$C_RED n_fail=$((n_fail + 1)) ;; *) color=$C_YELLOW n_skip=$((n_skip + 1)) ;; esac
+		case $s in
+		PASS) color=$C_GREEN n_pass=$((n_pass + 1)) ;;
+		FAIL) color=$C_RED n_fail=$((n_fail + 1)) ;;
+		*) color=$C_YELLOW n_skip=$((n_skip + 1)) ;;
+		esac
 		printf '  %-12s %s%-6s%s %7ss  %s\n' "${RESULT_ID[$i]}" "$color" "$s" "$C_OFF" "${RESULT_TIME[$i]}" "${RESULT_NOTE[$i]}"
 	done
 	if [[ -s $LOGS/timings.tsv ]]; then
 		echo
 		echo "${C_BOLD}timings${C_OFF}"
-		awk -F'\t' '{ printf "  %-44s %8.2fs\n", $1, $2 }' "$LOGS/timings.tsv"
+		awk -F'\t' '{ printf "  %-56s %8.2fs\n", $1, $2 }' "$LOGS/timings.tsv"
 	fi
 	echo
 	echo "logs: $LOGS  (e2e.log = this output; <component>.log per component; diag/ = cluster state at the end)"
@@ -82,10 +86,22 @@ print_table() {
 }
 
 teardown() {
-	local rc=$?
+	local rc=$? s
 	trap - EXIT INT TERM
 	set +e
 	[[ -n $INTERRUPTED ]] && rc=130
+	# Scenarios that an interruption or a failed setup left without a result.
+	local id seen
+	for id in "${SCENARIO_IDS[@]}"; do
+		seen=
+		for s in "${RESULT_ID[@]}"; do [[ $s == "$id" ]] && seen=1; done
+		[[ -n $seen ]] && continue
+		if [[ $id == "${CURRENT_SCENARIO:-}" ]]; then
+			record "$id" FAIL 0 "interrupted while running"
+		else
+			record "$id" SKIP 0 "not run${INTERRUPTED:+ (interrupted)}"
+		fi
+	done
 	if [[ -f $W/pids/ns.pid ]]; then
 		collect_diag >/dev/null 2>&1
 		if [[ ${GPULET_E2E_KEEP:-} == 1 ]]; then
@@ -98,8 +114,9 @@ teardown() {
 		fi
 	fi
 	print_table
-	local failed=0 s
-	for s in "${RESULT_STATUS[@]}"; do [[ $s == PASS ]] || failed=1; done
+	local failed=0
+	# FAIL, and SKIP (a prerequisite failed), fail the run; "-" (not selected) does not.
+	for s in "${RESULT_STATUS[@]}"; do [[ $s == PASS || $s == - ]] || failed=1; done
 	((${#RESULT_STATUS[@]} > 0)) || failed=1
 	if ((rc == 0 && failed)); then rc=1; fi
 	exit "$rc"
@@ -113,7 +130,11 @@ setup_step() {
 	[[ -n $SETUP_FAILED ]] && return 0
 	log "setup: $desc"
 	t0=$(now_ms)
-	(set -eEuo pipefail; trap 'echo "command failed (rc $?): $BASH_COMMAND" >&2' ERR; "$fn") || rc=$?
+	# Not `( ... ) || rc=$?`: bash ignores set -e inside a subshell that is part of a || list.
+	set +e
+	(set -eEuo pipefail; trap 'echo "command failed (rc $?): $BASH_COMMAND" >&2' ERR; "$fn")
+	rc=$?
+	set -e
 	[[ -n $INTERRUPTED ]] && exit 130
 	if ((rc != 0)); then
 		record "$id" FAIL "$(secs_since "$t0")" "setup: $desc"
@@ -127,7 +148,7 @@ do_k8sbins() {
 	local b
 	b=$("$E2E_DIR/lib/k8sbins.sh")
 	echo "$b" >"$W/bin.path"
-	"$b/kubectl" version --client 2>/dev/null | head -n1
+	"$b/kubectl" version --client 2>/dev/null | sed -n 1p
 }
 do_gpulet() {
 	if [[ -n ${GPULET_BIN:-} ]]; then

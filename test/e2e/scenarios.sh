@@ -48,12 +48,13 @@ describe_gpus() {
 		in_sec && $1 == "nvidia.com/gpu:" { print $2; exit }'
 }
 
-# inventory: "INDEX UUID" per simulated GPU, from `gpulet list` (what the node has).
+# inventory: "INDEX UUID MINOR" per simulated GPU, from `gpulet list -o json` (what the node has;
+# MINOR is the N of /dev/nvidiaN).
 inventory() {
 	gpulet_node list --backend=sim --sim-profile="$SIM_PROFILE" --sim-root="$SIM_ROOT" -o json |
-		jq -r '(if type == "array" then . else (.gpus // .devices) end) | .[] | "\(.index) \(.uuid // .UUID)"'
+		jq -r '.node.gpus[] | "\(.index) \(.uuid) \(.minor)"'
 }
-uuid_index() { awk -v u="$1" '$2 == u { print $1; found = 1 } END { exit !found }' "$W/inventory.txt"; }
+uuid_minor() { awk -v u="$1" '$2 == u { print $3; found = 1 } END { exit !found }' "$W/inventory.txt"; }
 
 # render_hold_job NAME GPUS: the hold Job manifest.
 render_hold_job() { sed -e "s/__NAME__/$1/g" -e "s/__GPUS__/$2/g" "$MANIFESTS/gpu-hold-job.yaml"; }
@@ -61,14 +62,16 @@ render_hold_job() { sed -e "s/__NAME__/$1/g" -e "s/__GPUS__/$2/g" "$MANIFESTS/gp
 job_pod() { K get pods -l "job-name=$1" -o 'jsonpath={.items[0].metadata.name}'; }
 pod_phase() { K get pod "$1" -o 'jsonpath={.status.phase}'; }
 pod_phase_is() { local p; p=$(pod_phase "$1") && [[ $p == "$2" ]] || { echo "pod $1 is '$p', want $2"; return 1; }; }
-job_pod_running() { local p; p=$(job_pod "$1") && [[ -n $p ]] && pod_phase_is "$p" Running && K logs "$p" | grep -q '^holding'; }
+job_pod_running() { local p; p=$(job_pod "$1") && [[ -n $p ]] && pod_phase_is "$p" Running && grep -q '^holding' <<<"$(K logs "$p")"; }
 # completions JOB: the COMPLETIONS column of `kubectl get job`.
-completions() { K get job "$1" --no-headers | awk '{ print $2 }'; }
+completions() {
+	K get job "$1" | awk 'NR == 1 { for (i = 1; i <= NF; i++) if ($i == "COMPLETIONS") c = i; next } c { print $c }'
+}
 job_complete() { local c; c=$(completions "$1") && [[ $c == 1/1 ]] || { echo "job $1 COMPLETIONS=$c"; return 1; }; }
 release() { K exec "$1" -- touch /tmp/release; }
 
 # pod_gpus POD: the UUIDs in NVIDIA_VISIBLE_DEVICES of the pod's log, one per line, sorted.
-pod_gpus() { K logs "$1" | sed -n 's/^NVIDIA_VISIBLE_DEVICES=//p' | head -n1 | tr ',' '\n' | sed '/^$/d' | sort; }
+pod_gpus() { K logs "$1" | sed -n 's/^NVIDIA_VISIBLE_DEVICES=//p' | sed -n 1p | tr ',' '\n' | sed '/^$/d' | sort; }
 
 # check_pod_devices POD N: the pod's log names exactly N distinct GPUs of the node, and for each
 # the matching /dev/nvidiaINDEX node (and no other /dev/nvidiaN).
@@ -80,13 +83,13 @@ check_pod_devices() {
 	[[ $n == "$want" ]] || fail "pod $pod: NVIDIA_VISIBLE_DEVICES names $n distinct GPU(s), want $want; log:"$'\n'"$logs"
 	expect=
 	for u in $uuids; do
-		idx=$(uuid_index "$u") || fail "pod $pod: $u is not a GPU of the node (inventory: $(tr '\n' ' ' <"$W/inventory.txt"))"
+		idx=$(uuid_minor "$u") || fail "pod $pod: $u is not a GPU of the node (inventory: $(tr '\n' ' ' <"$W/inventory.txt"))"
 		expect+="/dev/nvidia$idx"$'\n'
 	done
 	devs=$(echo "$logs" | sed -n 's/^device: .* \(\/dev\/nvidia[0-9][0-9]*\)$/\1/p' | sort)
 	expect=$(echo -n "$expect" | sort)
 	[[ $devs == "$expect" ]] || fail "pod $pod: GPU device nodes are [$(echo $devs)], want [$(echo $expect)] for $(echo $uuids); log:"$'\n'"$logs"
-	echo "$logs" | grep -q '^device: c.* /dev/nvidia[0-9]' ||
+	grep -q '^device: c.* /dev/nvidia[0-9]' <<<"$logs" ||
 		fail "pod $pod: /dev/nvidiaN is not a character device; log:"$'\n'"$logs"
 }
 
@@ -100,7 +103,10 @@ ds_ready() {
 }
 
 # kubelet_registrations: how many times the kubelet's log says a device plugin registered nvidia.com/gpu.
-kubelet_registrations() { grep -c 'nvidia.com/gpu' "$W/logs/kubelet.log" | head -n1; }
+kubelet_registrations() {
+	grep -c -e 'registration request from device plugin with resource.*nvidia.com/gpu' \
+		-e 'Registered client.*nvidia.com/gpu' "$W/logs/kubelet.log" || true
+}
 
 cleanup_workloads() {
 	K delete jobs -l app=gpulet-e2e --ignore-not-found --wait=false >/dev/null 2>&1 || true
@@ -141,7 +147,6 @@ collect_diag() {
 	K describe node "$NODE_NAME" >"$d/describe-node.txt" 2>&1
 	K describe pods -A >"$d/describe-pods.txt" 2>&1
 	K -n "$GPU_NS" logs -l "$(gpulet_selector)" --tail=-1 --prefix >"$d/gpulet.log" 2>&1
-	cp "$W"/logs/*.log "$d/" 2>/dev/null
 	"$W/nsrun" sh -c "find $SIM_ROOT -maxdepth 3 -exec ls -ld {} +" >"$d/sim-root.txt" 2>&1
 }
 
@@ -151,18 +156,18 @@ collect_diag() {
 # render_manifests OUT: kustomize (built into kubectl) over a copy of deploy/ and the overlay.
 render_manifests() {
 	local out=$1 m=$W/manifests f
-	rm -rf "$m"; mkdir -p "$m"
-	cp "$DEPLOY_DIR"/*.yaml "$m/"
-	cp "$E2E_DIR"/overlay/*.yaml "$m/"
+	rm -rf "$m"; mkdir -p "$m/deploy" "$m/overlay"
+	cp "$DEPLOY_DIR"/*.yaml "$m/deploy/"
+	cp "$E2E_DIR"/overlay/*.yaml "$m/overlay/"
 	{
 		echo "apiVersion: kustomize.config.k8s.io/v1beta1"
 		echo "kind: Kustomization"
 		echo "resources:"
-		for f in "$DEPLOY_DIR"/*.yaml; do
-			[[ $(basename "$f") == kustomization.yaml ]] || echo "- $(basename "$f")"
+		for f in "$m"/deploy/*.yaml; do
+			[[ $(basename "$f") == kustomization.yaml ]] || echo "- deploy/$(basename "$f")"
 		done
 		echo "patches:"
-		for f in "$E2E_DIR"/overlay/*.yaml; do echo "- path: $(basename "$f")"; done
+		for f in "$m"/overlay/*.yaml; do echo "- path: overlay/$(basename "$f")"; done
 	} >"$m/kustomization.yaml"
 	"$BIN/kubectl" kustomize "$m" >"$out"
 }
@@ -211,7 +216,7 @@ scenario_seed_job() {
 	K get pods --selector app=samples-gpu-demo
 	K logs "$pod" | sed 's/^/    /'
 	check_pod_devices "$pod" 1
-	K logs "$pod" | grep -q '^GPUs visible: 1$' || fail "the Job's log does not say 'GPUs visible: 1'"
+	grep -q '^GPUs visible: 1$' <<<"$(K logs "$pod")" || fail "the Job's log does not say 'GPUs visible: 1'"
 	K delete job samples-gpu-demo --wait=true >/dev/null
 }
 
@@ -310,7 +315,7 @@ scenario_restarts() {
 		pod_phase_is "$hold" Running >/dev/null || fail "$hold is $(pod_phase "$hold") after $1"
 		cid=$(K get pod "$hold" -o 'jsonpath={.status.containerStatuses[0].containerID}')
 		[[ $cid == "$cid0" ]] || fail "$hold's container changed after $1 ($cid0 -> $cid)"
-		env=$(K exec "$hold" -- printenv NVIDIA_VISIBLE_DEVICES | tr ',' '\n' | sort)
+		env=$(K exec "$hold" -- sh -c 'echo "$NVIDIA_VISIBLE_DEVICES"' | tr ',' '\n' | sort)
 		[[ $env == "$g0" ]] || fail "$hold sees GPUs [$(echo $env)] after $1, had [$(echo $g0)]"
 		K exec "$hold" -- ls /dev >/dev/null
 		log "after $1: $hold still Running in container ${cid0:0:25}..., same GPUs"
@@ -397,7 +402,7 @@ run_scenarios() {
 	for entry in "${SCENARIOS[@]}"; do
 		IFS='|' read -r id desc prereqs <<<"$entry"
 		if [[ -n ${GPULET_E2E_ONLY:-} && " $GPULET_E2E_ONLY " != *" $id "* && $id != ds ]]; then
-			record "$id" SKIP 0 "$desc (not selected)"
+			record "$id" - 0 "$desc (not selected)"
 			continue
 		fi
 		skip=
@@ -409,12 +414,16 @@ run_scenarios() {
 		echo
 		log "${C_BOLD}=== scenario $id: $desc${C_OFF}"
 		t0=$(now_ms)
-		rc=0
+		CURRENT_SCENARIO=$id
+		# Not `( ... ) || rc=$?`: bash ignores set -e inside a subshell that is part of a || list.
+		set +e
 		(
 			set -eEuo pipefail
 			trap 'echo "command failed (rc $?): $BASH_COMMAND" >&2' ERR
 			"scenario_${id//-/_}"
-		) || rc=$?
+		)
+		rc=$?
+		set -e
 		[[ -n $INTERRUPTED ]] && exit 130
 		if ((rc == 0)); then
 			status=PASS
@@ -424,6 +433,7 @@ run_scenarios() {
 			diag_tail || true
 			cleanup_workloads
 		fi
+		CURRENT_SCENARIO=
 		log "=== scenario $id: $status ($(secs_since "$t0")s)"
 		record "$id" "$status" "$(secs_since "$t0")" "$desc"
 	done

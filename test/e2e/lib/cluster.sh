@@ -32,7 +32,9 @@ cluster_check_paths() {
 start_component() {
 	local name=$1; shift
 	echo "=== $(date '+%F %T') start: $*" >>"$W/logs/$name.log"
-	nohup "$W/nsrun" "$@" >>"$W/logs/$name.log" 2>&1 </dev/null &
+	# setsid: a Ctrl-C in the terminal goes to run.sh, whose teardown stops the cluster; the
+	# components (Go programs re-enable SIGINT) must not get it first.
+	nohup setsid "$W/nsrun" "$@" >>"$W/logs/$name.log" 2>&1 </dev/null &
 	echo $! >"$W/pids/$name.pid"
 }
 
@@ -78,7 +80,7 @@ component_alive() {
 start_namespaces() {
 	mkdir -p "$W"/{varlib,varlog,pids,logs,pki,cni}
 	rm -f "$W/ns.ready"
-	nohup unshare --pid --fork --mount-proc --mount --net --propagation private \
+	nohup setsid unshare --pid --fork --mount-proc --mount --net --propagation private \
 		sh "$E2E_DIR/lib/nsinit.sh" "$W" "$IMG/pause" >"$W/logs/namespace.log" 2>&1 </dev/null &
 	echo $! >"$W/pids/unshare.pid"
 	local i ns=
