@@ -53,6 +53,8 @@ func (m *Monitor) Run(ctx context.Context) error {
 
 	tick := time.NewTicker(recheckEvery(m.Quiet))
 	defer tick.Stop()
+	m.Log.Info("health watch started", "backend", m.Backend.Name(), "quiet_period", m.Quiet, "disabled", m.Disabled)
+	defer m.Log.Info("health watch stopped", "backend", m.Backend.Name())
 	for {
 		select {
 		case <-ctx.Done():
