@@ -8,7 +8,9 @@ SIM_ROOT=/var/lib/gpulet/sim # inside the cluster's namespace (the node's filesy
 SIM_PROFILE=dgx-h100
 SIM_GPUS=8
 MANIFESTS=$E2E_DIR/manifests
-DEPLOY_DIR=${GPULET_E2E_DEPLOY:-$REPO_ROOT/deploy} # the manifests users apply
+DEPLOY_DIR=${GPULET_E2E_DEPLOY:-$REPO_ROOT/deploy}
+# What users apply: kubectl apply -f deploy/namespace.yaml -f deploy/gpulet-daemonset.yaml
+DEPLOY_FILES=(namespace.yaml gpulet-daemonset.yaml)
 
 # id|description|prerequisite scenario ids
 SCENARIOS=(
@@ -153,23 +155,27 @@ collect_diag() {
 # ---------------------------------------------------------------------------------------------
 # Deployment: deploy/ as users apply it, plus the test overlay (test/e2e/overlay).
 
-# render_manifests OUT: kustomize (built into kubectl) over a copy of deploy/ and the overlay.
+# render_manifests OUT: kustomize (built into kubectl): a base with deploy/'s files as they are, and
+# the test overlay's patches on top. The base alone and the diff are kept in the logs.
 render_manifests() {
 	local out=$1 m=$W/manifests f
 	rm -rf "$m"; mkdir -p "$m/deploy" "$m/overlay"
-	cp "$DEPLOY_DIR"/*.yaml "$m/deploy/"
+	for f in "${DEPLOY_FILES[@]}"; do
+		[[ -f $DEPLOY_DIR/$f ]] || fail "$DEPLOY_DIR/$f is missing"
+		cp "$DEPLOY_DIR/$f" "$m/deploy/"
+	done
+	printf 'resources:\n' >"$m/deploy/kustomization.yaml"
+	printf -- '- %s\n' "${DEPLOY_FILES[@]}" >>"$m/deploy/kustomization.yaml"
 	cp "$E2E_DIR"/overlay/*.yaml "$m/overlay/"
 	{
-		echo "apiVersion: kustomize.config.k8s.io/v1beta1"
-		echo "kind: Kustomization"
 		echo "resources:"
-		for f in "$m"/deploy/*.yaml; do
-			[[ $(basename "$f") == kustomization.yaml ]] || echo "- deploy/$(basename "$f")"
-		done
+		echo "- deploy"
 		echo "patches:"
 		for f in "$m"/overlay/*.yaml; do echo "- path: overlay/$(basename "$f")"; done
 	} >"$m/kustomization.yaml"
 	"$BIN/kubectl" kustomize "$m" >"$out"
+	"$BIN/kubectl" kustomize "$m/deploy" >"$LOGS/deploy-as-is.yaml"
+	diff -u "$LOGS/deploy-as-is.yaml" "$out" >"$LOGS/overlay.diff" || true
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -179,7 +185,6 @@ scenario_ds() {
 	[[ -d $DEPLOY_DIR ]] || fail "no $DEPLOY_DIR directory"
 	render_manifests "$LOGS/gpulet-e2e.yaml"
 	log "rendered deploy/ + test overlay: $LOGS/gpulet-e2e.yaml"
-	diff -u <(cat "$DEPLOY_DIR"/*.yaml) "$LOGS/gpulet-e2e.yaml" >"$LOGS/overlay.diff" || true
 
 	# The simulated driver: device nodes under the sim root on the node, as the NVIDIA driver
 	# creates /dev/nvidia* on a real GPU node (gpulet itself keeps its dropped capabilities).
@@ -200,6 +205,7 @@ scenario_ds() {
 	timing "DaemonSet apply -> Allocatable 8" "$(secs_since "$t0")"
 
 	K -n "$GPU_NS" get ds "$DS_NAME"
+	K describe node "$NODE_NAME" | sed -n '/^Capacity:/,/^System Info:/p' | sed '$d; s/^/    /'
 	local cap alloc
 	cap=$(describe_gpus Capacity) alloc=$(describe_gpus Allocatable)
 	log "kubectl describe node: Capacity nvidia.com/gpu: $cap, Allocatable nvidia.com/gpu: $alloc"
@@ -349,7 +355,8 @@ scenario_restarts() {
 
 	# --- gpulet pod deleted: the DaemonSet recreates it.
 	n0=$(kubelet_registrations)
-	log "deleting the gpulet pod $gp"
+	K -n "$GPU_NS" logs "$gp" >"$LOGS/gpulet-$gp.log" 2>&1 || true
+	log "deleting the gpulet pod $gp (its log: $LOGS/gpulet-$gp.log)"
 	t0=$(now_ms)
 	K -n "$GPU_NS" delete pod "$gp" --wait=false
 	new_gpulet_ready() {

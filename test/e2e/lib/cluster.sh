@@ -34,7 +34,8 @@ start_component() {
 	echo "=== $(date '+%F %T') start: $*" >>"$W/logs/$name.log"
 	# setsid: a Ctrl-C in the terminal goes to run.sh, whose teardown stops the cluster; the
 	# components (Go programs re-enable SIGINT) must not get it first.
-	nohup setsid "$W/nsrun" "$@" >>"$W/logs/$name.log" 2>&1 </dev/null &
+	# 8>&-: the components must not hold run.sh's lock (fd 8) after it exits.
+	nohup setsid "$W/nsrun" "$@" >>"$W/logs/$name.log" 2>&1 </dev/null 8>&- &
 	echo $! >"$W/pids/$name.pid"
 }
 
@@ -81,7 +82,7 @@ start_namespaces() {
 	mkdir -p "$W"/{varlib,varlog,pids,logs,pki,cni}
 	rm -f "$W/ns.ready"
 	nohup setsid unshare --pid --fork --mount-proc --mount --net --propagation private \
-		sh "$E2E_DIR/lib/nsinit.sh" "$W" "$IMG/pause" >"$W/logs/namespace.log" 2>&1 </dev/null &
+		sh "$E2E_DIR/lib/nsinit.sh" "$W" "$IMG/pause" >"$W/logs/namespace.log" 2>&1 </dev/null 8>&- &
 	echo $! >"$W/pids/unshare.pid"
 	local i ns=
 	for ((i = 0; i < 50; i++)); do

@@ -63,5 +63,7 @@ for b in "${bins[@]}"; do [[ -x $tmp/bin/$b ]] || { log "build produced no $b"; 
 touch "$tmp/bin/.complete"
 rm -rf "$dest"; mv "$tmp" "$dest"
 trap - EXIT
+# Keep this build and the most recent other one (another branch may pin another version).
+ls -1dt "$cache"/k8s/v*/ 2>/dev/null | grep -v '\.tmp\.' | tail -n +3 | xargs -r rm -rf
 log "built in $((SECONDS - start))s"
 echo "$dest/bin"
