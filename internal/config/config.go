@@ -29,6 +29,8 @@ type Config struct {
 	Backend    string
 	SimProfile string
 	SimRoot    string
+	DriverRoot string
+	DevRoot    string
 
 	DevicePluginPath   string
 	DeviceListStrategy []string
@@ -60,9 +62,11 @@ type setting struct {
 type File struct {
 	Version string `json:"version"`
 	Flags   struct {
-		MIGStrategy     *string `json:"migStrategy,omitempty"`
-		FailOnInitError *bool   `json:"failOnInitError,omitempty"`
-		Plugin          struct {
+		MIGStrategy      *string `json:"migStrategy,omitempty"`
+		FailOnInitError  *bool   `json:"failOnInitError,omitempty"`
+		NvidiaDriverRoot *string `json:"nvidiaDriverRoot,omitempty"`
+		NvidiaDevRoot    *string `json:"nvidiaDevRoot,omitempty"`
+		Plugin           struct {
 			PassDeviceSpecs    *bool           `json:"passDeviceSpecs,omitempty"`
 			DeviceListStrategy json.RawMessage `json:"deviceListStrategy,omitempty"`
 			DeviceIDStrategy   *string         `json:"deviceIDStrategy,omitempty"`
@@ -111,6 +115,8 @@ var settings = []setting{
 	{"backend", []string{"GPULET_BACKEND"}, func(f *File) (string, bool) { return str(f.Gpulet.Backend) }},
 	{"sim-profile", []string{"GPULET_SIM_PROFILE"}, func(f *File) (string, bool) { return str(f.Gpulet.SimProfile) }},
 	{"sim-root", []string{"GPULET_SIM_ROOT"}, func(f *File) (string, bool) { return str(f.Gpulet.SimRoot) }},
+	{"nvidia-driver-root", []string{"NVIDIA_DRIVER_ROOT"}, func(f *File) (string, bool) { return str(f.Flags.NvidiaDriverRoot) }},
+	{"dev-root", []string{"NVIDIA_DEV_ROOT"}, func(f *File) (string, bool) { return str(f.Flags.NvidiaDevRoot) }},
 	{"device-plugin-path", []string{"GPULET_DEVICE_PLUGIN_PATH"}, func(f *File) (string, bool) { return str(f.Gpulet.DevicePluginPath) }},
 	{"device-list-strategy", []string{"DEVICE_LIST_STRATEGY"}, func(f *File) (string, bool) {
 		return listValue(f.Flags.Plugin.DeviceListStrategy)
@@ -170,6 +176,8 @@ func (c *Config) BackendFlags(fs *pflag.FlagSet, defaultBackend string) {
 	fs.StringVar(&c.Backend, "backend", defaultBackend, "hardware backend: nvml (real GPUs), sim (simulated node), auto (nvml if libnvidia-ml is present, else sim) [env GPULET_BACKEND]")
 	fs.StringVar(&c.SimProfile, "sim-profile", "dgx-h100", "simulated node: a built-in profile (h200, dgx-h100, dgx1-v100, pcie-4x-l4, ...) or a profile file [env GPULET_SIM_PROFILE]")
 	fs.StringVar(&c.SimRoot, "sim-root", "", "folder for the simulator's device nodes and fault file (default /var/lib/gpulet/sim as root, else under $TMPDIR) [env GPULET_SIM_ROOT]")
+	fs.StringVar(&c.DriverRoot, "nvidia-driver-root", "/", "host root of the NVIDIA driver (/run/nvidia/driver with the GPU operator's driver container) [env NVIDIA_DRIVER_ROOT]")
+	fs.StringVar(&c.DevRoot, "dev-root", "", "host root under which dev/nvidia* are found (default: the driver root) [env NVIDIA_DEV_ROOT]")
 	fs.StringVar(&c.MIGStrategy, "mig-strategy", resources.MIGNone, "how MIG devices are advertised: none, single, mixed [env MIG_STRATEGY]")
 	fs.StringVar(&c.ResourceName, "resource-name", resources.DefaultResourceName, "extended resource name for whole GPUs [env GPULET_RESOURCE_NAME]")
 	fs.IntVar(&c.Replicas, "replicas", 0, "time-slicing: share each device between this many containers (0 = off) [config sharing.timeSlicing]")

@@ -53,6 +53,7 @@ const nvidiaFile = `version: v1
 flags:
   migStrategy: none
   failOnInitError: false
+  nvidiaDriverRoot: /run/nvidia/driver
   plugin:
     passDeviceSpecs: true
     deviceListStrategy: [envvar, cdi-cri]
@@ -79,7 +80,7 @@ func TestPrecedenceFlagOverEnvOverFile(t *testing.T) {
 	}
 	if c.Backend != "sim" || c.SimProfile != "dgx1-v100" || !c.PassDeviceSpecs || c.FailOnInitError ||
 		strings.Join(c.DeviceListStrategy, ",") != "envvar,cdi-cri" || c.DeviceIDStrategy != "index" ||
-		c.Replicas != 4 || !c.RenameByDefault || c.HealthQuietPeriod != 2*time.Minute {
+		c.Replicas != 4 || !c.RenameByDefault || c.HealthQuietPeriod != 2*time.Minute || c.DriverRoot != "/run/nvidia/driver" {
 		t.Errorf("from file: %+v", c)
 	}
 	p, _ := c.HealthPolicy()

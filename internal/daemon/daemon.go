@@ -25,13 +25,14 @@ import (
 // OpenBackend opens the backend the config names. "auto" takes NVML when
 // its library loads and the simulator otherwise.
 func OpenBackend(cfg *config.Config, log *slog.Logger) (hardware.Backend, error) {
+	nvmlOpts := nvml.Options{DriverRoot: cfg.DriverRoot, DevRoot: cfg.DevRoot}
 	switch cfg.Backend {
 	case "nvml":
-		return nvml.New()
+		return nvml.New(nvmlOpts)
 	case "sim":
 		return openSim(cfg)
 	case "auto":
-		b, err := nvml.New()
+		b, err := nvml.New(nvmlOpts)
 		if err == nil {
 			return b, nil
 		}

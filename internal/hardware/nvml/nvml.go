@@ -64,6 +64,7 @@ type Backend struct {
 	lib     nvml.Interface
 	libPath string
 	sysRoot string // "/" normally; tests point it elsewhere
+	devRoot string // host folder of the nvidia* device nodes
 
 	mu      sync.Mutex
 	stuck   map[uint64]stuckCall // NVML calls that outlived CallTimeout and have not returned
@@ -81,14 +82,42 @@ var _ hardware.Backend = (*Backend)(nil)
 // newBackend wraps an initialised NVML interface (the real library, or a
 // go-nvml mock in tests). sysRoot is where sys/ and dev/ are found.
 func newBackend(lib nvml.Interface, sysRoot string) *Backend {
-	return &Backend{lib: lib, sysRoot: sysRoot, stuck: map[uint64]stuckCall{}}
+	return &Backend{lib: lib, sysRoot: sysRoot, devRoot: filepath.Join(sysRoot, "dev"), stuck: map[uint64]stuckCall{}}
+}
+
+// Options say where the driver lives on the host, as NVIDIA's plugin takes
+// them (NVIDIA_DRIVER_ROOT, NVIDIA_DEV_ROOT): "/" for a driver installed on
+// the host, /run/nvidia/driver for the GPU operator's driver container.
+type Options struct {
+	DriverRoot string // where the driver's libraries are; default "/"
+	DevRoot    string // where dev/nvidia* are, as the container runtime sees it; default DriverRoot
+}
+
+// libraryPaths lists the NVML libraries to try: under the driver root
+// first, then the usual places.
+func (o Options) libraryPaths() []string {
+	var out []string
+	if o.DriverRoot != "" && o.DriverRoot != "/" {
+		for _, p := range LibraryPaths {
+			if strings.HasPrefix(p, "/") {
+				out = append(out, filepath.Join(o.DriverRoot, p))
+			}
+		}
+	}
+	return append(out, LibraryPaths...)
 }
 
 // New loads NVML and initialises it. A missing library or driver gives an
 // error that says what to check, never a panic or an empty node.
-func New() (hardware.Backend, error) {
+func New(opts Options) (hardware.Backend, error) {
+	if opts.DriverRoot == "" {
+		opts.DriverRoot = "/"
+	}
+	if opts.DevRoot == "" {
+		opts.DevRoot = opts.DriverRoot
+	}
 	var tried []string
-	for _, p := range LibraryPaths {
+	for _, p := range opts.libraryPaths() {
 		tried = append(tried, p)
 		if strings.HasPrefix(p, "/") {
 			if _, err := os.Stat(p); err != nil {
@@ -100,6 +129,7 @@ func New() (hardware.Backend, error) {
 		lib := nvml.New(nvml.WithLibraryPath(p))
 		b := newBackend(lib, "/")
 		b.libPath = p
+		b.devRoot = filepath.Join(opts.DevRoot, "dev")
 		err := b.do("Init", lib.Init)
 		var ne nvmlError
 		if errors.As(err, &ne) && ne.ret == nvml.ERROR_LIBRARY_NOT_FOUND {
@@ -229,7 +259,7 @@ func hung(err error) error {
 
 // Discover reads every GPU, its MIG devices and the links between GPUs.
 func (b *Backend) Discover(ctx context.Context) (*inventory.Node, error) {
-	n := &inventory.Node{Backend: "nvml", DevRoot: filepath.Join(b.sysRoot, "dev")}
+	n := &inventory.Node{Backend: "nvml", DevRoot: b.devRoot}
 	var err error
 	if n.DriverVersion, err = call(b, "SystemGetDriverVersion", b.lib.SystemGetDriverVersion); err != nil {
 		return nil, err

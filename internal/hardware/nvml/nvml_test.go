@@ -149,7 +149,7 @@ func TestNewWithoutLibrary(t *testing.T) {
 	LibraryPaths = []string{missing, bogus}
 	t.Cleanup(func() { LibraryPaths = old })
 
-	b, err := New()
+	b, err := New(Options{})
 	if b != nil || err == nil {
 		t.Fatalf("New() = %v, %v; want no backend and an error", b, err)
 	}
@@ -176,7 +176,7 @@ func TestNewOnThisMachine(t *testing.T) {
 			break
 		}
 	}
-	b, err := New()
+	b, err := New(Options{})
 	if loadable == "" {
 		if !errors.Is(err, ErrLibraryNotFound) {
 			t.Fatalf("no libnvidia-ml here, but New() = %v, %v; want ErrLibraryNotFound", b, err)
@@ -1351,5 +1351,25 @@ func TestClose(t *testing.T) {
 	f.srv.ShutdownFunc = func() nvml.Return { return nvml.ERROR_UNINITIALIZED }
 	if err := f.b.Close(); err == nil {
 		t.Error("Close hides a failed shutdown")
+	}
+}
+
+// A driver container (GPU operator) keeps NVML under its root: that copy is
+// tried first, and the error names it.
+func TestNewLooksUnderTheDriverRoot(t *testing.T) {
+	root := t.TempDir()
+	lib := filepath.Join(root, "usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1")
+	os.MkdirAll(filepath.Dir(lib), 0o755)
+	os.WriteFile(lib, []byte("not an ELF file"), 0o644)
+	paths := Options{DriverRoot: root}.libraryPaths()
+	if paths[0] != filepath.Join(root, LibraryPaths[1]) || paths[len(paths)-1] != LibraryPaths[len(LibraryPaths)-1] {
+		t.Errorf("search order %v", paths)
+	}
+	old := LibraryPaths
+	LibraryPaths = []string{"/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1"}
+	t.Cleanup(func() { LibraryPaths = old })
+	_, err := New(Options{DriverRoot: root})
+	if !errors.Is(err, ErrLibraryNotFound) || !strings.Contains(err.Error(), lib) {
+		t.Fatalf("error %v should name %s", err, lib)
 	}
 }
