@@ -104,6 +104,30 @@ ds_ready() {
 	[[ $s == 1/1/1 ]] || { echo "DaemonSet desired/ready/updated = $s"; return 1; }
 }
 
+# gpulet_logged_ms SINCE_MS MSG [DEVICE]: when (epoch ms) the gpulet pod's JSON log first says MSG (for
+# DEVICE) at or after SINCE_MS. Best effort: prints nothing when the log has no such line.
+gpulet_logged_ms() {
+	local since=$1 msg=$2 dev=${3:-} p t ms
+	p=$(gpulet_pod) || return 0
+	while read -r t; do
+		ms=$(date -d "$t" +%s%3N 2>/dev/null) || continue
+		((ms >= since)) && { echo "$ms"; return 0; }
+	done < <(K -n "$GPU_NS" logs "$p" 2>/dev/null |
+		jq -Rr --arg m "$msg" --arg d "$dev" 'fromjson? | select(.msg == $m and ($d == "" or .device == $d)) | .time')
+	return 0
+}
+
+# gpulet_timing NAME SINCE_MS MSG [DEVICE]: records how long after SINCE_MS gpulet logged MSG.
+gpulet_timing() {
+	local name=$1 since=$2 at
+	at=$(gpulet_logged_ms "$since" "$3" "${4:-}")
+	if [[ -n $at ]]; then
+		timing "$name" "$(awk -v d=$((at - since)) 'BEGIN { printf "%.3f", d / 1000 }')"
+	else
+		warn "gpulet's log has no '$3' line after the event; no timing for: $name"
+	fi
+}
+
 # kubelet_registrations: how many times the kubelet's log says a device plugin registered nvidia.com/gpu.
 kubelet_registrations() {
 	grep -c -e 'registration request from device plugin with resource.*nvidia.com/gpu' \
@@ -282,6 +306,7 @@ scenario_fault() {
 	gpulet_node sim fault --sim-root="$SIM_ROOT" --gpu=$gpu --xid=48 || fail "gpulet sim fault failed"
 	wait_until 60 "Allocatable 7, Capacity 8" node_gpus_are 8/7 || fail "Allocatable did not drop to 7"
 	timing "fault injected -> Allocatable 7 (API server)" "$(secs_since "$t0")"
+	gpulet_timing "fault injected -> gpulet marks the GPU unhealthy (its log)" "$t0" "device unhealthy" "$uuid"
 	local cap alloc
 	cap=$(describe_gpus Capacity) alloc=$(describe_gpus Allocatable)
 	log "kubectl describe node: Capacity $cap, Allocatable $alloc"
@@ -303,6 +328,7 @@ scenario_fault() {
 	gpulet_node sim clear --sim-root="$SIM_ROOT" --gpu=$gpu || fail "gpulet sim clear failed"
 	wait_until 60 "Allocatable back to 8" node_gpus_are 8/8 || fail "Allocatable did not come back to 8"
 	timing "fault cleared -> Allocatable 8 (API server)" "$(secs_since "$t0")"
+	gpulet_timing "fault cleared -> gpulet marks the GPU healthy (its log)" "$t0" "device healthy again" "$uuid"
 }
 
 scenario_restarts() {
@@ -347,6 +373,7 @@ scenario_restarts() {
 	wait_until 90 "gpulet registered with the new kubelet" registered_again || fail "gpulet did not re-register after the kubelet restart"
 	wait_until 90 "node Ready with 8/8 from the new kubelet" fresh_status || fail "capacity did not return after the kubelet restart"
 	timing "kubelet restart -> Allocatable 8 (API server)" "$(secs_since "$t0")"
+	gpulet_timing "kubelet restart -> gpulet registered again (its log)" "$t0" "registered with kubelet"
 	[[ $(gpulet_pod) == "$gp" ]] || fail "the gpulet pod changed during the kubelet restart"
 	[[ $(K -n "$GPU_NS" get pod "$gp" -o 'jsonpath={.metadata.uid}') == "$uid0" ]] || fail "the gpulet pod was recreated"
 	[[ $(K -n "$GPU_NS" get pod "$gp" -o 'jsonpath={.status.containerStatuses[0].restartCount}') == "$rc0" ]] ||
