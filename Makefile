@@ -56,3 +56,20 @@ e2e:
 gpu-check-build:
 	CGO_ENABLED=1 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o _output/gpulet ./cmd/gpulet
 	CGO_ENABLED=1 $(GO) build -trimpath -o _output/kubeletstub ./hack/kubeletstub
+
+.PHONY: test-kubelet
+# Kubelet's own device manager (k8s.io/kubernetes v1.37.2, in its own module
+# test/devicemanager) against the real `gpulet run` from `make build`: tests,
+# then benchmarks (run even when a test fails). Needs root: the test binary
+# re-executes itself in a private mount namespace with a tmpfs on /var/lib (as
+# non-root everything skips). Built with CGO_ENABLED=0 -trimpath to share the
+# e2e Kubernetes build cache: minutes the first time, seconds after.
+# TEST_KUBELET_FLAGS adds test flags (e.g. -test.run=TestDGX1);
+# TEST_KUBELET_BENCH='^$$' skips the benchmarks.
+TEST_KUBELET_BENCH ?= .
+test-kubelet: build
+	cd test/devicemanager && CGO_ENABLED=0 nice -n 10 $(GO) test -trimpath -c -o $(CURDIR)/_output/devicemanager.test .
+	cd test/devicemanager && export GPULET_BIN=$(CURDIR)/_output/gpulet; rc=0; \
+	$(CURDIR)/_output/devicemanager.test -test.v -test.count=1 -test.timeout=10m $(TEST_KUBELET_FLAGS) || rc=$$?; \
+	$(CURDIR)/_output/devicemanager.test -test.run='^$$' -test.bench='$(TEST_KUBELET_BENCH)' -test.benchtime=20x -test.timeout=10m || rc=$$?; \
+	exit $$rc
