@@ -290,8 +290,13 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 
 	var (
-		srv           *grpc.Server
-		served        os.FileInfo // the socket we listen on
+		srv    *grpc.Server
+		served os.FileInfo // the socket we listen on
+		// registered is true while the kubelet at kubeletSeen knows our
+		// current socket. The kubelet (1.37) refuses a second registration
+		// of a connected plugin and forgets the live one while doing so, so
+		// gpulet registers only when something changed.
+		registered    bool
 		kubeletSeen   os.FileInfo // kubelet.sock at our last registration
 		waitingLogged bool
 		retry         = time.NewTimer(time.Hour)
@@ -317,11 +322,13 @@ func (s *Server) Run(ctx context.Context) error {
 		s.log.Info("device plugin stopped")
 	}()
 
-	reconcile := func() {
-		// Serve on our socket if it is gone or not ours any more.
+	// reconcile serves on our socket and registers if the kubelet does not
+	// know it; force registers again even so (the kubelet dropped our stream).
+	reconcile := func(force bool) {
 		fi, err := os.Lstat(s.socket)
-		if err != nil || served == nil || !os.SameFile(fi, served) {
+		if err != nil || !sameFile(fi, served) {
 			stopServing()
+			registered = false
 			srv, served, err = s.serve()
 			if err != nil {
 				s.log.Error("cannot serve the device plugin socket; retrying", "socket", s.socket, "err", err)
@@ -330,6 +337,12 @@ func (s *Server) Run(ctx context.Context) error {
 			}
 		}
 		kfi, err := os.Stat(s.opts.kubeletSocket())
+		if err != nil || !sameFile(kfi, kubeletSeen) || force {
+			registered = false
+		}
+		if registered {
+			return
+		}
 		if err == nil {
 			err = s.register(ctx)
 		}
@@ -344,7 +357,8 @@ func (s *Server) Run(ctx context.Context) error {
 			backoff = min(backoff*2, 5*time.Second)
 			return
 		}
-		kubeletSeen = kfi
+		registered, kubeletSeen = true, kfi
+		retry.Stop() // a pending retry would be a second registration
 		waitingLogged = false
 		backoff = 50 * time.Millisecond
 		select {
@@ -352,7 +366,7 @@ func (s *Server) Run(ctx context.Context) error {
 		default:
 		}
 	}
-	reconcile()
+	reconcile(false)
 
 	poll := time.NewTicker(s.opts.Poll)
 	defer poll.Stop()
@@ -361,9 +375,9 @@ func (s *Server) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-s.resync:
-			reconcile()
+			reconcile(true)
 		case <-retry.C:
-			reconcile()
+			reconcile(false)
 		case ev := <-w.Events:
 			switch {
 			case ev.Name == s.opts.kubeletSocket() && ev.Op.Has(fsnotify.Create):
@@ -371,23 +385,25 @@ func (s *Server) Run(ctx context.Context) error {
 				// The file appears at bind(), a moment before listen(): a
 				// refused first try is retried within milliseconds.
 				backoff = 5 * time.Millisecond
-				reconcile()
+				reconcile(true)
 			case ev.Name == s.socket && ev.Op.Has(fsnotify.Remove):
-				s.log.Info("plugin socket removed; serving and registering again")
-				reconcile()
+				// Our own stale-socket removal at start also lands here;
+				// reconcile tells the two apart by the socket's inode.
+				reconcile(false)
 			}
 		case err := <-w.Errors:
 			s.log.Warn("inotify error; relying on polling", "err", err)
 		case <-poll.C:
 			// Backstop for missed inotify events (a recreated folder).
-			fi, err := os.Lstat(s.socket)
-			kfi, kerr := os.Stat(s.opts.kubeletSocket())
-			if err != nil || served == nil || !os.SameFile(fi, served) ||
-				(kerr == nil && (kubeletSeen == nil || !os.SameFile(kfi, kubeletSeen))) {
-				reconcile()
-			}
+			reconcile(false)
 		}
 	}
+}
+
+// sameFile reports whether two stats are of one file. A new socket can get
+// the inode of a deleted one, so the creation time must match too.
+func sameFile(a, b os.FileInfo) bool {
+	return a != nil && b != nil && os.SameFile(a, b) && a.ModTime().Equal(b.ModTime())
 }
 
 // serve listens on the plugin socket (replacing a stale one) and serves.
@@ -415,7 +431,8 @@ func (s *Server) serve() (*grpc.Server, os.FileInfo, error) {
 
 // register tells the kubelet about our socket.
 func (s *Server) register(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	// Bounded so a kubelet that hangs cannot stall the loop for long.
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
 	conn, err := grpc.NewClient("unix://"+s.opts.kubeletSocket(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {

@@ -459,3 +459,41 @@ func TestWaitsForAbsentKubeletThenRegisters(t *testing.T) {
 		t.Errorf("socket left behind after shutdown: %v", err)
 	}
 }
+
+// The kubelet refuses a second registration of a connected plugin and
+// forgets the live one while refusing, so gpulet must register exactly once
+// per kubelet: also when it starts over a stale socket of a killed gpulet,
+// and when the kubelet restarts and deletes gpulet's socket first.
+func TestRegistersOncePerKubelet(t *testing.T) {
+	dir, err := os.MkdirTemp("", "gpulet-dp-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	os.WriteFile(filepath.Join(dir, endpoint), nil, 0o600) // left by a SIGKILLed gpulet
+	k := startKubelet(t, dir)
+	store := inventory.NewStore(simNode(t, "h200"))
+	mgr := &Manager{Store: store, Opts: &Options{PluginDir: dir, DeviceListStrategies: []string{StrategyEnvvar},
+		DeviceIDStrategy: IDStrategyUUID, Log: discardLog(), Poll: 20 * time.Millisecond}}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- mgr.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	noMore := func(k *stubKubelet) {
+		t.Helper()
+		if r, err := k.WaitRegistration(500 * time.Millisecond); err == nil {
+			t.Fatalf("registered a second time with the same kubelet: %+v", r)
+		}
+	}
+	k.waitRegistration(t, 5*time.Second)
+	noMore(k)
+
+	// A kubelet restart: it removes every plugin socket, then serves again.
+	k.stop()
+	os.Remove(filepath.Join(dir, endpoint))
+	time.Sleep(30 * time.Millisecond)
+	k2 := startKubelet(t, dir)
+	k2.waitRegistration(t, 5*time.Second)
+	noMore(k2)
+}
