@@ -346,6 +346,16 @@ func (s *Server) Run(ctx context.Context) error {
 		if err == nil {
 			err = s.register(ctx)
 		}
+		if err != nil && strings.Contains(err.Error(), "already connected") {
+			// The kubelet still holds a connection to our socket, and has
+			// just forgotten it while refusing this registration. Serving
+			// a fresh socket ends that connection; the next try is clean.
+			s.log.Info("kubelet refused a second registration; serving a fresh socket and registering again", "err", err)
+			stopServing()
+			served = nil
+			retry.Reset(50 * time.Millisecond)
+			return
+		}
 		if err != nil {
 			s.log.Debug("registration failed", "err", err)
 			if !waitingLogged {
@@ -385,7 +395,9 @@ func (s *Server) Run(ctx context.Context) error {
 				// The file appears at bind(), a moment before listen(): a
 				// refused first try is retried within milliseconds.
 				backoff = 5 * time.Millisecond
-				reconcile(true)
+				// Not forced: the retry timer may already have registered
+				// with this very kubelet.sock.
+				reconcile(false)
 			case ev.Name == s.socket && ev.Op.Has(fsnotify.Remove):
 				// Our own stale-socket removal at start also lands here;
 				// reconcile tells the two apart by the socket's inode.

@@ -15,6 +15,7 @@ import (
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 
 	"github.com/gpulet/gpulet/internal/inventory"
+	"github.com/gpulet/gpulet/internal/plugin/plugintest"
 	"github.com/gpulet/gpulet/internal/resources"
 )
 
@@ -496,4 +497,46 @@ func TestRegistersOncePerKubelet(t *testing.T) {
 	k2 := startKubelet(t, dir)
 	k2.waitRegistration(t, 5*time.Second)
 	noMore(k2)
+}
+
+// A kubelet that refuses a registration as "already connected" keeps a stale
+// connection to our socket: gpulet serves a fresh socket and registers again.
+func TestRecoversFromAlreadyConnectedRefusal(t *testing.T) {
+	dir, err := os.MkdirTemp("", "gpulet-dp-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	k, err := plugintest.StartKubelet(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer k.Stop()
+	refused := 0
+	k.Refuse = func(*pluginapi.RegisterRequest) error {
+		if refused == 0 {
+			refused++
+			return fmt.Errorf("device plugin already connected: %s", filepath.Join(dir, endpoint))
+		}
+		return nil
+	}
+	mgr := &Manager{Store: inventory.NewStore(simNode(t, "h200")), Opts: &Options{PluginDir: dir,
+		DeviceListStrategies: []string{StrategyEnvvar}, DeviceIDStrategy: IDStrategyUUID, Log: discardLog(), Poll: time.Hour}}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- mgr.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	start := time.Now()
+	var first os.FileInfo
+	for first == nil && time.Since(start) < 5*time.Second {
+		first, _ = os.Stat(filepath.Join(dir, endpoint))
+		time.Sleep(time.Millisecond)
+	}
+	if _, err := k.WaitRegistration(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	now, err := os.Stat(filepath.Join(dir, endpoint))
+	if err != nil || sameFile(first, now) {
+		t.Errorf("the socket was not served afresh after the refusal (err %v)", err)
+	}
 }

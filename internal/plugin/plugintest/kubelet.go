@@ -21,9 +21,13 @@ import (
 type Kubelet struct {
 	pluginapi.UnimplementedRegistrationServer
 	Dir string
-	// Registrations receives every Register call.
+	// Registrations receives every Register call that was accepted.
 	Registrations chan *pluginapi.RegisterRequest
-	srv           *grpc.Server
+	// Refuse, if set, may turn a registration down with an error, as a real
+	// kubelet does (e.g. "device plugin already connected"). Set it before
+	// plugins register.
+	Refuse func(*pluginapi.RegisterRequest) error
+	srv    *grpc.Server
 }
 
 // StartKubelet listens on dir/kubelet.sock, replacing a stale socket.
@@ -54,6 +58,11 @@ func (k *Kubelet) Stop() {
 
 // Register records a plugin's registration.
 func (k *Kubelet) Register(_ context.Context, r *pluginapi.RegisterRequest) (*pluginapi.Empty, error) {
+	if k.Refuse != nil {
+		if err := k.Refuse(r); err != nil {
+			return nil, err
+		}
+	}
 	select {
 	case k.Registrations <- r:
 	default: // nobody is reading; the registration still succeeds
