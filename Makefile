@@ -42,6 +42,13 @@ bench:
 	$(GO) test -run '^$$' -bench . -benchtime 2000x ./internal/plugin
 	$(GO) test -run '^$$' -bench . ./cmd/gpulet
 
+# gpulet on a simulated DGX H100 against kubelet's own device manager,
+# narrated (root: it runs in a private mount namespace; the first run
+# compiles the kubelet code).
+demo: build
+	cd test/devicemanager && CGO_ENABLED=0 nice -n 10 $(GO) test -trimpath -c -o $(CURDIR)/_output/devicemanager.test .
+	cd test/devicemanager && GPULET_DEMO=1 GPULET_BIN=$(CURDIR)/_output/gpulet $(CURDIR)/_output/devicemanager.test -test.run='^TestDemo$$' -test.count=1
+
 clean:
 	rm -rf _output
 
