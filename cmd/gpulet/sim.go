@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -107,11 +108,13 @@ func simFault() *cobra.Command {
 	return cmd
 }
 
-func simClear() *cobra.Command {
+// editCmd is a `gpulet sim` command that edits the fault file for one GPU
+// (--gpu) or, with all, for every GPU (--all).
+func editCmd(use, short, allHelp string, edit func(fs *sim.Faults, uuid string, all bool) error) *cobra.Command {
 	var f simFlags
 	cmd := &cobra.Command{
-		Use:   "clear",
-		Short: "Clear the fault of one GPU (--gpu) or of all (--all): they become healthy again",
+		Use:   use,
+		Short: short,
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var uuid string
@@ -121,79 +124,51 @@ func simClear() *cobra.Command {
 					return err
 				}
 			}
-			return sim.UpdateFaults(f.rootDir(), func(fs *sim.Faults) error {
-				if f.all {
-					fs.GPUs = map[string]sim.Fault{}
-					return nil
-				}
-				if _, ok := fs.GPUs[uuid]; !ok {
-					return fmt.Errorf("GPU %s has no injected fault", uuid)
-				}
-				delete(fs.GPUs, uuid)
-				return nil
-			})
+			return sim.UpdateFaults(f.rootDir(), func(fs *sim.Faults) error { return edit(fs, uuid, f.all) })
 		},
 	}
 	f.add(cmd, true)
-	cmd.Flags().BoolVar(&f.all, "all", false, "clear every fault")
+	if allHelp != "" {
+		cmd.Flags().BoolVar(&f.all, "all", false, allHelp)
+	}
 	return cmd
+}
+
+func simClear() *cobra.Command {
+	return editCmd("clear", "Clear the fault of one GPU (--gpu) or of all (--all): they become healthy again", "clear every fault",
+		func(fs *sim.Faults, uuid string, all bool) error {
+			if all {
+				fs.GPUs = map[string]sim.Fault{}
+				return nil
+			}
+			if _, ok := fs.GPUs[uuid]; !ok {
+				return fmt.Errorf("GPU %s has no injected fault", uuid)
+			}
+			delete(fs.GPUs, uuid)
+			return nil
+		})
 }
 
 func simRemove() *cobra.Command {
-	var f simFlags
-	cmd := &cobra.Command{
-		Use:   "remove",
-		Short: "Make a GPU disappear from the node (as if it fell off the bus)",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			uuid, err := f.uuid()
-			if err != nil {
-				return err
-			}
-			return sim.UpdateFaults(f.rootDir(), func(fs *sim.Faults) error {
-				for _, r := range fs.Removed {
-					if r == uuid {
-						return nil
-					}
-				}
+	return editCmd("remove", "Make a GPU disappear from the node (as if it fell off the bus)", "",
+		func(fs *sim.Faults, uuid string, _ bool) error {
+			if !slices.Contains(fs.Removed, uuid) {
 				fs.Removed = append(fs.Removed, uuid)
-				return nil
-			})
-		},
-	}
-	f.add(cmd, true)
-	return cmd
+			}
+			return nil
+		})
 }
 
 func simRestore() *cobra.Command {
-	var f simFlags
-	cmd := &cobra.Command{
-		Use:   "restore",
-		Short: "Bring back a removed GPU (--gpu) or all of them (--all)",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			var uuid string
-			if !f.all {
-				var err error
-				if uuid, err = f.uuid(); err != nil {
-					return err
-				}
+	return editCmd("restore", "Bring back a removed GPU (--gpu) or all of them (--all)", "restore every removed GPU",
+		func(fs *sim.Faults, uuid string, all bool) error {
+			if all {
+				fs.Removed = nil
+			} else {
+				fs.Removed = slices.DeleteFunc(fs.Removed, func(r string) bool { return r == uuid })
 			}
-			return sim.UpdateFaults(f.rootDir(), func(fs *sim.Faults) error {
-				var keep []string
-				for _, r := range fs.Removed {
-					if !f.all && r != uuid {
-						keep = append(keep, r)
-					}
-				}
-				fs.Removed = keep
-				return nil
-			})
-		},
-	}
-	f.add(cmd, true)
-	cmd.Flags().BoolVar(&f.all, "all", false, "restore every removed GPU")
-	return cmd
+			return nil
+		})
 }
 
 func simStatus() *cobra.Command {
