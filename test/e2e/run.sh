@@ -78,7 +78,7 @@ print_table() {
 	if [[ -s $LOGS/timings.tsv ]]; then
 		echo
 		echo "${C_BOLD}timings${C_OFF}"
-		awk -F'\t' '{ printf "  %-56s %8.2fs\n", $1, $2 }' "$LOGS/timings.tsv"
+		awk -F'\t' '{ printf "  %-60s %7.2fs\n", $1, $2 }' "$LOGS/timings.tsv"
 	fi
 	echo
 	echo "logs: $LOGS  (e2e.log = this output; <component>.log per component; diag/ = cluster state at the end)"

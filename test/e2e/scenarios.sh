@@ -98,11 +98,23 @@ check_pod_devices() {
 GPULET_SELECTOR=
 gpulet_selector() { [[ -n $GPULET_SELECTOR ]] || GPULET_SELECTOR=$(cat "$W/gpulet.selector" 2>/dev/null); echo "${GPULET_SELECTOR:-name=gpulet}"; }
 gpulet_pod() { K -n "$GPU_NS" get pods -l "$(gpulet_selector)" -o 'jsonpath={.items[0].metadata.name}'; }
+# gpulet_stable: the gpulet pod's container has not restarted (exits ABORT when it has: waiting on
+# is pointless, the diagnostics show its log).
+gpulet_stable() {
+	local p st
+	p=$(gpulet_pod) && [[ -n $p ]] || return 0
+	st=$(K -n "$GPU_NS" get pod "$p" -o 'jsonpath={.status.containerStatuses[0].restartCount} {.status.containerStatuses[0].state.waiting.reason}{.status.containerStatuses[0].lastState.terminated.reason} {.status.containerStatuses[0].lastState.terminated.exitCode}') || return 0
+	[[ ${st%% *} == 0 || -z ${st%% *} ]] && return 0
+	echo "gpulet pod $p restarted: restartCount/reason/exit code = $st"
+	return $ABORT
+}
 ds_ready() {
 	local s
+	gpulet_stable || return
 	s=$(K -n "$GPU_NS" get ds "$DS_NAME" -o 'jsonpath={.status.desiredNumberScheduled}/{.status.numberReady}/{.status.updatedNumberScheduled}')
 	[[ $s == 1/1/1 ]] || { echo "DaemonSet desired/ready/updated = $s"; return 1; }
 }
+gpus_8_and_stable() { gpulet_stable || return; node_gpus_are 8/8; }
 
 # gpulet_logged_ms SINCE_MS MSG [DEVICE]: when (epoch ms) the gpulet pod's JSON log first says MSG (for
 # DEVICE) at or after SINCE_MS. Best effort: prints nothing when the log has no such line.
@@ -156,7 +168,9 @@ diag_tail() {
 	if [[ -n $p ]]; then
 		echo "----- gpulet: kubectl -n $GPU_NS logs $p --tail=40"
 		K -n "$GPU_NS" logs "$p" --tail=40 2>&1
-		K -n "$GPU_NS" logs "$p" --previous --tail=20 2>/dev/null | sed 's/^/[previous] /'
+		local prev
+		prev=$(K -n "$GPU_NS" logs "$p" --previous --tail=20 2>&1) || true
+		[[ -z $prev ]] || printf '%s\n' "$prev" | sed 's/^/[previous] /'
 	else
 		echo "----- gpulet: no pod"
 	fi
@@ -225,8 +239,9 @@ scenario_ds() {
 		jq -r '.spec.selector.matchLabels | to_entries | map("\(.key)=\(.value)") | join(",")' >"$W/gpulet.selector"
 	wait_until 120 "DaemonSet $GPU_NS/$DS_NAME Ready" ds_ready || fail "DaemonSet not Ready"
 	timing "DaemonSet apply -> DaemonSet Ready" "$(secs_since "$t0")"
-	wait_until 120 "Allocatable nvidia.com/gpu 8" node_gpus_are 8/8 || fail "node does not show 8 GPUs"
+	wait_until 120 "Allocatable nvidia.com/gpu 8" gpus_8_and_stable || fail "node does not show 8 GPUs"
 	timing "DaemonSet apply -> Allocatable 8" "$(secs_since "$t0")"
+	gpulet_stable >/dev/null || fail "the gpulet container restarted: $(gpulet_stable)"
 
 	K -n "$GPU_NS" get ds "$DS_NAME"
 	K describe node "$NODE_NAME" | sed -n '/^Capacity:/,/^System Info:/p' | sed '$d; s/^/    /'

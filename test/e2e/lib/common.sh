@@ -24,12 +24,20 @@ warn() { echo "${C_YELLOW}[e2e $(date +%T)] WARNING:${C_OFF} $*" >&2; }
 fail() { echo "${C_RED}[e2e $(date +%T)] FAIL:${C_OFF} $*" >&2; exit 1; }
 
 # wait_until TIMEOUT_S WHAT CMD...: runs CMD every 0.2 s until it succeeds; fails after TIMEOUT_S
-# seconds, showing the last output of CMD. Returns 0 on success.
+# seconds, showing the last output of CMD. CMD exiting with ABORT (99) fails at once (it knows the
+# wait is hopeless, e.g. the container crash-loops). Returns 0 on success.
+ABORT=99
 wait_until() {
 	local timeout=$1 what=$2; shift 2
-	local deadline=$(($(now_ms) + timeout * 1000)) out
+	local deadline=$(($(now_ms) + timeout * 1000)) out rc
 	while true; do
-		if out=$("$@" 2>&1); then return 0; fi
+		out=$("$@" 2>&1) && return 0
+		rc=$?
+		if ((rc == ABORT)); then
+			echo "gave up waiting for: $what" >&2
+			printf '%s\n' "$out" | tail -n 20 >&2
+			return 1
+		fi
 		if (($(now_ms) > deadline)); then
 			echo "timed out after ${timeout}s waiting for: $what" >&2
 			[[ -n $out ]] && printf 'last check said:\n%s\n' "$out" | tail -n 20 >&2
