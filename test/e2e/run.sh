@@ -34,6 +34,7 @@ export W LOGS
 # Everything printed also goes to logs/e2e.log.
 # tee ignores SIGINT/SIGTERM so that the teardown and the table after a Ctrl-C are still shown.
 exec > >(trap '' INT TERM; exec tee -a "$LOGS/e2e.log") 2>&1
+TEE_PID=$!
 
 # One e2e run per machine at a time: the kubelet's cgroups (/kubepods) are host-wide.
 mkdir -p "$E2E_CACHE"
@@ -119,6 +120,9 @@ teardown() {
 	for s in "${RESULT_STATUS[@]}"; do [[ $s == PASS || $s == - ]] || failed=1; done
 	((${#RESULT_STATUS[@]} > 0)) || failed=1
 	if ((rc == 0 && failed)); then rc=1; fi
+	# Let tee print the last lines before make (or CI) goes on.
+	exec >&- 2>&-
+	wait "$TEE_PID" 2>/dev/null
 	exit "$rc"
 }
 trap teardown EXIT
