@@ -51,6 +51,7 @@ for old in "$work_root"/*/pids/ns.pid; do
 	[[ $old_w == "$W" ]] && continue
 	warn "taking down a cluster left by an earlier run in $old_w"
 	(W=$old_w cluster_down) || true
+	rm -rf "$old_w/varlib" "$old_w/images"
 done
 # Keep the logs of the last 5 runs.
 ls -1dt "$work_root"/2* 2>/dev/null | tail -n +6 | xargs -r rm -rf
@@ -157,7 +158,7 @@ do_k8sbins() {
 do_gpulet() {
 	if [[ -n ${GPULET_BIN:-} ]]; then
 		[[ -x $GPULET_BIN ]] || fail "GPULET_BIN=$GPULET_BIN is not an executable"
-		echo "$(readlink -f "$GPULET_BIN")" >"$W/gpulet.path"
+		readlink -f "$GPULET_BIN" >"$W/gpulet.path"
 		return 0
 	fi
 	# Static, no cgo: the simulator needs no NVML, and the binary runs in the busybox-based image.

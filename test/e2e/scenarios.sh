@@ -2,7 +2,7 @@
 # The e2e scenarios. Sourced by run.sh, which provides W, LOGS, BIN, IMG, GPULET and the helpers of
 # lib/common.sh and lib/cluster.sh. Each scenario runs in a subshell with `set -e`; `fail` ends it.
 
-GPU_NS=gpu-resources
+GPU_NS="gpu-resources"
 DS_NAME=gpulet
 SIM_ROOT=/var/lib/gpulet/sim # inside the cluster's namespace (the node's filesystem)
 SIM_PROFILE=dgx-h100
@@ -266,7 +266,7 @@ scenario_seed_job() {
 }
 
 scenario_sharing() {
-	local a b c pa pb pc ga gb gc
+	local pa pb pc ga gb gc
 	render_hold_job gpu4-a 4 | K apply -f -
 	render_hold_job gpu4-b 4 | K apply -f -
 	wait_until 90 "gpu4-a Running" job_pod_running gpu4-a || fail "gpu4-a did not run"
