@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -461,10 +460,7 @@ func (s *Server) register(ctx context.Context) error {
 		Options:      &pluginapi.DevicePluginOptions{GetPreferredAllocationAvailable: s.opts.Placement != nil},
 	})
 	if err != nil {
-		if errors.Is(err, syscall.ECONNREFUSED) {
-			return fmt.Errorf("kubelet.sock refuses connections: %w", err)
-		}
-		return err
+		return err // gRPC status errors do not wrap syscall errors; their text says it
 	}
 	s.log.Info("registered with kubelet", "endpoint", filepath.Base(s.socket))
 	return nil
