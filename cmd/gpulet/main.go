@@ -42,9 +42,11 @@ func newRoot() *cobra.Command {
 
 // resolve applies env and config file to a command's flags, then validates.
 func resolve(cmd *cobra.Command, cfg *config.Config) error {
-	if err := config.Resolve(cmd.Flags(), os.Getenv); err != nil {
+	notes, err := config.Resolve(cmd.Flags(), os.Getenv)
+	if err != nil {
 		return err
 	}
+	cfg.Notes = notes
 	return cfg.Validate()
 }
 

@@ -26,6 +26,9 @@ otherwise.`,
 				return err
 			}
 			log := newLogger(cfg)
+			for _, n := range cfg.Notes {
+				log.Warn(n)
+			}
 			log.Info("gpulet starting", "version", version, "backend", cfg.Backend,
 				"device_plugin_path", cfg.DevicePluginPath, "device_list_strategy", cfg.DeviceListStrategy,
 				"device_id_strategy", cfg.DeviceIDStrategy, "pass_device_specs", cfg.PassDeviceSpecs)

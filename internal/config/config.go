@@ -41,6 +41,11 @@ type Config struct {
 	ResourceName       string
 	Replicas           int
 	RenameByDefault    bool
+	// SharedResourceName renames time-sliced devices (NVIDIA's "rename").
+	SharedResourceName         string
+	FailRequestsGreaterThanOne bool
+	// Notes are config-file fields read but not acted on, for the log.
+	Notes []string
 
 	DisableHealthChecks string
 	HealthQuietPeriod   time.Duration
@@ -58,29 +63,42 @@ type setting struct {
 	file func(*File) (string, bool)
 }
 
-// File is the config file: NVIDIA's v1 layout, and gpulet's own section.
+// File is the config file: NVIDIA's v1 layout (every field NVIDIA's plugin
+// accepts, so its files load unchanged), and gpulet's own section. Fields
+// gpulet does not act on are listed by Notes; ones whose meaning it cannot
+// honour are errors (Check), never silently dropped.
 type File struct {
 	Version string `json:"version"`
 	Flags   struct {
-		MIGStrategy      *string `json:"migStrategy,omitempty"`
-		FailOnInitError  *bool   `json:"failOnInitError,omitempty"`
-		NvidiaDriverRoot *string `json:"nvidiaDriverRoot,omitempty"`
-		NvidiaDevRoot    *string `json:"nvidiaDevRoot,omitempty"`
-		Plugin           struct {
-			PassDeviceSpecs    *bool           `json:"passDeviceSpecs,omitempty"`
-			DeviceListStrategy json.RawMessage `json:"deviceListStrategy,omitempty"`
-			DeviceIDStrategy   *string         `json:"deviceIDStrategy,omitempty"`
+		MIGStrategy              *string         `json:"migStrategy,omitempty"`
+		FailOnInitError          *bool           `json:"failOnInitError,omitempty"`
+		NvidiaDriverRoot         *string         `json:"nvidiaDriverRoot,omitempty"`
+		NvidiaDevRoot            *string         `json:"nvidiaDevRoot,omitempty"`
+		RestartOnDeviceUnhealthy *bool           `json:"restartOnDeviceUnhealthy,omitempty"`
+		MPSRoot                  *string         `json:"mpsRoot,omitempty"`
+		GDSEnabled               *bool           `json:"gdsEnabled,omitempty"`
+		MOFEDEnabled             *bool           `json:"mofedEnabled,omitempty"`
+		UseNodeFeatureAPI        *bool           `json:"useNodeFeatureAPI,omitempty"`
+		DeviceDiscoveryStrategy  *string         `json:"deviceDiscoveryStrategy,omitempty"`
+		GFD                      json.RawMessage `json:"gfd,omitempty"` // GPU Feature Discovery's settings
+		Plugin                   struct {
+			PassDeviceSpecs     *bool           `json:"passDeviceSpecs,omitempty"`
+			DeviceListStrategy  json.RawMessage `json:"deviceListStrategy,omitempty"`
+			DeviceIDStrategy    *string         `json:"deviceIDStrategy,omitempty"`
+			CDIAnnotationPrefix *string         `json:"cdiAnnotationPrefix,omitempty"`
+			NvidiaCTKPath       *string         `json:"nvidiaCTKPath,omitempty"`
+			ContainerDriverRoot *string         `json:"containerDriverRoot,omitempty"`
 		} `json:"plugin"`
 	} `json:"flags"`
+	Resources struct {
+		GPUs []renamePattern `json:"gpus,omitempty"`
+		MIG  []renamePattern `json:"mig,omitempty"`
+	} `json:"resources"`
 	Sharing struct {
-		TimeSlicing struct {
-			RenameByDefault *bool `json:"renameByDefault,omitempty"`
-			Resources       []struct {
-				Name     string `json:"name"`
-				Replicas int    `json:"replicas"`
-			} `json:"resources,omitempty"`
-		} `json:"timeSlicing"`
+		TimeSlicing replicated      `json:"timeSlicing"`
+		MPS         json.RawMessage `json:"mps,omitempty"`
 	} `json:"sharing"`
+	IMEX   json.RawMessage `json:"imex,omitempty"`
 	Gpulet struct {
 		Backend          *string `json:"backend,omitempty"`
 		SimProfile       *string `json:"simProfile,omitempty"`
@@ -95,6 +113,71 @@ type File struct {
 		LogFormat *string `json:"logFormat,omitempty"`
 		LogLevel  *string `json:"logLevel,omitempty"`
 	} `json:"gpulet"`
+}
+
+type renamePattern struct {
+	Pattern string `json:"pattern"`
+	Name    string `json:"name"`
+}
+
+// replicated is NVIDIA's sharing.timeSlicing.
+type replicated struct {
+	RenameByDefault            *bool `json:"renameByDefault,omitempty"`
+	FailRequestsGreaterThanOne *bool `json:"failRequestsGreaterThanOne,omitempty"`
+	Resources                  []struct {
+		Name     string          `json:"name"`
+		Rename   string          `json:"rename,omitempty"`
+		Devices  json.RawMessage `json:"devices,omitempty"`
+		Replicas int             `json:"replicas"`
+	} `json:"resources,omitempty"`
+}
+
+// Check refuses what gpulet cannot do as NVIDIA's plugin would: a pod spec
+// written for it would silently get something else.
+func (f *File) Check() error {
+	if len(f.Resources.GPUs)+len(f.Resources.MIG) > 0 {
+		return errors.New("resources.gpus/resources.mig (renaming GPUs by product pattern) is not supported by gpulet yet; remove it and use --resource-name or time-slicing's rename")
+	}
+	if len(f.Sharing.MPS) > 0 && string(f.Sharing.MPS) != "null" {
+		return errors.New("sharing.mps is not supported by gpulet yet; use sharing.timeSlicing")
+	}
+	for _, r := range f.Sharing.TimeSlicing.Resources {
+		if r.Name != "" && r.Name != resources.DefaultResourceName {
+			return fmt.Errorf("sharing.timeSlicing.resources: gpulet shares %s, not %q", resources.DefaultResourceName, r.Name)
+		}
+		if d := strings.Trim(string(r.Devices), `" `); d != "" && d != "all" && d != "null" {
+			return fmt.Errorf("sharing.timeSlicing.resources[].devices=%s: gpulet shares all devices; a subset is not supported yet", r.Devices)
+		}
+		if r.Replicas < 0 {
+			return fmt.Errorf("sharing.timeSlicing.resources[].replicas=%d must not be negative", r.Replicas)
+		}
+	}
+	if s := f.Flags.DeviceDiscoveryStrategy; s != nil && *s != "auto" && *s != "nvml" {
+		return fmt.Errorf("flags.deviceDiscoveryStrategy=%q: gpulet discovers GPUs through NVML (auto or nvml)", *s)
+	}
+	return nil
+}
+
+// Notes lists the fields that were read but do not change what gpulet does.
+func (f *File) Notes() []string {
+	var out []string
+	note := func(set bool, what string) {
+		if set {
+			out = append(out, what)
+		}
+	}
+	fl := f.Flags
+	note(fl.RestartOnDeviceUnhealthy != nil, "flags.restartOnDeviceUnhealthy (gpulet recovers GPUs in place instead)")
+	note(fl.MPSRoot != nil, "flags.mpsRoot (no MPS sharing)")
+	note(fl.GDSEnabled != nil && *fl.GDSEnabled, "flags.gdsEnabled")
+	note(fl.MOFEDEnabled != nil && *fl.MOFEDEnabled, "flags.mofedEnabled")
+	note(fl.UseNodeFeatureAPI != nil, "flags.useNodeFeatureAPI")
+	note(len(fl.GFD) > 0, "flags.gfd (GPU Feature Discovery's settings)")
+	note(fl.Plugin.CDIAnnotationPrefix != nil, "flags.plugin.cdiAnnotationPrefix (gpulet uses cdi.k8s.io/)")
+	note(fl.Plugin.NvidiaCTKPath != nil, "flags.plugin.nvidiaCTKPath")
+	note(fl.Plugin.ContainerDriverRoot != nil, "flags.plugin.containerDriverRoot")
+	note(len(f.IMEX) > 0, "imex")
+	return out
 }
 
 func str(p *string) (string, bool) {
@@ -134,6 +217,17 @@ var settings = []setting{
 	}},
 	{"rename-by-default", []string{"GPULET_RENAME_BY_DEFAULT"}, func(f *File) (string, bool) {
 		return boolean(f.Sharing.TimeSlicing.RenameByDefault)
+	}},
+	{"shared-resource-name", []string{"GPULET_SHARED_RESOURCE_NAME"}, func(f *File) (string, bool) {
+		for _, r := range f.Sharing.TimeSlicing.Resources {
+			if r.Rename != "" {
+				return r.Rename, true
+			}
+		}
+		return "", false
+	}},
+	{"fail-requests-greater-than-one", []string{"GPULET_FAIL_REQUESTS_GREATER_THAN_ONE"}, func(f *File) (string, bool) {
+		return boolean(f.Sharing.TimeSlicing.FailRequestsGreaterThanOne)
 	}},
 	{"disable-health-checks", []string{"DP_DISABLE_HEALTHCHECKS"}, func(f *File) (string, bool) { return str(f.Gpulet.Health.Disable) }},
 	{"health-quiet-period", []string{"GPULET_HEALTH_QUIET_PERIOD"}, func(f *File) (string, bool) { return str(f.Gpulet.Health.QuietPeriod) }},
@@ -182,6 +276,8 @@ func (c *Config) BackendFlags(fs *pflag.FlagSet, defaultBackend string) {
 	fs.StringVar(&c.ResourceName, "resource-name", resources.DefaultResourceName, "extended resource name for whole GPUs [env GPULET_RESOURCE_NAME]")
 	fs.IntVar(&c.Replicas, "replicas", 0, "time-slicing: share each device between this many containers (0 = off) [config sharing.timeSlicing]")
 	fs.BoolVar(&c.RenameByDefault, "rename-by-default", false, "advertise time-sliced devices as <resource>.shared [env GPULET_RENAME_BY_DEFAULT]")
+	fs.StringVar(&c.SharedResourceName, "shared-resource-name", "", "resource name for time-sliced devices (NVIDIA's timeSlicing rename) [env GPULET_SHARED_RESOURCE_NAME]")
+	fs.BoolVar(&c.FailRequestsGreaterThanOne, "fail-requests-greater-than-one", false, "refuse a container asking for more than one time-sliced device (it would get one GPU twice) [env GPULET_FAIL_REQUESTS_GREATER_THAN_ONE]")
 	fs.BoolVar(&c.FailOnInitError, "fail-on-init-error", true, "exit when no GPU backend can start; false keeps running without GPUs [env FAIL_ON_INIT_ERROR]")
 	fs.StringVar(&c.LogFormat, "log-format", "text", "log format: text or json [env GPULET_LOG_FORMAT]")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn, error [env GPULET_LOG_LEVEL]")
@@ -200,15 +296,16 @@ func (c *Config) RunFlags(fs *pflag.FlagSet) {
 }
 
 // Resolve fills settings the command line left unset from the environment,
-// then from the config file. getenv is os.Getenv outside tests.
-func Resolve(fs *pflag.FlagSet, getenv func(string) string) error {
+// then from the config file. getenv is os.Getenv outside tests. It returns
+// the config file's fields that gpulet read but does not act on.
+func Resolve(fs *pflag.FlagSet, getenv func(string) string) (notes []string, err error) {
 	path := ""
 	if f := fs.Lookup("config-file"); f != nil {
 		path = f.Value.String()
 		if !f.Changed && getenv("CONFIG_FILE") != "" {
 			path = getenv("CONFIG_FILE")
 			if err := fs.Set("config-file", path); err != nil {
-				return err
+				return nil, err
 			}
 		}
 	}
@@ -216,11 +313,14 @@ func Resolve(fs *pflag.FlagSet, getenv func(string) string) error {
 	if path != "" {
 		data, err := os.ReadFile(path)
 		if err != nil {
-			return fmt.Errorf("read config file: %w", err)
+			return nil, fmt.Errorf("read config file: %w", err)
 		}
 		file, err = ParseFile(data)
 		if err != nil {
-			return fmt.Errorf("config file %s: %w", path, err)
+			return nil, fmt.Errorf("config file %s: %w", path, err)
+		}
+		for _, n := range file.Notes() {
+			notes = append(notes, "config file "+path+": "+n+" is read but not used by gpulet")
 		}
 	}
 	for _, s := range settings {
@@ -247,15 +347,15 @@ func Resolve(fs *pflag.FlagSet, getenv func(string) string) error {
 			// A slice flag's Set appends; from env or file it replaces.
 			err := sv.Replace(splitList(val))
 			if err != nil {
-				return fmt.Errorf("%s: %s=%q: %w", from, s.flag, val, err)
+				return nil, fmt.Errorf("%s: %s=%q: %w", from, s.flag, val, err)
 			}
 			continue
 		}
 		if err := f.Value.Set(val); err != nil {
-			return fmt.Errorf("%s: invalid %s %q: %w", from, s.flag, val, err)
+			return nil, fmt.Errorf("%s: invalid %s %q: %w", from, s.flag, val, err)
 		}
 	}
-	return nil
+	return notes, nil
 }
 
 func splitList(s string) []string {
@@ -280,6 +380,9 @@ func ParseFile(data []byte) (*File, error) {
 	}
 	if n := len(f.Sharing.TimeSlicing.Resources); n > 1 {
 		return nil, fmt.Errorf("sharing.timeSlicing.resources: gpulet shares one resource, got %d entries", n)
+	}
+	if err := f.Check(); err != nil {
+		return nil, err
 	}
 	return &f, nil
 }
@@ -319,6 +422,7 @@ func (c *Config) ResourcesConfig() resources.Config {
 	return resources.Config{
 		ResourceName: c.ResourceName, MIGStrategy: c.MIGStrategy,
 		Replicas: c.Replicas, RenameByDefault: c.RenameByDefault,
+		SharedName: c.SharedResourceName, FailRequestsGreaterThanOne: c.FailRequestsGreaterThanOne,
 	}
 }
 

@@ -21,9 +21,11 @@ func parse(t *testing.T, args []string, env map[string]string) (*Config, error) 
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
-	if err := Resolve(fs, func(k string) string { return env[k] }); err != nil {
+	notes, err := Resolve(fs, func(k string) string { return env[k] })
+	if err != nil {
 		return nil, err
 	}
+	c.Notes = notes
 	return c, c.Validate()
 }
 
@@ -106,6 +108,76 @@ func TestPrecedenceFlagOverEnvOverFile(t *testing.T) {
 	}
 	if c.DeviceIDStrategy != "index" || strings.Join(c.DeviceListStrategy, ",") != "cdi-annotations" {
 		t.Errorf("flag should beat env: %+v", c)
+	}
+}
+
+// A full NVIDIA config file, as the GPU operator and Helm chart write it.
+const nvidiaFullFile = `version: v1
+flags:
+  migStrategy: none
+  failOnInitError: true
+  nvidiaDriverRoot: /run/nvidia/driver
+  nvidiaDevRoot: /
+  mpsRoot: /run/nvidia/mps
+  gdsEnabled: false
+  mofedEnabled: false
+  useNodeFeatureAPI: false
+  deviceDiscoveryStrategy: auto
+  plugin:
+    passDeviceSpecs: true
+    deviceListStrategy: [envvar]
+    deviceIDStrategy: uuid
+    cdiAnnotationPrefix: cdi.k8s.io/
+    nvidiaCTKPath: /usr/bin/nvidia-ctk
+    containerDriverRoot: /driver-root
+  gfd:
+    oneshot: false
+    noTimestamp: false
+    outputFile: /etc/kubernetes/node-feature-discovery/features.d/gfd
+    sleepInterval: 60s
+sharing:
+  timeSlicing:
+    failRequestsGreaterThanOne: true
+    resources:
+    - name: nvidia.com/gpu
+      rename: nvidia.com/gpu-shared
+      devices: all
+      replicas: 10
+`
+
+func TestNVIDIAFullFileLoads(t *testing.T) {
+	c, err := parse(t, []string{"--config-file=" + writeFile(t, nvidiaFullFile)}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc := c.ResourcesConfig()
+	if rc.Replicas != 10 || rc.SharedName != "nvidia.com/gpu-shared" || !rc.FailRequestsGreaterThanOne || c.DriverRoot != "/run/nvidia/driver" || c.DevRoot != "/" {
+		t.Errorf("resources %+v, driver root %q dev root %q", rc, c.DriverRoot, c.DevRoot)
+	}
+	notes := strings.Join(c.Notes, "\n")
+	for _, want := range []string{"flags.mpsRoot", "flags.gfd", "cdiAnnotationPrefix", "nvidiaCTKPath"} {
+		if !strings.Contains(notes, want) {
+			t.Errorf("notes do not mention %s:\n%s", want, notes)
+		}
+	}
+	if strings.Contains(notes, "gdsEnabled") {
+		t.Error("gdsEnabled: false changes nothing and needs no note")
+	}
+}
+
+func TestNVIDIAFeaturesGpuletCannotHonourAreRefused(t *testing.T) {
+	cases := []struct{ file, want string }{
+		{"version: v1\nsharing:\n  mps:\n    resources:\n    - name: nvidia.com/gpu\n      replicas: 2\n", "sharing.mps is not supported"},
+		{"version: v1\nresources:\n  gpus:\n  - pattern: '*A100*'\n    name: a100\n", "resources.gpus/resources.mig"},
+		{"version: v1\nsharing:\n  timeSlicing:\n    resources:\n    - name: nvidia.com/gpu\n      devices: [0, 1]\n      replicas: 2\n", "a subset is not supported"},
+		{"version: v1\nsharing:\n  timeSlicing:\n    resources:\n    - name: nvidia.com/mig-1g.10gb\n      replicas: 2\n", "gpulet shares nvidia.com/gpu"},
+		{"version: v1\nflags:\n  deviceDiscoveryStrategy: tegra\n", "deviceDiscoveryStrategy"},
+	}
+	for _, tc := range cases {
+		_, err := parse(t, []string{"--config-file=" + writeFile(t, tc.file)}, nil)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: error %v, want it to say %q", tc.file, err, tc.want)
+		}
 	}
 }
 

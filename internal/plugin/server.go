@@ -250,6 +250,11 @@ func (s *Server) Allocate(_ context.Context, req *pluginapi.AllocateRequest) (*p
 	res, _ := s.current()
 	resp := &pluginapi.AllocateResponse{ContainerResponses: make([]*pluginapi.ContainerAllocateResponse, 0, len(req.ContainerRequests))}
 	for _, cr := range req.ContainerRequests {
+		if res.MaxPerContainer > 0 && len(cr.DevicesIds) > res.MaxPerContainer {
+			return nil, status.Errorf(codes.InvalidArgument,
+				"a container may ask for at most %d %s (time-sliced replicas of one GPU are not more GPUs; failRequestsGreaterThanOne is set), got %d",
+				res.MaxPerContainer, res.Name, len(cr.DevicesIds))
+		}
 		devs, err := lookup(res, cr.DevicesIds)
 		if err != nil {
 			return nil, err

@@ -325,6 +325,14 @@ func TestTimeSlicedReplicasShareTheirGPU(t *testing.T) {
 	if c.Envs["NVIDIA_VISIBLE_DEVICES"] != u {
 		t.Errorf("two replicas of one GPU give %q, want the GPU once", c.Envs["NVIDIA_VISIBLE_DEVICES"])
 	}
+
+	// failRequestsGreaterThanOne: two replicas in one container are refused.
+	strict := startHarness(t, node, Options{}, resources.Config{Replicas: 3, FailRequestsGreaterThanOne: true})
+	strict.kubelet.waitRegistration(t, 5*time.Second)
+	_, err = dial(t, strict.dir, "gpulet-nvidia-com-gpu.sock").Allocate(context.Background(), &pluginapi.AllocateRequest{
+		ContainerRequests: []*pluginapi.ContainerAllocateRequest{{DevicesIds: []string{u + "::0", u + "::2"}}},
+	})
+	checkInvalid(t, "Allocate", err, []string{"at most 1", "failRequestsGreaterThanOne"})
 	if len(c.Devices) != 4 || c.Devices[3].ContainerPath != "/dev/nvidia1" {
 		t.Errorf("device specs %v, want control devices + /dev/nvidia1", c.Devices)
 	}

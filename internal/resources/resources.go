@@ -34,6 +34,12 @@ type Config struct {
 	Replicas int
 	// RenameByDefault advertises shared devices as <name>.shared.
 	RenameByDefault bool
+	// SharedName, if set, is the name of the shared resource (NVIDIA's
+	// timeSlicing "rename"); it wins over RenameByDefault.
+	SharedName string
+	// FailRequestsGreaterThanOne refuses a container asking for more than
+	// one shared device: it would get replicas of one GPU, not more GPUs.
+	FailRequestsGreaterThanOne bool
 }
 
 // Validate reports a config error in the user's terms.
@@ -46,8 +52,10 @@ func (c Config) Validate() error {
 	if c.Replicas < 0 {
 		return fmt.Errorf("time-slicing replicas must be 0 (off) or more, got %d", c.Replicas)
 	}
-	if c.ResourceName != "" && !strings.Contains(c.ResourceName, "/") {
-		return fmt.Errorf("resource name %q needs a domain, e.g. nvidia.com/gpu", c.ResourceName)
+	for _, n := range []string{c.ResourceName, c.SharedName} {
+		if n != "" && !strings.Contains(n, "/") {
+			return fmt.Errorf("resource name %q needs a domain, e.g. nvidia.com/gpu", n)
+		}
 	}
 	return nil
 }
@@ -74,6 +82,8 @@ type Resource struct {
 	ControlDevices []string
 	// Links is the node's link matrix, indexed by Device.GPU (shared, read-only).
 	Links [][]inventory.Link
+	// MaxPerContainer, if not 0, is the most devices one container may get.
+	MaxPerContainer int
 }
 
 // Device returns the device with that ID.
@@ -129,14 +139,22 @@ func Build(snap inventory.Snapshot, cfg Config) []Resource {
 		for i := range devs {
 			devs[i].ID = devs[i].UUID
 		}
+		max := 0
 		if cfg.Replicas > 1 {
 			devs = replicate(devs, cfg.Replicas)
-			if cfg.RenameByDefault {
+			switch {
+			case cfg.SharedName != "" && rn == name:
+				rn = cfg.SharedName
+			case cfg.RenameByDefault:
 				rn += ".shared"
+			}
+			if cfg.FailRequestsGreaterThanOne {
+				max = 1
 			}
 		}
 		sort.Slice(devs, func(i, j int) bool { return devs[i].ID < devs[j].ID })
-		out = append(out, Resource{Name: rn, Devices: devs, DevRoot: node.DevRoot, ControlDevices: existing(node.DevRoot), Links: node.Links})
+		out = append(out, Resource{Name: rn, Devices: devs, DevRoot: node.DevRoot, ControlDevices: existing(node.DevRoot),
+			Links: node.Links, MaxPerContainer: max})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out

@@ -57,6 +57,8 @@ func TestBuild(t *testing.T) {
 		{"replicas renamed", inventory.Snapshot{Node: n}, Config{Replicas: 2, RenameByDefault: true},
 			"nvidia.com/gpu.shared=GPU-0::0@0,GPU-0::1@0"},
 		{"custom name", inventory.Snapshot{Node: n}, Config{ResourceName: "example.com/accel"}, "example.com/accel=GPU-0@0"},
+		{"replicas renamed explicitly", inventory.Snapshot{Node: n}, Config{Replicas: 2, RenameByDefault: true, SharedName: "nvidia.com/gpu-ts"},
+			"nvidia.com/gpu-ts=GPU-0::0@0,GPU-0::1@0"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
