@@ -25,8 +25,15 @@ vet:
 	@test -z "$$(gofmt -l cmd internal deploy tools hack 2>/dev/null)" || { gofmt -l cmd internal deploy tools hack; echo "gofmt needed"; exit 1; }
 	$(GO) vet ./...
 
-unit: vet
-	$(GO) test -race -count=1 ./...
+# helm renders the chart in deploy/helm for its test; installed from the
+# Go module proxy into _output/bin (cached there).
+HELM_VERSION ?= v3.22.0
+HELM := $(CURDIR)/_output/bin/helm
+$(HELM):
+	GOBIN=$(CURDIR)/_output/bin CGO_ENABLED=0 $(GO) install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+
+unit: vet $(HELM)
+	HELM=$(HELM) $(GO) test -race -count=1 ./...
 
 test: unit test-kubelet
 

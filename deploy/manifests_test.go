@@ -42,6 +42,13 @@ func strict(t *testing.T, data []byte, into any) {
 func TestDaemonSetMatchesTheSeedGuide(t *testing.T) {
 	var ds appsv1.DaemonSet
 	strict(t, docs(t, "gpulet-daemonset.yaml")[0], &ds)
+	checkSeedDaemonSet(t, &ds)
+}
+
+// checkSeedDaemonSet holds a gpulet DaemonSet to the seed guide's: namespace,
+// tolerations, security settings, the device-plugins hostPath, priority.
+func checkSeedDaemonSet(t *testing.T, ds *appsv1.DaemonSet) {
+	t.Helper()
 	if ds.Kind != "DaemonSet" || ds.Namespace != "gpu-resources" {
 		t.Fatalf("%s in %q, want a DaemonSet in gpu-resources", ds.Kind, ds.Namespace)
 	}

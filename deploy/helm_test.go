@@ -1,0 +1,109 @@
+package deploy
+
+import (
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/yaml"
+
+	"github.com/gpulet/gpulet/internal/config"
+)
+
+// helmTemplate renders the chart with the real helm (HELM, else helm on
+// PATH; `make unit` installs it). CI must not skip this.
+func helmTemplate(t *testing.T, args ...string) map[string][]byte {
+	t.Helper()
+	helm := os.Getenv("HELM")
+	if helm == "" {
+		helm, _ = exec.LookPath("helm")
+	}
+	if helm == "" {
+		if os.Getenv("CI") != "" {
+			t.Fatal("helm is not installed (make unit installs it into _output/bin)")
+		}
+		t.Skip("helm not found: set HELM or run make unit")
+	}
+	cmd := exec.Command(helm, append([]string{"template", "gpulet", "helm/gpulet", "--namespace", "gpu-resources"}, args...)...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("helm template %v: %v\n%s", args, err, out)
+	}
+	byKind := map[string][]byte{}
+	for _, d := range strings.Split(string(out), "\n---") {
+		var meta struct{ Kind string }
+		if yaml.Unmarshal([]byte(d), &meta) == nil && meta.Kind != "" {
+			if _, dup := byKind[meta.Kind]; dup {
+				t.Fatalf("two %s objects rendered", meta.Kind)
+			}
+			byKind[meta.Kind] = []byte(d)
+		}
+	}
+	return byKind
+}
+
+func env(c corev1.Container) map[string]string {
+	m := map[string]string{}
+	for _, e := range c.Env {
+		m[e.Name] = e.Value
+	}
+	return m
+}
+
+func TestHelmChartDefaultsMatchTheManifest(t *testing.T) {
+	objs := helmTemplate(t)
+	var ds, plain appsv1.DaemonSet
+	strict(t, objs["DaemonSet"], &ds)
+	checkSeedDaemonSet(t, &ds)
+	if _, ok := objs["ConfigMap"]; ok {
+		t.Error("a ConfigMap without a config")
+	}
+	strict(t, docs(t, "gpulet-daemonset.yaml")[0], &plain)
+	got, want := env(ds.Spec.Template.Spec.Containers[0]), env(plain.Spec.Template.Spec.Containers[0])
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("env %s = %q in the chart, %q in deploy/gpulet-daemonset.yaml", k, got[k], v)
+		}
+	}
+}
+
+func TestHelmChartWithConfigAndSimulator(t *testing.T) {
+	cfg := "version: v1\nflags:\n  plugin:\n    passDeviceSpecs: true\nsharing:\n  timeSlicing:\n    resources:\n    - name: nvidia.com/gpu\n      replicas: 4\n"
+	objs := helmTemplate(t, "--set", "sim.enabled=true", "--set", "sim.profile=dgx1-v100", "--set-string", "config="+cfg)
+	var cm corev1.ConfigMap
+	strict(t, objs["ConfigMap"], &cm)
+	f, err := config.ParseFile([]byte(cm.Data["config.yaml"]))
+	if err != nil {
+		t.Fatalf("the rendered config does not load: %v\n%s", err, cm.Data["config.yaml"])
+	}
+	if len(f.Sharing.TimeSlicing.Resources) != 1 || f.Sharing.TimeSlicing.Resources[0].Replicas != 4 {
+		t.Errorf("config lost in rendering: %+v", f.Sharing.TimeSlicing)
+	}
+	var ds appsv1.DaemonSet
+	strict(t, objs["DaemonSet"], &ds)
+	checkSeedDaemonSet(t, &ds)
+	e := env(ds.Spec.Template.Spec.Containers[0])
+	if e["CONFIG_FILE"] != "/etc/gpulet/config.yaml" || e["GPULET_BACKEND"] != "sim" || e["GPULET_SIM_PROFILE"] != "dgx1-v100" {
+		t.Errorf("env %v", e)
+	}
+	mounts := map[string]string{}
+	for _, m := range ds.Spec.Template.Spec.Containers[0].VolumeMounts {
+		mounts[m.Name] = m.MountPath
+	}
+	vols := map[string]corev1.Volume{}
+	for _, v := range ds.Spec.Template.Spec.Volumes {
+		vols[v.Name] = v
+	}
+	if mounts["config"] != "/etc/gpulet" || vols["config"].ConfigMap == nil || vols["config"].ConfigMap.Name != cm.Name {
+		t.Errorf("config not mounted from %s: mounts %v", cm.Name, mounts)
+	}
+	if v := vols["sim"]; v.HostPath == nil || v.HostPath.Path != mounts["sim"] {
+		t.Errorf("the sim root must be a hostPath at the same path (the runtime resolves device specs on the host): %+v, mounted at %q", v, mounts["sim"])
+	}
+	if ds.Spec.Template.Annotations["checksum/config"] == "" {
+		t.Error("no config checksum: pods would not roll when the config changes")
+	}
+}
