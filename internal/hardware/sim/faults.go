@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 
@@ -40,14 +41,7 @@ type Faults struct {
 	Removed []string `json:"removed,omitempty"`
 }
 
-func (f Faults) removed(uuid string) bool {
-	for _, r := range f.Removed {
-		if r == uuid {
-			return true
-		}
-	}
-	return false
-}
+func (f Faults) removed(uuid string) bool { return slices.Contains(f.Removed, uuid) }
 
 // ReadFaults reads the fault file under root; a missing file means no faults.
 func ReadFaults(root string) (Faults, error) {

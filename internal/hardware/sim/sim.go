@@ -10,7 +10,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"reflect"
+	"slices"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -187,7 +187,7 @@ func (b *Backend) Watch(ctx context.Context, events chan<- hardware.Event) error
 // diff lists the events that turn state old into state new.
 func diff(old, new Faults) []hardware.Event {
 	var out []hardware.Event
-	if !reflect.DeepEqual(sortedCopy(old.Removed), sortedCopy(new.Removed)) {
+	if !slices.Equal(old.Removed, new.Removed) { // UpdateFaults keeps the list sorted
 		out = append(out, hardware.Event{Kind: hardware.EventChanged, Reason: "simulated GPUs removed or restored"})
 	}
 	for uuid, f := range new.GPUs {
@@ -210,13 +210,6 @@ func diff(old, new Faults) []hardware.Event {
 		}
 	}
 	return out
-}
-
-func sortedCopy(s []string) []string {
-	if len(s) == 0 {
-		return nil
-	}
-	return append([]string(nil), s...) // UpdateFaults keeps the list sorted
 }
 
 // CreateDeviceNodes makes the device nodes a real node would have under
