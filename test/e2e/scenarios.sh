@@ -117,15 +117,20 @@ ds_ready() {
 gpus_8_and_stable() { gpulet_stable || return; node_gpus_are 8/8; }
 
 # gpulet_logged_ms SINCE_MS MSG [DEVICE]: when (epoch ms) the gpulet pod's JSON log first says MSG (for
-# DEVICE) at or after SINCE_MS. Best effort: prints nothing when the log has no such line.
+# DEVICE) at or after SINCE_MS. Best effort: prints nothing when the log has no such line. The log is
+# read through the kubelet, which may refuse for a moment after its own restart: retried (bounded).
+# The jq filter sticks to jq 1.6 (Debian 12): non-JSON lines (klog, partial writes) are skipped.
 gpulet_logged_ms() {
-	local since=$1 msg=$2 dev=${3:-} p t ms
+	local since=$1 msg=$2 dev=${3:-} p t ms lines
 	p=$(gpulet_pod) || return 0
+	lines=$(retry_output 30 K -n "$GPU_NS" logs "$p") || return 0
 	while read -r t; do
+		[[ -n $t ]] || continue
 		ms=$(date -d "$t" +%s%3N 2>/dev/null) || continue
 		((ms >= since)) && { echo "$ms"; return 0; }
-	done < <(K -n "$GPU_NS" logs "$p" 2>/dev/null |
-		jq -Rr --arg m "$msg" --arg d "$dev" 'fromjson? | select(.msg == $m and ($d == "" or .device == $d)) | .time')
+	done < <(jq -Rr --arg m "$msg" --arg d "$dev" \
+		'try fromjson catch empty | select(type == "object" and .msg == $m and ($d == "" or .device == $d)) | .time // empty' \
+		<<<"$lines" || true)
 	return 0
 }
 
@@ -362,7 +367,11 @@ scenario_restarts() {
 		pod_phase_is "$hold" Running >/dev/null || fail "$hold is $(pod_phase "$hold") after $1"
 		cid=$(K get pod "$hold" -o 'jsonpath={.status.containerStatuses[0].containerID}')
 		[[ $cid == "$cid0" ]] || fail "$hold's container changed after $1 ($cid0 -> $cid)"
-		env=$(K exec "$hold" -- sh -c 'echo "$NVIDIA_VISIBLE_DEVICES"' | tr ',' '\n' | sort)
+		# The kubelet serves exec only once it has taken the pod back (after its own restart it
+		# answers "pod does not exist" for a moment): wait for that, bounded, then check.
+		env=$(retry_output 60 K exec "$hold" -- sh -c 'echo "$NVIDIA_VISIBLE_DEVICES"') ||
+			fail "the kubelet does not serve exec into $hold after $1"
+		env=$(tr ',' '\n' <<<"$env" | sort)
 		[[ $env == "$g0" ]] || fail "$hold sees GPUs [$(echo $env)] after $1, had [$(echo $g0)]"
 		K exec "$hold" -- ls /dev >/dev/null
 		log "after $1: $hold still Running in container ${cid0:0:25}..., same GPUs"

@@ -47,6 +47,23 @@ wait_until() {
 	done
 }
 
+# retry_output TIMEOUT_S CMD...: runs CMD every 0.5 s until it succeeds and prints its output;
+# fails after TIMEOUT_S seconds with CMD's last error on stderr. For reads that a component may
+# refuse for a moment (the kubelet right after a restart: "pod does not exist" until it has taken
+# its pods back from the API server).
+retry_output() {
+	local timeout=$1; shift
+	local deadline=$(($(now_ms) + timeout * 1000)) out
+	while true; do
+		out=$("$@" 2>&1) && { printf '%s\n' "$out"; return 0; }
+		if (($(now_ms) > deadline)); then
+			printf 'gave up after %ss: %s: %s\n' "$timeout" "$*" "$out" >&2
+			return 1
+		fi
+		sleep 0.5
+	done
+}
+
 # section NAME FILE LINES: print the last LINES lines of FILE under a header (if it exists).
 tail_file() {
 	local name=$1 file=$2 lines=${3:-40}
