@@ -520,10 +520,15 @@ func TestRecoversFromAlreadyConnectedRefusal(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer k.Stop()
+	// The socket is stat'ed when the refused registration arrives: the plugin
+	// cannot have replaced it yet, however the test goroutine is scheduled.
+	refusedSocket := make(chan os.FileInfo, 1)
 	refused := 0
 	k.Refuse = func(*pluginapi.RegisterRequest) error {
 		if refused == 0 {
 			refused++
+			fi, _ := os.Stat(filepath.Join(dir, endpoint))
+			refusedSocket <- fi
 			return fmt.Errorf("device plugin already connected: %s", filepath.Join(dir, endpoint))
 		}
 		return nil
@@ -534,11 +539,14 @@ func TestRecoversFromAlreadyConnectedRefusal(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- mgr.Run(ctx) }()
 	defer func() { cancel(); <-done }()
-	start := time.Now()
 	var first os.FileInfo
-	for first == nil && time.Since(start) < 5*time.Second {
-		first, _ = os.Stat(filepath.Join(dir, endpoint))
-		time.Sleep(time.Millisecond)
+	select {
+	case first = <-refusedSocket:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no registration reached the kubelet within 5s")
+	}
+	if first == nil {
+		t.Fatal("the plugin registered before its socket existed")
 	}
 	if _, err := k.WaitRegistration(5 * time.Second); err != nil {
 		t.Fatal(err)
