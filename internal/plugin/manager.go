@@ -9,7 +9,8 @@ import (
 )
 
 // Manager keeps one Server per resource in step with the inventory: a new
-// resource gets a server, a changed one an update. A resource that loses all
+// resource gets a server, a changed one an update, an unchanged one nothing
+// (an update rebuilds its placer and wakes its streams). A resource that loses all
 // its devices keeps its server with an empty list, so the kubelet sees the
 // capacity drop instead of a vanished plugin.
 type Manager struct {
@@ -80,7 +81,9 @@ func (m *Manager) apply(start func(*Server)) {
 	for _, r := range built {
 		present[r.Name] = true
 		if s, ok := m.servers[r.Name]; ok {
-			s.Update(r)
+			if old, _ := s.current(); !old.Equal(&r) {
+				s.Update(r)
+			}
 			continue
 		}
 		s := NewServer(m.Opts, r)
@@ -92,7 +95,9 @@ func (m *Manager) apply(start func(*Server)) {
 			old, _ := s.current()
 			empty := *old
 			empty.Devices = nil
-			s.Update(empty)
+			if len(old.Devices) > 0 {
+				s.Update(empty)
+			}
 		}
 	}
 }

@@ -1,8 +1,15 @@
 package plugin
 
 import (
+	"context"
 	"fmt"
+	"maps"
+	"slices"
+	"sync"
 	"testing"
+	"time"
+
+	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 
 	"github.com/gpulet/gpulet/internal/allocator"
 	"github.com/gpulet/gpulet/internal/inventory"
@@ -69,5 +76,68 @@ func BenchmarkInventoryChange(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		store.SetHealth(u, inventory.Health{Healthy: i%2 == 1, Reason: "bench"})
 		m.apply(noStart)
+	}
+}
+
+// A health change of one whole GPU must reach only nvidia.com/gpu: the MIG
+// resource's server keeps its placer and its stream stays quiet.
+func TestInventoryChangeUpdatesOnlyChangedResource(t *testing.T) {
+	node := mixedNode(t)
+	var mu sync.Mutex
+	placements := map[string]int{}
+	opts := Options{Placement: func(res *resources.Resource) (Placer, error) {
+		mu.Lock()
+		placements[res.Name]++
+		mu.Unlock()
+		return allocatorPlacement(res)
+	}}
+	h := startHarness(t, node, opts, resources.Config{MIGStrategy: resources.MIGMixed})
+	streams := map[string]pluginapi.DevicePlugin_ListAndWatchClient{}
+	for range 2 {
+		reg := h.kubelet.waitRegistration(t, 5*time.Second)
+		s, err := dial(t, h.dir, reg.Endpoint).ListAndWatch(context.Background(), &pluginapi.Empty{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Recv(); err != nil {
+			t.Fatal(err)
+		}
+		streams[reg.ResourceName] = s
+	}
+	gpu, mig := streams["nvidia.com/gpu"], streams["nvidia.com/mig-1g.10gb"]
+	if gpu == nil || mig == nil {
+		t.Fatalf("registered %v", slices.Collect(maps.Keys(streams)))
+	}
+	migMsgs := make(chan *pluginapi.ListAndWatchResponse, 8)
+	go func() {
+		for {
+			resp, err := mig.Recv()
+			if err != nil {
+				return // the harness stopped
+			}
+			migMsgs <- resp
+		}
+	}()
+
+	u := node.GPUs[0].UUID
+	h.store.SetHealth(u, inventory.Health{Healthy: false, Reason: "test"})
+	for {
+		resp, err := gpu.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !devHealth(resp, u) {
+			break
+		}
+	}
+	select {
+	case resp := <-migMsgs:
+		t.Fatalf("unchanged MIG resource sent a new list of %d devices", len(resp.Devices))
+	case <-time.After(300 * time.Millisecond):
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if placements["nvidia.com/gpu"] != 2 || placements["nvidia.com/mig-1g.10gb"] != 1 {
+		t.Errorf("placers built per resource %v; want nvidia.com/gpu twice (start, change), the MIG resource once", placements)
 	}
 }
