@@ -141,3 +141,14 @@ func TestInventoryChangeUpdatesOnlyChangedResource(t *testing.T) {
 		t.Errorf("placers built per resource %v; want nvidia.com/gpu twice (start, change), the MIG resource once", placements)
 	}
 }
+
+func TestNewServerLeavesCallersOptionsAlone(t *testing.T) {
+	opts := &Options{PluginDir: t.TempDir(), Log: discardLog()}
+	s := NewServer(opts, resources.Resource{Name: "nvidia.com/gpu"})
+	if opts.Poll != 0 {
+		t.Errorf("caller's Poll changed to %v", opts.Poll)
+	}
+	if s.opts == opts || s.opts.Poll != time.Second {
+		t.Errorf("server should keep its own copy with the default poll, got %v", s.opts.Poll)
+	}
+}
