@@ -74,12 +74,12 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		return nil
 	}
 	defer backend.Close()
-	if s, ok := backend.(*sim.Backend); ok {
-		if err := s.Publish(); err != nil {
+	if fi, ok := backend.(hardware.FaultInjector); ok {
+		if err := fi.Publish(); err != nil {
 			return err
 		}
-		log.Info("simulated GPU node ready", "profile", node.Profile, "root", s.Root(),
-			"inject_faults", "gpulet sim fault --sim-root="+s.Root()+" --gpu=0 --xid=48")
+		log.Info("simulated GPU node ready", "profile", node.Profile, "root", fi.Root(),
+			"inject_faults", "gpulet sim fault --sim-root="+fi.Root()+" --gpu=0 --xid=48")
 	}
 	log.Info("GPUs discovered", "backend", backend.Name(), "gpus", len(node.GPUs),
 		"driver", node.DriverVersion, "cuda", node.CUDADriverVersion, "took", time.Since(start).Round(time.Microsecond))
