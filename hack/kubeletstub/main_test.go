@@ -59,7 +59,7 @@ func startGpulet(t *testing.T, profile, dir string) (cancel func() error) {
 		MIGStrategy: "none", ResourceName: "nvidia.com/gpu", HealthQuietPeriod: time.Second,
 		LogFormat: "text", LogLevel: "info",
 	}
-	if err := cfg.Validate(); err != nil {
+	if err := daemon.Validate(cfg); err != nil {
 		t.Fatal(err)
 	}
 	ctx, stop := context.WithCancel(context.Background())

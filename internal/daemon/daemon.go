@@ -85,17 +85,17 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		"driver", node.DriverVersion, "cuda", node.CUDADriverVersion, "took", time.Since(start).Round(time.Microsecond))
 
 	store := inventory.NewStore(node)
-	policy, err := cfg.HealthPolicy()
+	policy, err := HealthPolicy(cfg)
 	if err != nil {
 		return err
 	}
 	mon := &health.Monitor{
 		Backend: backend, Store: store, Policy: policy, Log: log.With("component", "health"),
-		Quiet: cfg.HealthQuietPeriod, Disabled: cfg.HealthDisabled(),
+		Quiet: cfg.HealthQuietPeriod, Disabled: HealthDisabled(cfg),
 	}
 	mgr := &plugin.Manager{
 		Store:     store,
-		Resources: cfg.ResourcesConfig(),
+		Resources: ResourcesConfig(cfg),
 		Opts: &plugin.Options{
 			PluginDir:            cfg.DevicePluginPath,
 			DeviceListStrategies: cfg.DeviceListStrategy,
