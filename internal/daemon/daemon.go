@@ -1,7 +1,9 @@
 // Package daemon wires gpulet's layers together for `gpulet run`:
 // hardware backend → inventory → health monitor → resources → device-plugin
 // servers. It owns start-up order, restarts of the health watch, and
-// shutdown; each layer's logic lives in its own package.
+// shutdown, and turns the settings (package config, a leaf) into each
+// layer's config and checks (Validate); each layer's logic lives in its own
+// package.
 package daemon
 
 import (

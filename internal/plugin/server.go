@@ -1,6 +1,8 @@
 // Package plugin serves the kubelet device-plugin API (v1beta1): one gRPC
 // server per advertised resource, registered with the kubelet and kept
 // registered across kubelet restarts, socket deletion and dropped streams.
+// The Manager keeps one server per resource and updates only the servers
+// whose resource changed; Dial is the kubelet's side of a plugin socket.
 package plugin
 
 import (
