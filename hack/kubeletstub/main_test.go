@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/gpulet/gpulet/internal/config"
+	"github.com/gpulet/gpulet/internal/cudadriver"
 	"github.com/gpulet/gpulet/internal/daemon"
 	"github.com/gpulet/gpulet/internal/hardware/sim"
 	"github.com/gpulet/gpulet/internal/validate"
@@ -261,7 +262,7 @@ func TestCompare(t *testing.T) {
 		t.Fatal(err)
 	}
 	g := node.GPUs[0]
-	cudaOK := validate.Report{DriverVersion: "13.0", Devices: []validate.DeviceResult{{DeviceInfo: validate.DeviceInfo{
+	cudaOK := validate.Report{DriverVersion: "13.0", Devices: []validate.DeviceResult{{DeviceInfo: cudadriver.DeviceInfo{
 		UUID: g.UUID, Name: "NVIDIA H200", ComputeCapability: "9.0", MemoryBytes: 143771 << 20, PCIBusID: "0000:00:06.0"}}}}
 	cudaNone := validate.Report{Error: "no libcuda", Devices: []validate.DeviceResult{}}
 	renamed := *node
