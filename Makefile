@@ -5,7 +5,7 @@ LDFLAGS := -X main.version=$(VERSION)
 # go-nvml's header marks old NVML calls deprecated; the warnings are noise.
 export CGO_CFLAGS ?= -Wno-deprecated-declarations
 
-.PHONY: help build build-static test unit vet fuzz bench demo e2e clean
+.PHONY: help build build-static test unit vet tidy-check fuzz bench demo e2e clean
 
 help:
 	@echo "make demo        run gpulet on a simulated GPU node against kubelet's own device manager"
@@ -25,6 +25,11 @@ vet:
 	@test -z "$$(gofmt -l cmd internal deploy tools hack 2>/dev/null)" || { gofmt -l cmd internal deploy tools hack; echo "gofmt needed"; exit 1; }
 	$(GO) vet ./...
 
+# go.mod/go.sum must be what `go mod tidy` writes: a dependency used
+# directly is not marked indirect, and no go.sum line is missing or stale.
+tidy-check:
+	@$(GO) mod tidy -diff || { echo "go.mod/go.sum are not tidy: run go mod tidy"; exit 1; }
+
 # helm renders the chart in deploy/helm for its test; installed from the
 # Go module proxy into _output/bin (cached there).
 HELM_VERSION ?= v3.22.0
@@ -32,7 +37,7 @@ HELM := $(CURDIR)/_output/bin/helm
 $(HELM):
 	GOBIN=$(CURDIR)/_output/bin CGO_ENABLED=0 $(GO) install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
 
-unit: vet $(HELM)
+unit: vet tidy-check $(HELM)
 	HELM=$(HELM) $(GO) test -race -count=1 ./...
 
 test: unit test-kubelet

@@ -72,7 +72,7 @@ func newListCmd() *cobra.Command {
 			}
 			snap := store.Snapshot()
 			l := listing{Node: node, Health: snap.Health}
-			for _, r := range resources.Build(snap, cfg.ResourcesConfig()) {
+			for _, r := range resources.Build(snap, daemon.ResourcesConfig(cfg)) {
 				lr := listedResource{Name: r.Name, Count: len(r.Devices)}
 				for _, d := range r.Devices {
 					if d.Healthy {

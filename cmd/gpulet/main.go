@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/gpulet/gpulet/internal/config"
+	"github.com/gpulet/gpulet/internal/daemon"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -47,7 +48,7 @@ func resolve(cmd *cobra.Command, cfg *config.Config) error {
 		return err
 	}
 	cfg.Notes = notes
-	return cfg.Validate()
+	return daemon.Validate(cfg)
 }
 
 func newLogger(cfg *config.Config) *slog.Logger {

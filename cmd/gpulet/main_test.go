@@ -15,6 +15,7 @@ import (
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 	"sigs.k8s.io/yaml"
 
+	"github.com/gpulet/gpulet/internal/plugin"
 	"github.com/gpulet/gpulet/internal/plugin/plugintest"
 )
 
@@ -130,7 +131,7 @@ func TestRunServesSimulatedNodeAndFollowsTheSimCLI(t *testing.T) {
 	if reg.ResourceName != "nvidia.com/gpu" {
 		t.Fatalf("registered %q", reg.ResourceName)
 	}
-	client, closeFn, err := plugintest.Dial(d.dir, reg.Endpoint)
+	client, closeFn, err := plugin.Dial(d.dir, reg.Endpoint)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -228,7 +229,7 @@ func TestFaultsSurviveADaemonRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err, log.String())
 	}
-	client, closeFn, _ := plugintest.Dial(d.dir, reg.Endpoint)
+	client, closeFn, _ := plugin.Dial(d.dir, reg.Endpoint)
 	defer closeFn()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()

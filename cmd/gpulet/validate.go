@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/gpulet/gpulet/internal/cudadriver"
 	"github.com/gpulet/gpulet/internal/validate"
 )
 
@@ -58,7 +59,7 @@ check a node end to end.`,
 			done := make(chan *validate.Report, 1)
 			// A hung driver call cannot be interrupted; the watchdog below
 			// reports it and the process exits, leaving the call behind.
-			go func() { done <- validate.Validate(validate.Open, plan, opts) }()
+			go func() { done <- validate.Validate(cudadriver.Open, plan, opts) }()
 			timer := time.NewTimer(timeout)
 			defer timer.Stop()
 			var r *validate.Report

@@ -39,7 +39,7 @@ func fakeCUDADir(t *testing.T) string {
 		return ""
 	}
 	dir := t.TempDir()
-	out, err := exec.Command(cc, "-shared", "-fPIC", "-o", filepath.Join(dir, "libcuda.so.1"), "../../internal/validate/testdata/fakecuda.c").CombinedOutput()
+	out, err := exec.Command(cc, "-shared", "-fPIC", "-o", filepath.Join(dir, "libcuda.so.1"), "../../internal/cudadriver/testdata/fakecuda.c").CombinedOutput()
 	if err != nil {
 		t.Fatalf("build stand-in libcuda: %v\n%s", err, out)
 	}

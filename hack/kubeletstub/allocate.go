@@ -15,6 +15,7 @@ import (
 
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 
+	"github.com/gpulet/gpulet/internal/plugin"
 	"github.com/gpulet/gpulet/internal/plugin/plugintest"
 )
 
@@ -177,7 +178,7 @@ func allocate(ctx context.Context, k *plugintest.Kubelet, resource string, count
 	if reg.Version != pluginapi.Version {
 		return a, nil, nil, fmt.Errorf("plugin registered API version %q, want %q", reg.Version, pluginapi.Version)
 	}
-	client, closeConn, err := plugintest.Dial(k.Dir, reg.Endpoint)
+	client, closeConn, err := plugin.Dial(k.Dir, reg.Endpoint)
 	if err != nil {
 		return a, nil, nil, err
 	}

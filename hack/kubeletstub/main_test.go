@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/gpulet/gpulet/internal/config"
+	"github.com/gpulet/gpulet/internal/cudadriver"
 	"github.com/gpulet/gpulet/internal/daemon"
 	"github.com/gpulet/gpulet/internal/hardware/sim"
 	"github.com/gpulet/gpulet/internal/validate"
@@ -59,7 +60,7 @@ func startGpulet(t *testing.T, profile, dir string) (cancel func() error) {
 		MIGStrategy: "none", ResourceName: "nvidia.com/gpu", HealthQuietPeriod: time.Second,
 		LogFormat: "text", LogLevel: "info",
 	}
-	if err := cfg.Validate(); err != nil {
+	if err := daemon.Validate(cfg); err != nil {
 		t.Fatal(err)
 	}
 	ctx, stop := context.WithCancel(context.Background())
@@ -261,7 +262,7 @@ func TestCompare(t *testing.T) {
 		t.Fatal(err)
 	}
 	g := node.GPUs[0]
-	cudaOK := validate.Report{DriverVersion: "13.0", Devices: []validate.DeviceResult{{DeviceInfo: validate.DeviceInfo{
+	cudaOK := validate.Report{DriverVersion: "13.0", Devices: []validate.DeviceResult{{DeviceInfo: cudadriver.DeviceInfo{
 		UUID: g.UUID, Name: "NVIDIA H200", ComputeCapability: "9.0", MemoryBytes: 143771 << 20, PCIBusID: "0000:00:06.0"}}}}
 	cudaNone := validate.Report{Error: "no libcuda", Devices: []validate.DeviceResult{}}
 	renamed := *node

@@ -96,7 +96,7 @@ func TestGPUCheckRehearsal(t *testing.T) {
 	out, err := exec.Command(cc, "-shared", "-fPIC", "-o", filepath.Join(lib, "libcuda.so.1"),
 		`-DFAKECUDA_DEFAULT_GPUS="GPU-ac44f0a6-789f-45de-f092-9a23e7c04123"`,
 		`-DFAKECUDA_NAME_FMT="NVIDIA H200\0%d"`, `-DFAKECUDA_BUS_FMT="0000:00:06.0\0%d"`,
-		"../../internal/validate/testdata/fakecuda.c").CombinedOutput()
+		"../../internal/cudadriver/testdata/fakecuda.c").CombinedOutput()
 	if err != nil {
 		t.Fatalf("build stand-in libcuda: %v\n%s", err, out)
 	}

@@ -2,6 +2,10 @@
 // variables that set them (NVIDIA's names where NVIDIA's plugin has the same
 // setting, so images can be swapped), the config file (NVIDIA's v1 format
 // plus a gpulet section), and one precedence: flag > env > file > default.
+// It is a leaf: it imports no other gpulet package, so every layer may read
+// it. Checks that need a layer's knowledge (strategies, MIG, XID policy) and
+// turning settings into a layer's own config belong to the daemon, which
+// wires the layers.
 package config
 
 import (
@@ -15,10 +19,16 @@ import (
 
 	"github.com/spf13/pflag"
 	"sigs.k8s.io/yaml"
+)
 
-	"github.com/gpulet/gpulet/internal/health"
-	"github.com/gpulet/gpulet/internal/plugin"
-	"github.com/gpulet/gpulet/internal/resources"
+// Defaults that name another layer's values. They are spelled out because
+// config imports no other gpulet package; the daemon's tests check that they
+// agree with resources and plugin.
+const (
+	DefaultResourceName       = "nvidia.com/gpu" // resources.DefaultResourceName
+	DefaultMIGStrategy        = "none"           // resources.MIGNone
+	DefaultDeviceListStrategy = "envvar"         // plugin.StrategyEnvvar
+	DefaultDeviceIDStrategy   = "uuid"           // plugin.IDStrategyUUID
 )
 
 // Config is every setting of `gpulet run` (and of the commands that share
@@ -142,8 +152,8 @@ func (f *File) Check() error {
 		return errors.New("sharing.mps is not supported by gpulet yet; use sharing.timeSlicing")
 	}
 	for _, r := range f.Sharing.TimeSlicing.Resources {
-		if r.Name != "" && r.Name != resources.DefaultResourceName {
-			return fmt.Errorf("sharing.timeSlicing.resources: gpulet shares %s, not %q", resources.DefaultResourceName, r.Name)
+		if r.Name != "" && r.Name != DefaultResourceName {
+			return fmt.Errorf("sharing.timeSlicing.resources: gpulet shares %s, not %q", DefaultResourceName, r.Name)
 		}
 		if d := strings.Trim(string(r.Devices), `" `); d != "" && d != "all" && d != "null" {
 			return fmt.Errorf("sharing.timeSlicing.resources[].devices=%s: gpulet shares all devices; a subset is not supported yet", r.Devices)
@@ -272,8 +282,8 @@ func (c *Config) BackendFlags(fs *pflag.FlagSet, defaultBackend string) {
 	fs.StringVar(&c.SimRoot, "sim-root", "", "folder for the simulator's device nodes and fault file (default /var/lib/gpulet/sim as root, else under $TMPDIR) [env GPULET_SIM_ROOT]")
 	fs.StringVar(&c.DriverRoot, "nvidia-driver-root", "/", "host root of the NVIDIA driver (/run/nvidia/driver with the GPU operator's driver container) [env NVIDIA_DRIVER_ROOT]")
 	fs.StringVar(&c.DevRoot, "dev-root", "", "host root under which dev/nvidia* are found (default: the driver root) [env NVIDIA_DEV_ROOT]")
-	fs.StringVar(&c.MIGStrategy, "mig-strategy", resources.MIGNone, "how MIG devices are advertised: none, single, mixed [env MIG_STRATEGY]")
-	fs.StringVar(&c.ResourceName, "resource-name", resources.DefaultResourceName, "extended resource name for whole GPUs [env GPULET_RESOURCE_NAME]")
+	fs.StringVar(&c.MIGStrategy, "mig-strategy", DefaultMIGStrategy, "how MIG devices are advertised: none, single, mixed [env MIG_STRATEGY]")
+	fs.StringVar(&c.ResourceName, "resource-name", DefaultResourceName, "extended resource name for whole GPUs [env GPULET_RESOURCE_NAME]")
 	fs.IntVar(&c.Replicas, "replicas", 0, "time-slicing: share each device between this many containers (0 = off) [config sharing.timeSlicing]")
 	fs.BoolVar(&c.RenameByDefault, "rename-by-default", false, "advertise time-sliced devices as <resource>.shared [env GPULET_RENAME_BY_DEFAULT]")
 	fs.StringVar(&c.SharedResourceName, "shared-resource-name", "", "resource name for time-sliced devices (NVIDIA's timeSlicing rename) [env GPULET_SHARED_RESOURCE_NAME]")
@@ -287,8 +297,8 @@ func (c *Config) BackendFlags(fs *pflag.FlagSet, defaultBackend string) {
 func (c *Config) RunFlags(fs *pflag.FlagSet) {
 	c.BackendFlags(fs, "nvml")
 	fs.StringVar(&c.DevicePluginPath, "device-plugin-path", "/var/lib/kubelet/device-plugins/", "kubelet device-plugin folder (kubelet.sock and plugin sockets) [env GPULET_DEVICE_PLUGIN_PATH]")
-	fs.StringSliceVar(&c.DeviceListStrategy, "device-list-strategy", []string{plugin.StrategyEnvvar}, "how devices reach a container: envvar, volume-mounts, cdi-annotations, cdi-cri (comma-separated) [env DEVICE_LIST_STRATEGY]")
-	fs.StringVar(&c.DeviceIDStrategy, "device-id-strategy", plugin.IDStrategyUUID, "how devices are named to the container: uuid or index [env DEVICE_ID_STRATEGY]")
+	fs.StringSliceVar(&c.DeviceListStrategy, "device-list-strategy", []string{DefaultDeviceListStrategy}, "how devices reach a container: envvar, volume-mounts, cdi-annotations, cdi-cri (comma-separated) [env DEVICE_LIST_STRATEGY]")
+	fs.StringVar(&c.DeviceIDStrategy, "device-id-strategy", DefaultDeviceIDStrategy, "how devices are named to the container: uuid or index [env DEVICE_ID_STRATEGY]")
 	fs.BoolVar(&c.PassDeviceSpecs, "pass-device-specs", false, "also pass /dev/nvidia* device nodes to containers [env PASS_DEVICE_SPECS]")
 	fs.StringVar(&c.DisableHealthChecks, "disable-health-checks", "", "\"all\" disables health checks; a list of XIDs ignores those XIDs [env DP_DISABLE_HEALTHCHECKS]")
 	fs.DurationVar(&c.HealthQuietPeriod, "health-quiet-period", 30*time.Second, "how long an unhealthy GPU must stay quiet before it is re-probed and can become healthy again [env GPULET_HEALTH_QUIET_PERIOD]")
@@ -387,24 +397,14 @@ func ParseFile(data []byte) (*File, error) {
 	return &f, nil
 }
 
-// Validate checks the resolved settings before anything starts.
+// Validate checks the settings config itself understands. The daemon's
+// Validate adds the checks that need a layer's knowledge.
 func (c *Config) Validate() error {
 	var errs []error
 	switch c.Backend {
 	case "auto", "sim", "nvml":
 	default:
 		errs = append(errs, fmt.Errorf("backend %q is not one of auto, sim, nvml", c.Backend))
-	}
-	if c.DeviceIDStrategy != "" || len(c.DeviceListStrategy) > 0 {
-		if err := plugin.ValidateStrategies(c.DeviceListStrategy, c.DeviceIDStrategy); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	if err := c.ResourcesConfig().Validate(); err != nil {
-		errs = append(errs, err)
-	}
-	if _, err := c.HealthPolicy(); err != nil {
-		errs = append(errs, err)
 	}
 	if c.HealthQuietPeriod < 0 {
 		errs = append(errs, fmt.Errorf("health-quiet-period must not be negative"))
@@ -415,43 +415,4 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("log-format %q is not one of text, json", c.LogFormat))
 	}
 	return errors.Join(errs...)
-}
-
-// ResourcesConfig is the part of the config that shapes resources.
-func (c *Config) ResourcesConfig() resources.Config {
-	return resources.Config{
-		ResourceName: c.ResourceName, MIGStrategy: c.MIGStrategy,
-		Replicas: c.Replicas, RenameByDefault: c.RenameByDefault,
-		SharedName: c.SharedResourceName, FailRequestsGreaterThanOne: c.FailRequestsGreaterThanOne,
-	}
-}
-
-// HealthPolicy builds the XID policy and whether health checks are off.
-func (c *Config) HealthPolicy() (*health.Policy, error) {
-	overrides := map[uint64]health.Action{}
-	ignored, _, err := health.ParseXIDList(c.DisableHealthChecks)
-	if err != nil {
-		return nil, fmt.Errorf("disable-health-checks: %w", err)
-	}
-	for _, x := range ignored {
-		overrides[x] = health.Ignore
-	}
-	for k, v := range c.XIDOverrides {
-		x, err := strconv.ParseUint(strings.TrimSpace(k), 10, 64)
-		if err != nil {
-			return nil, fmt.Errorf("xid-policy: %q is not an XID number", k)
-		}
-		overrides[x] = health.Action(strings.TrimSpace(v))
-	}
-	p, err := health.NewPolicy(overrides)
-	if err != nil {
-		return nil, fmt.Errorf("xid-policy: %w", err)
-	}
-	return p, nil
-}
-
-// HealthDisabled reports whether health checks are off entirely.
-func (c *Config) HealthDisabled() bool {
-	_, all, _ := health.ParseXIDList(c.DisableHealthChecks)
-	return all
 }

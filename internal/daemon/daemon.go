@@ -1,7 +1,9 @@
 // Package daemon wires gpulet's layers together for `gpulet run`:
 // hardware backend → inventory → health monitor → resources → device-plugin
 // servers. It owns start-up order, restarts of the health watch, and
-// shutdown; each layer's logic lives in its own package.
+// shutdown, and turns the settings (package config, a leaf) into each
+// layer's config and checks (Validate); each layer's logic lives in its own
+// package.
 package daemon
 
 import (
@@ -74,28 +76,28 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		return nil
 	}
 	defer backend.Close()
-	if s, ok := backend.(*sim.Backend); ok {
-		if err := s.Publish(); err != nil {
+	if fi, ok := backend.(hardware.FaultInjector); ok {
+		if err := fi.Publish(); err != nil {
 			return err
 		}
-		log.Info("simulated GPU node ready", "profile", node.Profile, "root", s.Root(),
-			"inject_faults", "gpulet sim fault --sim-root="+s.Root()+" --gpu=0 --xid=48")
+		log.Info("simulated GPU node ready", "profile", node.Profile, "root", fi.Root(),
+			"inject_faults", "gpulet sim fault --sim-root="+fi.Root()+" --gpu=0 --xid=48")
 	}
 	log.Info("GPUs discovered", "backend", backend.Name(), "gpus", len(node.GPUs),
 		"driver", node.DriverVersion, "cuda", node.CUDADriverVersion, "took", time.Since(start).Round(time.Microsecond))
 
 	store := inventory.NewStore(node)
-	policy, err := cfg.HealthPolicy()
+	policy, err := HealthPolicy(cfg)
 	if err != nil {
 		return err
 	}
 	mon := &health.Monitor{
 		Backend: backend, Store: store, Policy: policy, Log: log.With("component", "health"),
-		Quiet: cfg.HealthQuietPeriod, Disabled: cfg.HealthDisabled(),
+		Quiet: cfg.HealthQuietPeriod, Disabled: HealthDisabled(cfg),
 	}
 	mgr := &plugin.Manager{
 		Store:     store,
-		Resources: cfg.ResourcesConfig(),
+		Resources: ResourcesConfig(cfg),
 		Opts: &plugin.Options{
 			PluginDir:            cfg.DevicePluginPath,
 			DeviceListStrategies: cfg.DeviceListStrategy,

@@ -19,7 +19,6 @@ import (
 	"github.com/gpulet/gpulet/internal/hardware"
 	"github.com/gpulet/gpulet/internal/inventory"
 	"github.com/gpulet/gpulet/internal/plugin"
-	"github.com/gpulet/gpulet/internal/plugin/plugintest"
 	"github.com/gpulet/gpulet/internal/resources"
 )
 
@@ -135,7 +134,7 @@ func kubelet(ctx context.Context, in Input) []Finding {
 		return append(out, Finding{"gpulet plugin", Fail, "no " + endpoint + " in " + in.PluginDir,
 			"`gpulet run` is not running here (kubectl -n gpu-resources get pods -o wide), or it serves another resource name"})
 	}
-	client, closeFn, err := plugintest.Dial(in.PluginDir, endpoint)
+	client, closeFn, err := plugin.Dial(in.PluginDir, endpoint)
 	if err != nil {
 		return append(out, Finding{"gpulet plugin", Fail, err.Error(), ""})
 	}

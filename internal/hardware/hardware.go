@@ -1,7 +1,9 @@
 // Package hardware is the one seam between gpulet and a machine's GPUs.
 // A Backend discovers the node and reports what happens to its devices;
 // everything above it (inventory, health policy, resources, servers) is shared
-// by the NVML, simulated and any future backend.
+// by the NVML, simulated and any future backend. What only some backends can
+// do is an optional interface here (FaultInjector), found by asserting a
+// Backend to it, never to a concrete backend type.
 package hardware
 
 import (
@@ -25,6 +27,16 @@ type Backend interface {
 	Probe(ctx context.Context, uuid string) error
 	// Close releases the backend.
 	Close() error
+}
+
+// FaultInjector is a Backend into whose devices faults can be injected from
+// outside the process (the simulator, through `gpulet sim fault`).
+type FaultInjector interface {
+	// Publish makes the served devices nameable by the fault tools; the
+	// daemon calls it once at start. Read-only commands do not.
+	Publish() error
+	// Root is the folder the fault tools act on (--sim-root).
+	Root() string
 }
 
 // EventKind says what happened to a device.

@@ -45,7 +45,7 @@ func (k *stubKubelet) waitRegistration(t testing.TB, within time.Duration) *plug
 // dial connects to a plugin's socket the way the kubelet does.
 func dial(t testing.TB, dir, endpoint string) pluginapi.DevicePluginClient {
 	t.Helper()
-	c, closeFn, err := plugintest.Dial(dir, endpoint)
+	c, closeFn, err := Dial(dir, endpoint)
 	if err != nil {
 		t.Fatal(err)
 	}

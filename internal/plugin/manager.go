@@ -9,7 +9,8 @@ import (
 )
 
 // Manager keeps one Server per resource in step with the inventory: a new
-// resource gets a server, a changed one an update. A resource that loses all
+// resource gets a server, a changed one an update, an unchanged one nothing
+// (an update rebuilds its placer and wakes its streams). A resource that loses all
 // its devices keeps its server with an empty list, so the kubelet sees the
 // capacity drop instead of a vanished plugin.
 type Manager struct {
@@ -45,40 +46,19 @@ func (m *Manager) Run(ctx context.Context) error {
 	defer wg.Wait() // runs after cancel: every server stops and removes its socket
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	apply := func() {
-		built := resources.Build(m.Store.Snapshot(), m.Resources)
-		present := map[string]bool{}
-		m.mu.Lock()
-		defer m.mu.Unlock()
-		for _, r := range built {
-			present[r.Name] = true
-			if s, ok := m.servers[r.Name]; ok {
-				s.Update(r)
-				continue
-			}
-			s := NewServer(m.Opts, r)
-			m.servers[r.Name] = s
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				if err := s.Run(ctx); err != nil {
-					select {
-					case errs <- err:
-					default:
-					}
+	start := func(s *Server) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := s.Run(ctx); err != nil {
+				select {
+				case errs <- err:
+				default:
 				}
-			}()
-		}
-		for name, s := range m.servers {
-			if !present[name] {
-				old, _ := s.current()
-				empty := *old
-				empty.Devices = nil
-				s.Update(empty)
 			}
-		}
+		}()
 	}
-	apply()
+	m.apply(start)
 	for {
 		select {
 		case <-ctx.Done():
@@ -86,7 +66,38 @@ func (m *Manager) Run(ctx context.Context) error {
 		case err := <-errs:
 			return err
 		case <-changes:
-			apply()
+			m.apply(start)
+		}
+	}
+}
+
+// apply brings the servers in step with the store's current snapshot;
+// start runs a newly created server.
+func (m *Manager) apply(start func(*Server)) {
+	built := resources.Build(m.Store.Snapshot(), m.Resources)
+	present := map[string]bool{}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, r := range built {
+		present[r.Name] = true
+		if s, ok := m.servers[r.Name]; ok {
+			if old, _ := s.current(); !old.Equal(&r) {
+				s.Update(r)
+			}
+			continue
+		}
+		s := NewServer(m.Opts, r)
+		m.servers[r.Name] = s
+		start(s)
+	}
+	for name, s := range m.servers {
+		if !present[name] {
+			old, _ := s.current()
+			empty := *old
+			empty.Devices = nil
+			if len(old.Devices) > 0 {
+				s.Update(empty)
+			}
 		}
 	}
 }

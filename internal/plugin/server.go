@@ -1,6 +1,8 @@
 // Package plugin serves the kubelet device-plugin API (v1beta1): one gRPC
 // server per advertised resource, registered with the kubelet and kept
 // registered across kubelet restarts, socket deletion and dropped streams.
+// The Manager keeps one server per resource and updates only the servers
+// whose resource changed; Dial is the kubelet's side of a plugin socket.
 package plugin
 
 import (
@@ -77,24 +79,22 @@ type Server struct {
 	stopping     bool
 
 	resync chan struct{}
-	// Registered receives the time of each successful registration; tests
-	// and benchmarks read it, nobody has to.
-	Registered chan time.Time
 }
 
-// NewServer returns the server of one resource, not yet serving.
+// NewServer returns the server of one resource, not yet serving. It keeps
+// its own copy of opts: the caller's value is neither changed nor read later.
 func NewServer(opts *Options, res resources.Resource) *Server {
-	if opts.Poll == 0 {
-		opts.Poll = time.Second
+	o := *opts
+	if o.Poll == 0 {
+		o.Poll = time.Second
 	}
 	s := &Server{
-		opts:       opts,
-		name:       res.Name,
-		socket:     filepath.Join(opts.PluginDir, SocketName(res.Name)),
-		log:        opts.Log.With("resource", res.Name),
-		changed:    make(chan struct{}),
-		resync:     make(chan struct{}, 1),
-		Registered: make(chan time.Time, 16),
+		opts:    &o,
+		name:    res.Name,
+		socket:  filepath.Join(o.PluginDir, SocketName(res.Name)),
+		log:     o.Log.With("resource", res.Name),
+		changed: make(chan struct{}),
+		resync:  make(chan struct{}, 1),
 	}
 	s.Update(res)
 	return s
@@ -375,10 +375,6 @@ func (s *Server) Run(ctx context.Context) error {
 		retry.Stop() // a pending retry would be a second registration
 		waitingLogged = false
 		backoff = 50 * time.Millisecond
-		select {
-		case s.Registered <- time.Now():
-		default:
-		}
 	}
 	reconcile(false)
 

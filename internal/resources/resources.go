@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -84,6 +85,14 @@ type Resource struct {
 	Links [][]inventory.Link
 	// MaxPerContainer, if not 0, is the most devices one container may get.
 	MaxPerContainer int
+}
+
+// Equal reports whether two resources advertise the same thing, so an
+// unchanged one needs no update (and no new allocator topology).
+func (r *Resource) Equal(o *Resource) bool {
+	return r.Name == o.Name && r.DevRoot == o.DevRoot && r.MaxPerContainer == o.MaxPerContainer &&
+		slices.Equal(r.Devices, o.Devices) && slices.Equal(r.ControlDevices, o.ControlDevices) &&
+		slices.EqualFunc(r.Links, o.Links, slices.Equal)
 }
 
 // Device returns the device with that ID.

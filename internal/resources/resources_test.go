@@ -96,3 +96,24 @@ func TestConfigValidate(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+func TestResourceEqual(t *testing.T) {
+	a := Resource{Name: "nvidia.com/gpu", Devices: []Device{{ID: "a", Healthy: true}}, Links: [][]inventory.Link{{{NVLinks: 1}}}}
+	b := a
+	b.Devices = []Device{{ID: "a", Healthy: true}}
+	b.Links = [][]inventory.Link{{{NVLinks: 1}}}
+	if !a.Equal(&b) {
+		t.Error("copies differ")
+	}
+	c := b
+	c.Devices = []Device{{ID: "a", Healthy: false, Reason: "xid"}}
+	d := b
+	d.Links = [][]inventory.Link{{{NVLinks: 2}}}
+	e := b
+	e.MaxPerContainer = 1
+	for i, o := range []Resource{c, d, e} {
+		if a.Equal(&o) {
+			t.Errorf("change %d not seen", i)
+		}
+	}
+}

@@ -6,6 +6,8 @@ import (
 	"math"
 	"strings"
 	"time"
+
+	"github.com/gpulet/gpulet/internal/cudadriver"
 )
 
 // fakeClock is read by the bandwidth timing; the fake driver advances it by
@@ -21,7 +23,7 @@ func (c *fakeClock) Now() time.Time {
 func (c *fakeClock) advance(bytes float64, gbps float64) { c.elapsed += bytes / (gbps * 1e9) }
 
 type fakeGPU struct {
-	info          DeviceInfo
+	info          cudadriver.DeviceInfo
 	h2d, d2h, d2d float64 // GB/s the copies take; d2d counts read+write
 }
 
@@ -40,8 +42,8 @@ type fakeDriver struct {
 	corruptDtoD bool
 
 	bound   int // ordinal whose context is current, -1 for none
-	mem     map[DevicePtr][]byte
-	next    DevicePtr
+	mem     map[cudadriver.DevicePtr][]byte
+	next    cudadriver.DevicePtr
 	modules int
 	host    int
 	binds   int
@@ -49,18 +51,18 @@ type fakeDriver struct {
 
 func newFake(gpus ...fakeGPU) *fakeDriver {
 	return &fakeDriver{gpus: gpus, clock: &fakeClock{t: time.Unix(1000, 0)}, kernel: "ok", bound: -1,
-		mem: map[DevicePtr][]byte{}, next: 0x7f0000000000}
+		mem: map[cudadriver.DevicePtr][]byte{}, next: 0x7f0000000000}
 }
 
 func gpu(i int, uuid string) fakeGPU {
 	return fakeGPU{
-		info: DeviceInfo{Name: fmt.Sprintf("Fake H200 %d", i), UUID: uuid, ComputeCapability: "9.0",
+		info: cudadriver.DeviceInfo{Name: fmt.Sprintf("Fake H200 %d", i), UUID: uuid, ComputeCapability: "9.0",
 			MemoryBytes: 143771 << 20, PCIBusID: fmt.Sprintf("0000:%02X:00.0", 0x10+i)},
 		h2d: 25, d2h: 20, d2d: 2000,
 	}
 }
 
-func (f *fakeDriver) open() (Driver, error) { return f, nil }
+func (f *fakeDriver) open() (cudadriver.Driver, error) { return f, nil }
 
 func (f *fakeDriver) Library() string { return "/fake/libcuda.so.1" }
 func (f *fakeDriver) Init() error     { return f.initErr }
@@ -69,9 +71,9 @@ func (f *fakeDriver) Version() (int, error) {
 }
 func (f *fakeDriver) DeviceCount() (int, error) { return len(f.gpus), nil }
 
-func (f *fakeDriver) Device(i int) (DeviceInfo, error) {
+func (f *fakeDriver) Device(i int) (cudadriver.DeviceInfo, error) {
 	if i < 0 || i >= len(f.gpus) {
-		return DeviceInfo{}, &CUDAError{Call: "cuDeviceGet", Code: cudaErrorInvalidDevice}
+		return cudadriver.DeviceInfo{}, &cudadriver.CUDAError{Call: "cuDeviceGet", Code: cudadriver.CodeInvalidDevice}
 	}
 	return f.gpus[i].info, nil
 }
@@ -91,12 +93,12 @@ func (f *fakeDriver) Bind(i int) (func() error, error) {
 
 func (f *fakeDriver) ctx(call string) error {
 	if f.bound < 0 {
-		return &CUDAError{Call: call, Code: 201, Name: "CUDA_ERROR_INVALID_CONTEXT"}
+		return &cudadriver.CUDAError{Call: call, Code: 201, Name: "CUDA_ERROR_INVALID_CONTEXT"}
 	}
 	return nil
 }
 
-func (f *fakeDriver) LoadModule(ptx, kernel string) (Module, Function, error) {
+func (f *fakeDriver) LoadModule(ptx, kernel string) (cudadriver.Module, cudadriver.Function, error) {
 	if err := f.ctx("cuModuleLoadDataEx"); err != nil {
 		return 0, 0, err
 	}
@@ -104,7 +106,7 @@ func (f *fakeDriver) LoadModule(ptx, kernel string) (Module, Function, error) {
 		return 0, 0, f.loadErr
 	}
 	if f.refuseTarget != "" && strings.Contains(ptx, "\n.target "+f.refuseTarget+"\n") {
-		return 0, 0, &CUDAError{Call: "cuModuleLoadDataEx", Code: cudaErrorUnsupportedPTX}
+		return 0, 0, &cudadriver.CUDAError{Call: "cuModuleLoadDataEx", Code: cudadriver.CodeUnsupportedPTX}
 	}
 	for _, l := range strings.Split(ptx, "\n") {
 		if strings.HasPrefix(l, ".target ") {
@@ -112,25 +114,25 @@ func (f *fakeDriver) LoadModule(ptx, kernel string) (Module, Function, error) {
 		}
 	}
 	if !strings.Contains(ptx, ".entry "+kernel+"(") {
-		return 0, 0, &CUDAError{Call: "cuModuleGetFunction", Code: cudaErrorNotFound}
+		return 0, 0, &cudadriver.CUDAError{Call: "cuModuleGetFunction", Code: cudadriver.CodeNotFound}
 	}
 	f.modules++
 	return 1, 2, nil
 }
 
-func (f *fakeDriver) UnloadModule(Module) error { f.modules--; return nil }
+func (f *fakeDriver) UnloadModule(cudadriver.Module) error { f.modules--; return nil }
 
-func (f *fakeDriver) Alloc(n int) (DevicePtr, error) {
+func (f *fakeDriver) Alloc(n int) (cudadriver.DevicePtr, error) {
 	if err := f.ctx("cuMemAlloc"); err != nil {
 		return 0, err
 	}
 	p := f.next
-	f.next += DevicePtr(n+0xfff) &^ 0xfff
+	f.next += cudadriver.DevicePtr(n+0xfff) &^ 0xfff
 	f.mem[p] = make([]byte, n)
 	return p, nil
 }
 
-func (f *fakeDriver) Free(p DevicePtr) error {
+func (f *fakeDriver) Free(p cudadriver.DevicePtr) error {
 	if _, ok := f.mem[p]; !ok {
 		return fmt.Errorf("fake: free of unknown pointer %#x", p)
 	}
@@ -138,12 +140,12 @@ func (f *fakeDriver) Free(p DevicePtr) error {
 	return nil
 }
 
-func (f *fakeDriver) HostAlloc(n int) (HostBuffer, error) {
+func (f *fakeDriver) HostAlloc(n int) (cudadriver.HostBuffer, error) {
 	f.host++
-	return HostBuffer{Bytes: make([]byte, n), Pinned: true, free: func() error { f.host--; return nil }}, nil
+	return cudadriver.NewHostBuffer(make([]byte, n), true, func() error { f.host--; return nil }), nil
 }
 
-func (f *fakeDriver) buf(p DevicePtr, n int) ([]byte, error) {
+func (f *fakeDriver) buf(p cudadriver.DevicePtr, n int) ([]byte, error) {
 	b, ok := f.mem[p]
 	if !ok || len(b) < n {
 		return nil, fmt.Errorf("fake: %d bytes at %#x are not allocated", n, p)
@@ -151,7 +153,7 @@ func (f *fakeDriver) buf(p DevicePtr, n int) ([]byte, error) {
 	return b[:n], nil
 }
 
-func (f *fakeDriver) CopyHtoD(dst DevicePtr, src []byte) error {
+func (f *fakeDriver) CopyHtoD(dst cudadriver.DevicePtr, src []byte) error {
 	if err := f.ctx("cuMemcpyHtoD"); err != nil {
 		return err
 	}
@@ -164,7 +166,7 @@ func (f *fakeDriver) CopyHtoD(dst DevicePtr, src []byte) error {
 	return nil
 }
 
-func (f *fakeDriver) CopyDtoH(dst []byte, src DevicePtr) error {
+func (f *fakeDriver) CopyDtoH(dst []byte, src cudadriver.DevicePtr) error {
 	if err := f.ctx("cuMemcpyDtoH"); err != nil {
 		return err
 	}
@@ -177,7 +179,7 @@ func (f *fakeDriver) CopyDtoH(dst []byte, src DevicePtr) error {
 	return nil
 }
 
-func (f *fakeDriver) CopyDtoD(dst, src DevicePtr, n int) error {
+func (f *fakeDriver) CopyDtoD(dst, src cudadriver.DevicePtr, n int) error {
 	if err := f.ctx("cuMemcpyDtoD"); err != nil {
 		return err
 	}
@@ -197,12 +199,12 @@ func (f *fakeDriver) CopyDtoD(dst, src DevicePtr, n int) error {
 	return nil
 }
 
-func (f *fakeDriver) Launch(fn Function, grid, block uint32, args ...any) error {
+func (f *fakeDriver) Launch(fn cudadriver.Function, grid, block uint32, args ...any) error {
 	if err := f.ctx("cuLaunchKernel"); err != nil {
 		return err
 	}
 	if fn != 2 || len(args) != 4 {
-		return &CUDAError{Call: "cuLaunchKernel", Code: 1}
+		return &cudadriver.CUDAError{Call: "cuLaunchKernel", Code: 1}
 	}
 	n, ok := args[3].(uint32)
 	if !ok {
@@ -213,9 +215,9 @@ func (f *fakeDriver) Launch(fn Function, grid, block uint32, args ...any) error 
 	}
 	var v [3][]byte
 	for i := range v {
-		p, ok := args[i].(DevicePtr)
+		p, ok := args[i].(cudadriver.DevicePtr)
 		if !ok {
-			return fmt.Errorf("fake: argument %d is %T, want DevicePtr", i, args[i])
+			return fmt.Errorf("fake: argument %d is %T, want cudadriver.DevicePtr", i, args[i])
 		}
 		b, err := f.buf(p, 4*int(n))
 		if err != nil {

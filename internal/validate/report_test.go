@@ -5,17 +5,19 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+
+	"github.com/gpulet/gpulet/internal/cudadriver"
 )
 
 func intp(i int) *int { return &i }
 
 func TestWriteTable(t *testing.T) {
 	pass := DeviceResult{
-		DeviceInfo: DeviceInfo{Ordinal: 0, Name: "NVIDIA H200", UUID: uuidA, ComputeCapability: "9.0", MemoryBytes: 143771 << 20},
+		DeviceInfo: cudadriver.DeviceInfo{Ordinal: 0, Name: "NVIDIA H200", UUID: uuidA, ComputeCapability: "9.0", MemoryBytes: 143771 << 20},
 		KernelOK:   true, CopyOK: true, Pinned: true, H2DGBps: 52.44, D2HGBps: 49.96, D2DGBps: 3871.25, Pass: true,
 	}
 	fail := DeviceResult{
-		DeviceInfo: DeviceInfo{Ordinal: 1, Name: "NVIDIA H200", UUID: uuidB, ComputeCapability: "9.0", MemoryBytes: 143771 << 20},
+		DeviceInfo: cudadriver.DeviceInfo{Ordinal: 1, Name: "NVIDIA H200", UUID: uuidB, ComputeCapability: "9.0", MemoryBytes: 143771 << 20},
 		CopyOK:     true, H2DGBps: 9.5, D2HGBps: 8, D2DGBps: 3000,
 		Error: "kernel: wrong result in 1 of 1048576 elements",
 	}
@@ -123,7 +125,7 @@ func TestWriteJSON(t *testing.T) {
 		{
 			name: "device fields",
 			report: Report{DeviceCount: intp(1), Pass: true, Devices: []DeviceResult{{
-				DeviceInfo: DeviceInfo{Ordinal: 0, UUID: uuidA, Name: "NVIDIA H200", ComputeCapability: "9.0"},
+				DeviceInfo: cudadriver.DeviceInfo{Ordinal: 0, UUID: uuidA, Name: "NVIDIA H200", ComputeCapability: "9.0"},
 				KernelOK:   true, CopyOK: true, H2DGBps: 52.5, D2HGBps: 50, D2DGBps: 3900, Pass: true}}},
 			check: func(t *testing.T, m map[string]any) {
 				if m["cudaDeviceCount"] != 1.0 {

@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/gpulet/gpulet/internal/cudadriver"
 )
 
 //go:embed vadd.ptx
@@ -74,7 +76,7 @@ type Report struct {
 
 // DeviceResult is the outcome on one device.
 type DeviceResult struct {
-	DeviceInfo
+	cudadriver.DeviceInfo
 	KernelOK bool `json:"kernelOK"`
 	// PTXTarget is the PTX target the driver JIT-compiled: sm_50, or the
 	// device's own when the driver refused sm_50.
@@ -120,7 +122,7 @@ func (r *Report) Err() error {
 // Validate opens the driver with open, then checks every device CUDA sees.
 // The environment must already be as plan says (see EnvPlan.Apply). The
 // report is never nil; Report.Err tells whether it passed.
-func Validate(open func() (Driver, error), plan EnvPlan, opts Options) *Report {
+func Validate(open func() (cudadriver.Driver, error), plan EnvPlan, opts Options) *Report {
 	opts = opts.withDefaults()
 	r := &Report{Env: plan, Devices: []DeviceResult{}}
 	opts.Step("load libcuda.so.1")
@@ -132,7 +134,7 @@ func Validate(open func() (Driver, error), plan EnvPlan, opts Options) *Report {
 	r.Library = drv.Library()
 	opts.Step("cuInit")
 	if err := drv.Init(); err != nil {
-		if Code(err) == cudaErrorNoDevice {
+		if cudadriver.Code(err) == cudadriver.CodeNoDevice {
 			zero := 0
 			r.DeviceCount = &zero
 		}
@@ -236,17 +238,17 @@ func envWords(p EnvPlan) string {
 // initFailure explains a failed cuInit: what is missing and what to check.
 func initFailure(err error, plan EnvPlan) string {
 	env := envWords(plan)
-	switch Code(err) {
-	case cudaErrorNoDevice:
+	switch cudadriver.Code(err) {
+	case cudadriver.CodeNoDevice:
 		return err.Error() + ": the CUDA driver loaded but this process sees no GPU (" + env + "). " +
 			"In a pod, check that it requests nvidia.com/gpu, that the node runs the NVIDIA container runtime (or CDI) and that /dev/nvidia* exist in the container; " +
 			"on a host, check `nvidia-smi -L` and that the UUIDs in NVIDIA_VISIBLE_DEVICES are listed there"
-	case cudaErrorInsufficientDrv, cudaErrorSystemDrvMismat, cudaErrorCompatNotSupport:
+	case cudadriver.CodeInsufficientDrv, cudadriver.CodeSystemDrvMismat, cudadriver.CodeCompatNotSupport:
 		return err.Error() + ": the libcuda.so.1 this process loaded does not match the kernel driver; " +
 			"check that the container gets the host's driver libraries (NVIDIA container toolkit) rather than a copy in the image, and compare `nvidia-smi` with /proc/driver/nvidia/version"
-	case cudaErrorDevicesUnavail:
+	case cudadriver.CodeDevicesUnavail:
 		return err.Error() + ": every visible GPU is busy or in exclusive-process compute mode; check `nvidia-smi -q -d COMPUTE` and the processes using the GPUs"
-	case cudaErrorOperatingSystem, cudaErrorUnknown:
+	case cudadriver.CodeOperatingSystem, cudadriver.CodeUnknown:
 		return err.Error() + ": the driver could not open the GPU (" + env + "); check that /dev/nvidiactl, /dev/nvidia-uvm and /dev/nvidiaN exist and are readable and writable here, and the kernel log (dmesg) for NVRM or Xid errors"
 	}
 	return err.Error() + " (" + env + ")"
@@ -254,7 +256,7 @@ func initFailure(err error, plan EnvPlan) string {
 
 // checkDevice runs the kernel and copy checks on one device. It holds its
 // OS thread, because the device's context is current on that thread only.
-func checkDevice(drv Driver, ordinal int, plan EnvPlan, opts Options) (res DeviceResult) {
+func checkDevice(drv cudadriver.Driver, ordinal int, plan EnvPlan, opts Options) (res DeviceResult) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	res.Ordinal = ordinal
@@ -320,7 +322,7 @@ func (c *cleanup) run() error {
 
 // runKernel adds two vectors on the GPU and checks every element. cc is
 // the device's compute capability; ptxTarget hears the target that loaded.
-func runKernel(drv Driver, ordinal int, cc string, opts Options, ptxTarget *string) (err error) {
+func runKernel(drv cudadriver.Driver, ordinal int, cc string, opts Options, ptxTarget *string) (err error) {
 	var c cleanup
 	defer func() {
 		if cerr := c.run(); cerr != nil && err == nil {
@@ -351,7 +353,7 @@ func runKernel(drv Driver, ordinal int, cc string, opts Options, ptxTarget *stri
 		// NaN in the output buffer: a kernel that writes nothing fails.
 		binary.LittleEndian.PutUint32(out[4*i:], 0xffffffff)
 	}
-	var dev [3]DevicePtr
+	var dev [3]cudadriver.DevicePtr
 	for i := range dev {
 		if dev[i], err = drv.Alloc(size); err != nil {
 			return err
@@ -420,7 +422,7 @@ func RetargetPTX(ptx, cc string) (string, string, error) {
 // loadVadd loads the kernel for sm_50, which the driver JIT-compiles for
 // any newer GPU; if this driver refuses so old a target, for the device's
 // own.
-func loadVadd(drv Driver, cc string) (Module, Function, string, error) {
+func loadVadd(drv cudadriver.Driver, cc string) (cudadriver.Module, cudadriver.Function, string, error) {
 	mod, fn, err := drv.LoadModule(vaddPTX, "vadd")
 	if err == nil {
 		return mod, fn, "sm_50", nil
@@ -462,7 +464,7 @@ func checkSum(a, b, out []byte) error {
 
 // measureCopies checks that data survives host→device→device→host intact,
 // then times each direction.
-func measureCopies(drv Driver, ordinal int, opts Options, res *DeviceResult) (err error) {
+func measureCopies(drv cudadriver.Driver, ordinal int, opts Options, res *DeviceResult) (err error) {
 	var c cleanup
 	defer func() {
 		if cerr := c.run(); cerr != nil && err == nil {
@@ -484,8 +486,8 @@ func measureCopies(drv Driver, ordinal int, opts Options, res *DeviceResult) (er
 	}
 	c.add(dst.Free)
 	res.Pinned = src.Pinned && dst.Pinned
-	var d1, d2 DevicePtr
-	for _, p := range []*DevicePtr{&d1, &d2} {
+	var d1, d2 cudadriver.DevicePtr
+	for _, p := range []*cudadriver.DevicePtr{&d1, &d2} {
 		if *p, err = drv.Alloc(size); err != nil {
 			return err
 		}

@@ -5,6 +5,8 @@ import (
 	"math"
 	"strings"
 	"testing"
+
+	"github.com/gpulet/gpulet/internal/cudadriver"
 )
 
 const (
@@ -48,8 +50,10 @@ func TestValidate(t *testing.T) {
 			errHas: []string{"wrong result in 3000 of 3000 elements"},
 		},
 		{
-			name:  "PTX that does not load fails the kernel, copies still measured",
-			setup: func(f *fakeDriver) { f.loadErr = &CUDAError{Call: "cuModuleLoadDataEx", Code: cudaErrorInvalidPTX} },
+			name: "PTX that does not load fails the kernel, copies still measured",
+			setup: func(f *fakeDriver) {
+				f.loadErr = &cudadriver.CUDAError{Call: "cuModuleLoadDataEx", Code: cudadriver.CodeInvalidPTX}
+			},
 			count: 2, devices: 2, kernelOK: []bool{false, false}, copyOK: []bool{true, true},
 			errHas: []string{"kernel: as sm_50: cuModuleLoadDataEx: CUDA_ERROR_INVALID_PTX; as sm_90: cuModuleLoadDataEx: CUDA_ERROR_INVALID_PTX"},
 		},
@@ -93,7 +97,7 @@ func TestValidate(t *testing.T) {
 		},
 		{
 			name:  "cuInit finds no device",
-			setup: func(f *fakeDriver) { f.initErr = &CUDAError{Call: "cuInit", Code: cudaErrorNoDevice} },
+			setup: func(f *fakeDriver) { f.initErr = &cudadriver.CUDAError{Call: "cuInit", Code: cudadriver.CodeNoDevice} },
 			plan: EnvPlan{NvidiaSet: true, NvidiaVisible: uuidA, Set: true, SetCUDAVisible: uuidA,
 				Expected: []string{uuidA}},
 			count: 0, devices: 0,
@@ -102,8 +106,10 @@ func TestValidate(t *testing.T) {
 				"requests nvidia.com/gpu", "nvidia-smi -L"},
 		},
 		{
-			name:   "cuInit with a mismatched driver",
-			setup:  func(f *fakeDriver) { f.initErr = &CUDAError{Call: "cuInit", Code: cudaErrorCompatNotSupport} },
+			name: "cuInit with a mismatched driver",
+			setup: func(f *fakeDriver) {
+				f.initErr = &cudadriver.CUDAError{Call: "cuInit", Code: cudadriver.CodeCompatNotSupport}
+			},
 			count:  -1,
 			errHas: []string{"CUDA_ERROR_COMPAT_NOT_SUPPORTED_ON_DEVICE", "does not match the kernel driver"},
 		},
@@ -193,7 +199,7 @@ func TestValidateBandwidth(t *testing.T) {
 }
 
 func TestValidateOpenFails(t *testing.T) {
-	open := func() (Driver, error) { return nil, errors.New("no libcuda here") }
+	open := func() (cudadriver.Driver, error) { return nil, errors.New("no libcuda here") }
 	r := Validate(open, EnvPlan{}, Options{})
 	if r.Pass || r.Error != "no libcuda here" || r.DeviceCount != nil || r.Library != "" {
 		t.Errorf("report = %+v, want a failure with the open error and an unknown count", r)

@@ -67,6 +67,9 @@ func New(profile *Profile, root string) (*Backend, error) {
 	return &Backend{root: root, full: node}, nil
 }
 
+// The daemon finds fault injection through this interface.
+var _ hardware.FaultInjector = (*Backend)(nil)
+
 // Publish writes root/node.json, the node this simulator serves, so that
 // `gpulet sim` commands can name GPUs by index. Only the daemon (or an
 // explicit `gpulet sim devices`) publishes; read-only commands do not.

@@ -1,6 +1,6 @@
 // Package plugintest is the kubelet's side of the device-plugin protocol
-// for tests and tools: a registration server on a real unix socket, and a
-// client that talks to a plugin the way the kubelet does.
+// for tests and tools: a registration server on a real unix socket. No
+// production package imports it; the client side is plugin.Dial.
 package plugintest
 
 import (
@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 )
 
@@ -78,13 +77,4 @@ func (k *Kubelet) WaitRegistration(timeout time.Duration) (*pluginapi.RegisterRe
 	case <-time.After(timeout):
 		return nil, fmt.Errorf("no device plugin registered with %s within %s", k.Socket(), timeout)
 	}
-}
-
-// Dial connects to a plugin's endpoint in dir.
-func Dial(dir, endpoint string) (pluginapi.DevicePluginClient, func() error, error) {
-	conn, err := grpc.NewClient("unix://"+filepath.Join(dir, endpoint), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		return nil, nil, err
-	}
-	return pluginapi.NewDevicePluginClient(conn), conn.Close, nil
 }

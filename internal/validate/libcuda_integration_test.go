@@ -11,40 +11,18 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/gpulet/gpulet/internal/cudadriver"
 )
-
-func TestOpenLibraryMissing(t *testing.T) {
-	_, err := OpenLibrary("/nonexistent/lib64/libcuda.so.1", "libcuda-not-installed-here.so.1")
-	if !errors.Is(err, ErrNoLibrary) {
-		t.Fatalf("err = %v, want ErrNoLibrary", err)
-	}
-	for _, s := range []string{
-		"/nonexistent/lib64/libcuda.so.1 (absent)",
-		"libcuda-not-installed-here.so.1 (",
-		"requests nvidia.com/gpu", "NVIDIA runtime", "nvidia-smi", "LD_LIBRARY_PATH",
-	} {
-		if !strings.Contains(err.Error(), s) {
-			t.Errorf("error lacks %q:\n%v", s, err)
-		}
-	}
-}
-
-func TestOpenLibraryNotCUDA(t *testing.T) {
-	// libc loads, but it is no CUDA driver: say so instead of crashing.
-	_, err := OpenLibrary("libc.so.6")
-	if err == nil || errors.Is(err, ErrNoLibrary) || !strings.Contains(err.Error(), "it has no cuInit") {
-		t.Errorf("err = %v, want a 'not a usable CUDA driver' error naming cuInit", err)
-	}
-}
 
 // TestValidateWithoutGPU runs the real path of `gpulet validate` on this
 // machine: with no NVIDIA driver, it must fail and say what is missing.
 func TestValidateWithoutGPU(t *testing.T) {
-	if d, err := Open(); err == nil {
+	if d, err := cudadriver.Open(); err == nil {
 		t.Skipf("this machine has a CUDA driver (%s); the no-driver path cannot be tested here", d.Library())
 	}
 	plan := PlanEnv(func(string) (string, bool) { return "", false }, ReadDeviceDir)
-	r := Validate(Open, plan, Options{})
+	r := Validate(cudadriver.Open, plan, Options{})
 	if r.Pass || r.DeviceCount != nil || r.Library != "" {
 		t.Errorf("report = %+v, want a failure with no library and no count", r)
 	}
@@ -80,7 +58,7 @@ func fakeLibcuda(t *testing.T) string {
 			return
 		}
 		fakeLib = filepath.Join(dir, "libcuda.so.1")
-		out, err := exec.Command(cc, "-shared", "-fPIC", "-O1", "-Wall", "-Werror", "-o", fakeLib, "testdata/fakecuda.c").CombinedOutput()
+		out, err := exec.Command(cc, "-shared", "-fPIC", "-O1", "-Wall", "-Werror", "-o", fakeLib, "../cudadriver/testdata/fakecuda.c").CombinedOutput()
 		if err != nil {
 			fakeErr = errors.New(string(out) + err.Error())
 		}
@@ -103,7 +81,7 @@ func unsetenv(t *testing.T, k string) {
 // reaches the library's getenv.
 func TestLibcudaBinding(t *testing.T) {
 	lib := fakeLibcuda(t)
-	open := func() (Driver, error) { return OpenLibrary("/nonexistent/libcuda.so.1", lib) }
+	open := func() (cudadriver.Driver, error) { return cudadriver.OpenLibrary("/nonexistent/libcuda.so.1", lib) }
 	type dev struct{ uuid, name, bus string }
 	devA := dev{uuidA, "Fake GPU 0", "0000:10:00.0"}
 	devB := dev{uuidB, "Fake GPU 1", "0000:11:00.0"}
@@ -206,43 +184,5 @@ func TestLibcudaBinding(t *testing.T) {
 				}
 			}
 		})
-	}
-}
-
-func TestLibcudaJITLog(t *testing.T) {
-	lib := fakeLibcuda(t)
-	unsetenv(t, CUDAVisibleDevices)
-	unsetenv(t, "FAKECUDA_INIT_ERROR")
-	d, err := OpenLibrary(lib)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := d.Init(); err != nil {
-		t.Fatal(err)
-	}
-	unbind, err := d.Bind(0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unbind()
-	tests := []struct {
-		name, ptx, kernel string
-		code              int
-		errHas            string
-	}{
-		{"bad PTX carries the JIT log", ".version 7.0\n", "vadd", cudaErrorInvalidPTX,
-			"cuModuleLoadDataEx: CUDA_ERROR_INVALID_PTX (a PTX JIT compilation failed): JIT log: fake: no .entry vadd in the image"},
-		{"unknown kernel", VaddPTX(), "vsub", cudaErrorNotFound, "cuModuleGetFunction(vsub): CUDA_ERROR_NOT_FOUND"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			_, _, err := d.LoadModule(tt.ptx, tt.kernel)
-			if Code(err) != tt.code || !strings.Contains(err.Error(), tt.errHas) {
-				t.Errorf("err = %v (code %d), want code %d containing %q", err, Code(err), tt.code, tt.errHas)
-			}
-		})
-	}
-	if err := d.Launch(1, 1, 1, "not a pointer"); err == nil || !strings.Contains(err.Error(), "unsupported type string") {
-		t.Errorf("Launch with a string argument: %v", err)
 	}
 }

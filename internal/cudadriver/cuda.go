@@ -1,14 +1,10 @@
-// Package validate is `gpulet validate`: it proves that the GPUs a process
-// was given work. Through the CUDA driver API (libcuda.so.1, loaded at run
-// time, so no CUDA toolkit is needed to build gpulet) it runs a small kernel
-// on each visible GPU, checks its result, measures copy bandwidth and tells
-// how many devices CUDA sees under the process's environment: the check
-// that the plugin's NVIDIA_VISIBLE_DEVICES gives a container exactly the
-// GPUs it was allocated.
-//
-// The CUDA calls sit behind Driver; the logic above it (environment,
-// checks, bandwidth arithmetic, the report) is tested without a GPU.
-package validate
+// Package cudadriver binds the part of the CUDA driver API (libcuda.so.1)
+// that `gpulet validate` uses. The library is loaded at run time through
+// purego, so building gpulet needs no CUDA toolkit; builds without cgo (or
+// off linux/amd64 and linux/arm64) get an Open that explains why it cannot
+// load the driver. Driver is the seam: validate's logic is tested against
+// fakes, the binding here against a stand-in library (testdata/fakecuda.c).
+package cudadriver
 
 import (
 	"errors"
@@ -40,6 +36,12 @@ type HostBuffer struct {
 	Bytes  []byte
 	Pinned bool
 	free   func() error
+}
+
+// NewHostBuffer is a HostBuffer that free releases, for Driver
+// implementations outside this package (test drivers).
+func NewHostBuffer(b []byte, pinned bool, free func() error) HostBuffer {
+	return HostBuffer{Bytes: b, Pinned: pinned, free: free}
 }
 
 // Free releases the buffer.
@@ -83,44 +85,44 @@ type Driver interface {
 
 // CUDA result codes that change what validate tells the user.
 const (
-	cudaSuccess               = 0
-	cudaErrorNotInitialized   = 3
-	cudaErrorInsufficientDrv  = 35
-	cudaErrorDevicesUnavail   = 46
-	cudaErrorNoDevice         = 100
-	cudaErrorInvalidDevice    = 101
-	cudaErrorInvalidPTX       = 218
-	cudaErrorNoBinaryForGPU   = 209
-	cudaErrorUnsupportedPTX   = 222
-	cudaErrorOperatingSystem  = 304
-	cudaErrorNotFound         = 500
-	cudaErrorSystemDrvMismat  = 803
-	cudaErrorCompatNotSupport = 804
-	cudaErrorUnknown          = 999
+	CodeSuccess          = 0
+	CodeNotInitialized   = 3
+	CodeInsufficientDrv  = 35
+	CodeDevicesUnavail   = 46
+	CodeNoDevice         = 100
+	CodeInvalidDevice    = 101
+	CodeInvalidPTX       = 218
+	CodeNoBinaryForGPU   = 209
+	CodeUnsupportedPTX   = 222
+	CodeOperatingSystem  = 304
+	CodeNotFound         = 500
+	CodeSystemDrvMismat  = 803
+	CodeCompatNotSupport = 804
+	CodeUnknown          = 999
 )
 
 // errorNames names the codes a user is likely to meet, for when the
 // library's cuGetErrorName is missing (and for test drivers).
 var errorNames = map[int]string{
-	cudaSuccess:               "CUDA_SUCCESS",
-	1:                         "CUDA_ERROR_INVALID_VALUE",
-	2:                         "CUDA_ERROR_OUT_OF_MEMORY",
-	cudaErrorNotInitialized:   "CUDA_ERROR_NOT_INITIALIZED",
-	4:                         "CUDA_ERROR_DEINITIALIZED",
-	cudaErrorInsufficientDrv:  "CUDA_ERROR_INSUFFICIENT_DRIVER",
-	cudaErrorDevicesUnavail:   "CUDA_ERROR_DEVICES_UNAVAILABLE",
-	cudaErrorNoDevice:         "CUDA_ERROR_NO_DEVICE",
-	cudaErrorInvalidDevice:    "CUDA_ERROR_INVALID_DEVICE",
-	cudaErrorNoBinaryForGPU:   "CUDA_ERROR_NO_BINARY_FOR_GPU",
-	cudaErrorInvalidPTX:       "CUDA_ERROR_INVALID_PTX",
-	cudaErrorUnsupportedPTX:   "CUDA_ERROR_UNSUPPORTED_PTX_VERSION",
-	cudaErrorOperatingSystem:  "CUDA_ERROR_OPERATING_SYSTEM",
-	cudaErrorNotFound:         "CUDA_ERROR_NOT_FOUND",
-	700:                       "CUDA_ERROR_ILLEGAL_ADDRESS",
-	719:                       "CUDA_ERROR_LAUNCH_FAILED",
-	cudaErrorSystemDrvMismat:  "CUDA_ERROR_SYSTEM_DRIVER_MISMATCH",
-	cudaErrorCompatNotSupport: "CUDA_ERROR_COMPAT_NOT_SUPPORTED_ON_DEVICE",
-	cudaErrorUnknown:          "CUDA_ERROR_UNKNOWN",
+	CodeSuccess:          "CUDA_SUCCESS",
+	1:                    "CUDA_ERROR_INVALID_VALUE",
+	2:                    "CUDA_ERROR_OUT_OF_MEMORY",
+	CodeNotInitialized:   "CUDA_ERROR_NOT_INITIALIZED",
+	4:                    "CUDA_ERROR_DEINITIALIZED",
+	CodeInsufficientDrv:  "CUDA_ERROR_INSUFFICIENT_DRIVER",
+	CodeDevicesUnavail:   "CUDA_ERROR_DEVICES_UNAVAILABLE",
+	CodeNoDevice:         "CUDA_ERROR_NO_DEVICE",
+	CodeInvalidDevice:    "CUDA_ERROR_INVALID_DEVICE",
+	CodeNoBinaryForGPU:   "CUDA_ERROR_NO_BINARY_FOR_GPU",
+	CodeInvalidPTX:       "CUDA_ERROR_INVALID_PTX",
+	CodeUnsupportedPTX:   "CUDA_ERROR_UNSUPPORTED_PTX_VERSION",
+	CodeOperatingSystem:  "CUDA_ERROR_OPERATING_SYSTEM",
+	CodeNotFound:         "CUDA_ERROR_NOT_FOUND",
+	700:                  "CUDA_ERROR_ILLEGAL_ADDRESS",
+	719:                  "CUDA_ERROR_LAUNCH_FAILED",
+	CodeSystemDrvMismat:  "CUDA_ERROR_SYSTEM_DRIVER_MISMATCH",
+	CodeCompatNotSupport: "CUDA_ERROR_COMPAT_NOT_SUPPORTED_ON_DEVICE",
+	CodeUnknown:          "CUDA_ERROR_UNKNOWN",
 }
 
 // CUDAError is a failed driver call.

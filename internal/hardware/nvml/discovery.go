@@ -1,0 +1,192 @@
+//go:build cgo && linux
+
+package nvml
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/NVIDIA/go-nvml/pkg/nvml"
+
+	"github.com/gpulet/gpulet/internal/inventory"
+)
+
+// Discover reads every GPU, its MIG devices and the links between GPUs.
+func (b *Backend) Discover(ctx context.Context) (*inventory.Node, error) {
+	n := &inventory.Node{Backend: "nvml", DevRoot: b.devRoot}
+	var err error
+	if n.DriverVersion, err = call(b, "SystemGetDriverVersion", b.lib.SystemGetDriverVersion); err != nil {
+		return nil, err
+	}
+	cuda, err := call(b, "SystemGetCudaDriverVersion", b.lib.SystemGetCudaDriverVersion)
+	if err != nil {
+		return nil, err
+	}
+	n.CUDADriverVersion = fmt.Sprintf("%d.%d", cuda/1000, (cuda%1000)/10)
+	count, err := call(b, "DeviceGetCount", b.lib.DeviceGetCount)
+	if err != nil {
+		return nil, err
+	}
+	if count == 0 {
+		return nil, errors.New("NVML loaded but reports no GPUs: check `nvidia-smi -L` on the node; GPUs excluded by the driver or bound to vfio are not visible")
+	}
+	handles := make([]nvml.Device, count)
+	for i := 0; i < count; i++ {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		h, err := call(b, fmt.Sprintf("DeviceGetHandleByIndex(%d)", i), func() (nvml.Device, nvml.Return) { return b.lib.DeviceGetHandleByIndex(i) })
+		if err != nil {
+			return nil, err
+		}
+		handles[i] = h
+		g, err := b.gpu(i, h)
+		if err != nil {
+			return nil, fmt.Errorf("GPU %d: %w", i, err)
+		}
+		n.GPUs = append(n.GPUs, g)
+	}
+	if n.Links, err = b.links(handles, n.GPUs); err != nil {
+		return nil, fmt.Errorf("GPU topology: %w", err)
+	}
+	if err := n.Validate(); err != nil {
+		return nil, fmt.Errorf("NVML inventory is inconsistent: %w", err)
+	}
+	b.mu.Lock()
+	b.node = n
+	b.mu.Unlock()
+	return n, nil
+}
+
+func (b *Backend) gpu(i int, h nvml.Device) (inventory.GPU, error) {
+	g := inventory.GPU{Index: i, NUMANode: -1}
+	var err error
+	if g.UUID, err = call(b, "GetUUID", h.GetUUID); err != nil {
+		return g, err
+	}
+	if g.Name, err = call(b, "GetName", h.GetName); err != nil {
+		return g, err
+	}
+	if g.Minor, err = call(b, "GetMinorNumber", h.GetMinorNumber); err != nil {
+		return g, err
+	}
+	mem, err := call(b, "GetMemoryInfo", h.GetMemoryInfo)
+	if err != nil {
+		return g, err
+	}
+	g.MemoryBytes = mem.Total
+	cc, err := call(b, "GetCudaComputeCapability", func() ([2]int, nvml.Return) {
+		major, minor, ret := h.GetCudaComputeCapability()
+		return [2]int{major, minor}, ret
+	})
+	if err != nil {
+		return g, err
+	}
+	g.ComputeCapability = fmt.Sprintf("%d.%d", cc[0], cc[1])
+	pci, err := call(b, "GetPciInfo", h.GetPciInfo)
+	if err != nil {
+		return g, err
+	}
+	g.PCIBusID = busID(pci)
+	numa, err := call(b, "GetNumaNodeId", h.GetNumaNodeId)
+	switch {
+	case hung(err) != nil:
+		return g, err
+	case err == nil && numa >= 0:
+		g.NUMANode = numa
+	default:
+		g.NUMANode = b.sysfsNUMA(g.PCIBusID)
+	}
+	s, err := call(b, "GetSerial", h.GetSerial)
+	if hung(err) != nil {
+		return g, err
+	} else if err == nil {
+		g.Serial = s
+	}
+	a, err := call(b, "GetArchitecture", h.GetArchitecture)
+	if hung(err) != nil {
+		return g, err
+	} else if err == nil {
+		g.Architecture = archName(a)
+	}
+	mode, err := call(b, "GetMigMode", func() (int, nvml.Return) {
+		cur, _, ret := h.GetMigMode()
+		return cur, ret
+	})
+	switch {
+	case err == nil:
+		g.MIGCapable = true
+		g.MIGEnabled = mode == nvml.DEVICE_MIG_ENABLE
+	case !unsupported(err):
+		return g, err
+	}
+	if g.MIGEnabled {
+		if g.MIGDevices, err = b.migDevices(h, g.MemoryBytes); err != nil {
+			return g, err
+		}
+	}
+	return g, nil
+}
+
+// busID is the GPU's PCI address as NVML writes it (00000000:07:00.0).
+func busID(p nvml.PciInfo) string {
+	for _, s := range [][]int8{p.BusId[:], p.BusIdLegacy[:]} {
+		var sb strings.Builder
+		for _, c := range s {
+			if c == 0 {
+				break
+			}
+			sb.WriteByte(byte(c))
+		}
+		if sb.Len() > 0 {
+			return sb.String()
+		}
+	}
+	return fmt.Sprintf("%08X:%02X:%02X.0", p.Domain, p.Bus, p.Device)
+}
+
+// normBusID writes a PCI address as sysfs names it: lower case, the domain
+// in at least four hex digits (NVML's 00000000:07:00.0 is 0000:07:00.0).
+func normBusID(bus string) string {
+	id := strings.ToLower(strings.TrimSpace(bus))
+	dom, rest, ok := strings.Cut(id, ":")
+	if !ok || !strings.Contains(rest, ":") {
+		return id // no domain
+	}
+	d, err := strconv.ParseUint(dom, 16, 32)
+	if err != nil {
+		return id
+	}
+	return fmt.Sprintf("%04x:%s", d, rest)
+}
+
+// sysfsNUMA reads the NUMA node from sysfs when NVML does not know it.
+func (b *Backend) sysfsNUMA(bus string) int {
+	data, err := os.ReadFile(filepath.Join(b.sysRoot, "sys/bus/pci/devices", normBusID(bus), "numa_node"))
+	if err != nil {
+		return -1
+	}
+	v, err := strconv.Atoi(strings.TrimSpace(string(data)))
+	if err != nil || v < 0 {
+		return -1
+	}
+	return v
+}
+
+func archName(a nvml.DeviceArchitecture) string {
+	names := map[nvml.DeviceArchitecture]string{
+		nvml.DEVICE_ARCH_KEPLER: "Kepler", nvml.DEVICE_ARCH_MAXWELL: "Maxwell", nvml.DEVICE_ARCH_PASCAL: "Pascal",
+		nvml.DEVICE_ARCH_VOLTA: "Volta", nvml.DEVICE_ARCH_TURING: "Turing", nvml.DEVICE_ARCH_AMPERE: "Ampere",
+		nvml.DEVICE_ARCH_ADA: "Ada Lovelace", nvml.DEVICE_ARCH_HOPPER: "Hopper", nvml.DEVICE_ARCH_BLACKWELL: "Blackwell",
+		nvml.DEVICE_ARCH_RUBIN: "Rubin",
+	}
+	if s, ok := names[a]; ok {
+		return s
+	}
+	return fmt.Sprintf("arch-%d", a)
+}
