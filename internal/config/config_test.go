@@ -208,6 +208,9 @@ func TestBadInputIsExplained(t *testing.T) {
 		{"bad disable list", nil, map[string]string{"DP_DISABLE_HEALTHCHECKS": "xid48"}, "", "not an XID number"},
 		{"bad resource", []string{"--resource-name=gpu"}, nil, "", "needs a domain"},
 		{"bad log format", []string{"--log-format=xml"}, nil, "", "log-format"},
+		{"bad policy flag", []string{"--shared-devices-allocation-policy=spread"}, nil, "", `"spread" is not one of distributed, packed`},
+		{"bad policy env", nil, map[string]string{"SHARED_DEVICES_ALLOCATION_POLICY": "Packed"}, "", `"Packed" is not one of distributed, packed`},
+		{"bad policy file", nil, nil, "version: v1\nflags:\n  plugin:\n    sharedDevicesAllocationPolicy: balanced\n", `"balanced" is not one of distributed, packed`},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -223,6 +226,31 @@ func TestBadInputIsExplained(t *testing.T) {
 	}
 	if _, err := parse(t, []string{"--config-file=/nonexistent/gpulet.yaml"}, nil); err == nil || !strings.Contains(err.Error(), "read config file") {
 		t.Errorf("missing file: %v", err)
+	}
+}
+
+// TestSharedDevicesAllocationPolicy: NVIDIA's default, and its flag, env
+// and file names in the usual precedence.
+func TestSharedDevicesAllocationPolicy(t *testing.T) {
+	file := writeFile(t, "version: v1\nflags:\n  plugin:\n    sharedDevicesAllocationPolicy: packed\n")
+	for _, tc := range []struct {
+		name string
+		args []string
+		env  map[string]string
+		want string
+	}{
+		{"default", nil, nil, "distributed"},
+		{"file", []string{"--config-file=" + file}, nil, "packed"},
+		{"env over file", []string{"--config-file=" + file}, map[string]string{"SHARED_DEVICES_ALLOCATION_POLICY": "distributed"}, "distributed"},
+		{"flag over env", []string{"--shared-devices-allocation-policy=packed"}, map[string]string{"SHARED_DEVICES_ALLOCATION_POLICY": "distributed"}, "packed"},
+	} {
+		c, err := parse(t, tc.args, tc.env)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if c.SharedDevicesAllocationPolicy != tc.want {
+			t.Errorf("%s: policy %q, want %q", tc.name, c.SharedDevicesAllocationPolicy, tc.want)
+		}
 	}
 }
 
