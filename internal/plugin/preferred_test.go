@@ -200,7 +200,9 @@ func TestGetPreferredAllocationNeverAnswersUnofferedDevices(t *testing.T) {
 		"unoffered": func(_ context.Context, avail, _ []string, n int) ([]string, error) {
 			return append([]string{node.GPUs[7].UUID}, avail[:n-1]...), nil
 		},
-		"repeated":     func(_ context.Context, avail, _ []string, n int) ([]string, error) { return slices.Repeat(avail[:1], n), nil },
+		"repeated": func(_ context.Context, avail, _ []string, n int) ([]string, error) {
+			return slices.Repeat(avail[:1], n), nil
+		},
 		"short":        func(_ context.Context, avail, _ []string, n int) ([]string, error) { return avail[:n-1], nil },
 		"drops a must": func(_ context.Context, avail, _ []string, n int) ([]string, error) { return avail[:n], nil },
 	}
