@@ -31,7 +31,8 @@ otherwise.`,
 			}
 			log.Info("gpulet starting", "version", version, "backend", cfg.Backend,
 				"device_plugin_path", cfg.DevicePluginPath, "device_list_strategy", cfg.DeviceListStrategy,
-				"device_id_strategy", cfg.DeviceIDStrategy, "pass_device_specs", cfg.PassDeviceSpecs)
+				"device_id_strategy", cfg.DeviceIDStrategy, "pass_device_specs", cfg.PassDeviceSpecs,
+				"shared_devices_allocation_policy", cfg.SharedDevicesAllocationPolicy)
 			return daemon.Run(cmd.Context(), cfg, log)
 		},
 	}

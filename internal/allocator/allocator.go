@@ -93,6 +93,12 @@ type Topology struct {
 	ngroups int
 	w       []int64 // ngroups × ngroups; the diagonal is the same-GPU score
 	same    int64
+	// gpuDevices[g] counts the devices of GPU g, so a request can tell how
+	// many are in use; shared says some GPU has two or more.
+	ngpus      int
+	gpuDevices []int
+	shared     bool
+	policy     Policy
 }
 
 // Stats describes how a request was answered.
@@ -172,6 +178,14 @@ func NewTopology(links [][]inventory.Link, devices []Device) (*Topology, error) 
 		}
 		return int64(100*l.NVLinks + int(lvl))
 	}
+	for _, d := range t.devices {
+		t.ngpus = max(t.ngpus, d.GPU+1)
+	}
+	t.gpuDevices = make([]int, t.ngpus)
+	for _, d := range t.devices {
+		t.gpuDevices[d.GPU]++
+		t.shared = t.shared || t.gpuDevices[d.GPU] > 1
+	}
 	t.ngroups = len(keys)
 	t.same = int64(100*maxNV + int(inventory.LevelSame))
 	t.w = make([]int64, t.ngroups*t.ngroups)
@@ -234,6 +248,9 @@ func (t *Topology) Preferred(ctx context.Context, available, mustInclude []strin
 }
 
 // PreferredStats is Preferred that also says how the answer was found.
+// With a policy (WithPolicy) on a device list where devices share GPUs, the
+// policy decides how many devices each GPU gives and the objective only
+// breaks ties between equally loaded GPUs (see Policy).
 func (t *Topology) PreferredStats(ctx context.Context, available, mustInclude []string, size int) ([]string, Stats, error) {
 	if t == nil {
 		return nil, Stats{}, errors.New("allocator: nil topology")
@@ -279,6 +296,10 @@ func (t *Topology) PreferredStats(ctx context.Context, available, mustInclude []
 	slices.Sort(avail)
 	if size == len(avail) {
 		return t.ids(avail), Stats{Exact: true}, nil
+	}
+	if t.shared && t.policy != PolicyTopology {
+		chosen, st := t.preferShared(ctx, avail, state, must, size)
+		return t.ids(chosen), st, nil
 	}
 	classes := t.classes(avail, state, must)
 	s := newSolver(t, classes, size)

@@ -3,6 +3,7 @@ package allocator
 import (
 	"context"
 	"math/rand/v2"
+	"strings"
 	"testing"
 	"time"
 )
@@ -41,5 +42,50 @@ func BenchmarkPreferred(b *testing.B) {
 				i++
 			}
 		})
+	}
+}
+
+// BenchmarkPreferredShared measures one request on shared devices under
+// each policy: time-sliced replicas (4 per GPU) and MIG instances.
+func BenchmarkPreferredShared(b *testing.B) {
+	cases := []struct {
+		fixture string
+		size    int
+	}{
+		{"pcie-4-x4", 1}, {"pcie-4-x4", 2}, {"pcie-4-x4", 4},
+		{"dgx-h100-x4", 1}, {"dgx-h100-x4", 4}, {"dgx-h100-x4", 8},
+		{"islands-16-x4", 8}, {"islands-16-x4", 16},
+		{"dgx-h100-mig56", 4}, {"dgx-h100-mig56", 14},
+	}
+	for _, bc := range cases {
+		var f Fixture
+		if base, ok := strings.CutSuffix(bc.fixture, "-x4"); ok {
+			f = Replicated(fixture(b, base), 4)
+		} else {
+			f = fixture(b, bc.fixture)
+		}
+		r := rand.New(rand.NewPCG(13, uint64(bc.size)))
+		var reqs [][]string
+		for range 256 {
+			a := bc.size + r.IntN(len(f.Devices)-bc.size+1)
+			reqs = append(reqs, idsOf(f.Devices, randSubset(r, len(f.Devices), a)))
+		}
+		for _, p := range Policies {
+			topo, err := mustTopo(b, f).WithPolicy(p)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Run(bc.fixture+"/"+string(p)+"/size="+itoa(bc.size), func(b *testing.B) {
+				i := 0
+				for b.Loop() {
+					ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
+					if _, err := topo.Preferred(ctx, reqs[i%len(reqs)], nil, bc.size); err != nil {
+						b.Fatal(err)
+					}
+					cancel()
+					i++
+				}
+			})
+		}
 	}
 }

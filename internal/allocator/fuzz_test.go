@@ -20,7 +20,19 @@ func fuzzTopos(t testing.TB) []*Topology {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return append(out, noLinks)
+	out = append(out, noLinks)
+	// Shared devices under each policy.
+	for _, tc := range []struct {
+		f Fixture
+		p Policy
+	}{{fixture(t, "dgx-h100-mig56"), PolicyDistributed}, {Replicated(fixture(t, "pcie-4"), 4), PolicyPacked}, {Replicated(fixture(t, "dgx1-v100"), 3), PolicyDistributed}} {
+		topo, err := mustTopo(t, tc.f).WithPolicy(tc.p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, topo)
+	}
+	return out
 }
 
 // fuzzIDs splits a comma list; a token "#n" names the topology's device n
@@ -50,6 +62,9 @@ func FuzzPreferred(f *testing.F) {
 	f.Add(uint8(0), "#0,#1", "#2", 1, false)
 	f.Add(uint8(0), "gpu0,zzz", "", 0, false)
 	f.Add(uint8(1), "#1,#2,#3", "#1,#1", 3, false)
+	f.Add(uint8(4), "#0,#1,#2,#3,#7,#8,#14,#15,#21,#22", "#7", 4, false)
+	f.Add(uint8(5), "#0,#1,#2,#3,#4,#5,#9,#13", "#4", 3, false)
+	f.Add(uint8(6), "#0,#1,#3,#4,#6,#8,#9,#12,#15,#18,#20,#23", "", 6, true)
 	topos := fuzzTopos(f)
 	f.Fuzz(func(t *testing.T, which uint8, availS, mustS string, size int, expired bool) {
 		topo := topos[int(which)%len(topos)]

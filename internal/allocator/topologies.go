@@ -195,3 +195,15 @@ func Islands16() ([][]inventory.Link, []Device) { return islands(16, 1) }
 // Islands32 is thirty-two GPUs in four NVSwitch islands of eight, two islands
 // per socket.
 func Islands32() ([][]inventory.Link, []Device) { return islands(32, 2) }
+
+// Replicated is f with every device shared n ways by time-slicing: device
+// <id> becomes <id>::0 … <id>::n-1 on the same GPU, as gpulet names them.
+func Replicated(f Fixture, n int) Fixture {
+	var devs []Device
+	for _, d := range f.Devices {
+		for r := 0; r < n; r++ {
+			devs = append(devs, Device{ID: fmt.Sprintf("%s::%d", d.ID, r), GPU: d.GPU, NUMA: d.NUMA})
+		}
+	}
+	return Fixture{Name: fmt.Sprintf("%s-x%d", f.Name, n), Links: f.Links, Devices: devs}
+}

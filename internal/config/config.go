@@ -25,10 +25,11 @@ import (
 // config imports no other gpulet package; the daemon's tests check that they
 // agree with resources and plugin.
 const (
-	DefaultResourceName       = "nvidia.com/gpu" // resources.DefaultResourceName
-	DefaultMIGStrategy        = "none"           // resources.MIGNone
-	DefaultDeviceListStrategy = "envvar"         // plugin.StrategyEnvvar
-	DefaultDeviceIDStrategy   = "uuid"           // plugin.IDStrategyUUID
+	DefaultResourceName        = "nvidia.com/gpu" // resources.DefaultResourceName
+	DefaultMIGStrategy         = "none"           // resources.MIGNone
+	DefaultDeviceListStrategy  = "envvar"         // plugin.StrategyEnvvar
+	DefaultDeviceIDStrategy    = "uuid"           // plugin.IDStrategyUUID
+	DefaultSharedDevicesPolicy = "distributed"    // allocator.PolicyDistributed
 )
 
 // Config is every setting of `gpulet run` (and of the commands that share
@@ -54,6 +55,9 @@ type Config struct {
 	// SharedResourceName renames time-sliced devices (NVIDIA's "rename").
 	SharedResourceName         string
 	FailRequestsGreaterThanOne bool
+	// SharedDevicesAllocationPolicy spreads (distributed) or packs (packed)
+	// time-sliced replicas and MIG instances over their GPUs.
+	SharedDevicesAllocationPolicy string
 	// Notes are config-file fields read but not acted on, for the log.
 	Notes []string
 
@@ -98,6 +102,8 @@ type File struct {
 			CDIAnnotationPrefix *string         `json:"cdiAnnotationPrefix,omitempty"`
 			NvidiaCTKPath       *string         `json:"nvidiaCTKPath,omitempty"`
 			ContainerDriverRoot *string         `json:"containerDriverRoot,omitempty"`
+			// SharedDevicesAllocationPolicy is NVIDIA's name and values.
+			SharedDevicesAllocationPolicy *string `json:"sharedDevicesAllocationPolicy,omitempty"`
 		} `json:"plugin"`
 	} `json:"flags"`
 	Resources struct {
@@ -215,6 +221,9 @@ var settings = []setting{
 		return listValue(f.Flags.Plugin.DeviceListStrategy)
 	}},
 	{"device-id-strategy", []string{"DEVICE_ID_STRATEGY"}, func(f *File) (string, bool) { return str(f.Flags.Plugin.DeviceIDStrategy) }},
+	{"shared-devices-allocation-policy", []string{"SHARED_DEVICES_ALLOCATION_POLICY"}, func(f *File) (string, bool) {
+		return str(f.Flags.Plugin.SharedDevicesAllocationPolicy)
+	}},
 	{"pass-device-specs", []string{"PASS_DEVICE_SPECS"}, func(f *File) (string, bool) { return boolean(f.Flags.Plugin.PassDeviceSpecs) }},
 	{"fail-on-init-error", []string{"FAIL_ON_INIT_ERROR"}, func(f *File) (string, bool) { return boolean(f.Flags.FailOnInitError) }},
 	{"mig-strategy", []string{"MIG_STRATEGY"}, func(f *File) (string, bool) { return str(f.Flags.MIGStrategy) }},
@@ -299,6 +308,7 @@ func (c *Config) RunFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.DevicePluginPath, "device-plugin-path", "/var/lib/kubelet/device-plugins/", "kubelet device-plugin folder (kubelet.sock and plugin sockets) [env GPULET_DEVICE_PLUGIN_PATH]")
 	fs.StringSliceVar(&c.DeviceListStrategy, "device-list-strategy", []string{DefaultDeviceListStrategy}, "how devices reach a container: envvar, volume-mounts, cdi-annotations, cdi-cri (comma-separated) [env DEVICE_LIST_STRATEGY]")
 	fs.StringVar(&c.DeviceIDStrategy, "device-id-strategy", DefaultDeviceIDStrategy, "how devices are named to the container: uuid or index [env DEVICE_ID_STRATEGY]")
+	fs.StringVar(&c.SharedDevicesAllocationPolicy, "shared-devices-allocation-policy", DefaultSharedDevicesPolicy, "how time-sliced replicas and MIG instances are placed on their GPUs: distributed (fewest in use first, a request over distinct GPUs) or packed (most in use first) [env SHARED_DEVICES_ALLOCATION_POLICY]")
 	fs.BoolVar(&c.PassDeviceSpecs, "pass-device-specs", false, "also pass /dev/nvidia* device nodes to containers [env PASS_DEVICE_SPECS]")
 	fs.StringVar(&c.DisableHealthChecks, "disable-health-checks", "", "\"all\" disables health checks; a list of XIDs ignores those XIDs [env DP_DISABLE_HEALTHCHECKS]")
 	fs.DurationVar(&c.HealthQuietPeriod, "health-quiet-period", 30*time.Second, "how long an unhealthy GPU must stay quiet before it is re-probed and can become healthy again [env GPULET_HEALTH_QUIET_PERIOD]")

@@ -94,6 +94,31 @@ func TestDeviceListStrategyAsOneString(t *testing.T) {
 	}
 }
 
+// TestSharedDevicesAllocationPolicy: NVIDIA's default, and its flag, env
+// and file names in the usual precedence.
+func TestSharedDevicesAllocationPolicy(t *testing.T) {
+	file := writeFile(t, "version: v1\nflags:\n  plugin:\n    sharedDevicesAllocationPolicy: packed\n")
+	for _, tc := range []struct {
+		name string
+		args []string
+		env  map[string]string
+		want string
+	}{
+		{"default", nil, nil, "distributed"},
+		{"file", []string{"--config-file=" + file}, nil, "packed"},
+		{"env over file", []string{"--config-file=" + file}, map[string]string{"SHARED_DEVICES_ALLOCATION_POLICY": "distributed"}, "distributed"},
+		{"flag over env", []string{"--shared-devices-allocation-policy=packed"}, map[string]string{"SHARED_DEVICES_ALLOCATION_POLICY": "distributed"}, "packed"},
+	} {
+		c, err := parse(t, tc.args, tc.env)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if c.SharedDevicesAllocationPolicy != tc.want {
+			t.Errorf("%s: policy %q, want %q", tc.name, c.SharedDevicesAllocationPolicy, tc.want)
+		}
+	}
+}
+
 func FuzzParseFile(f *testing.F) {
 	f.Add([]byte(nvidiaFile))
 	f.Add([]byte("version: v1\nflags: {plugin: {deviceListStrategy: envvar}}\n"))

@@ -3,6 +3,7 @@ package daemon
 import (
 	"errors"
 	"fmt"
+	"github.com/gpulet/gpulet/internal/allocator"
 	"strconv"
 	"strings"
 
@@ -22,6 +23,11 @@ func Validate(c *config.Config) error {
 	}
 	if c.DeviceIDStrategy != "" || len(c.DeviceListStrategy) > 0 {
 		if err := plugin.ValidateStrategies(c.DeviceListStrategy, c.DeviceIDStrategy); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if c.SharedDevicesAllocationPolicy != "" {
+		if _, err := allocator.ParsePolicy(c.SharedDevicesAllocationPolicy); err != nil {
 			errs = append(errs, err)
 		}
 	}

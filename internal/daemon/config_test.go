@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"github.com/gpulet/gpulet/internal/allocator"
 	"os"
 	"path/filepath"
 	"strings"
@@ -46,7 +47,8 @@ func writeFile(t *testing.T, body string) string {
 // config spells out defaults that are other layers' values; they must agree.
 func TestConfigDefaultsAreTheLayersOwn(t *testing.T) {
 	if config.DefaultResourceName != resources.DefaultResourceName || config.DefaultMIGStrategy != resources.MIGNone ||
-		config.DefaultDeviceListStrategy != plugin.StrategyEnvvar || config.DefaultDeviceIDStrategy != plugin.IDStrategyUUID {
+		config.DefaultDeviceListStrategy != plugin.StrategyEnvvar || config.DefaultDeviceIDStrategy != plugin.IDStrategyUUID ||
+		config.DefaultSharedDevicesPolicy != string(allocator.PolicyDistributed) {
 		t.Error("config's defaults drifted from resources' and plugin's constants")
 	}
 	if _, err := parse(t, nil, nil); err != nil {
@@ -188,6 +190,9 @@ func TestBadInputIsExplained(t *testing.T) {
 		{"bad disable list", nil, map[string]string{"DP_DISABLE_HEALTHCHECKS": "xid48"}, "", "not an XID number"},
 		{"bad resource", []string{"--resource-name=gpu"}, nil, "", "needs a domain"},
 		{"bad log format", []string{"--log-format=xml"}, nil, "", "log-format"},
+		{"bad policy flag", []string{"--shared-devices-allocation-policy=spread"}, nil, "", `"spread" is not one of distributed, packed`},
+		{"bad policy env", nil, map[string]string{"SHARED_DEVICES_ALLOCATION_POLICY": "Packed"}, "", `"Packed" is not one of distributed, packed`},
+		{"bad policy file", nil, nil, "version: v1\nflags:\n  plugin:\n    sharedDevicesAllocationPolicy: balanced\n", `"balanced" is not one of distributed, packed`},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

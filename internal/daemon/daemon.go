@@ -52,13 +52,20 @@ func openSim(cfg *config.Config) (hardware.Backend, error) {
 	return sim.New(p, cfg.SimRoot)
 }
 
-// PlacementFor builds the topology-aware placer of one device list.
-func PlacementFor(res *resources.Resource) (plugin.Placer, error) {
-	devs := make([]allocator.Device, len(res.Devices))
-	for i, d := range res.Devices {
-		devs[i] = allocator.Device{ID: d.ID, GPU: d.GPU, NUMA: d.NUMA}
+// PlacementFor returns what builds the topology-aware placer of one device
+// list, placing shared devices (replicas, MIG instances) by policy.
+func PlacementFor(policy allocator.Policy) func(*resources.Resource) (plugin.Placer, error) {
+	return func(res *resources.Resource) (plugin.Placer, error) {
+		devs := make([]allocator.Device, len(res.Devices))
+		for i, d := range res.Devices {
+			devs[i] = allocator.Device{ID: d.ID, GPU: d.GPU, NUMA: d.NUMA}
+		}
+		topo, err := allocator.NewTopology(res.Links, devs)
+		if err != nil {
+			return nil, fmt.Errorf("placement for %s: %w", res.Name, err)
+		}
+		return topo.WithPolicy(policy)
 	}
-	return allocator.NewTopology(res.Links, devs)
 }
 
 // Run is `gpulet run`: it serves until ctx ends, then removes its sockets.
@@ -95,6 +102,14 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		Backend: backend, Store: store, Policy: policy, Log: log.With("component", "health"),
 		Quiet: cfg.HealthQuietPeriod, Disabled: HealthDisabled(cfg),
 	}
+	// Validate has vetted it; parsed again so an unset value (a caller that
+	// skipped the flags) means NVIDIA's default.
+	placement := allocator.PolicyDistributed
+	if cfg.SharedDevicesAllocationPolicy != "" {
+		if placement, err = allocator.ParsePolicy(cfg.SharedDevicesAllocationPolicy); err != nil {
+			return err
+		}
+	}
 	mgr := &plugin.Manager{
 		Store:     store,
 		Resources: ResourcesConfig(cfg),
@@ -104,7 +119,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 			DeviceIDStrategy:     cfg.DeviceIDStrategy,
 			PassDeviceSpecs:      cfg.PassDeviceSpecs,
 			CDIKind:              resources.DefaultResourceName,
-			Placement:            PlacementFor,
+			Placement:            PlacementFor(placement),
 			Log:                  log.With("component", "deviceplugin"),
 		},
 	}

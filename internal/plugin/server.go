@@ -13,6 +13,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -194,26 +195,31 @@ func apiDevices(res *resources.Resource) []*pluginapi.Device {
 	return out
 }
 
-// GetPreferredAllocation answers from the topology-aware placer. The
-// kubelet fails the pod if this call fails, so a placer error falls back to
-// a valid choice in ID order rather than an error.
+// GetPreferredAllocation answers from the topology-aware placer. Input that
+// cannot come from a correct kubelet (unknown or repeated IDs, must-include
+// devices not offered, an impossible size) is refused with InvalidArgument
+// naming the IDs, as Allocate refuses them. The kubelet fails the pod if
+// this call fails, so a placer error or a placer answer that is not a valid
+// choice falls back to a valid choice in ID order rather than an error.
 func (s *Server) GetPreferredAllocation(ctx context.Context, req *pluginapi.PreferredAllocationRequest) (*pluginapi.PreferredAllocationResponse, error) {
 	s.mu.Lock()
-	placer := s.placer
+	res, placer := s.res, s.placer
 	s.mu.Unlock()
 	resp := &pluginapi.PreferredAllocationResponse{}
 	for _, cr := range req.ContainerRequests {
-		size := int(cr.AllocationSize)
-		if size <= 0 || size > len(cr.AvailableDeviceIDs) || len(cr.MustIncludeDeviceIDs) > size {
-			return nil, status.Errorf(codes.InvalidArgument, "cannot pick %d %s devices from %d available with %d required",
-				size, s.name, len(cr.AvailableDeviceIDs), len(cr.MustIncludeDeviceIDs))
+		if err := checkPreferred(res, cr); err != nil {
+			return nil, err
 		}
+		size := int(cr.AllocationSize)
 		var ids []string
 		var err error
 		if placer != nil {
 			pctx, cancel := context.WithTimeout(ctx, preferredBudget)
 			ids, err = placer.Preferred(pctx, cr.AvailableDeviceIDs, cr.MustIncludeDeviceIDs, size)
 			cancel()
+			if err == nil {
+				err = checkAnswer(cr, ids)
+			}
 			if err != nil {
 				s.log.Warn("placement failed; preferring devices in ID order", "err", err)
 			}
@@ -224,6 +230,101 @@ func (s *Server) GetPreferredAllocation(ctx context.Context, req *pluginapi.Pref
 		resp.ContainerResponses = append(resp.ContainerResponses, &pluginapi.ContainerPreferredAllocationResponse{DeviceIDs: ids})
 	}
 	return resp, nil
+}
+
+// checkPreferred refuses a request no correct kubelet sends, naming every
+// offending ID.
+func checkPreferred(res *resources.Resource, cr *pluginapi.ContainerPreferredAllocationRequest) error {
+	var problems []string
+	avail := make(map[string]bool, len(cr.AvailableDeviceIDs))
+	var unknown, repeated []string
+	for _, id := range cr.AvailableDeviceIDs {
+		if avail[id] {
+			repeated = append(repeated, id)
+			continue
+		}
+		avail[id] = true
+		if _, ok := res.Device(id); !ok {
+			unknown = append(unknown, id)
+		}
+	}
+	if len(unknown) > 0 {
+		problems = append(problems, fmt.Sprintf("unknown %s devices offered: %s", res.Name, quoted(unknown)))
+	}
+	if len(repeated) > 0 {
+		problems = append(problems, fmt.Sprintf("devices offered more than once: %s", quoted(repeated)))
+	}
+	var notOffered, mustRepeated []string
+	must := make(map[string]bool, len(cr.MustIncludeDeviceIDs))
+	for _, id := range cr.MustIncludeDeviceIDs {
+		switch {
+		case must[id]:
+			mustRepeated = append(mustRepeated, id)
+		case !avail[id]:
+			notOffered = append(notOffered, id)
+		}
+		must[id] = true
+	}
+	if len(notOffered) > 0 {
+		problems = append(problems, fmt.Sprintf("must-include devices not among the available ones: %s", quoted(notOffered)))
+	}
+	if len(mustRepeated) > 0 {
+		problems = append(problems, fmt.Sprintf("must-include devices listed more than once: %s", quoted(mustRepeated)))
+	}
+	size := int(cr.AllocationSize)
+	switch {
+	case size <= 0:
+		problems = append(problems, fmt.Sprintf("allocation size %d, want at least 1", size))
+	case size > len(avail):
+		problems = append(problems, fmt.Sprintf("allocation size %d exceeds the %d distinct devices available", size, len(avail)))
+	case len(must) > size:
+		problems = append(problems, fmt.Sprintf("%d must-include devices exceed the allocation size %d", len(must), size))
+	}
+	if len(problems) > 0 {
+		return status.Errorf(codes.InvalidArgument, "GetPreferredAllocation for %s: %s", res.Name, strings.Join(problems, "; "))
+	}
+	return nil
+}
+
+// checkAnswer verifies a placer's answer against a checked request: size
+// distinct offered devices including every must-include one.
+func checkAnswer(cr *pluginapi.ContainerPreferredAllocationRequest, ids []string) error {
+	if len(ids) != int(cr.AllocationSize) {
+		return fmt.Errorf("placer answered %d devices for a request of %d", len(ids), cr.AllocationSize)
+	}
+	got := make(map[string]bool, len(ids))
+	for _, id := range ids {
+		if got[id] {
+			return fmt.Errorf("placer answered %q twice", id)
+		}
+		got[id] = true
+		if !slices.Contains(cr.AvailableDeviceIDs, id) {
+			return fmt.Errorf("placer answered %q, which was not offered", id)
+		}
+	}
+	for _, id := range cr.MustIncludeDeviceIDs {
+		if !got[id] {
+			return fmt.Errorf("placer left out must-include device %q", id)
+		}
+	}
+	return nil
+}
+
+// quoted lists IDs for an error message, at most 8 of them.
+func quoted(ids []string) string {
+	const most = 8
+	var b strings.Builder
+	for i, id := range ids {
+		if i == most {
+			fmt.Fprintf(&b, " and %d more", len(ids)-most)
+			break
+		}
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "%q", id)
+	}
+	return b.String()
 }
 
 // inOrder takes the required devices, then available ones in order.

@@ -1,8 +1,12 @@
 // Command allocbench measures internal/allocator: latency and optimality of
 // Preferred per reference topology and request size, and a fragmentation
 // replay of a long seeded allocate/free sequence against naive baselines.
+// With -balance it instead replays time-sliced replicas on pcie-4 (the
+// pcie-4x-l4 link matrix) and dgx-h100 and reports how evenly the
+// shared-devices policies, gpulet's and NVIDIA's greedy ones, load the GPUs.
 //
 //	go run ./tools/allocbench [-trials 1000] [-reftrials 200] [-steps 20000] [-deadline 10ms] [-seed 1] [-topo a,b] [-replay=false]
+//	go run ./tools/allocbench -balance [-replicas 4] [-steps 20000] [-seed 1] [-topo a,b]
 package main
 
 import (
@@ -29,6 +33,8 @@ func main() {
 	seed := flag.Uint64("seed", 1, "random seed")
 	only := flag.String("topo", "", "comma-separated topologies to measure (default all)")
 	doReplay := flag.Bool("replay", true, "run the fragmentation replays")
+	doBalance := flag.Bool("balance", false, "only run the time-slicing balance replays (shared-devices allocation policies)")
+	replicas := flag.Int("replicas", 4, "time-slicing replicas per GPU for -balance")
 	flag.Parse()
 	if *only != "" {
 		selected = map[string]bool{}
@@ -37,6 +43,16 @@ func main() {
 		}
 	}
 
+	if *doBalance {
+		fmt.Printf("allocbench -balance: replicas=%d steps=%d deadline=%s seed=%d\n\n", *replicas, *steps, *deadline, *seed)
+		for _, name := range []string{"pcie-4", "dgx-h100"} {
+			if selected == nil || selected[name] {
+				balance(name, *replicas, *steps, *deadline, *seed)
+				fmt.Println()
+			}
+		}
+		return
+	}
 	fmt.Printf("allocbench: trials=%d reftrials=%d steps=%d deadline=%s seed=%d\n\n", *trials, *refTrials, *steps, *deadline, *seed)
 	latency(*trials, *refTrials, *deadline, *seed)
 	fmt.Println()
