@@ -64,14 +64,9 @@ type Writer struct {
 	last []byte
 }
 
-// Write builds the spec of node and writes it unless it is unchanged.
-func (w *Writer) Write(node *inventory.Node) error {
-	if len(node.GPUs) == 0 {
-		// Nothing to describe; a spec without devices is invalid, and the
-		// old one still serves containers of GPUs that may come back.
-		w.log().Warn("no GPUs; CDI spec left as it is", "dir", w.Dir)
-		return nil
-	}
+// Build builds the spec of node with the writer's options, reading the
+// MIG minors and looking for driver files now.
+func (w *Writer) Build(node *inventory.Node) (*specs.Spec, error) {
 	o := w.Options
 	mm := w.MIGMinorsPath
 	if mm == "" {
@@ -80,14 +75,14 @@ func (w *Writer) Write(node *inventory.Node) error {
 	if hasMIG(node) {
 		m, err := ReadMIGMinors(mm)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		o.MIGMinors = m
 	}
 	if w.DriverRoot != "" {
 		d, err := FindDriver(w.DriverRoot, node.DriverVersion)
 		if err != nil {
-			w.log().Warn("CDI spec mounts no driver files it could not find; containers need them from their image or the runtime", "err", err)
+			w.log().Warn("driver libraries missing from the CDI spec; containers need them from their image or the runtime", "err", err)
 		}
 		if len(d.Files) > 0 {
 			o.Driver = d
@@ -95,7 +90,22 @@ func (w *Writer) Write(node *inventory.Node) error {
 	}
 	raw, err := Build(node, o)
 	if err != nil {
-		return fmt.Errorf("build CDI spec: %w", err)
+		return nil, fmt.Errorf("build CDI spec: %w", err)
+	}
+	return raw, nil
+}
+
+// Write builds the spec of node and writes it unless it is unchanged.
+func (w *Writer) Write(node *inventory.Node) error {
+	if len(node.GPUs) == 0 {
+		// Nothing to describe; a spec without devices is invalid, and the
+		// old one still serves containers of GPUs that may come back.
+		w.log().Warn("no GPUs; CDI spec left as it is", "dir", w.Dir)
+		return nil
+	}
+	raw, err := w.Build(node)
+	if err != nil {
+		return err
 	}
 	data, err := json.Marshal(raw)
 	if err != nil {

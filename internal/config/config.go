@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/pflag"
 	"sigs.k8s.io/yaml"
 
+	"github.com/gpulet/gpulet/internal/cdispec"
 	"github.com/gpulet/gpulet/internal/health"
 	"github.com/gpulet/gpulet/internal/plugin"
 	"github.com/gpulet/gpulet/internal/resources"
@@ -46,6 +47,9 @@ type Config struct {
 	FailRequestsGreaterThanOne bool
 	// Notes are config-file fields read but not acted on, for the log.
 	Notes []string
+
+	// CDISpecDir is where `gpulet run` writes its CDI spec (cdi-* strategies).
+	CDISpecDir string
 
 	DisableHealthChecks string
 	HealthQuietPeriod   time.Duration
@@ -104,6 +108,7 @@ type File struct {
 		SimProfile       *string `json:"simProfile,omitempty"`
 		SimRoot          *string `json:"simRoot,omitempty"`
 		DevicePluginPath *string `json:"devicePluginPath,omitempty"`
+		CDISpecDir       *string `json:"cdiSpecDir,omitempty"`
 		ResourceName     *string `json:"resourceName,omitempty"`
 		Health           struct {
 			Disable     *string           `json:"disable,omitempty"`
@@ -204,6 +209,7 @@ var settings = []setting{
 	{"device-list-strategy", []string{"DEVICE_LIST_STRATEGY"}, func(f *File) (string, bool) {
 		return listValue(f.Flags.Plugin.DeviceListStrategy)
 	}},
+	{"cdi-spec-dir", []string{"GPULET_CDI_SPEC_DIR"}, func(f *File) (string, bool) { return str(f.Gpulet.CDISpecDir) }},
 	{"device-id-strategy", []string{"DEVICE_ID_STRATEGY"}, func(f *File) (string, bool) { return str(f.Flags.Plugin.DeviceIDStrategy) }},
 	{"pass-device-specs", []string{"PASS_DEVICE_SPECS"}, func(f *File) (string, bool) { return boolean(f.Flags.Plugin.PassDeviceSpecs) }},
 	{"fail-on-init-error", []string{"FAIL_ON_INIT_ERROR"}, func(f *File) (string, bool) { return boolean(f.Flags.FailOnInitError) }},
@@ -290,9 +296,16 @@ func (c *Config) RunFlags(fs *pflag.FlagSet) {
 	fs.StringSliceVar(&c.DeviceListStrategy, "device-list-strategy", []string{plugin.StrategyEnvvar}, "how devices reach a container: envvar, volume-mounts, cdi-annotations, cdi-cri (comma-separated) [env DEVICE_LIST_STRATEGY]")
 	fs.StringVar(&c.DeviceIDStrategy, "device-id-strategy", plugin.IDStrategyUUID, "how devices are named to the container: uuid or index [env DEVICE_ID_STRATEGY]")
 	fs.BoolVar(&c.PassDeviceSpecs, "pass-device-specs", false, "also pass /dev/nvidia* device nodes to containers [env PASS_DEVICE_SPECS]")
+	c.CDIFlags(fs)
 	fs.StringVar(&c.DisableHealthChecks, "disable-health-checks", "", "\"all\" disables health checks; a list of XIDs ignores those XIDs [env DP_DISABLE_HEALTHCHECKS]")
 	fs.DurationVar(&c.HealthQuietPeriod, "health-quiet-period", 30*time.Second, "how long an unhealthy GPU must stay quiet before it is re-probed and can become healthy again [env GPULET_HEALTH_QUIET_PERIOD]")
 	fs.StringToStringVar(&c.XIDOverrides, "xid-policy", nil, "override the XID table: XID=ignore|reset|lost, comma-separated [env GPULET_XID_POLICY]")
+}
+
+// CDIFlags adds the settings of the CDI spec gpulet writes for cdi-*
+// device-list strategies (run) and checks (doctor).
+func (c *Config) CDIFlags(fs *pflag.FlagSet) {
+	fs.StringVar(&c.CDISpecDir, "cdi-spec-dir", cdispec.DefaultDir, "folder gpulet writes its CDI spec to with a cdi-* device-list strategy; the container runtime must read it [env GPULET_CDI_SPEC_DIR]")
 }
 
 // Resolve fills settings the command line left unset from the environment,

@@ -101,7 +101,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 			DeviceListStrategies: cfg.DeviceListStrategy,
 			DeviceIDStrategy:     cfg.DeviceIDStrategy,
 			PassDeviceSpecs:      cfg.PassDeviceSpecs,
-			CDIKind:              resources.DefaultResourceName,
+			CDIKind:              plugin.DefaultCDIKind,
 			Placement:            PlacementFor,
 			Log:                  log.With("component", "deviceplugin"),
 		},
@@ -109,6 +109,10 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	cdiDone, err := startCDI(ctx, cfg, backend, store, log)
+	if err != nil {
+		return err
+	}
 	healthDone := make(chan struct{})
 	go func() {
 		defer close(healthDone)
@@ -117,6 +121,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	err = mgr.Run(ctx)
 	cancel()
 	<-healthDone
+	cdiDone()
 	return err
 }
 
