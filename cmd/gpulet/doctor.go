@@ -10,6 +10,7 @@ import (
 	"github.com/gpulet/gpulet/internal/daemon"
 	"github.com/gpulet/gpulet/internal/doctor"
 	"github.com/gpulet/gpulet/internal/hardware"
+	"github.com/gpulet/gpulet/internal/plugin"
 )
 
 func newDoctorCmd() *cobra.Command {
@@ -28,6 +29,10 @@ func newDoctorCmd() *cobra.Command {
 				Open:         func() (hardware.Backend, error) { return daemon.OpenBackend(cfg, log) },
 				PluginDir:    cfg.DevicePluginPath,
 				ResourceName: cfg.ResourceName,
+				CDI: doctor.CDIInput{
+					Strategies: cfg.DeviceListStrategy, IDStrategy: cfg.DeviceIDStrategy,
+					SpecDir: cfg.CDISpecDir, Resources: daemon.ResourcesConfig(cfg),
+				},
 			})
 			failed := false
 			if output == "json" {
@@ -51,5 +56,8 @@ func newDoctorCmd() *cobra.Command {
 	cfg.BackendFlags(cmd.Flags(), "nvml")
 	cmd.Flags().StringVar(&cfg.DevicePluginPath, "device-plugin-path", "/var/lib/kubelet/device-plugins/", "kubelet device-plugin folder [env GPULET_DEVICE_PLUGIN_PATH]")
 	cmd.Flags().StringVarP(&output, "output", "o", "table", "table or json")
+	cmd.Flags().StringSliceVar(&cfg.DeviceListStrategy, "device-list-strategy", []string{plugin.StrategyEnvvar}, "the device-list strategy gpulet runs with; cdi-* ones get their CDI spec checked [env DEVICE_LIST_STRATEGY]")
+	cmd.Flags().StringVar(&cfg.DeviceIDStrategy, "device-id-strategy", plugin.IDStrategyUUID, "the device-ID strategy gpulet runs with: uuid or index [env DEVICE_ID_STRATEGY]")
+	cfg.CDIFlags(cmd.Flags())
 	return cmd
 }

@@ -30,6 +30,7 @@ const (
 	DefaultDeviceListStrategy  = "envvar"         // plugin.StrategyEnvvar
 	DefaultDeviceIDStrategy    = "uuid"           // plugin.IDStrategyUUID
 	DefaultSharedDevicesPolicy = "distributed"    // allocator.PolicyDistributed
+	DefaultCDISpecDir          = "/var/run/cdi"   // cdispec.DefaultDir
 )
 
 // Config is every setting of `gpulet run` (and of the commands that share
@@ -60,6 +61,9 @@ type Config struct {
 	SharedDevicesAllocationPolicy string
 	// Notes are config-file fields read but not acted on, for the log.
 	Notes []string
+
+	// CDISpecDir is where `gpulet run` writes its CDI spec (cdi-* strategies).
+	CDISpecDir string
 
 	DisableHealthChecks string
 	HealthQuietPeriod   time.Duration
@@ -120,6 +124,7 @@ type File struct {
 		SimProfile       *string `json:"simProfile,omitempty"`
 		SimRoot          *string `json:"simRoot,omitempty"`
 		DevicePluginPath *string `json:"devicePluginPath,omitempty"`
+		CDISpecDir       *string `json:"cdiSpecDir,omitempty"`
 		ResourceName     *string `json:"resourceName,omitempty"`
 		Health           struct {
 			Disable     *string           `json:"disable,omitempty"`
@@ -220,6 +225,7 @@ var settings = []setting{
 	{"device-list-strategy", []string{"DEVICE_LIST_STRATEGY"}, func(f *File) (string, bool) {
 		return listValue(f.Flags.Plugin.DeviceListStrategy)
 	}},
+	{"cdi-spec-dir", []string{"GPULET_CDI_SPEC_DIR"}, func(f *File) (string, bool) { return str(f.Gpulet.CDISpecDir) }},
 	{"device-id-strategy", []string{"DEVICE_ID_STRATEGY"}, func(f *File) (string, bool) { return str(f.Flags.Plugin.DeviceIDStrategy) }},
 	{"shared-devices-allocation-policy", []string{"SHARED_DEVICES_ALLOCATION_POLICY"}, func(f *File) (string, bool) {
 		return str(f.Flags.Plugin.SharedDevicesAllocationPolicy)
@@ -310,9 +316,16 @@ func (c *Config) RunFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.DeviceIDStrategy, "device-id-strategy", DefaultDeviceIDStrategy, "how devices are named to the container: uuid or index [env DEVICE_ID_STRATEGY]")
 	fs.StringVar(&c.SharedDevicesAllocationPolicy, "shared-devices-allocation-policy", DefaultSharedDevicesPolicy, "how time-sliced replicas and MIG instances are placed on their GPUs: distributed (fewest in use first, a request over distinct GPUs) or packed (most in use first) [env SHARED_DEVICES_ALLOCATION_POLICY]")
 	fs.BoolVar(&c.PassDeviceSpecs, "pass-device-specs", false, "also pass /dev/nvidia* device nodes to containers [env PASS_DEVICE_SPECS]")
+	c.CDIFlags(fs)
 	fs.StringVar(&c.DisableHealthChecks, "disable-health-checks", "", "\"all\" disables health checks; a list of XIDs ignores those XIDs [env DP_DISABLE_HEALTHCHECKS]")
 	fs.DurationVar(&c.HealthQuietPeriod, "health-quiet-period", 30*time.Second, "how long an unhealthy GPU must stay quiet before it is re-probed and can become healthy again [env GPULET_HEALTH_QUIET_PERIOD]")
 	fs.StringToStringVar(&c.XIDOverrides, "xid-policy", nil, "override the XID table: XID=ignore|reset|lost, comma-separated [env GPULET_XID_POLICY]")
+}
+
+// CDIFlags adds the settings of the CDI spec gpulet writes for cdi-*
+// device-list strategies (run) and checks (doctor).
+func (c *Config) CDIFlags(fs *pflag.FlagSet) {
+	fs.StringVar(&c.CDISpecDir, "cdi-spec-dir", DefaultCDISpecDir, "folder gpulet writes its CDI spec to with a cdi-* device-list strategy; the container runtime must read it [env GPULET_CDI_SPEC_DIR]")
 }
 
 // Resolve fills settings the command line left unset from the environment,

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"github.com/gpulet/gpulet/internal/allocator"
+	"github.com/gpulet/gpulet/internal/cdispec"
 	"os"
 	"path/filepath"
 	"strings"
@@ -48,7 +49,8 @@ func writeFile(t *testing.T, body string) string {
 func TestConfigDefaultsAreTheLayersOwn(t *testing.T) {
 	if config.DefaultResourceName != resources.DefaultResourceName || config.DefaultMIGStrategy != resources.MIGNone ||
 		config.DefaultDeviceListStrategy != plugin.StrategyEnvvar || config.DefaultDeviceIDStrategy != plugin.IDStrategyUUID ||
-		config.DefaultSharedDevicesPolicy != string(allocator.PolicyDistributed) {
+		config.DefaultSharedDevicesPolicy != string(allocator.PolicyDistributed) ||
+		config.DefaultCDISpecDir != cdispec.DefaultDir {
 		t.Error("config's defaults drifted from resources' and plugin's constants")
 	}
 	if _, err := parse(t, nil, nil); err != nil {

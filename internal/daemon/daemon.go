@@ -118,7 +118,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 			DeviceListStrategies: cfg.DeviceListStrategy,
 			DeviceIDStrategy:     cfg.DeviceIDStrategy,
 			PassDeviceSpecs:      cfg.PassDeviceSpecs,
-			CDIKind:              resources.DefaultResourceName,
+			CDIKind:              plugin.DefaultCDIKind,
 			Placement:            PlacementFor(placement),
 			Log:                  log.With("component", "deviceplugin"),
 		},
@@ -126,6 +126,10 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	cdiDone, err := startCDI(ctx, cfg, backend, store, log)
+	if err != nil {
+		return err
+	}
 	healthDone := make(chan struct{})
 	go func() {
 		defer close(healthDone)
@@ -134,6 +138,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	err = mgr.Run(ctx)
 	cancel()
 	<-healthDone
+	cdiDone()
 	return err
 }
 

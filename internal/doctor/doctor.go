@@ -45,6 +45,7 @@ type Input struct {
 	Open         func() (hardware.Backend, error)
 	PluginDir    string
 	ResourceName string
+	CDI          CDIInput
 }
 
 // Run performs every check and returns the findings in order.
@@ -87,6 +88,7 @@ func Run(ctx context.Context, in Input) []Finding {
 			add(Finding{"GPU health", OK, fmt.Sprintf("all %d GPUs pass a probe", len(node.GPUs)), ""})
 		}
 	}
+	add(cdiSpec(node, in.CDI))
 	out = append(out, kubelet(ctx, in)...)
 	return out
 }

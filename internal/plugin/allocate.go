@@ -160,7 +160,7 @@ func setEnv(r *pluginapi.ContainerAllocateResponse, k, v string) {
 func (o *Options) cdiNames(ids []string) []string {
 	kind := o.CDIKind
 	if kind == "" {
-		kind = resources.DefaultResourceName
+		kind = DefaultCDIKind
 	}
 	out := make([]string, len(ids))
 	for i, id := range ids {

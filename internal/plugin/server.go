@@ -46,7 +46,7 @@ type Options struct {
 	DeviceListStrategies []string
 	DeviceIDStrategy     string
 	PassDeviceSpecs      bool
-	// CDIKind is the CDI device kind in CDI names (default nvidia.com/gpu).
+	// CDIKind is the CDI device kind in CDI names (default DefaultCDIKind).
 	CDIKind string
 	// Placement builds the placer that answers GetPreferredAllocation; nil
 	// turns the call off.

@@ -162,19 +162,19 @@ func TestAllocateStrategies(t *testing.T) {
 			name: "cdi-cri",
 			opts: Options{DeviceListStrategies: []string{StrategyCDICRI}, DeviceIDStrategy: IDStrategyUUID},
 			env:  map[string]string{"NVIDIA_VISIBLE_DEVICES": "void"},
-			cdi:  []string{"nvidia.com/gpu=" + g5.UUID, "nvidia.com/gpu=" + g0.UUID},
+			cdi:  []string{DefaultCDIKind + "=" + g5.UUID, DefaultCDIKind + "=" + g0.UUID},
 		},
 		{
 			name:  "cdi-annotations index",
 			opts:  Options{DeviceListStrategies: []string{StrategyCDIAnnotations}, DeviceIDStrategy: IDStrategyIndex},
 			env:   map[string]string{"NVIDIA_VISIBLE_DEVICES": "void"},
-			annot: "nvidia.com/gpu=5,nvidia.com/gpu=0",
+			annot: DefaultCDIKind + "=5," + DefaultCDIKind + "=0",
 		},
 		{
 			name: "envvar and cdi-cri with device specs",
 			opts: Options{DeviceListStrategies: []string{StrategyEnvvar, StrategyCDICRI}, DeviceIDStrategy: IDStrategyUUID, PassDeviceSpecs: true},
 			env:  map[string]string{"NVIDIA_VISIBLE_DEVICES": g5.UUID + "," + g0.UUID},
-			cdi:  []string{"nvidia.com/gpu=" + g5.UUID, "nvidia.com/gpu=" + g0.UUID},
+			cdi:  []string{DefaultCDIKind + "=" + g5.UUID, DefaultCDIKind + "=" + g0.UUID},
 			devs: []string{"nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia0", "nvidia5"},
 		},
 	}

@@ -255,13 +255,13 @@ func (s *simNodeState) allocateTwo(t *testing.T) {
 				}
 			}
 
-			// CDI: nvidia.com/gpu=<uuid> for exactly those two.
+			// CDI: k8s.device-plugin.nvidia.com/gpu=<uuid> for exactly those two.
 			var cdi []string
 			for _, c := range a.opts.CDIDevices {
 				cdi = append(cdi, c.Name)
 			}
 			sort.Strings(cdi)
-			wantCDI := []string{resGPU + "=" + a.devices[0], resGPU + "=" + a.devices[1]}
+			wantCDI := []string{cdiKind + "=" + a.devices[0], cdiKind + "=" + a.devices[1]}
 			if !slices.Equal(cdi, wantCDI) {
 				t.Errorf("CDI devices = %v, want %v", cdi, wantCDI)
 			}

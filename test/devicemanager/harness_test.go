@@ -37,6 +37,8 @@ import (
 
 const (
 	resGPU = "nvidia.com/gpu"
+	// cdiKind is the kind of the CDI names gpulet hands out (NVIDIA's plugin's).
+	cdiKind = "k8s.device-plugin.nvidia.com/gpu"
 	// gpuletSocket is gpulet's plugin socket for nvidia.com/gpu.
 	gpuletSocketName = "gpulet-nvidia-com-gpu.sock"
 )
@@ -70,6 +72,8 @@ func startGpulet(tb, owner testing.TB, profile, simRoot string) *gpuletProc {
 		"--device-plugin-path="+pluginapi.DevicePluginPath,
 		"--pass-device-specs",
 		"--device-list-strategy=envvar,cdi-cri",
+		// cdi-cri makes gpulet write a CDI spec; keep it out of /var/run/cdi.
+		"--cdi-spec-dir="+filepath.Join(simRoot, "cdi"),
 	)
 	// Only the flags above configure it, whatever the caller's environment holds.
 	g.cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME")}

@@ -64,6 +64,9 @@ func New(profile *Profile, root string) (*Backend, error) {
 	if err := CreateDeviceNodes(node); err != nil {
 		return nil, err
 	}
+	if err := createMIGCaps(root, node); err != nil {
+		return nil, err
+	}
 	return &Backend{root: root, full: node}, nil
 }
 

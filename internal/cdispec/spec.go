@@ -1,0 +1,215 @@
+// Package cdispec owns gpulet's Container Device Interface specs: building
+// the spec of a node's GPUs and MIG instances from the inventory, checking it
+// with the CDI library, and writing it atomically where container runtimes
+// read specs. `gpulet run` writes the spec its allocations name; `gpulet cdi
+// generate` writes NVIDIA's nvidia.com/gpu spec for nodes without the
+// container toolkit. Both use Build, so both name devices alike.
+package cdispec
+
+import (
+	"errors"
+	"fmt"
+	"path/filepath"
+	"slices"
+	"strconv"
+
+	"tags.cncf.io/container-device-interface/pkg/cdi"
+	"tags.cncf.io/container-device-interface/pkg/parser"
+	specs "tags.cncf.io/container-device-interface/specs-go"
+
+	"github.com/gpulet/gpulet/internal/inventory"
+)
+
+const (
+	// PluginKind is the kind of the names NVIDIA's device plugin hands out
+	// and of the spec it writes; gpulet uses the same, so a node can switch
+	// between the two without stale names. MIG instances are in it too:
+	// NVIDIA's plugin names them in the gpu class, not a class of their own.
+	PluginKind = "k8s.device-plugin.nvidia.com/gpu"
+	// ToolkitKind is the kind `nvidia-ctk cdi generate` writes.
+	ToolkitKind = "nvidia.com/gpu"
+	// DefaultDir is the CDI dynamic spec folder runtimes read by default.
+	DefaultDir = "/var/run/cdi"
+	// AllDevice is the name of the device that holds every GPU.
+	AllDevice = "all"
+)
+
+// Naming strategies, as NVIDIA names them (device-id-strategy, and
+// nvidia-ctk's --device-name-strategy).
+const (
+	NameByUUID  = "uuid"  // GPU-…, MIG-…
+	NameByIndex = "index" // 3, and 3:1 for MIG instance 1 of GPU 3
+)
+
+// Options shape a spec.
+type Options struct {
+	Kind string // vendor/class, e.g. PluginKind
+	// Naming lists the strategies whose names every device gets (one spec
+	// device per name, as NVIDIA's generator does). Default: uuid.
+	Naming []string
+	// MIGMinors resolves MIG instances to their /dev/nvidia-caps nodes. A
+	// MIG instance whose capabilities are not in it is an error.
+	MIGMinors MIGMinors
+	// Driver, if set, holds the driver files mounted into every container
+	// (see FindDriver); nil leaves that to the node.
+	Driver *Driver
+}
+
+// Build returns the spec of every GPU and MIG instance of node: one device
+// per name, and "all". Container paths are /dev/…; host paths are under
+// node.DevRoot. The spec is validated as the CDI library would load it.
+func Build(node *inventory.Node, o Options) (*specs.Spec, error) {
+	naming := o.Naming
+	if len(naming) == 0 {
+		naming = []string{NameByUUID}
+	}
+	for _, n := range naming {
+		if n != NameByUUID && n != NameByIndex {
+			return nil, fmt.Errorf("device naming %q is not one of uuid, index", n)
+		}
+	}
+	raw := &specs.Spec{Kind: o.Kind}
+	var all []*specs.DeviceNode
+	seen := map[string]bool{}
+	addNodes := func(nodes []*specs.DeviceNode) {
+		for _, d := range nodes {
+			if !seen[d.Path] {
+				seen[d.Path] = true
+				c := *d
+				all = append(all, &c)
+			}
+		}
+	}
+	add := func(uuid, index string, nodes []*specs.DeviceNode) {
+		for _, n := range naming {
+			name := uuid
+			if n == NameByIndex {
+				name = index
+			}
+			own := make([]*specs.DeviceNode, len(nodes))
+			for i, d := range nodes {
+				c := *d
+				own[i] = &c
+			}
+			raw.Devices = append(raw.Devices, specs.Device{
+				Name: name, ContainerEdits: specs.ContainerEdits{DeviceNodes: own},
+			})
+		}
+		addNodes(nodes)
+	}
+	for _, g := range node.GPUs {
+		gpu := devNode(node.DevRoot, "nvidia"+strconv.Itoa(g.Minor))
+		add(g.UUID, strconv.Itoa(g.Index), []*specs.DeviceNode{gpu})
+		for mi, m := range g.MIGDevices {
+			nodes := []*specs.DeviceNode{gpu}
+			for _, c := range []string{GICap(g.Minor, m.GI), CICap(g.Minor, m.GI, m.CI)} {
+				minor, ok := o.MIGMinors[c]
+				if !ok {
+					return nil, fmt.Errorf("MIG device %s (GPU %d, GI %d, CI %d): no %s in the driver's mig-minors; is %s readable?",
+						m.UUID, g.Index, m.GI, m.CI, c, DefaultMIGMinorsPath)
+				}
+				nodes = append(nodes, devNode(node.DevRoot, filepath.Join("nvidia-caps", "nvidia-cap"+strconv.Itoa(minor))))
+			}
+			// The same index as resources.Build gives the device.
+			add(m.UUID, fmt.Sprintf("%d:%d", g.Index, mi), nodes)
+		}
+	}
+	if len(raw.Devices) == 0 {
+		return nil, errors.New("the node has no GPUs to describe")
+	}
+	raw.Devices = append(raw.Devices, specs.Device{Name: AllDevice, ContainerEdits: specs.ContainerEdits{DeviceNodes: all}})
+
+	// Spec-wide edits reach a container once whatever its devices.
+	var ctl []*specs.DeviceNode
+	for _, c := range ControlDevices(node.DevRoot) {
+		ctl = append(ctl, devNode(node.DevRoot, c))
+	}
+	raw.ContainerEdits = specs.ContainerEdits{
+		// A legacy nvidia-container-runtime hook would otherwise inject
+		// the image's NVIDIA_VISIBLE_DEVICES (often "all") on top.
+		Env:         []string{"NVIDIA_VISIBLE_DEVICES=void"},
+		DeviceNodes: ctl,
+	}
+	if o.Driver != nil {
+		raw.ContainerEdits.Mounts = o.Driver.Mounts()
+	}
+	v, err := specs.MinimumRequiredVersion(raw)
+	if err != nil {
+		return nil, fmt.Errorf("CDI spec version: %w", err)
+	}
+	raw.Version = v
+	if err := Validate(raw); err != nil {
+		return nil, err
+	}
+	return raw, nil
+}
+
+func devNode(devRoot, name string) *specs.DeviceNode {
+	return &specs.DeviceNode{Path: "/dev/" + filepath.ToSlash(name), HostPath: filepath.Join(devRoot, name)}
+}
+
+// controlDevices are the node-wide device nodes CUDA opens, in the order
+// containers get them; resources lists the same ones for device specs.
+var controlDevices = []string{"nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia-modeset"}
+
+// ControlDevices lists the node-wide device nodes present under devRoot.
+// nvidia-uvm appears only once the module is loaded, so it is looked up at
+// each build instead of assumed.
+func ControlDevices(devRoot string) []string {
+	var out []string
+	for _, c := range controlDevices {
+		if exists(filepath.Join(devRoot, c)) {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// Validate checks a spec as the CDI library checks one it loads: version,
+// vendor and class, device names, every set of edits, duplicate names.
+func Validate(raw *specs.Spec) error {
+	if err := specs.ValidateVersion(raw); err != nil {
+		return fmt.Errorf("invalid CDI spec: %w", err)
+	}
+	vendor, class := parser.ParseQualifier(raw.Kind)
+	if err := parser.ValidateVendorName(vendor); err != nil {
+		return fmt.Errorf("invalid CDI kind %q: %w", raw.Kind, err)
+	}
+	if err := parser.ValidateClassName(class); err != nil {
+		return fmt.Errorf("invalid CDI kind %q: %w", raw.Kind, err)
+	}
+	if err := (&cdi.ContainerEdits{ContainerEdits: &raw.ContainerEdits}).Validate(); err != nil {
+		return fmt.Errorf("invalid CDI spec edits: %w", err)
+	}
+	var names []string
+	for i := range raw.Devices {
+		d := &raw.Devices[i]
+		if err := parser.ValidateDeviceName(d.Name); err != nil {
+			return fmt.Errorf("invalid CDI device name: %w", err)
+		}
+		if err := (&cdi.ContainerEdits{ContainerEdits: &d.ContainerEdits}).Validate(); err != nil {
+			return fmt.Errorf("invalid CDI device %q: %w", d.Name, err)
+		}
+		names = append(names, d.Name)
+	}
+	slices.Sort(names)
+	for i := 1; i < len(names); i++ {
+		if names[i] == names[i-1] {
+			return fmt.Errorf("invalid CDI spec: device %q appears twice", names[i])
+		}
+	}
+	if len(names) == 0 {
+		return errors.New("invalid CDI spec: no devices")
+	}
+	return nil
+}
+
+// QualifiedNames lists the fully qualified names of a spec's devices.
+func QualifiedNames(raw *specs.Spec) []string {
+	vendor, class := parser.ParseQualifier(raw.Kind)
+	out := make([]string, len(raw.Devices))
+	for i, d := range raw.Devices {
+		out[i] = parser.QualifiedName(vendor, class, d.Name)
+	}
+	return out
+}

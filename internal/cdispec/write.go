@@ -1,0 +1,173 @@
+package cdispec
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+
+	"tags.cncf.io/container-device-interface/pkg/cdi"
+	specs "tags.cncf.io/container-device-interface/specs-go"
+
+	"github.com/gpulet/gpulet/internal/inventory"
+)
+
+// FileName is the name a spec is written under: <vendor>-<class>.json, as
+// NVIDIA's plugin names its own, so gpulet replaces it instead of adding a
+// second spec that defines the same devices.
+func FileName(raw *specs.Spec) (string, error) {
+	n, err := cdi.GenerateNameForSpec(raw)
+	if err != nil {
+		return "", fmt.Errorf("name CDI spec: %w", err)
+	}
+	return n + ".json", nil
+}
+
+// Write validates raw with the CDI library and replaces its file in dir
+// atomically (the library writes a temporary file and renames it), so a
+// runtime reading the folder sees the old spec or the new one, never a
+// part. It returns the file's path.
+func Write(dir string, raw *specs.Spec) (string, error) {
+	name, err := FileName(raw)
+	if err != nil {
+		return "", err
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", fmt.Errorf("create CDI spec folder: %w; pass --cdi-spec-dir to write elsewhere", err)
+	}
+	// A cache of dir alone: WriteSpec writes to its highest-priority folder.
+	cache, _ := cdi.NewCache(cdi.WithSpecDirs(dir), cdi.WithAutoRefresh(false))
+	if err := cache.WriteSpec(raw, name); err != nil {
+		return "", fmt.Errorf("write CDI spec %s: %w", filepath.Join(dir, name), err)
+	}
+	return filepath.Join(dir, name), nil
+}
+
+// Writer keeps the spec of gpulet's devices in step with the inventory.
+// It never removes the file: a container started from it may still be
+// created or restarted after gpulet stops, and a restarted gpulet rewrites
+// it anyway.
+type Writer struct {
+	Dir     string
+	Options Options
+	// MIGMinorsPath is re-read at each build: MIG instances change the caps
+	// they need when they are recreated. Empty means DefaultMIGMinorsPath.
+	MIGMinorsPath string
+	// DriverRoot, if set, is searched for driver files at each build.
+	DriverRoot string
+	Log        *slog.Logger
+
+	last []byte
+}
+
+// Build builds the spec of node with the writer's options, reading the
+// MIG minors and looking for driver files now.
+func (w *Writer) Build(node *inventory.Node) (*specs.Spec, error) {
+	o := w.Options
+	mm := w.MIGMinorsPath
+	if mm == "" {
+		mm = DefaultMIGMinorsPath
+	}
+	if hasMIG(node) {
+		m, err := ReadMIGMinors(mm)
+		if err != nil {
+			return nil, err
+		}
+		o.MIGMinors = m
+	}
+	if w.DriverRoot != "" {
+		d, err := FindDriver(w.DriverRoot, node.DriverVersion)
+		if err != nil {
+			w.log().Warn("driver libraries missing from the CDI spec; containers need them from their image or the runtime", "err", err)
+		}
+		if len(d.Files) > 0 {
+			o.Driver = d
+		}
+	}
+	raw, err := Build(node, o)
+	if err != nil {
+		return nil, fmt.Errorf("build CDI spec: %w", err)
+	}
+	return raw, nil
+}
+
+// Write builds the spec of node and writes it unless it is unchanged.
+func (w *Writer) Write(node *inventory.Node) error {
+	if len(node.GPUs) == 0 {
+		// Nothing to describe; a spec without devices is invalid, and the
+		// old one still serves containers of GPUs that may come back.
+		w.log().Warn("no GPUs; CDI spec left as it is", "dir", w.Dir)
+		return nil
+	}
+	raw, err := w.Build(node)
+	if err != nil {
+		return err
+	}
+	data, err := json.Marshal(raw)
+	if err != nil {
+		return fmt.Errorf("encode CDI spec: %w", err)
+	}
+	if bytes.Equal(data, w.last) {
+		return nil
+	}
+	path, err := Write(w.Dir, raw)
+	if err != nil {
+		return err
+	}
+	w.last = data
+	w.log().Info("CDI spec written", "path", path, "kind", raw.Kind, "devices", len(raw.Devices))
+	return nil
+}
+
+// Follow rewrites the spec whenever the store's node changes (health
+// changes leave it alone) until ctx ends. A failed rewrite is logged and
+// the previous spec stays: it still describes the devices that remain.
+func (w *Writer) Follow(ctx context.Context, store *inventory.Store) {
+	changes, unsubscribe := store.Subscribe()
+	defer unsubscribe()
+	node := store.Snapshot().Node
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-changes:
+		}
+		n := store.Snapshot().Node
+		if n == node {
+			continue
+		}
+		node = n
+		if err := w.Write(n); err != nil {
+			w.log().Error("CDI spec not rewritten; it keeps the previous devices", "err", err)
+		}
+	}
+}
+
+func (w *Writer) log() *slog.Logger {
+	if w.Log != nil {
+		return w.Log
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+func hasMIG(node *inventory.Node) bool {
+	for _, g := range node.GPUs {
+		if len(g.MIGDevices) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// Resolve lists the fully qualified device names the specs in dirs
+// define, sorted, and the errors of specs that did not load, by file.
+func Resolve(dirs ...string) ([]string, map[string][]error) {
+	cache, _ := cdi.NewCache(cdi.WithSpecDirs(dirs...), cdi.WithAutoRefresh(false))
+	names := cache.ListDevices()
+	sort.Strings(names)
+	return names, cache.GetErrors()
+}
