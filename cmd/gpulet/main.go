@@ -36,7 +36,7 @@ func newRoot() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newRunCmd(), newListCmd(), newSimCmd(), newVersionCmd(), newValidateCmd(), newDoctorCmd())
+	root.AddCommand(newRunCmd(), newListCmd(), newSimCmd(), newVersionCmd(), newValidateCmd(), newDoctorCmd(), newLabelsCmd())
 	return root
 }
 

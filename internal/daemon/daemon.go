@@ -114,9 +114,16 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		defer close(healthDone)
 		watchHealth(ctx, mon, log)
 	}()
+	labelsDone, err := startNodeLabels(ctx, cfg, store, log) // labels.go
+	if err != nil {
+		cancel()
+		<-healthDone
+		return err
+	}
 	err = mgr.Run(ctx)
 	cancel()
 	<-healthDone
+	labelsDone()
 	return err
 }
 
