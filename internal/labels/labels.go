@@ -175,16 +175,3 @@ var unsafeChars = regexp.MustCompile(`[^A-Za-z0-9\-_. ]`)
 func sanitise(s string) string {
 	return strings.Join(strings.Fields(unsafeChars.ReplaceAllString(s, "")), "-")
 }
-
-// ParseExtra reads extra labels given as key=value pairs.
-func ParseExtra(pairs []string) (map[string]string, error) {
-	out := map[string]string{}
-	for _, p := range pairs {
-		k, v, ok := strings.Cut(strings.TrimSpace(p), "=")
-		if !ok || k == "" {
-			return nil, fmt.Errorf("extra label %q is not key=value", p)
-		}
-		out[k] = v
-	}
-	return out, nil
-}
