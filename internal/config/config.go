@@ -71,6 +71,8 @@ type Config struct {
 
 	LogFormat string
 	LogLevel  string
+
+	Labels LabelConfig // node labels (labels.go)
 }
 
 // setting ties a flag to its environment variables and its place in the
@@ -131,8 +133,9 @@ type File struct {
 			QuietPeriod *string           `json:"quietPeriod,omitempty"`
 			XIDs        map[string]string `json:"xids,omitempty"`
 		} `json:"health"`
-		LogFormat *string `json:"logFormat,omitempty"`
-		LogLevel  *string `json:"logLevel,omitempty"`
+		LogFormat *string    `json:"logFormat,omitempty"`
+		LogLevel  *string    `json:"logLevel,omitempty"`
+		Labels    labelsFile `json:"labels"` // labels.go
 	} `json:"gpulet"`
 }
 
@@ -193,7 +196,8 @@ func (f *File) Notes() []string {
 	note(fl.GDSEnabled != nil && *fl.GDSEnabled, "flags.gdsEnabled")
 	note(fl.MOFEDEnabled != nil && *fl.MOFEDEnabled, "flags.mofedEnabled")
 	note(fl.UseNodeFeatureAPI != nil, "flags.useNodeFeatureAPI")
-	note(len(fl.GFD) > 0, "flags.gfd (GPU Feature Discovery's settings)")
+	gfd, _ := f.gfdNotes() // labels.go; its error is reported by ParseFile
+	out = append(out, gfd...)
 	note(fl.Plugin.CDIAnnotationPrefix != nil, "flags.plugin.cdiAnnotationPrefix (gpulet uses cdi.k8s.io/)")
 	note(fl.Plugin.NvidiaCTKPath != nil, "flags.plugin.nvidiaCTKPath")
 	note(fl.Plugin.ContainerDriverRoot != nil, "flags.plugin.containerDriverRoot")
@@ -320,6 +324,7 @@ func (c *Config) RunFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.DisableHealthChecks, "disable-health-checks", "", "\"all\" disables health checks; a list of XIDs ignores those XIDs [env DP_DISABLE_HEALTHCHECKS]")
 	fs.DurationVar(&c.HealthQuietPeriod, "health-quiet-period", 30*time.Second, "how long an unhealthy GPU must stay quiet before it is re-probed and can become healthy again [env GPULET_HEALTH_QUIET_PERIOD]")
 	fs.StringToStringVar(&c.XIDOverrides, "xid-policy", nil, "override the XID table: XID=ignore|reset|lost, comma-separated [env GPULET_XID_POLICY]")
+	c.LabelFlags(fs, true)
 }
 
 // CDIFlags adds the settings of the CDI spec gpulet writes for cdi-*
@@ -417,6 +422,9 @@ func ParseFile(data []byte) (*File, error) {
 	if err := f.Check(); err != nil {
 		return nil, err
 	}
+	if _, err := f.gfdNotes(); err != nil {
+		return nil, err
+	}
 	return &f, nil
 }
 
@@ -431,6 +439,9 @@ func (c *Config) Validate() error {
 	}
 	if c.HealthQuietPeriod < 0 {
 		errs = append(errs, fmt.Errorf("health-quiet-period must not be negative"))
+	}
+	if err := c.validateLabels(); err != nil {
+		errs = append(errs, err)
 	}
 	switch c.LogFormat {
 	case "text", "json":

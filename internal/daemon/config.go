@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/gpulet/gpulet/internal/allocator"
+	"github.com/gpulet/gpulet/internal/labels"
 	"strconv"
 	"strings"
 
@@ -30,6 +31,9 @@ func Validate(c *config.Config) error {
 		if _, err := allocator.ParsePolicy(c.SharedDevicesAllocationPolicy); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	if err := labels.Labels(c.Labels.Extra).Validate(); err != nil {
+		errs = append(errs, fmt.Errorf("extra-labels: %w", err))
 	}
 	if err := ResourcesConfig(c).Validate(); err != nil {
 		errs = append(errs, err)

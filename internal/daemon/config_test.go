@@ -3,6 +3,7 @@ package daemon
 import (
 	"github.com/gpulet/gpulet/internal/allocator"
 	"github.com/gpulet/gpulet/internal/cdispec"
+	"github.com/gpulet/gpulet/internal/labels"
 	"os"
 	"path/filepath"
 	"strings"
@@ -50,7 +51,7 @@ func TestConfigDefaultsAreTheLayersOwn(t *testing.T) {
 	if config.DefaultResourceName != resources.DefaultResourceName || config.DefaultMIGStrategy != resources.MIGNone ||
 		config.DefaultDeviceListStrategy != plugin.StrategyEnvvar || config.DefaultDeviceIDStrategy != plugin.IDStrategyUUID ||
 		config.DefaultSharedDevicesPolicy != string(allocator.PolicyDistributed) ||
-		config.DefaultCDISpecDir != cdispec.DefaultDir {
+		config.DefaultCDISpecDir != cdispec.DefaultDir || config.DefaultMachineTypeFile != labels.DefaultMachineTypeFile {
 		t.Error("config's defaults drifted from resources' and plugin's constants")
 	}
 	if _, err := parse(t, nil, nil); err != nil {
@@ -192,6 +193,8 @@ func TestBadInputIsExplained(t *testing.T) {
 		{"bad disable list", nil, map[string]string{"DP_DISABLE_HEALTHCHECKS": "xid48"}, "", "not an XID number"},
 		{"bad resource", []string{"--resource-name=gpu"}, nil, "", "needs a domain"},
 		{"bad log format", []string{"--log-format=xml"}, nil, "", "log-format"},
+		{"bad extra label key", []string{"--extra-labels=bad key=x"}, nil, "", `label key "bad key"`},
+		{"bad extra label value", []string{"--extra-labels=a=has space"}, nil, "", "invalid value"},
 		{"bad policy flag", []string{"--shared-devices-allocation-policy=spread"}, nil, "", `"spread" is not one of distributed, packed`},
 		{"bad policy env", nil, map[string]string{"SHARED_DEVICES_ALLOCATION_POLICY": "Packed"}, "", `"Packed" is not one of distributed, packed`},
 		{"bad policy file", nil, nil, "version: v1\nflags:\n  plugin:\n    sharedDevicesAllocationPolicy: balanced\n", `"balanced" is not one of distributed, packed`},

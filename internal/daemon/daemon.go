@@ -135,10 +135,17 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		defer close(healthDone)
 		watchHealth(ctx, mon, log)
 	}()
+	labelsDone, err := startNodeLabels(ctx, cfg, store, log) // labels.go
+	if err != nil {
+		cancel()
+		<-healthDone
+		return err
+	}
 	err = mgr.Run(ctx)
 	cancel()
 	<-healthDone
 	cdiDone()
+	labelsDone()
 	return err
 }
 

@@ -74,6 +74,22 @@ type MIGDevice struct {
 	GI          int    `json:"gi"`      // GPU instance ID
 	CI          int    `json:"ci"`      // compute instance ID
 	MemoryBytes uint64 `json:"memoryBytes"`
+	// Attributes are the instance's NVML attributes; nil when the backend
+	// does not know them (the NVML backend fills them, the simulator only
+	// when its profile lists them). Node labels about MIG profiles need them.
+	Attributes *MIGAttributes `json:"attributes,omitempty"`
+}
+
+// MIGAttributes are what NVML reports for a MIG instance (nvmlDeviceAttributes).
+type MIGAttributes struct {
+	Multiprocessors int `json:"multiprocessors"`
+	GISlices        int `json:"giSlices"`
+	CISlices        int `json:"ciSlices"`
+	CopyEngines     int `json:"copyEngines"`
+	Decoders        int `json:"decoders"`
+	Encoders        int `json:"encoders"`
+	JPEGs           int `json:"jpegs"`
+	OFAs            int `json:"ofas"`
 }
 
 // GPU is one physical GPU as discovered. It carries no health: that is live
@@ -92,6 +108,9 @@ type GPU struct {
 	MIGCapable        bool        `json:"migCapable"`
 	MIGEnabled        bool        `json:"migEnabled"`
 	MIGDevices        []MIGDevice `json:"migDevices,omitempty"`
+	// PCIClass is the PCI class code (0x030200 3D controller = compute mode,
+	// 0x030000 VGA = graphics mode); 0 when the backend did not read it.
+	PCIClass uint32 `json:"pciClass,omitempty"`
 }
 
 // Node is everything a backend discovered about one machine.

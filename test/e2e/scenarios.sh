@@ -9,8 +9,8 @@ SIM_PROFILE=dgx-h100
 SIM_GPUS=8
 MANIFESTS=$E2E_DIR/manifests
 DEPLOY_DIR=${GPULET_E2E_DEPLOY:-$REPO_ROOT/deploy}
-# What users apply: kubectl apply -f deploy/namespace.yaml -f deploy/gpulet-daemonset.yaml
-DEPLOY_FILES=(namespace.yaml gpulet-daemonset.yaml)
+# What users apply: kubectl apply -f deploy/namespace.yaml -f deploy/gpulet-rbac.yaml -f deploy/gpulet-daemonset.yaml
+DEPLOY_FILES=(namespace.yaml gpulet-rbac.yaml gpulet-daemonset.yaml)
 
 # id|description|prerequisite scenario ids
 SCENARIOS=(

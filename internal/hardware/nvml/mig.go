@@ -50,6 +50,12 @@ func (b *Backend) migDevices(h nvml.Device, gpuMemory uint64) ([]inventory.MIGDe
 			return nil, err
 		}
 		d.MemoryBytes = attr.MemorySizeMB << 20
+		d.Attributes = &inventory.MIGAttributes{ // for node labels (internal/labels)
+			Multiprocessors: int(attr.MultiprocessorCount), GISlices: int(attr.GpuInstanceSliceCount),
+			CISlices: int(attr.ComputeInstanceSliceCount), CopyEngines: int(attr.SharedCopyEngineCount),
+			Decoders: int(attr.SharedDecoderCount), Encoders: int(attr.SharedEncoderCount),
+			JPEGs: int(attr.SharedJpegCount), OFAs: int(attr.SharedOfaCount),
+		}
 		d.Profile = migProfile(attr.ComputeInstanceSliceCount, attr.GpuInstanceSliceCount, attr.MemorySizeMB, gpuMemory, suffix)
 		out = append(out, d)
 	}

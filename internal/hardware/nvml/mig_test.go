@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -147,8 +148,17 @@ func TestDiscoverMIG(t *testing.T) {
 		{UUID: id(4), Profile: "1c.3g.40gb", GI: 3, CI: 0, MemoryBytes: 40 << 30},
 		{UUID: id(5), Profile: "2c.3g.40gb", GI: 3, CI: 1, MemoryBytes: 40 << 30},
 	}
-	if !reflect.DeepEqual(g.MIGDevices, want) {
-		t.Errorf("GPU 0 MIG devices:\n got %+v\nwant %+v", g.MIGDevices, want)
+	// Attributes are NVML's, passed through for node labels: check their
+	// GPU-instance slices, then compare the rest.
+	got := slices.Clone(g.MIGDevices)
+	for i, m := range got {
+		if m.Attributes == nil || fmt.Sprintf("%dg.", m.Attributes.GISlices) != m.Profile[strings.Index(m.Profile, "g.")-1:strings.Index(m.Profile, "g.")+2] {
+			t.Errorf("MIG %s: attributes %+v do not match its profile", m.Profile, m.Attributes)
+		}
+		got[i].Attributes = nil
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("GPU 0 MIG devices:\n got %+v\nwant %+v", got, want)
 	}
 	if g := n.GPUs[1]; g.MIGCapable || g.MIGEnabled || len(g.MIGDevices) != 0 {
 		t.Errorf("GPU 1 without MIG support: MIGCapable %v MIGEnabled %v %d MIG devices", g.MIGCapable, g.MIGEnabled, len(g.MIGDevices))

@@ -20,6 +20,9 @@ var builtin embed.FS
 // DefaultProfile is the node a newcomer gets without asking for one.
 const DefaultProfile = "dgx-h100"
 
+// pciClass3D is the PCI class of a GPU in compute mode.
+const pciClass3D = 0x030200
+
 // Profile describes a simulated node. GPUs are listed one by one, or given
 // as a template repeated Count times with per-GPU bus IDs and NUMA nodes.
 type Profile struct {
@@ -56,6 +59,8 @@ type MIGSpec struct {
 	Profile   string `json:"profile"`
 	Count     int    `json:"count"`
 	MemoryMiB uint64 `json:"memoryMiB"`
+	// Attributes, if given, are reported for every instance (as NVML would).
+	Attributes *inventory.MIGAttributes `json:"attributes,omitempty"`
 }
 
 // BuiltinProfiles lists the names of the embedded profiles.
@@ -155,6 +160,7 @@ func (p *Profile) Node() (*inventory.Node, error) {
 			NUMANode:          -1,
 			Serial:            s.Serial,
 			MIGCapable:        s.MIGCapable || s.MIG != nil,
+			PCIClass:          pciClass3D, // data-centre GPUs are 3D controllers (compute mode)
 		}
 		if g.UUID == "" {
 			g.UUID = stableUUID("GPU", p.Name, i)
@@ -182,6 +188,7 @@ func (p *Profile) Node() (*inventory.Node, error) {
 					GI:          m + 1,
 					CI:          0,
 					MemoryBytes: s.MIG.MemoryMiB << 20,
+					Attributes:  s.MIG.Attributes,
 				})
 			}
 		}

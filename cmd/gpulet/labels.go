@@ -1,0 +1,87 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/gpulet/gpulet/internal/config"
+	"github.com/gpulet/gpulet/internal/daemon"
+	"github.com/gpulet/gpulet/internal/inventory"
+	"github.com/gpulet/gpulet/internal/labels"
+	"github.com/gpulet/gpulet/internal/labels/publish"
+)
+
+func newLabelsCmd() *cobra.Command {
+	cfg := &config.Config{}
+	var remove bool
+	var kubeconfig string
+	cmd := &cobra.Command{
+		Use:   "labels",
+		Short: "Print the node's GPU labels (GPU Feature Discovery's), write them to a file, or remove them from the Node",
+		Long: `Labels computes the labels NVIDIA's GPU Feature Discovery would put on this
+node, plus --extra-labels, and prints them as GFD's features file does
+(key=value, one a line, sorted). With --output-file it writes them there once,
+atomically, like GFD's --oneshot (point it at NFD's features.d folder).
+
+The daemon (gpulet run) keeps them on the Node itself. --remove deletes from
+the Node the labels gpulet put there (listed in its gpulet.io/labels
+annotation), for uninstalling; other labels are left alone.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := resolve(cmd, cfg); err != nil {
+				return err
+			}
+			if remove {
+				return removeLabels(cmd, cfg, kubeconfig)
+			}
+			backend, err := daemon.OpenBackend(cfg, newLogger(cfg))
+			if err != nil {
+				return err
+			}
+			defer backend.Close()
+			node, err := backend.Discover(cmd.Context())
+			if err != nil {
+				return fmt.Errorf("discover GPUs with the %s backend: %w", backend.Name(), err)
+			}
+			opts := daemon.LabelOptions(cfg)
+			opts.Log = newLogger(cfg)
+			l, err := labels.Compute(inventory.NewStore(node).Snapshot(), opts)
+			if err != nil {
+				return err
+			}
+			if cfg.Labels.OutputFile != "" {
+				return l.WriteFile(cfg.Labels.OutputFile)
+			}
+			return l.Format(cmd.OutOrStdout())
+		},
+	}
+	cfg.BackendFlags(cmd.Flags(), "auto")
+	cfg.LabelFlags(cmd.Flags(), false)
+	cmd.Flags().StringVar(&cfg.Labels.OutputFile, "output-file", "", "write the labels to this file (atomically) instead of printing them [env GFD_OUTPUT_FILE] [config flags.gfd.outputFile]")
+	cmd.Flags().BoolVar(&remove, "remove", false, "remove the labels gpulet put on the Node --node-name (uninstall)")
+	cmd.Flags().StringVar(&kubeconfig, "kubeconfig", os.Getenv("KUBECONFIG"), "kubeconfig for --remove (default: $KUBECONFIG, else the pod's service account)")
+	return cmd
+}
+
+func removeLabels(cmd *cobra.Command, cfg *config.Config, kubeconfig string) error {
+	if cfg.Labels.NodeName == "" {
+		return fmt.Errorf("--remove needs the node: pass --node-name or set NODE_NAME")
+	}
+	client, err := publish.Client(kubeconfig)
+	if err != nil {
+		return err
+	}
+	removed, err := publish.Remove(cmd.Context(), client, cfg.Labels.NodeName)
+	if err != nil {
+		return err
+	}
+	if len(removed) == 0 {
+		fmt.Fprintf(cmd.OutOrStdout(), "node %s carries no labels from gpulet\n", cfg.Labels.NodeName)
+		return nil
+	}
+	fmt.Fprintf(cmd.OutOrStdout(), "removed from node %s: %s\n", cfg.Labels.NodeName, strings.Join(removed, ", "))
+	return nil
+}

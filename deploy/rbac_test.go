@@ -1,0 +1,270 @@
+package deploy
+
+import (
+	"encoding/json"
+	"maps"
+	"reflect"
+	"slices"
+	"testing"
+
+	"github.com/google/cel-go/cel"
+	admissionv1 "k8s.io/api/admissionregistration/v1"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/yaml"
+)
+
+// rbacObjects are the objects of gpulet-rbac.yaml (or the chart), typed.
+type rbacObjects struct {
+	sa      corev1.ServiceAccount
+	role    rbacv1.ClusterRole
+	binding rbacv1.ClusterRoleBinding
+	vap     admissionv1.ValidatingAdmissionPolicy
+	vapb    admissionv1.ValidatingAdmissionPolicyBinding
+}
+
+func parseRBAC(t *testing.T, byKind map[string][]byte) rbacObjects {
+	t.Helper()
+	var o rbacObjects
+	for kind, into := range map[string]any{"ServiceAccount": &o.sa, "ClusterRole": &o.role, "ClusterRoleBinding": &o.binding,
+		"ValidatingAdmissionPolicy": &o.vap, "ValidatingAdmissionPolicyBinding": &o.vapb} {
+		data, ok := byKind[kind]
+		if !ok {
+			t.Fatalf("no %s", kind)
+		}
+		strict(t, data, into)
+	}
+	return o
+}
+
+func plainByKind(t *testing.T, name string) map[string][]byte {
+	out := map[string][]byte{}
+	for _, d := range docs(t, name) {
+		var meta struct{ Kind string }
+		if err := yaml.Unmarshal(d, &meta); err != nil {
+			t.Fatal(err)
+		}
+		out[meta.Kind] = d
+	}
+	return out
+}
+
+// checkRBAC holds the objects to what gpulet needs and no more, and ties
+// them to the DaemonSet.
+func checkRBAC(t *testing.T, o rbacObjects, ds *appsv1.DaemonSet, extra []string) {
+	t.Helper()
+	spec := ds.Spec.Template.Spec
+	if spec.ServiceAccountName != o.sa.Name || o.sa.Namespace != ds.Namespace {
+		t.Errorf("DaemonSet runs as %q, service account is %s/%s", spec.ServiceAccountName, o.sa.Namespace, o.sa.Name)
+	}
+	want := []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"get", "patch"}}}
+	if got, _ := json.Marshal(o.role.Rules); string(got) != mustJSON(want) {
+		t.Errorf("ClusterRole rules %s, want %s", got, mustJSON(want))
+	}
+	if o.binding.RoleRef.Name != o.role.Name || len(o.binding.Subjects) != 1 ||
+		o.binding.Subjects[0] != (rbacv1.Subject{Kind: "ServiceAccount", Name: o.sa.Name, Namespace: o.sa.Namespace}) {
+		t.Errorf("binding %+v does not bind %s to %s", o.binding, o.role.Name, o.sa.Name)
+	}
+	if o.vapb.Spec.PolicyName != o.vap.Name || !slices.Equal(o.vapb.Spec.ValidationActions, []admissionv1.ValidationAction{admissionv1.Deny}) {
+		t.Errorf("policy binding %+v", o.vapb.Spec)
+	}
+	if o.vap.Spec.FailurePolicy == nil || *o.vap.Spec.FailurePolicy != admissionv1.Fail {
+		t.Error("the policy must fail closed")
+	}
+	mc := o.vap.Spec.MatchConditions
+	if len(mc) != 1 || mc[0].Expression != "request.userInfo.username == 'system:serviceaccount:"+o.sa.Namespace+":"+o.sa.Name+"'" {
+		t.Errorf("match conditions %+v do not select the service account", mc)
+	}
+	if got := evalVariable(t, o.vap, "allowedLabels"); !slices.Equal(got, extra) {
+		t.Errorf("allowedLabels %v, want the extra labels %v", got, extra)
+	}
+	var node, extraEnv bool
+	for _, e := range spec.Containers[0].Env {
+		switch e.Name {
+		case "NODE_NAME":
+			node = e.ValueFrom != nil && e.ValueFrom.FieldRef != nil && e.ValueFrom.FieldRef.FieldPath == "spec.nodeName"
+		case "GPULET_EXTRA_LABELS":
+			extraEnv = e.Value == "accelerator=nvidia"
+		}
+	}
+	if !node || !extraEnv {
+		t.Errorf("DaemonSet env: NODE_NAME from spec.nodeName %v, GPULET_EXTRA_LABELS=accelerator=nvidia %v", node, extraEnv)
+	}
+}
+
+func mustJSON(v any) string { b, _ := json.Marshal(v); return string(b) }
+
+func TestRBACManifest(t *testing.T) {
+	var ds appsv1.DaemonSet
+	strict(t, docs(t, "gpulet-daemonset.yaml")[0], &ds)
+	checkRBAC(t, parseRBAC(t, plainByKind(t, "gpulet-rbac.yaml")), &ds, []string{"accelerator"})
+}
+
+func TestHelmChartRBACMatchesTheManifest(t *testing.T) {
+	objs := helmTemplate(t)
+	var ds appsv1.DaemonSet
+	strict(t, objs["DaemonSet"], &ds)
+	chart := parseRBAC(t, objs)
+	checkRBAC(t, chart, &ds, []string{"accelerator"})
+	plain := parseRBAC(t, plainByKind(t, "gpulet-rbac.yaml"))
+	if mustJSON(chart.vap.Spec) != mustJSON(plain.vap.Spec) || mustJSON(chart.role.Rules) != mustJSON(plain.role.Rules) {
+		t.Errorf("the chart's policy differs from deploy/gpulet-rbac.yaml:\n%s\n%s", mustJSON(chart.vap.Spec), mustJSON(plain.vap.Spec))
+	}
+
+	// Other extras are allowed by the policy; labelling off renders no RBAC.
+	objs = helmTemplate(t, "--set", "nodeLabels.extra.team=ml")
+	strict(t, objs["DaemonSet"], &ds)
+	if got := evalVariable(t, parseRBAC(t, objs).vap, "allowedLabels"); !slices.Equal(got, []string{"accelerator", "team"}) {
+		t.Errorf("allowedLabels %v", got)
+	}
+	objs = helmTemplate(t, "--set", "nodeLabels.enabled=false")
+	if _, ok := objs["ClusterRole"]; ok {
+		t.Error("nodeLabels.enabled=false still grants patch on nodes")
+	}
+	strict(t, objs["DaemonSet"], &ds)
+	if e := env(ds.Spec.Template.Spec.Containers[0]); e["GPULET_NODE_LABELS"] != "off" {
+		t.Errorf("nodeLabels.enabled=false: env %v", e)
+	}
+}
+
+// The policy's CEL, evaluated with cel-go as the API server would (same
+// macros, optionals on). The API server's own CEL library (k8s.io/apiserver)
+// is too heavy a dependency for this check.
+func celEnv(t *testing.T) *cel.Env {
+	env, err := cel.NewEnv(cel.OptionalTypes(),
+		cel.Variable("object", cel.DynType), cel.Variable("oldObject", cel.DynType),
+		cel.Variable("request", cel.DynType), cel.Variable("variables", cel.MapType(cel.StringType, cel.DynType)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return env
+}
+
+func eval(t *testing.T, expr string, vars map[string]any) any {
+	t.Helper()
+	env := celEnv(t)
+	ast, iss := env.Compile(expr)
+	if iss.Err() != nil {
+		t.Fatalf("compile %q: %v", expr, iss.Err())
+	}
+	prg, err := env.Program(ast)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, _, err := prg.Eval(vars)
+	if err != nil {
+		t.Fatalf("eval %q: %v", expr, err)
+	}
+	v, err := out.ConvertToNative(anyType)
+	if err != nil {
+		return out.Value()
+	}
+	return v
+}
+
+func evalVariable(t *testing.T, vap admissionv1.ValidatingAdmissionPolicy, name string) []string {
+	for _, v := range vap.Spec.Variables {
+		if v.Name == name {
+			var out []string
+			for _, x := range eval(t, v.Expression, map[string]any{}).([]any) {
+				out = append(out, x.(string))
+			}
+			return out
+		}
+	}
+	t.Fatalf("no variable %s", name)
+	return nil
+}
+
+func toDyn(t *testing.T, v any) any {
+	var out any
+	if err := json.Unmarshal([]byte(mustJSON(v)), &out); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// admit runs the policy on an update of old to new by the given user.
+func admit(t *testing.T, vap admissionv1.ValidatingAdmissionPolicy, user string, nodeClaim []string, old, new *corev1.Node) (matched bool, denied []string) {
+	request := map[string]any{"userInfo": map[string]any{"username": user, "extra": map[string]any{}}}
+	if nodeClaim != nil {
+		request["userInfo"].(map[string]any)["extra"] = map[string]any{"authentication.kubernetes.io/node-name": toDyn(t, nodeClaim)}
+	}
+	vars := map[string]any{"object": toDyn(t, new), "oldObject": toDyn(t, old), "request": request}
+	for _, mc := range vap.Spec.MatchConditions {
+		if eval(t, mc.Expression, vars) != true {
+			return false, nil
+		}
+	}
+	variables := map[string]any{}
+	vars["variables"] = variables
+	for _, v := range vap.Spec.Variables {
+		variables[v.Name] = eval(t, v.Expression, vars)
+	}
+	for _, v := range vap.Spec.Validations {
+		if eval(t, v.Expression, vars) != true {
+			denied = append(denied, v.Message)
+		}
+	}
+	return true, denied
+}
+
+func TestAdmissionPolicyCEL(t *testing.T) {
+	vap := parseRBAC(t, plainByKind(t, "gpulet-rbac.yaml")).vap
+	const sa = "system:serviceaccount:gpu-resources:gpulet"
+	node := func(labels, ann map[string]string) *corev1.Node {
+		return &corev1.Node{ObjectMeta: metav1ObjectMeta("gpu-node-1", labels, ann)}
+	}
+	base := map[string]string{"kubernetes.io/hostname": "gpu-node-1", "nvidia.com/gpu.count": "8"}
+	with := func(m map[string]string, kv ...string) map[string]string {
+		c := maps.Clone(m)
+		for i := 0; i < len(kv); i += 2 {
+			if kv[i+1] == "-" {
+				delete(c, kv[i])
+			} else {
+				c[kv[i]] = kv[i+1]
+			}
+		}
+		return c
+	}
+	owned := map[string]string{"gpulet.io/labels": "nvidia.com/gpu.count"}
+	tainted := node(base, nil)
+	tainted.Spec.Taints = []corev1.Taint{{Key: "x", Effect: corev1.TaintEffectNoSchedule}}
+	tests := []struct {
+		name      string
+		user      string
+		claim     []string
+		old, new  *corev1.Node
+		wantMatch bool
+		allowed   bool
+	}{
+		{"gpulet labels its node", sa, []string{"gpu-node-1"}, node(base, nil),
+			node(with(base, "nvidia.com/gpu.product", "NVIDIA-H200", "accelerator", "nvidia"), owned), true, true},
+		{"gpulet labels a node without labels", sa, []string{"gpu-node-1"}, node(nil, nil), node(map[string]string{"nvidia.com/gpu.count": "1"}, owned), true, true},
+		{"gpulet removes its labels", sa, []string{"gpu-node-1"}, node(with(base, "accelerator", "nvidia"), owned), node(with(base, "nvidia.com/gpu.count", "-", "accelerator", "-"), nil), true, true},
+		{"another node", sa, []string{"gpu-node-2"}, node(base, nil), node(with(base, "nvidia.com/gpu.count", "4"), nil), true, false},
+		{"a token without the node claim", sa, nil, node(base, nil), node(with(base, "nvidia.com/gpu.count", "4"), nil), true, false},
+		{"a foreign label changed", sa, []string{"gpu-node-1"}, node(base, nil), node(with(base, "kubernetes.io/hostname", "x"), nil), true, false},
+		{"a foreign label added", sa, []string{"gpu-node-1"}, node(base, nil), node(with(base, "node-role.kubernetes.io/control-plane", ""), nil), true, false},
+		{"a foreign label removed", sa, []string{"gpu-node-1"}, node(base, nil), node(with(base, "kubernetes.io/hostname", "-"), nil), true, false},
+		{"a foreign annotation", sa, []string{"gpu-node-1"}, node(base, nil), node(base, map[string]string{"other": "x"}), true, false},
+		{"a taint", sa, []string{"gpu-node-1"}, node(base, nil), tainted, true, false},
+		{"another user is not gpulet's business", "system:node:gpu-node-1", nil, node(base, nil), tainted, false, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			matched, denied := admit(t, vap, tt.user, tt.claim, tt.old, tt.new)
+			if matched != tt.wantMatch || (len(denied) == 0) != tt.allowed {
+				t.Errorf("matched %v denied %v; want matched %v allowed %v", matched, denied, tt.wantMatch, tt.allowed)
+			}
+		})
+	}
+}
+
+var anyType = reflect.TypeOf([]any{})
+
+func metav1ObjectMeta(name string, labels, ann map[string]string) metav1.ObjectMeta {
+	return metav1.ObjectMeta{Name: name, Labels: labels, Annotations: ann}
+}

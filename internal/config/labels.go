@@ -1,0 +1,142 @@
+package config
+
+// Node-label settings: gpulet's own (gpulet.labels in the file) and the
+// ones of GPU Feature Discovery's flags.gfd that mean something to gpulet.
+// Kept in this file so the rest of the config stays as it was.
+
+import (
+	"encoding/json"
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/spf13/pflag"
+)
+
+// DefaultMachineTypeFile is where GFD reads the machine type
+// (labels.DefaultMachineTypeFile; the daemon's tests check they agree).
+const DefaultMachineTypeFile = "/sys/class/dmi/id/product_name"
+
+// Node-label publishing modes.
+const (
+	NodeLabelsAuto = "auto" // on when in a pod (KUBERNETES_SERVICE_HOST) with NODE_NAME set
+	NodeLabelsOn   = "on"   // on; failing to label the node is logged and retried
+	NodeLabelsOff  = "off"
+)
+
+// LabelConfig is how gpulet labels its node.
+type LabelConfig struct {
+	NodeLabels      string // auto, on, off
+	NodeName        string
+	Extra           map[string]string
+	MachineTypeFile string
+	NoTimestamp     bool
+	OutputFile      string // `gpulet labels` only
+}
+
+// labelsFile is gpulet.labels in the config file.
+type labelsFile struct {
+	Node  *string           `json:"node,omitempty"` // auto, on, off
+	Extra map[string]string `json:"extra,omitempty"`
+}
+
+// gfdFlags is GPU Feature Discovery's flags.gfd.
+type gfdFlags struct {
+	Oneshot         *bool   `json:"oneshot,omitempty"`
+	NoTimestamp     *bool   `json:"noTimestamp,omitempty"`
+	SleepInterval   *string `json:"sleepInterval,omitempty"`
+	OutputFile      *string `json:"outputFile,omitempty"`
+	MachineTypeFile *string `json:"machineTypeFile,omitempty"`
+}
+
+func (f *File) gfd() gfdFlags {
+	var g gfdFlags
+	if len(f.Flags.GFD) > 0 {
+		_ = json.Unmarshal(f.Flags.GFD, &g) // checked by gfdNotes at parse time
+	}
+	return g
+}
+
+// gfdNotes lists flags.gfd fields gpulet reads but does not act on, or an
+// error when flags.gfd is not GFD's layout.
+func (f *File) gfdNotes() ([]string, error) {
+	if len(f.Flags.GFD) == 0 || string(f.Flags.GFD) == "null" {
+		return nil, nil
+	}
+	var g gfdFlags
+	dec := json.NewDecoder(strings.NewReader(string(f.Flags.GFD)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&g); err != nil {
+		return nil, fmt.Errorf("flags.gfd: %w", err)
+	}
+	var out []string
+	if g.Oneshot != nil {
+		out = append(out, "flags.gfd.oneshot (`gpulet labels --output-file` labels once; the daemon labels on change)")
+	}
+	if g.SleepInterval != nil {
+		out = append(out, "flags.gfd.sleepInterval (gpulet relabels on change, not periodically)")
+	}
+	return out, nil
+}
+
+func init() {
+	// Appended here rather than in the table of config.go to keep the
+	// label settings in one place.
+	settings = append(settings,
+		setting{"node-labels", []string{"GPULET_NODE_LABELS"}, func(f *File) (string, bool) { return str(f.Gpulet.Labels.Node) }},
+		setting{"node-name", []string{"NODE_NAME"}, func(*File) (string, bool) { return "", false }},
+		setting{"extra-labels", []string{"GPULET_EXTRA_LABELS"}, func(f *File) (string, bool) {
+			if len(f.Gpulet.Labels.Extra) == 0 {
+				return "", false
+			}
+			var parts []string
+			for k, v := range f.Gpulet.Labels.Extra {
+				parts = append(parts, k+"="+v)
+			}
+			sort.Strings(parts)
+			return strings.Join(parts, ","), true
+		}},
+		setting{"machine-type-file", []string{"GFD_MACHINE_TYPE_FILE"}, func(f *File) (string, bool) { return str(f.gfd().MachineTypeFile) }},
+		setting{"no-timestamp", []string{"GFD_NO_TIMESTAMP"}, func(f *File) (string, bool) { return boolean(f.gfd().NoTimestamp) }},
+		setting{"output-file", []string{"GFD_OUTPUT_FILE"}, func(f *File) (string, bool) { return str(f.gfd().OutputFile) }},
+	)
+}
+
+// LabelFlags adds the settings that shape the node's labels. daemon adds the
+// ones about publishing them on the Node.
+func (c *Config) LabelFlags(fs *pflag.FlagSet, daemon bool) {
+	l := &c.Labels
+	fs.StringToStringVar(&l.Extra, "extra-labels", nil, "static node labels added to GFD's, key=value comma-separated, e.g. accelerator=nvidia [env GPULET_EXTRA_LABELS] [config gpulet.labels.extra]")
+	fs.StringVar(&l.MachineTypeFile, "machine-type-file", DefaultMachineTypeFile, "file holding the machine type for nvidia.com/gpu.machine [env GFD_MACHINE_TYPE_FILE] [config flags.gfd.machineTypeFile]")
+	fs.BoolVar(&l.NoTimestamp, "no-timestamp", false, "leave out nvidia.com/gfd.timestamp [env GFD_NO_TIMESTAMP] [config flags.gfd.noTimestamp]")
+	fs.StringVar(&l.NodeName, "node-name", "", "this node's Kubernetes name (the DaemonSet sets NODE_NAME from spec.nodeName) [env NODE_NAME]")
+	if daemon {
+		fs.StringVar(&l.NodeLabels, "node-labels", NodeLabelsAuto, "label the Node with GPU labels: auto (when in a pod with NODE_NAME), on, off [env GPULET_NODE_LABELS] [config gpulet.labels.node]")
+	}
+}
+
+// PublishNodeLabels decides whether the daemon labels its Node. getenv is
+// os.Getenv outside tests.
+func (c *Config) PublishNodeLabels(getenv func(string) string) (bool, error) {
+	switch c.Labels.NodeLabels {
+	case NodeLabelsOff:
+		return false, nil
+	case NodeLabelsOn:
+		if c.Labels.NodeName == "" {
+			return false, fmt.Errorf("node-labels=on needs the node's name: set NODE_NAME (downward API spec.nodeName) or --node-name")
+		}
+		return true, nil
+	case "", NodeLabelsAuto:
+		return c.Labels.NodeName != "" && getenv("KUBERNETES_SERVICE_HOST") != "", nil
+	}
+	return false, fmt.Errorf("node-labels %q is not one of auto, on, off", c.Labels.NodeLabels)
+}
+
+func (c *Config) validateLabels() error {
+	switch c.Labels.NodeLabels {
+	case "", NodeLabelsAuto, NodeLabelsOn, NodeLabelsOff:
+	default:
+		return fmt.Errorf("node-labels %q is not one of auto, on, off", c.Labels.NodeLabels)
+	}
+	return nil // extra-labels are checked by daemon.Validate, which knows label syntax
+}
