@@ -151,9 +151,15 @@ setup_step() {
 do_deps() { "$E2E_DIR/lib/deps.sh"; }
 do_k8sbins() {
 	local b
-	b=$("$E2E_DIR/lib/k8sbins.sh")
+	b=$("$E2E_DIR/lib/gobins.sh" k8s)
 	echo "$b" >"$W/bin.path"
 	"$b/kubectl" version --client 2>/dev/null | sed -n 1p
+}
+do_containerdbins() {
+	local b
+	b=$("$E2E_DIR/lib/gobins.sh" containerd)
+	echo "$b" >"$W/cbin.path"
+	"$b/containerd" --version
 }
 do_gpulet() {
 	if [[ -n ${GPULET_BIN:-} ]]; then
@@ -167,19 +173,20 @@ do_gpulet() {
 }
 do_images() { "$E2E_DIR/lib/images.sh" "$W/images" "$(cat "$W/gpulet.path")"; }
 do_cluster() {
-	BIN=$(cat "$W/bin.path") IMG=$W/images
+	BIN=$(cat "$W/bin.path") CBIN=$(cat "$W/cbin.path") IMG=$W/images
 	cluster_up
 }
 
 setup_step deps "Debian packages" do_deps
 setup_step k8sbins "Kubernetes binaries (cached)" do_k8sbins
+setup_step containerdbins "containerd 2 binaries (cached)" do_containerdbins
 setup_step gpulet "build gpulet" do_gpulet
 setup_step images "container images (offline)" do_images
 setup_step cluster "start the cluster" do_cluster
 
 if [[ -z $SETUP_FAILED ]]; then
-	BIN=$(cat "$W/bin.path") IMG=$W/images GPULET=$(cat "$W/gpulet.path")
-	export BIN IMG GPULET
+	BIN=$(cat "$W/bin.path") CBIN=$(cat "$W/cbin.path") IMG=$W/images GPULET=$(cat "$W/gpulet.path")
+	export BIN CBIN IMG GPULET
 	run_scenarios
 else
 	for id in "${SCENARIO_IDS[@]}"; do record "$id" SKIP 0 "not run: setup step '$SETUP_FAILED' failed"; done

@@ -11,7 +11,8 @@
 #   pki/           CA, serving certificate, service-account keys, token file, kubeconfig
 #   varlib/ varlog/  /var/lib and /var/log of the cluster's node
 #
-# Needs: the binaries dir $BIN (kube-*, kubectl) and the image dir $IMG (pause, *.tar).
+# Needs: the binaries dirs $BIN (kube-*, kubectl) and $CBIN (containerd 2, its shim, ctr), and the
+# image dir $IMG (pause, *.tar).
 
 NODE_NAME=e2e-node
 NODE_IP=10.123.0.1
@@ -20,7 +21,7 @@ NODE_IP=10.123.0.1
 # from the host may live there.
 cluster_check_paths() {
 	local p
-	for p in "$W" "$BIN" "$IMG" "$REPO_ROOT"; do
+	for p in "$W" "$BIN" "$CBIN" "$IMG" "$REPO_ROOT"; do
 		case $(readlink -f "$p")/ in
 		/run/* | /var/run/* | /var/lib/* | /var/log/*)
 			fail "$p is under /run, /var/lib or /var/log, which the cluster namespace hides; use another folder" ;;
@@ -141,17 +142,25 @@ write_containerd_config() {
 		   "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.244.0.0/24"}]], "routes": [{"dst": "0.0.0.0/0"}]}},
 		  {"type": "loopback"}]}
 	EOF
+	# containerd 2 (config version 4), built from module source (lib/gobins.sh containerd).
 	# root (/var/lib/containerd) and state (/run/containerd) are already private to the namespace.
 	# restrict_oom_score_adj: this VM does not let runc lower oom_score_adj ("can't get final child's
-	# PID from pipe: EOF" otherwise).
-	containerd config default | sed \
-		-e 's#sandbox_image = .*#sandbox_image = "registry.k8s.io/pause:3.10"#' \
+	# PID from pipe: EOF" otherwise). CDI specs are read from /var/run/cdi only (private /run of the
+	# node), where gpulet writes them; no host config is imported.
+	"$CBIN/containerd" config default | sed \
+		-e "s#^imports = .*#imports = []#" \
+		-e "s#sandbox = 'registry.k8s.io/pause:.*'#sandbox = 'registry.k8s.io/pause:3.10'#" \
 		-e 's#restrict_oom_score_adj = false#restrict_oom_score_adj = true#' \
-		-e 's#bin_dir = "/opt/cni/bin"#bin_dir = "/usr/lib/cni"#' \
-		-e "s#conf_dir = \"/etc/cni/net.d\"#conf_dir = \"$W/cni\"#" \
-		-e 's#path = "/opt/containerd"#path = "/var/lib/containerd-opt"#' \
+		-e "s#bin_dirs = \['/opt/cni/bin'\]#bin_dirs = ['/usr/lib/cni']#" \
+		-e "s#conf_dir = '/etc/cni/net.d'#conf_dir = '$W/cni'#" \
+		-e "s#cdi_spec_dirs = .*#cdi_spec_dirs = ['/var/run/cdi']#" \
+		-e "s#path = '/opt/containerd'#path = '/var/lib/containerd-opt'#" \
 		>"$W/containerd.toml"
-	grep -q 'restrict_oom_score_adj = true' "$W/containerd.toml" || fail "unexpected containerd default config (restrict_oom_score_adj)"
+	local want
+	for want in 'restrict_oom_score_adj = true' "bin_dirs = ['/usr/lib/cni']" "cdi_spec_dirs = ['/var/run/cdi']" \
+		"sandbox = 'registry.k8s.io/pause:3.10'" "conf_dir = '$W/cni'"; do
+		grep -qF "$want" "$W/containerd.toml" || fail "unexpected containerd default config: no \"$want\" after editing"
+	done
 }
 
 write_kubelet_config() {
@@ -194,15 +203,16 @@ cluster_up() {
 		--initial-cluster e2e=http://127.0.0.1:2380 --listen-metrics-urls http://127.0.0.1:2381
 
 	write_containerd_config
-	start_component containerd containerd --config "$W/containerd.toml"
+	# The shim (containerd-shim-runc-v2) is found on PATH.
+	start_component containerd env PATH="$CBIN:$PATH" "$CBIN/containerd" --config "$W/containerd.toml"
 	wait_until 30 "containerd socket" "$W/nsrun" test -S /run/containerd/containerd.sock ||
 		{ tail_file containerd "$W/logs/containerd.log"; fail "containerd did not start"; }
 	local t
 	for t in "$IMG"/*.tar; do
-		"$W/nsrun" ctr -n k8s.io images import "$t" >>"$W/logs/images.log" 2>&1 ||
+		"$W/nsrun" "$CBIN/ctr" -n k8s.io images import "$t" >>"$W/logs/images.log" 2>&1 ||
 			{ tail_file images "$W/logs/images.log"; fail "could not import $t into containerd"; }
 	done
-	"$W/nsrun" ctr -n k8s.io images ls -q >>"$W/logs/images.log" 2>&1
+	"$W/nsrun" "$CBIN/ctr" -n k8s.io images ls -q >>"$W/logs/images.log" 2>&1
 
 	start_component kube-apiserver "$BIN/kube-apiserver" --etcd-servers=http://127.0.0.1:2379 \
 		--bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port=6443 --endpoint-reconciler-type=none \

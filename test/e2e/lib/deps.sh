@@ -4,7 +4,7 @@
 set -euo pipefail
 
 pkgs=(
-	containerd runc                       # container runtime (CRI) the kubelet talks to
+	runc                                  # OCI runtime under containerd 2 (containerd itself is built: lib/gobins.sh)
 	containernetworking-plugins           # bridge/host-local/loopback CNI: the node is not Ready without one
 	etcd-server                           # kube-apiserver's store
 	iptables conntrack                    # used by the kubelet and the bridge CNI plugin
