@@ -17,11 +17,9 @@ func parse(t *testing.T, args []string, env map[string]string) (*Config, error) 
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
-	notes, err := Resolve(fs, func(k string) string { return env[k] })
-	if err != nil {
+	if err := c.Resolve(fs, func(k string) string { return env[k] }); err != nil {
 		return nil, err
 	}
-	c.Notes = notes
 	return c, c.Validate()
 }
 

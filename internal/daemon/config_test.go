@@ -28,11 +28,9 @@ func parse(t *testing.T, args []string, env map[string]string) (*config.Config, 
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
-	notes, err := config.Resolve(fs, func(k string) string { return env[k] })
-	if err != nil {
+	if err := c.Resolve(fs, func(k string) string { return env[k] }); err != nil {
 		return nil, err
 	}
-	c.Notes = notes
 	return c, Validate(c)
 }
 
