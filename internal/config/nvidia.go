@@ -353,9 +353,10 @@ func (f *File) Notes() []string {
 	}
 	fl := f.Flags
 	note(fl.RestartOnDeviceUnhealthy != nil, "flags.restartOnDeviceUnhealthy (gpulet recovers GPUs in place instead)")
-	note(fl.GDRCopyEnabled != nil, "flags.gdrcopyEnabled")
-	note(fl.GDSEnabled != nil, "flags.gdsEnabled")
-	note(fl.MOFEDEnabled != nil, "flags.mofedEnabled")
+	// false is what gpulet does anyway; only true asks for something.
+	note(fl.GDRCopyEnabled != nil && *fl.GDRCopyEnabled, "flags.gdrcopyEnabled")
+	note(fl.GDSEnabled != nil && *fl.GDSEnabled, "flags.gdsEnabled")
+	note(fl.MOFEDEnabled != nil && *fl.MOFEDEnabled, "flags.mofedEnabled")
 	note(fl.UseNodeFeatureAPI != nil, "flags.useNodeFeatureAPI")
 	note(fl.GFD != nil, "flags.gfd (GPU Feature Discovery's settings)")
 	note(fl.Plugin.CDIAnnotationPrefix != nil, "flags.plugin.cdiAnnotationPrefix (gpulet uses cdi.k8s.io/)")
