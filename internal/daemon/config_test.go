@@ -122,7 +122,7 @@ func TestPrecedenceFlagOverEnvOverFile(t *testing.T) {
 	}
 	if c.Backend != "sim" || c.SimProfile != "dgx1-v100" || !c.PassDeviceSpecs || c.FailOnInitError ||
 		strings.Join(c.DeviceListStrategy, ",") != "envvar,cdi-cri" || c.DeviceIDStrategy != "index" ||
-		c.Replicas != 4 || !c.RenameByDefault || c.HealthQuietPeriod != 2*time.Minute || c.DriverRoot != "/run/nvidia/driver" {
+		ResourcesConfig(c).Shares[0].Replicas != 4 || ResourcesConfig(c).Shares[0].Rename != "nvidia.com/gpu.shared" || c.HealthQuietPeriod != 2*time.Minute || c.DriverRoot != "/run/nvidia/driver" {
 		t.Errorf("from file: %+v", c)
 	}
 	p, _ := HealthPolicy(c)
@@ -157,11 +157,11 @@ func TestNVIDIAFullFileLoads(t *testing.T) {
 		t.Fatal(err)
 	}
 	rc := ResourcesConfig(c)
-	if rc.Replicas != 10 || rc.SharedName != "nvidia.com/gpu-shared" || !rc.FailRequestsGreaterThanOne || c.DriverRoot != "/run/nvidia/driver" || c.DevRoot != "/" {
+	if len(rc.Shares) != 1 || rc.Shares[0].Replicas != 10 || rc.Shares[0].Rename != "nvidia.com/gpu-shared" || !rc.FailRequestsGreaterThanOne || c.DriverRoot != "/run/nvidia/driver" || c.DevRoot != "/" {
 		t.Errorf("resources %+v, driver root %q dev root %q", rc, c.DriverRoot, c.DevRoot)
 	}
 	notes := strings.Join(c.Notes, "\n")
-	for _, want := range []string{"flags.mpsRoot", "flags.gfd", "cdiAnnotationPrefix", "nvidiaCTKPath"} {
+	for _, want := range []string{"flags.gfd", "cdiAnnotationPrefix", "nvidiaCTKPath"} {
 		if !strings.Contains(notes, want) {
 			t.Errorf("notes do not mention %s:\n%s", want, notes)
 		}
