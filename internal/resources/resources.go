@@ -80,16 +80,16 @@ func (c Config) Validate() error {
 
 // Device is one advertised device.
 type Device struct {
-	ID      string // the device-plugin ID the kubelet sees
-	UUID    string // the GPU or MIG instance UUID behind it
-	Index   string // "3", or "3:1" for MIG instance 1 of GPU 3
-	GPU     int    // position of the (parent) GPU in the node's GPU list
-	Minor   int    // N of /dev/nvidiaN of the (parent) GPU
-	NUMA    int    // -1 when unknown
+	ID    string // the device-plugin ID the kubelet sees
+	UUID  string // the GPU or MIG instance UUID behind it
+	Index string // "3", or "3:1" for MIG instance 1 of GPU 3
+	GPU   int    // position of the (parent) GPU in the node's GPU list
+	Minor int    // N of /dev/nvidiaN of the (parent) GPU
+	NUMA  int    // -1 when unknown
 	// Replicas is how many ways the device is shared (0: not shared).
 	Replicas int
-	Healthy bool
-	Reason  string // why it is unhealthy
+	Healthy  bool
+	Reason   string // why it is unhealthy
 }
 
 // Resource is one extended resource and its devices, sorted by ID.
