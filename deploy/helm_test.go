@@ -79,8 +79,8 @@ func TestHelmChartWithConfigAndSimulator(t *testing.T) {
 	if err != nil {
 		t.Fatalf("the rendered config does not load: %v\n%s", err, cm.Data["config.yaml"])
 	}
-	if len(f.Sharing.TimeSlicing.Resources) != 1 || f.Sharing.TimeSlicing.Resources[0].Replicas != 4 {
-		t.Errorf("config lost in rendering: %+v", f.Sharing.TimeSlicing)
+	if sh := f.SharingConfig(); len(sh.Resources) != 1 || sh.Resources[0].Replicas != 4 {
+		t.Errorf("config lost in rendering: %+v", sh)
 	}
 	var ds appsv1.DaemonSet
 	strict(t, objs["DaemonSet"], &ds)

@@ -43,11 +43,9 @@ func newRoot() *cobra.Command {
 
 // resolve applies env and config file to a command's flags, then validates.
 func resolve(cmd *cobra.Command, cfg *config.Config) error {
-	notes, err := config.Resolve(cmd.Flags(), os.Getenv)
-	if err != nil {
+	if err := cfg.Resolve(cmd.Flags(), os.Getenv); err != nil {
 		return err
 	}
-	cfg.Notes = notes
 	return daemon.Validate(cfg)
 }
 

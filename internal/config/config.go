@@ -31,6 +31,8 @@ const (
 	DefaultDeviceIDStrategy    = "uuid"           // plugin.IDStrategyUUID
 	DefaultSharedDevicesPolicy = "distributed"    // allocator.PolicyDistributed
 	DefaultCDISpecDir          = "/var/run/cdi"   // cdispec.DefaultDir
+	DefaultMPSRoot             = "/run/nvidia/mps"
+	DefaultMPSControl          = "nvidia-cuda-mps-control" // mps.DefaultControl
 )
 
 // Config is every setting of `gpulet run` (and of the commands that share
@@ -59,8 +61,17 @@ type Config struct {
 	// SharedDevicesAllocationPolicy spreads (distributed) or packs (packed)
 	// time-sliced replicas and MIG instances over their GPUs.
 	SharedDevicesAllocationPolicy string
-	// Notes are config-file fields read but not acted on, for the log.
+	// Notes are settings read but not acted on, for the start-up log.
 	Notes []string
+	// Sharing is the config file's sharing section (time-slicing or MPS
+	// per resource). Replicas set on the command line replace it.
+	Sharing Sharing
+	// MPSRoot holds the MPS control daemons' pipe, log and shm folders.
+	MPSRoot string
+	// MPSControl is the nvidia-cuda-mps-control binary.
+	MPSControl string
+	// DeviceDiscoveryStrategy is NVIDIA's setting; gpulet honours auto and nvml.
+	DeviceDiscoveryStrategy string
 
 	// CDISpecDir is where `gpulet run` writes its CDI spec (cdi-* strategies).
 	CDISpecDir string
@@ -81,128 +92,6 @@ type setting struct {
 	flag string
 	env  []string
 	file func(*File) (string, bool)
-}
-
-// File is the config file: NVIDIA's v1 layout (every field NVIDIA's plugin
-// accepts, so its files load unchanged), and gpulet's own section. Fields
-// gpulet does not act on are listed by Notes; ones whose meaning it cannot
-// honour are errors (Check), never silently dropped.
-type File struct {
-	Version string `json:"version"`
-	Flags   struct {
-		MIGStrategy              *string         `json:"migStrategy,omitempty"`
-		FailOnInitError          *bool           `json:"failOnInitError,omitempty"`
-		NvidiaDriverRoot         *string         `json:"nvidiaDriverRoot,omitempty"`
-		NvidiaDevRoot            *string         `json:"nvidiaDevRoot,omitempty"`
-		RestartOnDeviceUnhealthy *bool           `json:"restartOnDeviceUnhealthy,omitempty"`
-		MPSRoot                  *string         `json:"mpsRoot,omitempty"`
-		GDSEnabled               *bool           `json:"gdsEnabled,omitempty"`
-		MOFEDEnabled             *bool           `json:"mofedEnabled,omitempty"`
-		UseNodeFeatureAPI        *bool           `json:"useNodeFeatureAPI,omitempty"`
-		DeviceDiscoveryStrategy  *string         `json:"deviceDiscoveryStrategy,omitempty"`
-		GFD                      json.RawMessage `json:"gfd,omitempty"` // GPU Feature Discovery's settings
-		Plugin                   struct {
-			PassDeviceSpecs     *bool           `json:"passDeviceSpecs,omitempty"`
-			DeviceListStrategy  json.RawMessage `json:"deviceListStrategy,omitempty"`
-			DeviceIDStrategy    *string         `json:"deviceIDStrategy,omitempty"`
-			CDIAnnotationPrefix *string         `json:"cdiAnnotationPrefix,omitempty"`
-			NvidiaCTKPath       *string         `json:"nvidiaCTKPath,omitempty"`
-			ContainerDriverRoot *string         `json:"containerDriverRoot,omitempty"`
-			// SharedDevicesAllocationPolicy is NVIDIA's name and values.
-			SharedDevicesAllocationPolicy *string `json:"sharedDevicesAllocationPolicy,omitempty"`
-		} `json:"plugin"`
-	} `json:"flags"`
-	Resources struct {
-		GPUs []renamePattern `json:"gpus,omitempty"`
-		MIG  []renamePattern `json:"mig,omitempty"`
-	} `json:"resources"`
-	Sharing struct {
-		TimeSlicing replicated      `json:"timeSlicing"`
-		MPS         json.RawMessage `json:"mps,omitempty"`
-	} `json:"sharing"`
-	IMEX   json.RawMessage `json:"imex,omitempty"`
-	Gpulet struct {
-		Backend          *string `json:"backend,omitempty"`
-		SimProfile       *string `json:"simProfile,omitempty"`
-		SimRoot          *string `json:"simRoot,omitempty"`
-		DevicePluginPath *string `json:"devicePluginPath,omitempty"`
-		CDISpecDir       *string `json:"cdiSpecDir,omitempty"`
-		ResourceName     *string `json:"resourceName,omitempty"`
-		Health           struct {
-			Disable     *string           `json:"disable,omitempty"`
-			QuietPeriod *string           `json:"quietPeriod,omitempty"`
-			XIDs        map[string]string `json:"xids,omitempty"`
-		} `json:"health"`
-		LogFormat *string    `json:"logFormat,omitempty"`
-		LogLevel  *string    `json:"logLevel,omitempty"`
-		Labels    labelsFile `json:"labels"` // labels.go
-	} `json:"gpulet"`
-}
-
-type renamePattern struct {
-	Pattern string `json:"pattern"`
-	Name    string `json:"name"`
-}
-
-// replicated is NVIDIA's sharing.timeSlicing.
-type replicated struct {
-	RenameByDefault            *bool `json:"renameByDefault,omitempty"`
-	FailRequestsGreaterThanOne *bool `json:"failRequestsGreaterThanOne,omitempty"`
-	Resources                  []struct {
-		Name     string          `json:"name"`
-		Rename   string          `json:"rename,omitempty"`
-		Devices  json.RawMessage `json:"devices,omitempty"`
-		Replicas int             `json:"replicas"`
-	} `json:"resources,omitempty"`
-}
-
-// Check refuses what gpulet cannot do as NVIDIA's plugin would: a pod spec
-// written for it would silently get something else.
-func (f *File) Check() error {
-	if len(f.Resources.GPUs)+len(f.Resources.MIG) > 0 {
-		return errors.New("resources.gpus/resources.mig (renaming GPUs by product pattern) is not supported by gpulet yet; remove it and use --resource-name or time-slicing's rename")
-	}
-	if len(f.Sharing.MPS) > 0 && string(f.Sharing.MPS) != "null" {
-		return errors.New("sharing.mps is not supported by gpulet yet; use sharing.timeSlicing")
-	}
-	for _, r := range f.Sharing.TimeSlicing.Resources {
-		if r.Name != "" && r.Name != DefaultResourceName {
-			return fmt.Errorf("sharing.timeSlicing.resources: gpulet shares %s, not %q", DefaultResourceName, r.Name)
-		}
-		if d := strings.Trim(string(r.Devices), `" `); d != "" && d != "all" && d != "null" {
-			return fmt.Errorf("sharing.timeSlicing.resources[].devices=%s: gpulet shares all devices; a subset is not supported yet", r.Devices)
-		}
-		if r.Replicas < 0 {
-			return fmt.Errorf("sharing.timeSlicing.resources[].replicas=%d must not be negative", r.Replicas)
-		}
-	}
-	if s := f.Flags.DeviceDiscoveryStrategy; s != nil && *s != "auto" && *s != "nvml" {
-		return fmt.Errorf("flags.deviceDiscoveryStrategy=%q: gpulet discovers GPUs through NVML (auto or nvml)", *s)
-	}
-	return nil
-}
-
-// Notes lists the fields that were read but do not change what gpulet does.
-func (f *File) Notes() []string {
-	var out []string
-	note := func(set bool, what string) {
-		if set {
-			out = append(out, what)
-		}
-	}
-	fl := f.Flags
-	note(fl.RestartOnDeviceUnhealthy != nil, "flags.restartOnDeviceUnhealthy (gpulet recovers GPUs in place instead)")
-	note(fl.MPSRoot != nil, "flags.mpsRoot (no MPS sharing)")
-	note(fl.GDSEnabled != nil && *fl.GDSEnabled, "flags.gdsEnabled")
-	note(fl.MOFEDEnabled != nil && *fl.MOFEDEnabled, "flags.mofedEnabled")
-	note(fl.UseNodeFeatureAPI != nil, "flags.useNodeFeatureAPI")
-	gfd, _ := f.gfdNotes() // labels.go; its error is reported by ParseFile
-	out = append(out, gfd...)
-	note(fl.Plugin.CDIAnnotationPrefix != nil, "flags.plugin.cdiAnnotationPrefix (gpulet uses cdi.k8s.io/)")
-	note(fl.Plugin.NvidiaCTKPath != nil, "flags.plugin.nvidiaCTKPath")
-	note(fl.Plugin.ContainerDriverRoot != nil, "flags.plugin.containerDriverRoot")
-	note(len(f.IMEX) > 0, "imex")
-	return out
 }
 
 func str(p *string) (string, bool) {
@@ -238,25 +127,30 @@ var settings = []setting{
 	{"fail-on-init-error", []string{"FAIL_ON_INIT_ERROR"}, func(f *File) (string, bool) { return boolean(f.Flags.FailOnInitError) }},
 	{"mig-strategy", []string{"MIG_STRATEGY"}, func(f *File) (string, bool) { return str(f.Flags.MIGStrategy) }},
 	{"resource-name", []string{"GPULET_RESOURCE_NAME"}, func(f *File) (string, bool) { return str(f.Gpulet.ResourceName) }},
-	{"replicas", []string{"GPULET_REPLICAS"}, func(f *File) (string, bool) {
-		for _, r := range f.Sharing.TimeSlicing.Resources {
-			return strconv.Itoa(r.Replicas), true
-		}
-		return "", false
-	}},
+	// replicas and shared-resource-name are the command line's way to share
+	// every device; the file's sharing section is richer (Config.Sharing).
+	{"replicas", []string{"GPULET_REPLICAS"}, func(*File) (string, bool) { return "", false }},
 	{"rename-by-default", []string{"GPULET_RENAME_BY_DEFAULT"}, func(f *File) (string, bool) {
-		return boolean(f.Sharing.TimeSlicing.RenameByDefault)
-	}},
-	{"shared-resource-name", []string{"GPULET_SHARED_RESOURCE_NAME"}, func(f *File) (string, bool) {
-		for _, r := range f.Sharing.TimeSlicing.Resources {
-			if r.Rename != "" {
-				return r.Rename, true
-			}
+		if r := f.sharing(); r != nil {
+			return boolean(r.RenameByDefault)
 		}
 		return "", false
 	}},
+	{"shared-resource-name", []string{"GPULET_SHARED_RESOURCE_NAME"}, func(*File) (string, bool) { return "", false }},
 	{"fail-requests-greater-than-one", []string{"GPULET_FAIL_REQUESTS_GREATER_THAN_ONE"}, func(f *File) (string, bool) {
-		return boolean(f.Sharing.TimeSlicing.FailRequestsGreaterThanOne)
+		r := f.sharing()
+		if r == nil {
+			return "", false
+		}
+		if r.FailRequestsGreaterThanOne == nil && r == f.Sharing.MPS {
+			return "true", true // NVIDIA's default for MPS
+		}
+		return boolean(r.FailRequestsGreaterThanOne)
+	}},
+	{"mps-root", []string{"MPS_ROOT"}, func(f *File) (string, bool) { return str(f.Flags.MPSRoot) }},
+	{"mps-control", []string{"GPULET_MPS_CONTROL"}, func(f *File) (string, bool) { return str(f.Gpulet.MPSControl) }},
+	{"device-discovery-strategy", []string{"DEVICE_DISCOVERY_STRATEGY"}, func(f *File) (string, bool) {
+		return str(f.Flags.DeviceDiscoveryStrategy)
 	}},
 	{"disable-health-checks", []string{"DP_DISABLE_HEALTHCHECKS"}, func(f *File) (string, bool) { return str(f.Gpulet.Health.Disable) }},
 	{"health-quiet-period", []string{"GPULET_HEALTH_QUIET_PERIOD"}, func(f *File) (string, bool) { return str(f.Gpulet.Health.QuietPeriod) }},
@@ -295,6 +189,7 @@ func listValue(raw json.RawMessage) (string, bool) {
 // node never advertises simulated GPUs unless asked; people's commands
 // default to auto.
 func (c *Config) BackendFlags(fs *pflag.FlagSet, defaultBackend string) {
+	fs.SetNormalizeFunc(nvidiaAliases)
 	fs.StringVar(&c.ConfigFile, "config-file", "", "config file (NVIDIA device plugin v1 format plus a gpulet section) [env CONFIG_FILE]")
 	fs.StringVar(&c.Backend, "backend", defaultBackend, "hardware backend: nvml (real GPUs), sim (simulated node), auto (nvml if libnvidia-ml is present, else sim) [env GPULET_BACKEND]")
 	fs.StringVar(&c.SimProfile, "sim-profile", "dgx-h100", "simulated node: a built-in profile (h200, dgx-h100, dgx1-v100, pcie-4x-l4, ...) or a profile file [env GPULET_SIM_PROFILE]")
@@ -307,9 +202,21 @@ func (c *Config) BackendFlags(fs *pflag.FlagSet, defaultBackend string) {
 	fs.BoolVar(&c.RenameByDefault, "rename-by-default", false, "advertise time-sliced devices as <resource>.shared [env GPULET_RENAME_BY_DEFAULT]")
 	fs.StringVar(&c.SharedResourceName, "shared-resource-name", "", "resource name for time-sliced devices (NVIDIA's timeSlicing rename) [env GPULET_SHARED_RESOURCE_NAME]")
 	fs.BoolVar(&c.FailRequestsGreaterThanOne, "fail-requests-greater-than-one", false, "refuse a container asking for more than one time-sliced device (it would get one GPU twice) [env GPULET_FAIL_REQUESTS_GREATER_THAN_ONE]")
+	fs.StringVar(&c.DeviceDiscoveryStrategy, "device-discovery-strategy", "auto", "NVIDIA's discovery strategy: auto or nvml (gpulet uses NVML; tegra is refused) [env DEVICE_DISCOVERY_STRATEGY]")
 	fs.BoolVar(&c.FailOnInitError, "fail-on-init-error", true, "exit when no GPU backend can start; false keeps running without GPUs [env FAIL_ON_INIT_ERROR]")
 	fs.StringVar(&c.LogFormat, "log-format", "text", "log format: text or json [env GPULET_LOG_FORMAT]")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn, error [env GPULET_LOG_LEVEL]")
+}
+
+// nvidiaAliases accepts the flag names NVIDIA's plugin also answers to.
+func nvidiaAliases(_ *pflag.FlagSet, name string) pflag.NormalizedName {
+	switch name {
+	case "driver-root":
+		name = "nvidia-driver-root"
+	case "nvidia-dev-root":
+		name = "dev-root"
+	}
+	return pflag.NormalizedName(name)
 }
 
 // RunFlags adds the daemon's settings.
@@ -321,6 +228,8 @@ func (c *Config) RunFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.SharedDevicesAllocationPolicy, "shared-devices-allocation-policy", DefaultSharedDevicesPolicy, "how time-sliced replicas and MIG instances are placed on their GPUs: distributed (fewest in use first, a request over distinct GPUs) or packed (most in use first) [env SHARED_DEVICES_ALLOCATION_POLICY]")
 	fs.BoolVar(&c.PassDeviceSpecs, "pass-device-specs", false, "also pass /dev/nvidia* device nodes to containers [env PASS_DEVICE_SPECS]")
 	c.CDIFlags(fs)
+	fs.StringVar(&c.MPSRoot, "mps-root", DefaultMPSRoot, "host folder for the MPS control daemons' pipe, log and shm folders (sharing.mps) [env MPS_ROOT]")
+	fs.StringVar(&c.MPSControl, "mps-control", DefaultMPSControl, "nvidia-cuda-mps-control binary gpulet starts one MPS control daemon per shared GPU with [env GPULET_MPS_CONTROL]")
 	fs.StringVar(&c.DisableHealthChecks, "disable-health-checks", "", "\"all\" disables health checks; a list of XIDs ignores those XIDs [env DP_DISABLE_HEALTHCHECKS]")
 	fs.DurationVar(&c.HealthQuietPeriod, "health-quiet-period", 30*time.Second, "how long an unhealthy GPU must stay quiet before it is re-probed and can become healthy again [env GPULET_HEALTH_QUIET_PERIOD]")
 	fs.StringToStringVar(&c.XIDOverrides, "xid-policy", nil, "override the XID table: XID=ignore|reset|lost, comma-separated [env GPULET_XID_POLICY]")
@@ -334,9 +243,16 @@ func (c *Config) CDIFlags(fs *pflag.FlagSet) {
 }
 
 // Resolve fills settings the command line left unset from the environment,
-// then from the config file. getenv is os.Getenv outside tests. It returns
-// the config file's fields that gpulet read but does not act on.
-func Resolve(fs *pflag.FlagSet, getenv func(string) string) (notes []string, err error) {
+// then from the config file, and sets c.Notes (settings read but not acted
+// on) and c.Sharing. getenv is os.Getenv outside tests.
+func (c *Config) Resolve(fs *pflag.FlagSet, getenv func(string) string) error {
+	notes, err := resolve(fs, getenv, &c.Sharing)
+	c.Notes = notes
+	return err
+}
+
+func resolve(fs *pflag.FlagSet, getenv func(string) string, sharing *Sharing) (notes []string, err error) {
+	*sharing = Sharing{Strategy: SharingNone}
 	path := ""
 	if f := fs.Lookup("config-file"); f != nil {
 		path = f.Value.String()
@@ -359,6 +275,12 @@ func Resolve(fs *pflag.FlagSet, getenv func(string) string) (notes []string, err
 		}
 		for _, n := range file.Notes() {
 			notes = append(notes, "config file "+path+": "+n+" is read but not used by gpulet")
+		}
+		*sharing = file.SharingConfig()
+	}
+	for _, e := range ignoredEnv {
+		if getenv(e) != "" {
+			notes = append(notes, "environment variable "+e+" (NVIDIA's) is read but not used by gpulet")
 		}
 	}
 	for _, s := range settings {
@@ -413,16 +335,7 @@ func ParseFile(data []byte) (*File, error) {
 	if err := yaml.UnmarshalStrict(data, &f); err != nil {
 		return nil, err
 	}
-	if f.Version != "" && f.Version != "v1" {
-		return nil, fmt.Errorf("version %q is not supported (want v1)", f.Version)
-	}
-	if n := len(f.Sharing.TimeSlicing.Resources); n > 1 {
-		return nil, fmt.Errorf("sharing.timeSlicing.resources: gpulet shares one resource, got %d entries", n)
-	}
 	if err := f.Check(); err != nil {
-		return nil, err
-	}
-	if _, err := f.gfdNotes(); err != nil {
 		return nil, err
 	}
 	return &f, nil
@@ -436,6 +349,11 @@ func (c *Config) Validate() error {
 	case "auto", "sim", "nvml":
 	default:
 		errs = append(errs, fmt.Errorf("backend %q is not one of auto, sim, nvml", c.Backend))
+	}
+	if c.DeviceDiscoveryStrategy != "" {
+		if err := CheckDiscoveryStrategy(c.DeviceDiscoveryStrategy); err != nil {
+			errs = append(errs, fmt.Errorf("device-discovery-strategy: %w", err))
+		}
 	}
 	if c.HealthQuietPeriod < 0 {
 		errs = append(errs, fmt.Errorf("health-quiet-period must not be negative"))

@@ -17,11 +17,9 @@ func parse(t *testing.T, args []string, env map[string]string) (*Config, error) 
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
-	notes, err := Resolve(fs, func(k string) string { return env[k] })
-	if err != nil {
+	if err := c.Resolve(fs, func(k string) string { return env[k] }); err != nil {
 		return nil, err
 	}
-	c.Notes = notes
 	return c, c.Validate()
 }
 
@@ -70,19 +68,143 @@ gpulet:
     xids: {"13": reset}
 `
 
-func TestNVIDIAFeaturesGpuletCannotHonourAreRefused(t *testing.T) {
+// TestNVIDIAValidation: what NVIDIA's plugin refuses is refused, with the
+// field named; a misspelt field is an error that names it.
+func TestNVIDIAValidation(t *testing.T) {
+	ts := func(entry string) string {
+		return "version: v1\nsharing:\n  timeSlicing:\n    resources:\n    - " + entry + "\n"
+	}
 	cases := []struct{ file, want string }{
-		{"version: v1\nsharing:\n  mps:\n    resources:\n    - name: nvidia.com/gpu\n      replicas: 2\n", "sharing.mps is not supported"},
-		{"version: v1\nresources:\n  gpus:\n  - pattern: '*A100*'\n    name: a100\n", "resources.gpus/resources.mig"},
-		{"version: v1\nsharing:\n  timeSlicing:\n    resources:\n    - name: nvidia.com/gpu\n      devices: [0, 1]\n      replicas: 2\n", "a subset is not supported"},
-		{"version: v1\nsharing:\n  timeSlicing:\n    resources:\n    - name: nvidia.com/mig-1g.10gb\n      replicas: 2\n", "gpulet shares nvidia.com/gpu"},
-		{"version: v1\nflags:\n  deviceDiscoveryStrategy: tegra\n", "deviceDiscoveryStrategy"},
+		{ts("name: nvidia.com/gpu\n      replicas: 1"), "replicas must be >= 2"},
+		{ts("name: nvidia.com/gpu"), "no replicas specified"},
+		{ts("replicas: 2"), "no resource name specified"},
+		{ts("name: nvidia.com/GPU\n      replicas: 2"), "lower-case"},
+		{ts("name: nvidia.com/gpu\n      replicas: 2\n      devices: some"), `only word allowed is "all"`},
+		{ts("name: nvidia.com/gpu\n      replicas: 2\n      devices: 0"), "count of devices must be > 0"},
+		{ts("name: nvidia.com/gpu\n      replicas: 2\n      devices: [GPU-x]"), "is not a GPU index"},
+		{ts("name: nvidia.com/gpu\n      replicas: 2\n      devices: []"), "list is empty"},
+		{ts("name: nvidia.com/gpu\n      replicas: 2\n    - name: gpu\n      replicas: 3"), "listed twice"},
+		{ts("name: nvidia.com/gpu\n      replicas: 2\n      rename: Bad_Name"), "rename"},
+		{"version: v1\nsharing:\n  timeSlicing: {}\n", "no resources specified"},
+		{"version: v1\nsharing:\n  mps:\n    resources: []\n", "sharing.mps: no resources specified"},
+		{"version: v1\nresources:\n  gpus:\n  - name: a100\n", "'pattern' field"},
+		{"version: v1\nimex:\n  channelIDs: [1]\n", "channelIDs must be [] or [0]"},
+		{"version: v1\nflags:\n  deviceDiscoveryStrategy: tegra\n", "NVML only"},
+		{"version: v1\nflags:\n  gdrcopyEnable: true\n", `unknown field "gdrcopyEnable"`},
+		{"version: v1\nflags:\n  gfd:\n    oneshoot: true\n", `unknown field "oneshoot"`},
+		{"version: v1\nflags:\n  gfd:\n    sleepInterval: soon\n", "sleepInterval"},
+		{"version: v1\nsharing:\n  mps:\n    renameByDefualt: true\n", `unknown field "renameByDefualt"`},
+		{"version: v2\n", `version "v2"`},
 	}
 	for _, tc := range cases {
 		_, err := parse(t, []string{"--config-file=" + writeFile(t, tc.file)}, nil)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%q: error %v, want it to say %q", tc.file, err, tc.want)
 		}
+	}
+}
+
+// TestSharedDevicesForms: devices as NVIDIA reads it.
+func TestSharedDevicesForms(t *testing.T) {
+	for _, tc := range []struct {
+		devices string
+		want    SharedDevices
+	}{
+		{"", SharedDevices{All: true}},
+		{"\n      devices: all", SharedDevices{All: true}},
+		{"\n      devices: 2", SharedDevices{Count: 2}},
+		{"\n      devices: [0, \"1\", \"2:1\", GPU-8f6e4c3a-1b2c-4d5e-8f90-a1b2c3d4e5f6, MIG-GPU-8f6e4c3a-1b2c-4d5e-8f90-a1b2c3d4e5f6/1/0]",
+			SharedDevices{List: []string{"0", "1", "2:1", "GPU-8f6e4c3a-1b2c-4d5e-8f90-a1b2c3d4e5f6", "MIG-GPU-8f6e4c3a-1b2c-4d5e-8f90-a1b2c3d4e5f6/1/0"}}},
+	} {
+		file := "version: v1\nsharing:\n  timeSlicing:\n    resources:\n    - name: gpu\n      replicas: 3" + tc.devices + "\n"
+		c, err := parse(t, []string{"--config-file=" + writeFile(t, file)}, nil)
+		if err != nil {
+			t.Fatalf("%q: %v", tc.devices, err)
+		}
+		got := c.Sharing.Resources[0]
+		if got.Name != "nvidia.com/gpu" || got.Replicas != 3 || got.Devices.String() != tc.want.String() {
+			t.Errorf("%q: got %+v, want devices %v", tc.devices, got, tc.want)
+		}
+	}
+}
+
+// TestNVIDIADocumentedExamples: the config files NVIDIA's README and Helm
+// chart document (written here from the schema) load, share as documented,
+// and warn about what gpulet does not use.
+func TestNVIDIADocumentedExamples(t *testing.T) {
+	for _, tc := range []struct {
+		file         string
+		strategy     string
+		replicas     int
+		rename       string
+		failGreater  bool
+		notesMention []string
+	}{
+		{"testdata/nvidia-time-slicing.yaml", SharingTimeSlicing, 10, "", false, nil},
+		{"testdata/nvidia-time-slicing-rename.yaml", SharingTimeSlicing, 4, "nvidia.com/gpu.shared", true, nil},
+		{"testdata/nvidia-mps.yaml", SharingMPS, 10, "", true, nil},
+		{"testdata/nvidia-every-field.yaml", SharingMPS, 4, "nvidia.com/gpu.shared", false,
+			[]string{"flags.gdrcopyEnabled", "flags.gdsEnabled", "flags.mofedEnabled", "flags.useNodeFeatureAPI", "flags.gfd.oneshot", "flags.gfd.sleepInterval",
+				"cdiAnnotationPrefix", "nvidiaCTKPath", "containerDriverRoot", "imex", "resources.gpus", "resources.mig",
+				"sharing.timeSlicing (ignored: sharing.mps", "restartOnDeviceUnhealthy"}},
+	} {
+		c, err := parse(t, []string{"--config-file=" + tc.file}, nil)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.file, err)
+		}
+		sh := c.Sharing
+		if sh.Strategy != tc.strategy || len(sh.Resources) == 0 || sh.Resources[0].Replicas != tc.replicas ||
+			sh.Resources[0].Rename != tc.rename || c.FailRequestsGreaterThanOne != tc.failGreater {
+			t.Errorf("%s: sharing %+v, fail>1 %v", tc.file, sh, c.FailRequestsGreaterThanOne)
+		}
+		notes := strings.Join(c.Notes, "\n")
+		for _, w := range tc.notesMention {
+			if strings.Count(notes, w) != 1 {
+				t.Errorf("%s: notes name %q %d times, want once:\n%s", tc.file, w, strings.Count(notes, w), notes)
+			}
+		}
+		if len(tc.notesMention) == 0 && notes != "" {
+			t.Errorf("%s: unexpected notes:\n%s", tc.file, notes)
+		}
+	}
+}
+
+// TestEveryFieldLoadsIntoSettings: the fields gpulet gives a meaning land
+// in its settings.
+func TestEveryFieldLoadsIntoSettings(t *testing.T) {
+	c, err := parse(t, []string{"--config-file=testdata/nvidia-every-field.yaml"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.MIGStrategy != "single" || c.FailOnInitError || c.DriverRoot != "/run/nvidia/driver" || c.DevRoot != "/" ||
+		c.MPSRoot != "/var/run/mps" || c.DeviceDiscoveryStrategy != "nvml" || !c.PassDeviceSpecs ||
+		strings.Join(c.DeviceListStrategy, ",") != "envvar,cdi-cri" || c.DeviceIDStrategy != "index" ||
+		c.SharedDevicesAllocationPolicy != "packed" || !c.RenameByDefault || c.MPSControl != "/usr/local/bin/nvidia-cuda-mps-control" {
+		t.Errorf("settings %+v", c)
+	}
+	if d := c.Sharing.Resources[0].Devices; d.Count != 1 {
+		t.Errorf("mps devices %+v, want the count 1", d)
+	}
+}
+
+// TestNVIDIAEnvNames: NVIDIA's env names gpulet gives a meaning set it;
+// the others are named in a warning.
+func TestNVIDIAEnvNames(t *testing.T) {
+	c, err := parse(t, []string{"--driver-root=/d", "--nvidia-dev-root=/dev-root"}, map[string]string{
+		"MPS_ROOT": "/m", "DEVICE_DISCOVERY_STRATEGY": "nvml", "GDS_ENABLED": "true", "IMEX_CHANNEL_IDS": "0",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.MPSRoot != "/m" || c.DeviceDiscoveryStrategy != "nvml" || c.DriverRoot != "/d" || c.DevRoot != "/dev-root" {
+		t.Errorf("settings %+v", c)
+	}
+	notes := strings.Join(c.Notes, "\n")
+	if !strings.Contains(notes, "GDS_ENABLED") || !strings.Contains(notes, "IMEX_CHANNEL_IDS") {
+		t.Errorf("notes %q", notes)
+	}
+	if _, err := parse(t, nil, map[string]string{"DEVICE_DISCOVERY_STRATEGY": "tegra"}); err == nil || !strings.Contains(err.Error(), "NVML only") {
+		t.Errorf("tegra from env: %v", err)
 	}
 }
 
@@ -122,6 +244,13 @@ func TestSharedDevicesAllocationPolicy(t *testing.T) {
 func FuzzParseFile(f *testing.F) {
 	f.Add([]byte(nvidiaFile))
 	f.Add([]byte("version: v1\nflags: {plugin: {deviceListStrategy: envvar}}\n"))
+	for _, p := range []string{"nvidia-time-slicing.yaml", "nvidia-mps.yaml", "nvidia-every-field.yaml"} {
+		data, err := os.ReadFile(filepath.Join("testdata", p))
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(data)
+	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		file, err := ParseFile(data)
 		if err != nil {
@@ -129,6 +258,13 @@ func FuzzParseFile(f *testing.F) {
 		}
 		for _, s := range settings {
 			s.file(file) // every accessor copes with what parsed
+		}
+		file.Notes()
+		sh := file.SharingConfig()
+		for _, r := range sh.Resources {
+			if r.Replicas < 2 || !strings.HasPrefix(r.Name, "nvidia.com/") {
+				t.Fatalf("a checked file gave %+v", r)
+			}
 		}
 	})
 }

@@ -5,7 +5,6 @@ package config
 // Kept in this file so the rest of the config stays as it was.
 
 import (
-	"encoding/json"
 	"fmt"
 	"sort"
 	"strings"
@@ -40,7 +39,8 @@ type labelsFile struct {
 	Extra map[string]string `json:"extra,omitempty"`
 }
 
-// gfdFlags is GPU Feature Discovery's flags.gfd.
+// gfdFlags is GPU Feature Discovery's flags.gfd (nvidia.go decodes it
+// strictly, so a typo there is an error).
 type gfdFlags struct {
 	Oneshot         *bool   `json:"oneshot,omitempty"`
 	NoTimestamp     *bool   `json:"noTimestamp,omitempty"`
@@ -50,25 +50,15 @@ type gfdFlags struct {
 }
 
 func (f *File) gfd() gfdFlags {
-	var g gfdFlags
-	if len(f.Flags.GFD) > 0 {
-		_ = json.Unmarshal(f.Flags.GFD, &g) // checked by gfdNotes at parse time
+	if f.Flags.GFD == nil {
+		return gfdFlags{}
 	}
-	return g
+	return *f.Flags.GFD
 }
 
-// gfdNotes lists flags.gfd fields gpulet reads but does not act on, or an
-// error when flags.gfd is not GFD's layout.
-func (f *File) gfdNotes() ([]string, error) {
-	if len(f.Flags.GFD) == 0 || string(f.Flags.GFD) == "null" {
-		return nil, nil
-	}
-	var g gfdFlags
-	dec := json.NewDecoder(strings.NewReader(string(f.Flags.GFD)))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&g); err != nil {
-		return nil, fmt.Errorf("flags.gfd: %w", err)
-	}
+// gfdNotes lists the flags.gfd fields gpulet reads but does not act on.
+func (f *File) gfdNotes() []string {
+	g := f.gfd()
 	var out []string
 	if g.Oneshot != nil {
 		out = append(out, "flags.gfd.oneshot (`gpulet labels --output-file` labels once; the daemon labels on change)")
@@ -76,7 +66,7 @@ func (f *File) gfdNotes() ([]string, error) {
 	if g.SleepInterval != nil {
 		out = append(out, "flags.gfd.sleepInterval (gpulet relabels on change, not periodically)")
 	}
-	return out, nil
+	return out
 }
 
 func init() {

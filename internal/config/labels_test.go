@@ -66,7 +66,7 @@ func TestGFDNotes(t *testing.T) {
 	if !strings.Contains(notes, "flags.gfd.sleepInterval") || strings.Contains(notes, "machineTypeFile") || strings.Contains(notes, "noTimestamp") {
 		t.Errorf("notes should name only the unused gfd fields:\n%s", notes)
 	}
-	if _, err := parse(t, []string{"--config-file=" + writeFile(t, "version: v1\nflags:\n  gfd:\n    machineTypFile: /x\n")}, nil); err == nil || !strings.Contains(err.Error(), "flags.gfd") {
+	if _, err := parse(t, []string{"--config-file=" + writeFile(t, "version: v1\nflags:\n  gfd:\n    machineTypFile: /x\n")}, nil); err == nil || !strings.Contains(err.Error(), `"machineTypFile"`) {
 		t.Errorf("a typo in flags.gfd: err = %v, want it named", err)
 	}
 }

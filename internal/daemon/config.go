@@ -46,11 +46,42 @@ func Validate(c *config.Config) error {
 
 // ResourcesConfig is the part of the settings that shapes resources.
 func ResourcesConfig(c *config.Config) resources.Config {
-	return resources.Config{
+	rc := resources.Config{
 		ResourceName: c.ResourceName, MIGStrategy: c.MIGStrategy,
 		Replicas: c.Replicas, RenameByDefault: c.RenameByDefault,
 		SharedName: c.SharedResourceName, FailRequestsGreaterThanOne: c.FailRequestsGreaterThanOne,
 	}
+	if c.Replicas > 1 {
+		return rc // the command line's replicas replace the file's sharing
+	}
+	rc.MPS = c.Sharing.Strategy == config.SharingMPS
+	for _, r := range c.Sharing.Resources {
+		sel := resources.Selector{Count: r.Devices.Count, List: r.Devices.List}
+		rc.Shares = append(rc.Shares, resources.Share{Name: r.Name, Rename: r.Rename, Replicas: r.Replicas, Devices: sel})
+	}
+	return rc
+}
+
+// SharingSummary says what sharing the settings apply, for the start-up log.
+func SharingSummary(c *config.Config) []string {
+	rc := ResourcesConfig(c)
+	if rc.Replicas > 1 {
+		s := fmt.Sprintf("time-slicing from --replicas: every device %d ways", rc.Replicas)
+		if len(c.Sharing.Resources) > 0 {
+			s += " (the config file's sharing section is replaced)"
+		}
+		return []string{s}
+	}
+	var out []string
+	for _, sh := range rc.Shares {
+		to := sh.Name
+		if sh.Rename != "" {
+			to = sh.Rename
+		}
+		out = append(out, fmt.Sprintf("%s: %s devices of %s shared %d ways as %s (fail requests > 1: %v)",
+			c.Sharing.Strategy, sh.Devices, sh.Name, sh.Replicas, to, rc.FailRequestsGreaterThanOne))
+	}
+	return out
 }
 
 // HealthPolicy builds the XID policy from the settings.

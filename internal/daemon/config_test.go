@@ -4,6 +4,7 @@ import (
 	"github.com/gpulet/gpulet/internal/allocator"
 	"github.com/gpulet/gpulet/internal/cdispec"
 	"github.com/gpulet/gpulet/internal/labels"
+	"github.com/gpulet/gpulet/internal/mps"
 	"os"
 	"path/filepath"
 	"strings"
@@ -29,11 +30,9 @@ func parse(t *testing.T, args []string, env map[string]string) (*config.Config, 
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
-	notes, err := config.Resolve(fs, func(k string) string { return env[k] })
-	if err != nil {
+	if err := c.Resolve(fs, func(k string) string { return env[k] }); err != nil {
 		return nil, err
 	}
-	c.Notes = notes
 	return c, Validate(c)
 }
 
@@ -51,7 +50,8 @@ func TestConfigDefaultsAreTheLayersOwn(t *testing.T) {
 	if config.DefaultResourceName != resources.DefaultResourceName || config.DefaultMIGStrategy != resources.MIGNone ||
 		config.DefaultDeviceListStrategy != plugin.StrategyEnvvar || config.DefaultDeviceIDStrategy != plugin.IDStrategyUUID ||
 		config.DefaultSharedDevicesPolicy != string(allocator.PolicyDistributed) ||
-		config.DefaultCDISpecDir != cdispec.DefaultDir || config.DefaultMachineTypeFile != labels.DefaultMachineTypeFile {
+		config.DefaultCDISpecDir != cdispec.DefaultDir || config.DefaultMachineTypeFile != labels.DefaultMachineTypeFile ||
+		config.DefaultMPSControl != mps.DefaultControl {
 		t.Error("config's defaults drifted from resources' and plugin's constants")
 	}
 	if _, err := parse(t, nil, nil); err != nil {
@@ -125,7 +125,7 @@ func TestPrecedenceFlagOverEnvOverFile(t *testing.T) {
 	}
 	if c.Backend != "sim" || c.SimProfile != "dgx1-v100" || !c.PassDeviceSpecs || c.FailOnInitError ||
 		strings.Join(c.DeviceListStrategy, ",") != "envvar,cdi-cri" || c.DeviceIDStrategy != "index" ||
-		c.Replicas != 4 || !c.RenameByDefault || c.HealthQuietPeriod != 2*time.Minute || c.DriverRoot != "/run/nvidia/driver" {
+		ResourcesConfig(c).Shares[0].Replicas != 4 || ResourcesConfig(c).Shares[0].Rename != "nvidia.com/gpu.shared" || c.HealthQuietPeriod != 2*time.Minute || c.DriverRoot != "/run/nvidia/driver" {
 		t.Errorf("from file: %+v", c)
 	}
 	p, _ := HealthPolicy(c)
@@ -160,11 +160,11 @@ func TestNVIDIAFullFileLoads(t *testing.T) {
 		t.Fatal(err)
 	}
 	rc := ResourcesConfig(c)
-	if rc.Replicas != 10 || rc.SharedName != "nvidia.com/gpu-shared" || !rc.FailRequestsGreaterThanOne || c.DriverRoot != "/run/nvidia/driver" || c.DevRoot != "/" {
+	if len(rc.Shares) != 1 || rc.Shares[0].Replicas != 10 || rc.Shares[0].Rename != "nvidia.com/gpu-shared" || !rc.FailRequestsGreaterThanOne || c.DriverRoot != "/run/nvidia/driver" || c.DevRoot != "/" {
 		t.Errorf("resources %+v, driver root %q dev root %q", rc, c.DriverRoot, c.DevRoot)
 	}
 	notes := strings.Join(c.Notes, "\n")
-	for _, want := range []string{"flags.mpsRoot", "flags.gfd", "cdiAnnotationPrefix", "nvidiaCTKPath"} {
+	for _, want := range []string{"flags.gfd", "cdiAnnotationPrefix", "nvidiaCTKPath"} {
 		if !strings.Contains(notes, want) {
 			t.Errorf("notes do not mention %s:\n%s", want, notes)
 		}

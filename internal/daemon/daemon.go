@@ -124,6 +124,15 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		},
 	}
 
+	for _, line := range SharingSummary(cfg) {
+		log.Info("sharing applied", "what", line)
+	}
+	stopMPS, err := startMPS(ctx, cfg, backend, store.Snapshot(), mgr.Opts, log)
+	if err != nil {
+		return err
+	}
+	defer stopMPS()
+
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	cdiDone, err := startCDI(ctx, cfg, backend, store, log)

@@ -158,15 +158,11 @@ func eventually(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-func TestMonitorMarksUnhealthyAndRecoversAfterQuietPeriod(t *testing.T) {
+func TestMonitorProbesBackAfterQuietPeriod(t *testing.T) {
 	fb, store, logs := startMonitor(t, 100*time.Millisecond, false)
 	fb.setBroken("GPU-a", true)
-	fb.events <- hardware.Event{Kind: hardware.EventXID, UUID: "GPU-a", XID: 48}
+	fb.events <- hardware.Event{Kind: hardware.EventUnhealthy, UUID: "GPU-a", Reason: "thermal"}
 	eventually(t, "GPU-a unhealthy", func() bool { return !store.Snapshot().Healthy("GPU-a") })
-	h := store.Snapshot().Health["GPU-a"]
-	if h.XID != 48 || !strings.Contains(h.Reason, "double-bit ECC") {
-		t.Errorf("health %+v", h)
-	}
 	if !store.Snapshot().Healthy("GPU-b") {
 		t.Error("a fault on one GPU took another")
 	}
@@ -180,6 +176,40 @@ func TestMonitorMarksUnhealthyAndRecoversAfterQuietPeriod(t *testing.T) {
 	eventually(t, "GPU-a healthy again", func() bool { return store.Snapshot().Healthy("GPU-a") })
 	if !strings.Contains(logs.String(), "device recovered") {
 		t.Errorf("recovery not logged:\n%s", logs)
+	}
+}
+
+// TestMonitorHoldsResetClassFaultsUntilReset: a passing probe does not
+// bring back a GPU a reset-class fault took; the backend reporting it
+// healthy (the simulator's clear, a simulated reset) does.
+func TestMonitorHoldsResetClassFaultsUntilReset(t *testing.T) {
+	for _, ev := range []hardware.Event{
+		{Kind: hardware.EventXID, UUID: "GPU-a", XID: 48},
+		{Kind: hardware.EventXID, UUID: "GPU-a", XID: 999}, // unknown XIDs are reset-class
+		{Kind: hardware.EventECCDoubleBit, UUID: "GPU-a"},
+		{Kind: hardware.EventRowRemapFailure, UUID: "GPU-a"},
+	} {
+		fb, store, logs := startMonitor(t, 20*time.Millisecond, false)
+		fb.events <- ev
+		eventually(t, "GPU-a unhealthy", func() bool { return !store.Snapshot().Healthy("GPU-a") })
+		h := store.Snapshot().Health["GPU-a"]
+		if !strings.Contains(h.Reason, "reset the GPU, then restart gpulet") {
+			t.Errorf("%v: reason %q does not say what to do", ev, h.Reason)
+		}
+		// Probes would pass; many quiet periods go by.
+		time.Sleep(200 * time.Millisecond)
+		if store.Snapshot().Healthy("GPU-a") {
+			t.Fatalf("%v: a passing probe brought back a GPU that needs a reset", ev)
+		}
+		fb.events <- hardware.Event{Kind: hardware.EventHealthy, UUID: "GPU-a", Reason: "injected fault cleared"}
+		eventually(t, "healthy after reset", func() bool { return store.Snapshot().Healthy("GPU-a") })
+		// Held no more: a later transient fault is probed back again.
+		fb.events <- hardware.Event{Kind: hardware.EventUnhealthy, UUID: "GPU-a", Reason: "x"}
+		eventually(t, "unhealthy", func() bool { return !store.Snapshot().Healthy("GPU-a") })
+		eventually(t, "probed back", func() bool { return store.Snapshot().Healthy("GPU-a") })
+		if !strings.Contains(logs.String(), "held until reset") {
+			t.Errorf("log does not say the GPU is held:\n%s", logs)
+		}
 	}
 }
 

@@ -12,9 +12,17 @@ import (
 )
 
 // Monitor applies a Policy to a backend's events and keeps the store's
-// health current. Devices that went unhealthy through Reset are re-probed
-// once no new fault has arrived for Quiet; a passing probe makes them healthy
-// again.
+// health current.
+//
+// A GPU that a reset-class fault (an XID or ECC/row-remap event the policy
+// maps to Reset) took out stays out until it is reset: a passing probe
+// proves nothing about the corrupted state such a fault leaves, and NVML
+// offers no counter that says a reset happened. It comes back when the
+// backend reports it healthy (the simulator's `gpulet sim clear`, the
+// simulated reset) or when gpulet restarts, which an operator does after
+// resetting the GPU. Other unhealthy devices (Lost, a generic unhealthy
+// event) are re-probed once no new fault has arrived for Quiet; a passing
+// probe makes them healthy again.
 type Monitor struct {
 	Backend hardware.Backend
 	Store   *inventory.Store
@@ -32,6 +40,8 @@ type Monitor struct {
 
 	mu        sync.Mutex
 	lastFault map[string]time.Time
+	// needsReset holds the devices only a reset brings back.
+	needsReset map[string]bool
 }
 
 // Run watches until ctx ends. It returns the backend's watch error if the
@@ -43,7 +53,12 @@ func (m *Monitor) Run(ctx context.Context) error {
 	if m.ProbeTimeout == 0 {
 		m.ProbeTimeout = 5 * time.Second
 	}
+	m.mu.Lock()
 	m.lastFault = map[string]time.Time{}
+	if m.needsReset == nil {
+		m.needsReset = map[string]bool{} // kept across watch restarts
+	}
+	m.mu.Unlock()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
@@ -102,6 +117,9 @@ func (m *Monitor) Handle(ctx context.Context, ev hardware.Event) {
 		log.Info("devices changed", "reason", ev.Reason, "gpus_before", len(before.GPUs), "gpus_now", len(node.GPUs))
 		return
 	case hardware.EventHealthy:
+		m.mu.Lock()
+		delete(m.needsReset, ev.UUID)
+		m.mu.Unlock()
 		if m.Store.SetHealth(ev.UUID, inventory.Health{Healthy: true}) {
 			log.Info("device healthy again", "device", ev.UUID, "reason", ev.Reason)
 		}
@@ -122,11 +140,26 @@ func (m *Monitor) Handle(ctx context.Context, ev hardware.Event) {
 		log.Warn("device fault ignored: health checks are disabled", "device", ev.UUID, "xid", ev.XID, "reason", d.Reason)
 		return
 	}
+	reset := d.Action == Reset && ev.Kind != hardware.EventUnhealthy
+	reason := d.Reason
+	if reset {
+		reason += "; reset the GPU, then restart gpulet"
+	}
 	m.mu.Lock()
+	if m.lastFault == nil {
+		m.lastFault = map[string]time.Time{}
+	}
+	if m.needsReset == nil {
+		m.needsReset = map[string]bool{}
+	}
 	m.lastFault[ev.UUID] = time.Now()
+	if reset {
+		m.needsReset[ev.UUID] = true
+	}
 	m.mu.Unlock()
-	if m.Store.SetHealth(ev.UUID, inventory.Health{Healthy: false, Reason: d.Reason, XID: ev.XID}) {
-		log.Warn("device unhealthy", "device", ev.UUID, "xid", ev.XID, "action", d.Action, "reason", d.Reason)
+	if m.Store.SetHealth(ev.UUID, inventory.Health{Healthy: false, Reason: reason, XID: ev.XID}) {
+		log.Warn("device unhealthy", "device", ev.UUID, "xid", ev.XID, "action", d.Action, "reason", reason,
+			"recovery", map[bool]string{true: "held until reset: the backend reports it healthy or gpulet restarts", false: "re-probed after the quiet period"}[reset])
 	}
 }
 
@@ -137,8 +170,9 @@ func (m *Monitor) recover(ctx context.Context) {
 	for uuid := range snap.Health {
 		m.mu.Lock()
 		last, ok := m.lastFault[uuid]
+		held := m.needsReset[uuid]
 		m.mu.Unlock()
-		if ok && now.Sub(last) < m.Quiet {
+		if held || (ok && now.Sub(last) < m.Quiet) {
 			continue
 		}
 		pctx, cancel := context.WithTimeout(ctx, m.ProbeTimeout)

@@ -18,8 +18,8 @@ type Action string
 const (
 	// Ignore: the application caused it; the GPU is fine (e.g. XID 13, 31, 43).
 	Ignore Action = "ignore"
-	// Reset: the GPU needs a reset or reboot; it is unhealthy until it proves
-	// healthy again (re-probe after a quiet period).
+	// Reset: the GPU needs a reset or reboot; it is unhealthy until it is
+	// reset (the backend reports it healthy, or gpulet restarts).
 	Reset Action = "reset"
 	// Lost: the GPU fell off the bus; it is unhealthy until it reappears.
 	Lost Action = "lost"

@@ -54,6 +54,9 @@ type Options struct {
 	Log       *slog.Logger
 	// Poll is how often sockets are checked besides inotify (default 1s).
 	Poll time.Duration
+	// MPS hands out access to MPS control daemons for MPS-shared
+	// resources; nil when nothing is shared through MPS.
+	MPS MPSAccess
 }
 
 func (o *Options) kubeletSocket() string { return filepath.Join(o.PluginDir, "kubelet.sock") }
@@ -347,11 +350,11 @@ func inOrder(available, must []string, size int) []string {
 
 // Allocate answers each container with its devices, in the configured
 // device-list strategies.
-func (s *Server) Allocate(_ context.Context, req *pluginapi.AllocateRequest) (*pluginapi.AllocateResponse, error) {
+func (s *Server) Allocate(ctx context.Context, req *pluginapi.AllocateRequest) (*pluginapi.AllocateResponse, error) {
 	res, _ := s.current()
 	resp := &pluginapi.AllocateResponse{ContainerResponses: make([]*pluginapi.ContainerAllocateResponse, 0, len(req.ContainerRequests))}
 	for _, cr := range req.ContainerRequests {
-		if res.MaxPerContainer > 0 && len(cr.DevicesIds) > res.MaxPerContainer {
+		if res.MaxPerContainer > 0 && len(cr.DevicesIds) > res.MaxPerContainer && anyReplica(cr.DevicesIds) {
 			return nil, status.Errorf(codes.InvalidArgument,
 				"a container may ask for at most %d %s (time-sliced replicas of one GPU are not more GPUs; failRequestsGreaterThanOne is set), got %d",
 				res.MaxPerContainer, res.Name, len(cr.DevicesIds))
@@ -362,6 +365,9 @@ func (s *Server) Allocate(_ context.Context, req *pluginapi.AllocateRequest) (*p
 		}
 		c, err := s.opts.containerResponse(res, devs)
 		if err != nil {
+			return nil, err
+		}
+		if err := s.opts.addMPS(ctx, res, devs, c); err != nil {
 			return nil, err
 		}
 		resp.ContainerResponses = append(resp.ContainerResponses, c)

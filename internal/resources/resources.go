@@ -41,6 +41,12 @@ type Config struct {
 	// FailRequestsGreaterThanOne refuses a container asking for more than
 	// one shared device: it would get replicas of one GPU, not more GPUs.
 	FailRequestsGreaterThanOne bool
+	// Shares shares named resources, each its own way (the config file's
+	// sharing section). Replicas, when > 1, wins and shares every resource.
+	Shares []Share
+	// MPS shares replicas through an MPS control daemon per GPU instead of
+	// time-slicing.
+	MPS bool
 }
 
 // Validate reports a config error in the user's terms.
@@ -53,6 +59,17 @@ func (c Config) Validate() error {
 	if c.Replicas < 0 {
 		return fmt.Errorf("time-slicing replicas must be 0 (off) or more, got %d", c.Replicas)
 	}
+	for _, sh := range c.Shares {
+		if sh.Replicas < 2 {
+			return fmt.Errorf("sharing %s: replicas must be >= 2, got %d", sh.Name, sh.Replicas)
+		}
+		if !strings.Contains(sh.Name, "/") || (sh.Rename != "" && !strings.Contains(sh.Rename, "/")) {
+			return fmt.Errorf("sharing %s: resource names need a domain, e.g. nvidia.com/gpu", sh.Name)
+		}
+	}
+	if c.MPS && c.MIGStrategy == MIGMixed {
+		return fmt.Errorf("MPS sharing is not supported with MIG strategy mixed (as in NVIDIA's plugin); use none or single, or time-slicing")
+	}
 	for _, n := range []string{c.ResourceName, c.SharedName} {
 		if n != "" && !strings.Contains(n, "/") {
 			return fmt.Errorf("resource name %q needs a domain, e.g. nvidia.com/gpu", n)
@@ -63,14 +80,16 @@ func (c Config) Validate() error {
 
 // Device is one advertised device.
 type Device struct {
-	ID      string // the device-plugin ID the kubelet sees
-	UUID    string // the GPU or MIG instance UUID behind it
-	Index   string // "3", or "3:1" for MIG instance 1 of GPU 3
-	GPU     int    // position of the (parent) GPU in the node's GPU list
-	Minor   int    // N of /dev/nvidiaN of the (parent) GPU
-	NUMA    int    // -1 when unknown
-	Healthy bool
-	Reason  string // why it is unhealthy
+	ID    string // the device-plugin ID the kubelet sees
+	UUID  string // the GPU or MIG instance UUID behind it
+	Index string // "3", or "3:1" for MIG instance 1 of GPU 3
+	GPU   int    // position of the (parent) GPU in the node's GPU list
+	Minor int    // N of /dev/nvidiaN of the (parent) GPU
+	NUMA  int    // -1 when unknown
+	// Replicas is how many ways the device is shared (0: not shared).
+	Replicas int
+	Healthy  bool
+	Reason   string // why it is unhealthy
 }
 
 // Resource is one extended resource and its devices, sorted by ID.
@@ -83,14 +102,17 @@ type Resource struct {
 	ControlDevices []string
 	// Links is the node's link matrix, indexed by Device.GPU (shared, read-only).
 	Links [][]inventory.Link
-	// MaxPerContainer, if not 0, is the most devices one container may get.
+	// MaxPerContainer, if not 0, is the most devices one container may get
+	// when any of them is a replica (NVIDIA's failRequestsGreaterThanOne).
 	MaxPerContainer int
+	// MPS: the replicas are shared through MPS, not time-slicing.
+	MPS bool
 }
 
 // Equal reports whether two resources advertise the same thing, so an
 // unchanged one needs no update (and no new allocator topology).
 func (r *Resource) Equal(o *Resource) bool {
-	return r.Name == o.Name && r.DevRoot == o.DevRoot && r.MaxPerContainer == o.MaxPerContainer &&
+	return r.Name == o.Name && r.DevRoot == o.DevRoot && r.MaxPerContainer == o.MaxPerContainer && r.MPS == o.MPS &&
 		slices.Equal(r.Devices, o.Devices) && slices.Equal(r.ControlDevices, o.ControlDevices) &&
 		slices.EqualFunc(r.Links, o.Links, slices.Equal)
 }
@@ -144,26 +166,45 @@ func Build(snap inventory.Snapshot, cfg Config) []Resource {
 		}
 	}
 	var out []Resource
+	add := func(rn string, devs []Device, shared bool) {
+		limit := 0
+		if shared && cfg.FailRequestsGreaterThanOne {
+			limit = 1
+		}
+		if i := slices.IndexFunc(out, func(r Resource) bool { return r.Name == rn }); i >= 0 {
+			// Whole devices a share left under the shared name.
+			out[i].Devices = append(out[i].Devices, devs...)
+			out[i].MaxPerContainer = max(out[i].MaxPerContainer, limit)
+			out[i].MPS = out[i].MPS || (shared && cfg.MPS)
+			return
+		}
+		out = append(out, Resource{Name: rn, Devices: devs, DevRoot: node.DevRoot, ControlDevices: existing(node.DevRoot),
+			Links: node.Links, MaxPerContainer: limit, MPS: shared && cfg.MPS})
+	}
 	for rn, devs := range byName {
 		for i := range devs {
 			devs[i].ID = devs[i].UUID
 		}
-		max := 0
-		if cfg.Replicas > 1 {
-			devs = replicate(devs, cfg.Replicas)
-			switch {
-			case cfg.SharedName != "" && rn == name:
-				rn = cfg.SharedName
-			case cfg.RenameByDefault:
-				rn += ".shared"
-			}
-			if cfg.FailRequestsGreaterThanOne {
-				max = 1
-			}
+		sh, ok := cfg.share(rn, name)
+		if !ok {
+			add(rn, devs, false)
+			continue
 		}
+		picked, whole := sh.Devices.pick(devs)
+		if len(whole) > 0 {
+			add(rn, whole, false)
+		}
+		if len(picked) > 0 {
+			to := rn
+			if sh.Rename != "" {
+				to = sh.Rename
+			}
+			add(to, replicate(picked, sh.Replicas), true)
+		}
+	}
+	for i := range out {
+		devs := out[i].Devices
 		sort.Slice(devs, func(i, j int) bool { return devs[i].ID < devs[j].ID })
-		out = append(out, Resource{Name: rn, Devices: devs, DevRoot: node.DevRoot, ControlDevices: existing(node.DevRoot),
-			Links: node.Links, MaxPerContainer: max})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
@@ -192,6 +233,7 @@ func replicate(devs []Device, n int) []Device {
 		for r := 0; r < n; r++ {
 			c := d
 			c.ID = d.UUID + ReplicaSep + strconv.Itoa(r)
+			c.Replicas = n
 			out = append(out, c)
 		}
 	}

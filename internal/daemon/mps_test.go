@@ -1,0 +1,63 @@
+package daemon
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/gpulet/gpulet/internal/config"
+	"github.com/gpulet/gpulet/internal/hardware/sim"
+	"github.com/gpulet/gpulet/internal/inventory"
+	"github.com/gpulet/gpulet/internal/plugin"
+)
+
+// TestStartMPSOnSimulatedNode: an mps config starts one (simulated) daemon
+// per shared GPU, hands Allocate the manager, and quits them at the end;
+// a devices count over the node's GPUs stops start-up.
+func TestStartMPSOnSimulatedNode(t *testing.T) {
+	simRoot := t.TempDir()
+	cfg := &config.Config{Backend: "sim", SimProfile: "pcie-4x-l4", SimRoot: simRoot, MPSRoot: t.TempDir(),
+		ResourceName: "nvidia.com/gpu", MIGStrategy: "none",
+		Sharing: config.Sharing{Strategy: config.SharingMPS, Resources: []config.SharedResource{
+			{Name: "nvidia.com/gpu", Replicas: 4, Devices: config.SharedDevices{Count: 2}}}}}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	backend, err := OpenBackend(cfg, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer backend.Close()
+	node, err := backend.Discover(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	snap := inventory.NewStore(node).Snapshot()
+	opts := &plugin.Options{}
+	stop, err := startMPS(context.Background(), cfg, backend, snap, opts, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if opts.MPS == nil {
+		t.Fatal("Allocate got no MPS manager")
+	}
+	a, err := opts.MPS.Access(context.Background(), node.GPUs[1].UUID)
+	if err != nil || a.Env["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] != "25" {
+		t.Errorf("access %+v %v", a, err)
+	}
+	if _, err := opts.MPS.Access(context.Background(), node.GPUs[2].UUID); err == nil {
+		t.Error("a GPU outside devices: 2 got MPS")
+	}
+	stop()
+	b, _ := os.ReadFile(sim.MPSLogPath(simRoot))
+	if strings.Count(string(b), " -d\n") != 2 || strings.Count(string(b), " quit\n") != 2 {
+		t.Errorf("daemon log:\n%s", b)
+	}
+
+	cfg.Sharing.Resources[0].Devices.Count = 9
+	if _, err := startMPS(context.Background(), cfg, backend, snap, &plugin.Options{}, log); err == nil ||
+		!strings.Contains(err.Error(), "more devices than") {
+		t.Errorf("count over the node: %v", err)
+	}
+}
