@@ -29,9 +29,28 @@ type Monitor struct {
 	// Disabled turns fault handling off: events are logged, devices stay
 	// healthy (NVIDIA's DP_DISABLE_HEALTHCHECKS=all).
 	Disabled bool
+	// Observer, when set, is told every event and health change (metrics).
+	Observer Observer
 
 	mu        sync.Mutex
 	lastFault map[string]time.Time
+}
+
+// Observer is told what the monitor sees and decides; it must be fast.
+type Observer interface {
+	DeviceEvent(ev hardware.Event)
+	HealthChanged(uuid string, h inventory.Health)
+}
+
+// setHealth records h and tells the observer when it changed.
+func (m *Monitor) setHealth(uuid string, h inventory.Health) bool {
+	if !m.Store.SetHealth(uuid, h) {
+		return false
+	}
+	if m.Observer != nil {
+		m.Observer.HealthChanged(uuid, h)
+	}
+	return true
 }
 
 // Run watches until ctx ends. It returns the backend's watch error if the
@@ -90,6 +109,9 @@ func recheckEvery(quiet time.Duration) time.Duration {
 // events without a backend.
 func (m *Monitor) Handle(ctx context.Context, ev hardware.Event) {
 	log := m.Log.With("backend", m.Backend.Name())
+	if m.Observer != nil {
+		m.Observer.DeviceEvent(ev)
+	}
 	switch ev.Kind {
 	case hardware.EventChanged:
 		node, err := m.Backend.Discover(ctx)
@@ -102,7 +124,7 @@ func (m *Monitor) Handle(ctx context.Context, ev hardware.Event) {
 		log.Info("devices changed", "reason", ev.Reason, "gpus_before", len(before.GPUs), "gpus_now", len(node.GPUs))
 		return
 	case hardware.EventHealthy:
-		if m.Store.SetHealth(ev.UUID, inventory.Health{Healthy: true}) {
+		if m.setHealth(ev.UUID, inventory.Health{Healthy: true}) {
 			log.Info("device healthy again", "device", ev.UUID, "reason", ev.Reason)
 		}
 		return
@@ -125,7 +147,7 @@ func (m *Monitor) Handle(ctx context.Context, ev hardware.Event) {
 	m.mu.Lock()
 	m.lastFault[ev.UUID] = time.Now()
 	m.mu.Unlock()
-	if m.Store.SetHealth(ev.UUID, inventory.Health{Healthy: false, Reason: d.Reason, XID: ev.XID}) {
+	if m.setHealth(ev.UUID, inventory.Health{Healthy: false, Reason: d.Reason, XID: ev.XID}) {
 		log.Warn("device unhealthy", "device", ev.UUID, "xid", ev.XID, "action", d.Action, "reason", d.Reason)
 	}
 }
@@ -151,7 +173,7 @@ func (m *Monitor) recover(ctx context.Context) {
 			m.mu.Unlock()
 			continue
 		}
-		if m.Store.SetHealth(uuid, inventory.Health{Healthy: true}) {
+		if m.setHealth(uuid, inventory.Health{Healthy: true}) {
 			m.Log.Info("device recovered: probe passed after quiet period", "device", uuid, "quiet", m.Quiet)
 		}
 	}

@@ -54,6 +54,17 @@ type Options struct {
 	Log       *slog.Logger
 	// Poll is how often sockets are checked besides inotify (default 1s).
 	Poll time.Duration
+	// Observer, when set, is told about registrations, device lists sent
+	// and allocations (metrics).
+	Observer Observer
+}
+
+// Observer is told what the servers do; implementations must be fast and
+// safe for concurrent use.
+type Observer interface {
+	Registration(resource string, err error)
+	ListAndWatchSent(resource string, devices int)
+	Allocated(resource string, devices int)
 }
 
 func (o *Options) kubeletSocket() string { return filepath.Join(o.PluginDir, "kubelet.sock") }
@@ -148,6 +159,9 @@ func (s *Server) ListAndWatch(_ *pluginapi.Empty, stream pluginapi.DevicePlugin_
 		res, changed := s.current()
 		if err := stream.Send(&pluginapi.ListAndWatchResponse{Devices: apiDevices(res)}); err != nil {
 			return err
+		}
+		if o := s.opts.Observer; o != nil {
+			o.ListAndWatchSent(s.name, len(res.Devices))
 		}
 		select {
 		case <-changed:
@@ -366,6 +380,11 @@ func (s *Server) Allocate(_ context.Context, req *pluginapi.AllocateRequest) (*p
 		}
 		resp.ContainerResponses = append(resp.ContainerResponses, c)
 	}
+	if o := s.opts.Observer; o != nil {
+		for _, cr := range req.ContainerRequests {
+			o.Allocated(s.name, len(cr.DevicesIds))
+		}
+	}
 	return resp, nil
 }
 
@@ -561,6 +580,9 @@ func (s *Server) register(ctx context.Context) error {
 		ResourceName: s.name,
 		Options:      &pluginapi.DevicePluginOptions{GetPreferredAllocationAvailable: s.opts.Placement != nil},
 	})
+	if o := s.opts.Observer; o != nil {
+		o.Registration(s.name, err)
+	}
 	if err != nil {
 		return err // gRPC status errors do not wrap syscall errors; their text says it
 	}
