@@ -48,17 +48,17 @@ type Field uint32
 
 // The fields, named after the dcgm-exporter counters they feed.
 const (
-	FieldGPUUtil          Field = 1 << iota // DCGM_FI_DEV_GPU_UTIL, %
-	FieldMemCopyUtil                        // DCGM_FI_DEV_MEM_COPY_UTIL, %
-	FieldFB                                 // DCGM_FI_DEV_FB_USED|FREE|RESERVED, MiB
-	FieldGPUTemp                            // DCGM_FI_DEV_GPU_TEMP, °C
-	FieldPower                              // DCGM_FI_DEV_POWER_USAGE, W
-	FieldEnergy                             // DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION, mJ
-	FieldSMClock                            // DCGM_FI_DEV_SM_CLOCK, MHz
-	FieldMemClock                           // DCGM_FI_DEV_MEM_CLOCK, MHz
-	FieldPCIeReplays                        // DCGM_FI_DEV_PCIE_REPLAY_COUNTER
-	FieldRemappedRows                       // DCGM_FI_DEV_{UN,}CORRECTABLE_REMAPPED_ROWS, ROW_REMAP_FAILURE
-	FieldTensorActive                       // DCGM_FI_PROF_PIPE_TENSOR_ACTIVE, ratio
+	FieldGPUUtil      Field = 1 << iota // DCGM_FI_DEV_GPU_UTIL, %
+	FieldMemCopyUtil                    // DCGM_FI_DEV_MEM_COPY_UTIL, %
+	FieldFB                             // DCGM_FI_DEV_FB_USED|FREE|RESERVED, MiB
+	FieldGPUTemp                        // DCGM_FI_DEV_GPU_TEMP, °C
+	FieldPower                          // DCGM_FI_DEV_POWER_USAGE, W
+	FieldEnergy                         // DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION, mJ
+	FieldSMClock                        // DCGM_FI_DEV_SM_CLOCK, MHz
+	FieldMemClock                       // DCGM_FI_DEV_MEM_CLOCK, MHz
+	FieldPCIeReplays                    // DCGM_FI_DEV_PCIE_REPLAY_COUNTER
+	FieldRemappedRows                   // DCGM_FI_DEV_{UN,}CORRECTABLE_REMAPPED_ROWS, ROW_REMAP_FAILURE
+	FieldTensorActive                   // DCGM_FI_PROF_PIPE_TENSOR_ACTIVE, ratio
 )
 
 // Sample is one reading of a device. Have says which fields were read.
