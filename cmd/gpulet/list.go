@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -21,6 +22,8 @@ type listing struct {
 	Node      *inventory.Node             `json:"node"`
 	Health    map[string]inventory.Health `json:"health"`
 	Resources []listedResource            `json:"resources"`
+	// Live is each GPU's sampled utilisation, memory and holders (top.go).
+	Live map[string]liveDevice `json:"live,omitempty"`
 }
 
 type listedResource struct {
@@ -53,55 +56,71 @@ func newListCmd() *cobra.Command {
 			default:
 				return fmt.Errorf("output %q is not one of table, json, yaml", output)
 			}
-			backend, err := daemon.OpenBackend(cfg, newLogger(cfg))
+			l, err := buildListing(cmd.Context(), cfg)
 			if err != nil {
 				return err
 			}
-			defer backend.Close()
-			node, err := backend.Discover(cmd.Context())
-			if err != nil {
-				return fmt.Errorf("discover GPUs with the %s backend: %w", backend.Name(), err)
-			}
-			// Health here is a probe of each device now; the daemon also
-			// tracks events over time.
-			store := inventory.NewStore(node)
-			for _, g := range node.GPUs {
-				if err := backend.Probe(cmd.Context(), g.UUID); err != nil {
-					store.SetHealth(g.UUID, inventory.Health{Reason: err.Error()})
-				}
-			}
-			snap := store.Snapshot()
-			l := listing{Node: node, Health: snap.Health}
-			for _, r := range resources.Build(snap, daemon.ResourcesConfig(cfg)) {
-				lr := listedResource{Name: r.Name, Count: len(r.Devices)}
-				for _, d := range r.Devices {
-					if d.Healthy {
-						lr.Healthy++
-					}
-					lr.Devices = append(lr.Devices, listedDevice{ID: d.ID, Healthy: d.Healthy, Reason: d.Reason, NUMA: d.NUMA})
-				}
-				l.Resources = append(l.Resources, lr)
-			}
-			out := cmd.OutOrStdout()
-			switch output {
-			case "json":
-				enc := json.NewEncoder(out)
-				enc.SetIndent("", "  ")
-				return enc.Encode(l)
-			case "yaml":
-				b, err := yaml.Marshal(l)
-				if err != nil {
-					return err
-				}
-				_, err = out.Write(b)
-				return err
-			}
-			return printTable(out, l)
+			return printListing(cmd.OutOrStdout(), l, output)
 		},
 	}
 	cfg.BackendFlags(cmd.Flags(), "auto")
+	cfg.PodResourcesFlag(cmd.Flags())
 	cmd.Flags().StringVarP(&output, "output", "o", "table", "output format: table, json, yaml")
 	return cmd
+}
+
+// buildListing reads the node, probes each GPU, and adds live telemetry and
+// the pods holding each GPU where the backend and kubelet provide them.
+func buildListing(ctx context.Context, cfg *config.Config) (listing, error) {
+	backend, err := daemon.OpenBackend(cfg, newLogger(cfg))
+	if err != nil {
+		return listing{}, err
+	}
+	defer backend.Close()
+	node, err := backend.Discover(ctx)
+	if err != nil {
+		return listing{}, fmt.Errorf("discover GPUs with the %s backend: %w", backend.Name(), err)
+	}
+	// Health here is a probe of each device now; the daemon also
+	// tracks events over time.
+	store := inventory.NewStore(node)
+	for _, g := range node.GPUs {
+		if err := backend.Probe(ctx, g.UUID); err != nil {
+			store.SetHealth(g.UUID, inventory.Health{Reason: err.Error()})
+		}
+	}
+	snap := store.Snapshot()
+	l := listing{Node: node, Health: snap.Health}
+	built := resources.Build(snap, daemon.ResourcesConfig(cfg))
+	l.Live = live(ctx, backend, node, built, cfg.PodResourcesSocket)
+	for _, r := range built {
+		lr := listedResource{Name: r.Name, Count: len(r.Devices)}
+		for _, d := range r.Devices {
+			if d.Healthy {
+				lr.Healthy++
+			}
+			lr.Devices = append(lr.Devices, listedDevice{ID: d.ID, Healthy: d.Healthy, Reason: d.Reason, NUMA: d.NUMA})
+		}
+		l.Resources = append(l.Resources, lr)
+	}
+	return l, nil
+}
+
+func printListing(out io.Writer, l listing, output string) error {
+	switch output {
+	case "json":
+		enc := json.NewEncoder(out)
+		enc.SetIndent("", "  ")
+		return enc.Encode(l)
+	case "yaml":
+		b, err := yaml.Marshal(l)
+		if err != nil {
+			return err
+		}
+		_, err = out.Write(b)
+		return err
+	}
+	return printTable(out, l)
 }
 
 func printTable(out io.Writer, l listing) error {
@@ -112,7 +131,7 @@ func printTable(out io.Writer, l listing) error {
 	}
 	fmt.Fprintf(out, "   Driver: %s   CUDA: %s   Devices: %s\n\n", n.DriverVersion, n.CUDADriverVersion, n.DevRoot)
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "INDEX\tUUID\tNAME\tMEMORY\tCC\tBUS ID\tNUMA\tMIG\tHEALTH")
+	fmt.Fprintln(tw, "INDEX\tUUID\tNAME\tMEMORY\tCC\tBUS ID\tNUMA\tMIG\tHEALTH\tUTIL\tMEM USED\tPOD")
 	for _, g := range n.GPUs {
 		mig := "n/a"
 		if g.MIGCapable {
@@ -129,8 +148,9 @@ func printTable(out io.Writer, l listing) error {
 		if g.NUMANode >= 0 {
 			numa = fmt.Sprint(g.NUMANode)
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%d MiB\t%s\t%s\t%s\t%s\t%s\n", g.Index, g.UUID, g.Name, g.MemoryBytes>>20,
-			g.ComputeCapability, g.PCIBusID, numa, mig, health)
+		util, used, pod := l.Live[g.UUID].columns()
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%d MiB\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", g.Index, g.UUID, g.Name, g.MemoryBytes>>20,
+			g.ComputeCapability, g.PCIBusID, numa, mig, health, util, used, pod)
 	}
 	if err := tw.Flush(); err != nil {
 		return err

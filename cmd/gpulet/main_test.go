@@ -69,7 +69,7 @@ func startDaemon(t testing.TB, profile string, extra ...string) *runningDaemon {
 	t.Cleanup(k.Stop)
 	d := &runningDaemon{dir: dir, kubelet: k, simRoot: filepath.Join(dir, "sim"), log: &strings.Builder{}}
 	args := append([]string{"run", "--backend=sim", "--sim-profile=" + profile, "--sim-root=" + d.simRoot,
-		"--device-plugin-path=" + dir}, extra...)
+		"--device-plugin-path=" + dir, "--metrics-address=127.0.0.1:0"}, extra...)
 	d.cmd = exec.Command(gpuletBin, args...)
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
 	if err := d.cmd.Start(); err != nil {
@@ -301,7 +301,7 @@ func TestClearErrors(t *testing.T) {
 }
 
 func TestStaysUpWithoutGPUsWhenAsked(t *testing.T) {
-	cmd := exec.Command(gpuletBin, "run", "--backend=nvml", "--device-plugin-path="+t.TempDir())
+	cmd := exec.Command(gpuletBin, "run", "--backend=nvml", "--device-plugin-path="+t.TempDir(), "--metrics-address=127.0.0.1:0")
 	cmd.Env = append(os.Environ(), "FAIL_ON_INIT_ERROR=false")
 	var log strings.Builder
 	cmd.Stderr = &log
@@ -319,7 +319,7 @@ func TestStaysUpWithoutGPUsWhenAsked(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Errorf("exit after SIGTERM: %v", err)
 	}
-	if !strings.Contains(log.String(), "staying idle") {
+	if !strings.Contains(log.String(), "waiting for the driver") {
 		t.Errorf("log does not say why it idles:\n%s", log.String())
 	}
 }

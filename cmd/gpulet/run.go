@@ -33,7 +33,7 @@ otherwise.`,
 				"device_plugin_path", cfg.DevicePluginPath, "device_list_strategy", cfg.DeviceListStrategy,
 				"device_id_strategy", cfg.DeviceIDStrategy, "pass_device_specs", cfg.PassDeviceSpecs,
 				"shared_devices_allocation_policy", cfg.SharedDevicesAllocationPolicy)
-			return daemon.Run(cmd.Context(), cfg, log)
+			return daemon.RunWithVersion(cmd.Context(), cfg, log, version)
 		},
 	}
 	cfg.RunFlags(cmd.Flags())

@@ -70,7 +70,7 @@ func newSimCmd() *cobra.Command {
 --sim-root. These commands edit that file; the running daemon reacts within
 milliseconds, exactly as it reacts to real hardware events.`,
 	}
-	cmd.AddCommand(simFault(), simClear(), simRemove(), simRestore(), simStatus(), simDevices())
+	cmd.AddCommand(simFault(), simClear(), simRemove(), simRestore(), simStatus(), simDevices(), simDriver())
 	return cmd
 }
 

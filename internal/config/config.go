@@ -84,6 +84,10 @@ type Config struct {
 	LogLevel  string
 
 	Labels LabelConfig // node labels (labels.go)
+	// Metrics and probes (package metrics): listen address, empty = off;
+	// the kubelet's PodResources socket for pod labels.
+	MetricsAddress     string
+	PodResourcesSocket string
 }
 
 // setting ties a flag to its environment variables and its place in the
@@ -166,6 +170,9 @@ var settings = []setting{
 	}},
 	{"log-format", []string{"GPULET_LOG_FORMAT"}, func(f *File) (string, bool) { return str(f.Gpulet.LogFormat) }},
 	{"log-level", []string{"GPULET_LOG_LEVEL"}, func(f *File) (string, bool) { return str(f.Gpulet.LogLevel) }},
+	// Metrics and probes.
+	{"metrics-address", []string{"GPULET_METRICS_ADDRESS"}, func(f *File) (string, bool) { return str(f.Gpulet.MetricsAddress) }},
+	{"pod-resources-socket", []string{"GPULET_POD_RESOURCES_SOCKET"}, func(f *File) (string, bool) { return str(f.Gpulet.PodResourcesSocket) }},
 }
 
 // listValue reads a strategy list given as one string or a list of strings.
@@ -230,6 +237,7 @@ func (c *Config) RunFlags(fs *pflag.FlagSet) {
 	c.CDIFlags(fs)
 	fs.StringVar(&c.MPSRoot, "mps-root", DefaultMPSRoot, "host folder for the MPS control daemons' pipe, log and shm folders (sharing.mps) [env MPS_ROOT]")
 	fs.StringVar(&c.MPSControl, "mps-control", DefaultMPSControl, "nvidia-cuda-mps-control binary gpulet starts one MPS control daemon per shared GPU with [env GPULET_MPS_CONTROL]")
+	c.MetricsFlags(fs)
 	fs.StringVar(&c.DisableHealthChecks, "disable-health-checks", "", "\"all\" disables health checks; a list of XIDs ignores those XIDs [env DP_DISABLE_HEALTHCHECKS]")
 	fs.DurationVar(&c.HealthQuietPeriod, "health-quiet-period", 30*time.Second, "how long an unhealthy GPU must stay quiet before it is re-probed and can become healthy again [env GPULET_HEALTH_QUIET_PERIOD]")
 	fs.StringToStringVar(&c.XIDOverrides, "xid-policy", nil, "override the XID table: XID=ignore|reset|lost, comma-separated [env GPULET_XID_POLICY]")
@@ -240,6 +248,25 @@ func (c *Config) RunFlags(fs *pflag.FlagSet) {
 // device-list strategies (run) and checks (doctor).
 func (c *Config) CDIFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.CDISpecDir, "cdi-spec-dir", DefaultCDISpecDir, "folder gpulet writes its CDI spec to with a cdi-* device-list strategy; the container runtime must read it [env GPULET_CDI_SPEC_DIR]")
+}
+
+// Defaults of the metrics settings (metrics.DefaultAddress,
+// podresources.DefaultSocket).
+const (
+	DefaultMetricsAddress     = ":9401"
+	DefaultPodResourcesSocket = "/var/lib/kubelet/pod-resources/kubelet.sock"
+)
+
+// MetricsFlags adds the /metrics and probe settings (run) and the pod
+// attribution socket (run, list, top).
+func (c *Config) MetricsFlags(fs *pflag.FlagSet) {
+	fs.StringVar(&c.MetricsAddress, "metrics-address", DefaultMetricsAddress, "address of /metrics, /healthz and /readyz (dcgm-exporter uses :9400); empty turns them off [env GPULET_METRICS_ADDRESS]")
+	c.PodResourcesFlag(fs)
+}
+
+// PodResourcesFlag adds the kubelet PodResources socket setting.
+func (c *Config) PodResourcesFlag(fs *pflag.FlagSet) {
+	fs.StringVar(&c.PodResourcesSocket, "pod-resources-socket", DefaultPodResourcesSocket, "kubelet PodResources socket, to label GPUs with the pod holding them; empty turns it off [env GPULET_POD_RESOURCES_SOCKET]")
 }
 
 // Resolve fills settings the command line left unset from the environment,

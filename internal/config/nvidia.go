@@ -46,6 +46,9 @@ type File struct {
 		LogFormat *string    `json:"logFormat,omitempty"`
 		LogLevel  *string    `json:"logLevel,omitempty"`
 		Labels    labelsFile `json:"labels"` // labels.go
+		// Metrics and probes.
+		MetricsAddress     *string `json:"metricsAddress,omitempty"`
+		PodResourcesSocket *string `json:"podResourcesSocket,omitempty"`
 	} `json:"gpulet"`
 }
 

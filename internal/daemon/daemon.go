@@ -8,7 +8,6 @@ package daemon
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -20,6 +19,7 @@ import (
 	"github.com/gpulet/gpulet/internal/hardware/sim"
 	"github.com/gpulet/gpulet/internal/health"
 	"github.com/gpulet/gpulet/internal/inventory"
+	"github.com/gpulet/gpulet/internal/metrics"
 	"github.com/gpulet/gpulet/internal/plugin"
 	"github.com/gpulet/gpulet/internal/resources"
 )
@@ -70,18 +70,37 @@ func PlacementFor(policy allocator.Policy) func(*resources.Resource) (plugin.Pla
 
 // Run is `gpulet run`: it serves until ctx ends, then removes its sockets.
 func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
+	return RunWithVersion(ctx, cfg, log, "")
+}
+
+// RunWithVersion is Run with the version gpulet_build_info reports.
+func RunWithVersion(ctx context.Context, cfg *config.Config, log *slog.Logger, version string) error {
 	start := time.Now()
+	// Metrics and probes come first: /healthz answers and /readyz says why
+	// not ready while gpulet waits for the driver.
+	exp := metrics.New(metrics.Options{Version: version, PodResourcesSocket: cfg.PodResourcesSocket, Log: log.With("component", "metrics")})
+	if cfg.MetricsAddress != "" {
+		mctx, mcancel := context.WithCancel(ctx)
+		wait, err := exp.Serve(mctx, cfg.MetricsAddress)
+		if err != nil {
+			mcancel()
+			return err
+		}
+		defer func() { mcancel(); wait() }()
+	}
 	backend, node, err := initHardware(ctx, cfg, log)
 	if err != nil {
 		if cfg.FailOnInitError {
 			return err
 		}
-		// NVIDIA's behaviour with FAIL_ON_INIT_ERROR=false: stay up so the
-		// DaemonSet does not crash-loop on nodes without GPUs.
-		log.Error("no GPUs to serve; staying idle because fail-on-init-error is false", "err", err)
-		<-ctx.Done()
-		return nil
+		// NVIDIA's plugin stays idle with FAIL_ON_INIT_ERROR=false; gpulet
+		// also keeps trying, so GPUs appear once the driver does.
+		log.Error("no GPUs to serve yet; waiting for the driver because fail-on-init-error is false", "err", err)
+		if backend, node = waitForHardware(ctx, cfg, log); backend == nil {
+			return nil
+		}
 	}
+	exp.SetDriverUp(true)
 	defer backend.Close()
 	if fi, ok := backend.(hardware.FaultInjector); ok {
 		if err := fi.Publish(); err != nil {
@@ -100,8 +119,11 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	}
 	mon := &health.Monitor{
 		Backend: backend, Store: store, Policy: policy, Log: log.With("component", "health"),
-		Quiet: cfg.HealthQuietPeriod, Disabled: HealthDisabled(cfg),
+		Quiet: cfg.HealthQuietPeriod, Disabled: HealthDisabled(cfg), Observer: exp,
 	}
+	resCfg := ResourcesConfig(cfg)
+	exp.Attach(metrics.Source{Store: store, Backend: backend,
+		Advertised: func(s inventory.Snapshot) []resources.Resource { return resources.Build(s, resCfg) }})
 	// Validate has vetted it; parsed again so an unset value (a caller that
 	// skipped the flags) means NVIDIA's default.
 	placement := allocator.PolicyDistributed
@@ -121,6 +143,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 			CDIKind:              plugin.DefaultCDIKind,
 			Placement:            PlacementFor(placement),
 			Log:                  log.With("component", "deviceplugin"),
+			Observer:             exp,
 		},
 	}
 
@@ -142,7 +165,12 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	healthDone := make(chan struct{})
 	go func() {
 		defer close(healthDone)
-		watchHealth(ctx, mon, log)
+		superviseHealth(ctx, mon, exp, log)
+	}()
+	sampleDone := make(chan struct{})
+	go func() {
+		defer close(sampleDone)
+		exp.Run(ctx)
 	}()
 	labelsDone, err := startNodeLabels(ctx, cfg, store, log) // labels.go
 	if err != nil {
@@ -153,6 +181,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	err = mgr.Run(ctx)
 	cancel()
 	<-healthDone
+	<-sampleDone
 	cdiDone()
 	labelsDone()
 	return err
@@ -169,26 +198,4 @@ func initHardware(ctx context.Context, cfg *config.Config, log *slog.Logger) (ha
 		return nil, nil, fmt.Errorf("discover GPUs with the %s backend: %w", backend.Name(), err)
 	}
 	return backend, node, nil
-}
-
-// watchHealth keeps the health monitor running: a failed event source is
-// logged and restarted with backoff, never taking the plugin down with it.
-func watchHealth(ctx context.Context, mon *health.Monitor, log *slog.Logger) {
-	backoff := time.Second
-	for {
-		err := mon.Run(ctx)
-		if ctx.Err() != nil {
-			return
-		}
-		if err == nil {
-			err = errors.New("health monitor stopped")
-		}
-		log.Error("health watch failed; devices keep their last known health, restarting the watch", "err", err, "in", backoff)
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(backoff):
-		}
-		backoff = min(backoff*2, time.Minute)
-	}
 }

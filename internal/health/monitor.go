@@ -37,11 +37,30 @@ type Monitor struct {
 	// Disabled turns fault handling off: events are logged, devices stay
 	// healthy (NVIDIA's DP_DISABLE_HEALTHCHECKS=all).
 	Disabled bool
+	// Observer, when set, is told every event and health change (metrics).
+	Observer Observer
 
 	mu        sync.Mutex
 	lastFault map[string]time.Time
 	// needsReset holds the devices only a reset brings back.
 	needsReset map[string]bool
+}
+
+// Observer is told what the monitor sees and decides; it must be fast.
+type Observer interface {
+	DeviceEvent(ev hardware.Event)
+	HealthChanged(uuid string, h inventory.Health)
+}
+
+// setHealth records h and tells the observer when it changed.
+func (m *Monitor) setHealth(uuid string, h inventory.Health) bool {
+	if !m.Store.SetHealth(uuid, h) {
+		return false
+	}
+	if m.Observer != nil {
+		m.Observer.HealthChanged(uuid, h)
+	}
+	return true
 }
 
 // Run watches until ctx ends. It returns the backend's watch error if the
@@ -105,6 +124,9 @@ func recheckEvery(quiet time.Duration) time.Duration {
 // events without a backend.
 func (m *Monitor) Handle(ctx context.Context, ev hardware.Event) {
 	log := m.Log.With("backend", m.Backend.Name())
+	if m.Observer != nil {
+		m.Observer.DeviceEvent(ev)
+	}
 	switch ev.Kind {
 	case hardware.EventChanged:
 		node, err := m.Backend.Discover(ctx)
@@ -120,7 +142,7 @@ func (m *Monitor) Handle(ctx context.Context, ev hardware.Event) {
 		m.mu.Lock()
 		delete(m.needsReset, ev.UUID)
 		m.mu.Unlock()
-		if m.Store.SetHealth(ev.UUID, inventory.Health{Healthy: true}) {
+		if m.setHealth(ev.UUID, inventory.Health{Healthy: true}) {
 			log.Info("device healthy again", "device", ev.UUID, "reason", ev.Reason)
 		}
 		return
@@ -157,7 +179,7 @@ func (m *Monitor) Handle(ctx context.Context, ev hardware.Event) {
 		m.needsReset[ev.UUID] = true
 	}
 	m.mu.Unlock()
-	if m.Store.SetHealth(ev.UUID, inventory.Health{Healthy: false, Reason: reason, XID: ev.XID}) {
+	if m.setHealth(ev.UUID, inventory.Health{Healthy: false, Reason: reason, XID: ev.XID}) {
 		log.Warn("device unhealthy", "device", ev.UUID, "xid", ev.XID, "action", d.Action, "reason", reason,
 			"recovery", map[bool]string{true: "held until reset: the backend reports it healthy or gpulet restarts", false: "re-probed after the quiet period"}[reset])
 	}
@@ -185,7 +207,7 @@ func (m *Monitor) recover(ctx context.Context) {
 			m.mu.Unlock()
 			continue
 		}
-		if m.Store.SetHealth(uuid, inventory.Health{Healthy: true}) {
+		if m.setHealth(uuid, inventory.Health{Healthy: true}) {
 			m.Log.Info("device recovered: probe passed after quiet period", "device", uuid, "quiet", m.Quiet)
 		}
 	}

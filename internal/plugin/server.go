@@ -57,6 +57,17 @@ type Options struct {
 	// MPS hands out access to MPS control daemons for MPS-shared
 	// resources; nil when nothing is shared through MPS.
 	MPS MPSAccess
+	// Observer, when set, is told about registrations, device lists sent
+	// and allocations (metrics).
+	Observer Observer
+}
+
+// Observer is told what the servers do; implementations must be fast and
+// safe for concurrent use.
+type Observer interface {
+	Registration(resource string, err error)
+	ListAndWatchSent(resource string, devices int)
+	Allocated(resource string, devices int)
 }
 
 func (o *Options) kubeletSocket() string { return filepath.Join(o.PluginDir, "kubelet.sock") }
@@ -151,6 +162,9 @@ func (s *Server) ListAndWatch(_ *pluginapi.Empty, stream pluginapi.DevicePlugin_
 		res, changed := s.current()
 		if err := stream.Send(&pluginapi.ListAndWatchResponse{Devices: apiDevices(res)}); err != nil {
 			return err
+		}
+		if o := s.opts.Observer; o != nil {
+			o.ListAndWatchSent(s.name, len(res.Devices))
 		}
 		select {
 		case <-changed:
@@ -372,6 +386,11 @@ func (s *Server) Allocate(ctx context.Context, req *pluginapi.AllocateRequest) (
 		}
 		resp.ContainerResponses = append(resp.ContainerResponses, c)
 	}
+	if o := s.opts.Observer; o != nil {
+		for _, cr := range req.ContainerRequests {
+			o.Allocated(s.name, len(cr.DevicesIds))
+		}
+	}
 	return resp, nil
 }
 
@@ -567,6 +586,9 @@ func (s *Server) register(ctx context.Context) error {
 		ResourceName: s.name,
 		Options:      &pluginapi.DevicePluginOptions{GetPreferredAllocationAvailable: s.opts.Placement != nil},
 	})
+	if o := s.opts.Observer; o != nil {
+		o.Registration(s.name, err)
+	}
 	if err != nil {
 		return err // gRPC status errors do not wrap syscall errors; their text says it
 	}

@@ -74,6 +74,8 @@ func startGpulet(tb, owner testing.TB, profile, simRoot string) *gpuletProc {
 		"--device-list-strategy=envvar,cdi-cri",
 		// cdi-cri makes gpulet write a CDI spec; keep it out of /var/run/cdi.
 		"--cdi-spec-dir="+filepath.Join(simRoot, "cdi"),
+		// A free port: restarts may overlap the previous process.
+		"--metrics-address=127.0.0.1:0",
 	)
 	// Only the flags above configure it, whatever the caller's environment holds.
 	g.cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME")}

@@ -77,11 +77,13 @@ func call[T any](b *Backend, what string, f func() (T, nvml.Return)) (T, error) 
 	defer t.Stop()
 	select {
 	case r := <-done:
+		b.observeCall(what, time.Since(start), false)
 		if r.ret != nvml.SUCCESS {
 			return zero, nvmlError{what, r.ret}
 		}
 		return r.v, nil
 	case <-t.C:
+		b.observeCall(what, timeout, true)
 		forget := b.markStuck(what, start)
 		go func() {
 			<-done

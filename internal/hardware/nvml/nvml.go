@@ -48,6 +48,8 @@ type Backend struct {
 	stuck   map[uint64]stuckCall // NVML calls that outlived CallTimeout and have not returned
 	stuckID uint64
 	node    *inventory.Node // the last discovery, for Watch and Probe
+
+	observer hardware.CallObserver // metrics of every guarded call; may be nil
 }
 
 var _ hardware.Backend = (*Backend)(nil)

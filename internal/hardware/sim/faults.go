@@ -39,6 +39,9 @@ type Faults struct {
 	GPUs map[string]Fault `json:"gpus,omitempty"`
 	// Removed lists the UUIDs of GPUs that fell off the node.
 	Removed []string `json:"removed,omitempty"`
+	// DriverDown simulates an unloaded driver (`gpulet sim driver down`):
+	// discovery, probes and telemetry fail until it is back.
+	DriverDown bool `json:"driverDown,omitempty"`
 }
 
 func (f Faults) removed(uuid string) bool { return slices.Contains(f.Removed, uuid) }

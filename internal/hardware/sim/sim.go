@@ -45,6 +45,7 @@ func DefaultRoot() string {
 type Backend struct {
 	root string
 	full *inventory.Node // every GPU of the profile, before removals
+	tel  telemetryState  // telemetry.go
 }
 
 var _ hardware.Backend = (*Backend)(nil)
@@ -96,6 +97,9 @@ func (b *Backend) Discover(context.Context) (*inventory.Node, error) {
 	if err != nil {
 		return nil, err
 	}
+	if f.DriverDown {
+		return nil, errDriverDown
+	}
 	return withoutRemoved(b.full, f), nil
 }
 
@@ -128,6 +132,9 @@ func (b *Backend) Probe(_ context.Context, uuid string) error {
 	if err != nil {
 		return err
 	}
+	if f.DriverDown {
+		return errDriverDown
+	}
 	if f.removed(uuid) {
 		return fmt.Errorf("simulated GPU %s is removed", uuid)
 	}
@@ -154,6 +161,9 @@ func (b *Backend) Watch(ctx context.Context, events chan<- hardware.Event) error
 		f, err := ReadFaults(b.root)
 		if err != nil {
 			return err
+		}
+		if f.DriverDown {
+			return errDriverDown // the daemon marks every device unhealthy and waits for it
 		}
 		for _, ev := range diff(last, f) {
 			select {
@@ -186,7 +196,9 @@ func (b *Backend) Watch(ctx context.Context, events chan<- hardware.Event) error
 		case <-tick.C:
 		}
 		// A malformed file is the user's to fix; keep the last good state.
-		_ = check()
+		if err := check(); errors.Is(err, hardware.ErrDriverLost) {
+			return err
+		}
 	}
 }
 

@@ -1,0 +1,163 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/gpulet/gpulet/internal/config"
+	"github.com/gpulet/gpulet/internal/hardware"
+	"github.com/gpulet/gpulet/internal/health"
+	"github.com/gpulet/gpulet/internal/inventory"
+	"github.com/gpulet/gpulet/internal/metrics"
+)
+
+// Backoff of the driver waits: the first retry is quick (a driver
+// container finishing its install), later ones settle at the cap.
+var (
+	driverRetryFirst = time.Second
+	driverRetryMax   = 30 * time.Second
+)
+
+// driverLostReason marks the devices gpulet took away because the driver
+// went; only those come back when it returns.
+const driverLostReason = "GPU driver not available"
+
+// waitForHardware retries discovery with capped backoff until it works or
+// ctx ends (nil backend). It logs when it starts waiting and when the GPUs
+// appear, and a changed error, never every try.
+func waitForHardware(ctx context.Context, cfg *config.Config, log *slog.Logger) (hardware.Backend, *inventory.Node) {
+	backoff, lastErr := driverRetryFirst, ""
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, nil
+		case <-time.After(backoff):
+		}
+		backend, node, err := initHardware(ctx, cfg, log)
+		if err == nil {
+			log.Info("GPU driver available; serving its GPUs", "gpus", len(node.GPUs))
+			return backend, node
+		}
+		if msg := err.Error(); msg != lastErr {
+			log.Warn("still waiting for the GPU driver", "err", err, "retry_every_up_to", driverRetryMax)
+			lastErr = msg
+		}
+		backoff = min(backoff*2, driverRetryMax)
+	}
+}
+
+// superviseHealth keeps the health monitor running. A failed event source
+// is restarted with backoff. A lost driver takes every device away (so the
+// kubelet stops placing pods on them) and turns /readyz unready; gpulet then
+// re-initialises the backend with backoff and restores the devices when the
+// driver answers again.
+func superviseHealth(ctx context.Context, mon *health.Monitor, exp *metrics.Exporter, log *slog.Logger) {
+	backoff := time.Second
+	for {
+		err := mon.Run(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if err == nil {
+			err = errors.New("health monitor stopped")
+		}
+		if errors.Is(err, hardware.ErrDriverLost) || driverGone(ctx, mon.Backend) {
+			if !waitForDriver(ctx, mon, exp, err, log) {
+				return
+			}
+			backoff = time.Second
+			continue
+		}
+		log.Error("health watch failed; devices keep their last known health, restarting the watch", "err", err, "in", backoff)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, time.Minute)
+	}
+}
+
+// driverGone checks, after a watch failure, whether the driver still answers.
+func driverGone(ctx context.Context, b hardware.Backend) bool {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	_, err := b.Discover(ctx)
+	return err != nil
+}
+
+// waitForDriver marks every device unhealthy, retries until the backend
+// discovers the node again, then restores what it took. It returns false
+// when ctx ended first.
+func waitForDriver(ctx context.Context, mon *health.Monitor, exp *metrics.Exporter, cause error, log *slog.Logger) bool {
+	exp.SetDriverUp(false)
+	snap := mon.Store.Snapshot()
+	for _, uuid := range deviceUUIDs(snap.Node) {
+		if snap.Healthy(uuid) {
+			mon.Store.SetHealth(uuid, inventory.Health{Healthy: false, Reason: driverLostReason})
+		}
+	}
+	log.Error("GPU driver lost: every device is unhealthy and gpulet is not ready until it is back", "err", cause)
+	backoff, lastErr := driverRetryFirst, cause.Error()
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(backoff):
+		}
+		err := reconnect(ctx, mon.Backend)
+		if err == nil {
+			break
+		}
+		if msg := err.Error(); msg != lastErr {
+			log.Warn("still waiting for the GPU driver", "err", err)
+			lastErr = msg
+		}
+		backoff = min(backoff*2, driverRetryMax)
+	}
+	node, err := mon.Backend.Discover(ctx)
+	if err != nil { // lost again in between: the next watch failure handles it
+		log.Warn("GPU driver answered, then failed rediscovery", "err", err)
+		return ctx.Err() == nil
+	}
+	mon.Store.SetNode(node)
+	snap = mon.Store.Snapshot()
+	for uuid, h := range snap.Health {
+		if strings.HasPrefix(h.Reason, driverLostReason) {
+			mon.Store.SetHealth(uuid, inventory.Health{Healthy: true})
+		}
+	}
+	exp.SetDriverUp(true)
+	log.Info("GPU driver back: devices restored", "gpus", len(node.GPUs))
+	return true
+}
+
+// reconnect re-initialises a backend that can, then checks discovery.
+func reconnect(ctx context.Context, b hardware.Backend) error {
+	if r, ok := b.(hardware.Reinitializer); ok {
+		if err := r.Reinit(ctx); err != nil {
+			return err
+		}
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	_, err := b.Discover(ctx)
+	return err
+}
+
+func deviceUUIDs(n *inventory.Node) []string {
+	var out []string
+	if n == nil {
+		return nil
+	}
+	for _, g := range n.GPUs {
+		out = append(out, g.UUID)
+		for _, m := range g.MIGDevices {
+			out = append(out, m.UUID)
+		}
+	}
+	return out
+}

@@ -1,0 +1,380 @@
+package metrics
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/gpulet/gpulet/internal/hardware"
+	"github.com/gpulet/gpulet/internal/hardware/sim"
+	"github.com/gpulet/gpulet/internal/inventory"
+	"github.com/gpulet/gpulet/internal/podresources"
+	"github.com/gpulet/gpulet/internal/podresources/podresourcestest"
+	"github.com/gpulet/gpulet/internal/resources"
+)
+
+// simNode starts a simulated node of profile and an exporter attached to it.
+func simNode(t testing.TB, profile string, opts Options) (*Exporter, *sim.Backend, *inventory.Store) {
+	t.Helper()
+	p, err := sim.LoadProfile(profile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := sim.New(p, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	node, err := b.Discover(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := inventory.NewStore(node)
+	if opts.Hostname == "" {
+		opts.Hostname = "node-1"
+	}
+	e := New(opts)
+	e.SetDriverUp(true)
+	e.Attach(Source{Store: store, Backend: b, Advertised: func(s inventory.Snapshot) []resources.Resource {
+		return resources.Build(s, resources.Config{ResourceName: "nvidia.com/gpu", MIGStrategy: "mixed"})
+	}})
+	return e, b, store
+}
+
+func gather(t testing.TB, e *Exporter) map[string]*dto.MetricFamily {
+	t.Helper()
+	mfs, err := e.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]*dto.MetricFamily{}
+	for _, mf := range mfs {
+		out[mf.GetName()] = mf
+	}
+	return out
+}
+
+func labels(m *dto.Metric) map[string]string {
+	out := map[string]string{}
+	for _, l := range m.GetLabel() {
+		out[l.GetName()] = l.GetValue()
+	}
+	return out
+}
+
+// TestDashboardMetricsArePresent: every metric NVIDIA's dcgm-exporter
+// dashboard queries has a series per GPU with the labels it selects on.
+func TestDashboardMetricsArePresent(t *testing.T) {
+	e, _, _ := simNode(t, "dgx-h100", Options{})
+	if err := e.SampleOnce(context.Background(), nil); err != nil {
+		t.Fatal(err)
+	}
+	mfs := gather(t, e)
+	f, err := os.Open("testdata/dcgm-dashboard-queries.txt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	n := 0
+	for sc.Scan() {
+		line := strings.Fields(sc.Text())
+		if len(line) == 0 || strings.HasPrefix(line[0], "#") {
+			continue
+		}
+		n++
+		mf, ok := mfs[line[0]]
+		if !ok {
+			t.Errorf("%s: the dashboard queries it, the scrape has no series", line[0])
+			continue
+		}
+		if len(mf.GetMetric()) != 8 {
+			t.Errorf("%s: %d series, want one per GPU (8)", line[0], len(mf.GetMetric()))
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range line[1:] {
+				if labels(m)[l] == "" {
+					t.Errorf("%s: series without label %s: %v", line[0], l, labels(m))
+				}
+			}
+		}
+	}
+	if n == 0 {
+		t.Fatal("no dashboard metrics read")
+	}
+}
+
+// TestDCGMLabels: a GPU series carries dcgm-exporter's labels; a MIG
+// instance's carries its GPU's UUID and GPU_I_PROFILE/GPU_I_ID.
+func TestDCGMLabels(t *testing.T) {
+	e, _, store := simNode(t, "testdata/h200-mig.yaml", Options{})
+	if err := e.SampleOnce(context.Background(), nil); err != nil {
+		t.Fatal(err)
+	}
+	node := store.Snapshot().Node
+	g := node.GPUs[0]
+	mf := gather(t, e)["DCGM_FI_DEV_FB_USED"]
+	if mf == nil {
+		t.Fatal("no DCGM_FI_DEV_FB_USED")
+	}
+	l := labels(mf.GetMetric()[0])
+	for k, want := range map[string]string{"gpu": "0", "UUID": g.UUID, "pci_bus_id": g.PCIBusID, "device": "nvidia0",
+		"modelName": g.Name, "Hostname": "node-1", "DCGM_FI_DRIVER_VERSION": node.DriverVersion} {
+		if l[k] != want {
+			t.Errorf("label %s = %q, want %q (%v)", k, l[k], want, l)
+		}
+	}
+	migs := 0
+	for _, g := range node.GPUs {
+		migs += len(g.MIGDevices)
+	}
+	if migs == 0 {
+		t.Fatal("profile has no MIG instances")
+	}
+	found := 0
+	for _, m := range mf.GetMetric() {
+		if l := labels(m); l["GPU_I_PROFILE"] != "" && l["GPU_I_ID"] != "" {
+			found++
+		}
+	}
+	if found != migs {
+		t.Errorf("%d MIG series, want %d", found, migs)
+	}
+}
+
+// TestPodAttribution: the series of a GPU a container holds carry its
+// namespace, pod and container, read from a PodResources server on a real
+// unix socket; the simulator's held GPU is busy, the others idle.
+func TestPodAttribution(t *testing.T) {
+	e, b, store := simNode(t, "pcie-4x-l4", Options{})
+	uuid := store.Snapshot().Node.GPUs[2].UUID
+	stub := podresourcestest.Start(t, podresourcestest.Pod{Namespace: "ml", Name: "train-0",
+		Containers: map[string]map[string][]string{"trainer": {"nvidia.com/gpu": {uuid}}}})
+	c, err := podresources.Dial(stub.Socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := e.SampleOnce(context.Background(), c); err != nil {
+		t.Fatal(err)
+	}
+	_ = b
+	for _, m := range gather(t, e)["DCGM_FI_DEV_GPU_UTIL"].GetMetric() {
+		l := labels(m)
+		held := l["UUID"] == uuid
+		if got := l["namespace"] + "/" + l["pod"] + "/" + l["container"]; held != (got == "ml/train-0/trainer") || !held && got != "//" {
+			t.Errorf("GPU %s: owner %q", l["UUID"], got)
+		}
+		if busy := m.GetGauge().GetValue() >= 80; busy != held {
+			t.Errorf("GPU %s held=%v: utilisation %v", l["UUID"], held, m.GetGauge().GetValue())
+		}
+	}
+}
+
+// blocking is a telemetry source whose driver never answers.
+type blocking struct{ hardware.Backend }
+
+func (blocking) Sample(ctx context.Context, _ string) (hardware.Sample, error) {
+	<-ctx.Done()
+	return hardware.Sample{}, ctx.Err()
+}
+
+// TestScrapeNeverWaitsOnTheBackend: with sampling stuck in a driver call,
+// /metrics still answers at once, with the health series.
+func TestScrapeNeverWaitsOnTheBackend(t *testing.T) {
+	e, b, store := simNode(t, "dgx-h100", Options{Interval: time.Hour, SampleTimeout: time.Hour})
+	e.Attach(Source{Store: store, Backend: blocking{b}, Advertised: func(inventory.Snapshot) []resources.Resource { return nil }})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); e.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	time.Sleep(50 * time.Millisecond) // the sweep is now blocked
+	srv := httptest.NewServer(e.Handler())
+	defer srv.Close()
+	start := time.Now()
+	resp, err := http.Get(srv.URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if took := time.Since(start); took > time.Second {
+		t.Errorf("scrape took %s while the backend hangs", took)
+	}
+	if !strings.Contains(string(body), "gpulet_device_healthy{") {
+		t.Errorf("no health series in the scrape:\n%s", body)
+	}
+}
+
+// TestGpuletSeriesAndProbes: observer calls show up as gpulet_* series;
+// /readyz follows registration and the driver.
+func TestGpuletSeriesAndProbes(t *testing.T) {
+	e, _, store := simNode(t, "pcie-4x-l4", Options{Version: "v9"})
+	uuid := store.Snapshot().Node.GPUs[1].UUID
+	srv := httptest.NewServer(e.Handler())
+	defer srv.Close()
+	code := func(path string) int {
+		resp, err := http.Get(srv.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if c := code("/healthz"); c != 200 {
+		t.Errorf("/healthz = %d", c)
+	}
+	if c := code("/readyz"); c != 503 {
+		t.Errorf("/readyz before registration = %d, want 503", c)
+	}
+	e.Registration("nvidia.com/gpu", nil)
+	if c := code("/readyz"); c != 200 {
+		t.Errorf("/readyz after registration = %d, want 200", c)
+	}
+	e.SetDriverUp(false)
+	if c := code("/readyz"); c != 503 {
+		t.Errorf("/readyz without the driver = %d, want 503", c)
+	}
+	e.ListAndWatchSent("nvidia.com/gpu", 4)
+	e.Allocated("nvidia.com/gpu", 2)
+	e.DeviceEvent(hardware.Event{Kind: hardware.EventXID, UUID: uuid, XID: 48})
+	h := inventory.Health{Healthy: false, XID: 48, Reason: "double-bit ECC"}
+	store.SetHealth(uuid, h)
+	e.HealthChanged(uuid, h)
+	e.DriverCall("GetUtilizationRates", time.Millisecond, false)
+	e.DriverCall("GetPowerUsage", 5*time.Second, true)
+	mfs := gather(t, e)
+	for _, tc := range []struct {
+		name   string
+		labels map[string]string
+		value  float64
+	}{
+		{"gpulet_build_info", map[string]string{"version": "v9"}, 1},
+		{"gpulet_kubelet_registrations_total", map[string]string{"resource": "nvidia.com/gpu", "result": "success"}, 1},
+		{"gpulet_list_and_watch_updates_total", map[string]string{"resource": "nvidia.com/gpu"}, 1},
+		{"gpulet_allocations_total", map[string]string{"resource": "nvidia.com/gpu"}, 1},
+		{"gpulet_allocated_devices_total", map[string]string{"resource": "nvidia.com/gpu"}, 2},
+		{"gpulet_xid_events_total", map[string]string{"xid": "48"}, 1},
+		{"gpulet_health_transitions_total", map[string]string{"to": "unhealthy", "xid": "48"}, 1},
+		{"gpulet_device_healthy", map[string]string{"UUID": uuid}, 0},
+		{"gpulet_device_unhealthy_info", map[string]string{"UUID": uuid, "xid": "48", "reason": "double-bit ECC"}, 1},
+		{"DCGM_FI_DEV_XID_ERRORS", map[string]string{"UUID": uuid}, 48},
+		{"gpulet_nvml_call_timeouts_total", map[string]string{"call": "GetPowerUsage"}, 1},
+		{"gpulet_driver_up", nil, 0},
+		{"gpulet_ready", nil, 0},
+	} {
+		mf := mfs[tc.name]
+		found := false
+		for _, m := range mf.GetMetric() {
+			l := labels(m)
+			match := true
+			for k, v := range tc.labels {
+				match = match && l[k] == v
+			}
+			if !match {
+				continue
+			}
+			found = true
+			v := m.GetGauge().GetValue() + m.GetCounter().GetValue()
+			if v != tc.value {
+				t.Errorf("%s%v = %v, want %v", tc.name, tc.labels, v, tc.value)
+			}
+		}
+		if !found {
+			t.Errorf("%s%v: no series", tc.name, tc.labels)
+		}
+	}
+	if mfs["gpulet_nvml_call_duration_seconds"].GetMetric()[0].GetHistogram().GetSampleCount() == 0 {
+		t.Error("no NVML call latency recorded")
+	}
+}
+
+// TestPromlint: gpulet's own series are promlint-clean. dcgm-exporter's
+// names are kept as they are for its dashboards; the only problems allowed
+// there are the ones its names themselves have.
+func TestPromlint(t *testing.T) {
+	e, _, _ := simNode(t, "h200", Options{})
+	e.Registration("nvidia.com/gpu", nil)
+	e.DriverCall("Init", time.Millisecond, false)
+	if err := e.SampleOnce(context.Background(), nil); err != nil {
+		t.Fatal(err)
+	}
+	mfs, err := e.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	problems, err := promlint.NewWithMetricFamilies(mfs).Lint()
+	if err != nil {
+		t.Fatal(err)
+	}
+	inherent := map[string]bool{
+		`counter metrics should have "_total" suffix`:                   true, // DCGM_FI_DEV_*_COUNTER, _ROWS, _CONSUMPTION
+		`label names should be written in 'snake_case' not 'camelCase'`: true, // modelName
+		`metric name should not include type 'counter'`:                 true, // DCGM_FI_DEV_PCIE_REPLAY_COUNTER
+	}
+	for _, p := range problems {
+		if strings.HasPrefix(p.Metric, "DCGM_") && inherent[p.Text] {
+			continue
+		}
+		t.Errorf("promlint: %s: %s", p.Metric, p.Text)
+	}
+}
+
+// BenchmarkScrape8GPU is one /metrics scrape of an 8-GPU node with
+// telemetry, pod labels and gpulet's own series.
+func BenchmarkScrape8GPU(b *testing.B) {
+	e, _, store := simNode(b, "dgx-h100", Options{})
+	node := store.Snapshot().Node
+	stub := podresourcestest.Start(b, podresourcestest.Pod{Namespace: "ml", Name: "train-0",
+		Containers: map[string]map[string][]string{"trainer": {"nvidia.com/gpu": {node.GPUs[0].UUID, node.GPUs[1].UUID}}}})
+	c, err := podresources.Dial(stub.Socket)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	if err := e.SampleOnce(context.Background(), c); err != nil {
+		b.Fatal(err)
+	}
+	h := e.Handler()
+	req := httptest.NewRequest("GET", "/metrics", nil)
+	b.ReportAllocs()
+	var took []time.Duration
+	for b.Loop() {
+		start := time.Now()
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, req)
+		if w.Code != 200 {
+			b.Fatal(w.Code)
+		}
+		took = append(took, time.Since(start))
+	}
+	slices.Sort(took)
+	b.ReportMetric(float64(took[len(took)*99/100].Microseconds()), "p99-µs")
+}
+
+// BenchmarkSample8GPU is one background sweep of the simulated 8-GPU node
+// (PodResources List over a unix socket, then every GPU's sample).
+func BenchmarkSample8GPU(b *testing.B) {
+	e, _, _ := simNode(b, "dgx-h100", Options{})
+	stub := podresourcestest.Start(b)
+	c, err := podresources.Dial(stub.Socket)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := e.SampleOnce(context.Background(), c); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
