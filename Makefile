@@ -5,7 +5,7 @@ LDFLAGS := -X main.version=$(VERSION)
 # go-nvml's header marks old NVML calls deprecated; the warnings are noise.
 export CGO_CFLAGS ?= -Wno-deprecated-declarations
 
-.PHONY: help build build-static test unit vet tidy-check fuzz bench demo e2e clean
+.PHONY: help build build-release image build-static test unit vet tidy-check fuzz bench demo e2e clean
 
 help:
 	@echo "make demo        run gpulet on a simulated GPU node against kubelet's own device manager"
@@ -13,10 +13,21 @@ help:
 	@echo "make bench       benchmarks (results: docs/benchmarks.md)"
 	@echo "make e2e         the seed walkthrough on a real single-node Kubernetes (root, several minutes)"
 	@echo "make build       _output/gpulet (cgo, NVML-capable)"
-	@echo "make build-static _output/gpulet-static (no cgo: simulator only, for the test image)"
+	@echo "make image       _output/gpulet-image.tar: the release image, built without Docker"
+	@echo "make build-static _output/gpulet-static (no cgo: simulator only)"
 
 build:
 	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o _output/gpulet ./cmd/gpulet
+
+# The release image as a docker-archive tarball, without a Docker daemon (hack/image.sh): the cgo
+# binary on Debian 12's libc6. `docker load -i` or `ctr images import` it; make e2e deploys it.
+IMAGE ?= ghcr.io/gpulet/gpulet:$(VERSION)
+image: build-release
+	hack/image.sh _output/gpulet-release _output/gpulet-image.tar $(IMAGE)
+
+# The binary of the image: cgo (NVML and libcuda are loaded with dlopen), stripped as the Dockerfile's.
+build-release:
+	CGO_ENABLED=1 $(GO) build -trimpath -ldflags "-s -w $(LDFLAGS)" -o _output/gpulet-release ./cmd/gpulet
 
 build-static:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o _output/gpulet-static ./cmd/gpulet

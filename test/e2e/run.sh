@@ -167,9 +167,9 @@ do_gpulet() {
 		readlink -f "$GPULET_BIN" >"$W/gpulet.path"
 		return 0
 	fi
-	# Static, no cgo: the simulator needs no NVML, and the binary runs in the busybox-based image.
-	make -C "$REPO_ROOT" --no-print-directory build-static || fail "could not build gpulet (make build-static)"
-	echo "$REPO_ROOT/_output/gpulet-static" >"$W/gpulet.path"
+	# The binary that ships: cgo, NVML-capable (it runs the simulated backend here).
+	make -C "$REPO_ROOT" --no-print-directory build-release || fail "could not build gpulet (make build-release)"
+	echo "$REPO_ROOT/_output/gpulet-release" >"$W/gpulet.path"
 }
 do_images() { "$E2E_DIR/lib/images.sh" "$W/images" "$(cat "$W/gpulet.path")"; }
 do_cluster() {

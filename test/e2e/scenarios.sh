@@ -20,6 +20,7 @@ SCENARIOS=(
 	"fault|fault on one GPU: Allocatable 7, Capacity 8; cleared: back to 8|ds"
 	"restarts|kubelet restart, gpulet pod deletion: capacity returns, running pods keep GPUs|ds"
 	"no-gpu|a pod that requests no GPU sees no GPU|ds"
+	"cdi|cdi-cri and cdi-annotations: containerd injects exactly the pod's GPUs from gpulet's CDI spec; a gpulet restart changes nothing|ds"
 )
 SCENARIO_IDS=()
 for s in "${SCENARIOS[@]}"; do SCENARIO_IDS+=("${s%%|*}"); done
@@ -435,6 +436,102 @@ scenario_restarts() {
 	wait_until 60 "gpu6-after COMPLETIONS 1/1" job_complete gpu6-after || fail "gpu6-after did not complete"
 	wait_until 60 "gpu2-hold COMPLETIONS 1/1" job_complete gpu2-hold || fail "gpu2-hold did not complete"
 	K delete jobs -l app=gpulet-e2e --wait=true >/dev/null
+}
+
+# set_gpulet_env NAME=VALUE...: changes the gpulet DaemonSet's environment as an operator would
+# (kubectl set env: a rolling update) and waits for the new pod to be Ready with 8/8.
+set_gpulet_env() {
+	local old
+	old=$(gpulet_pod)
+	K -n "$GPU_NS" set env "ds/$DS_NAME" "$@" >/dev/null
+	new_pod_ready() {
+		local p
+		p=$(gpulet_pod) && [[ -n $p && $p != "$old" ]] || { echo "no new gpulet pod yet"; return 1; }
+		ds_ready
+	}
+	wait_until 120 "gpulet rolled out with $*" new_pod_ready || fail "gpulet did not roll out with $*"
+	wait_until 90 "Allocatable 8 with $*" gpus_8_and_stable || fail "capacity did not return with $*"
+}
+
+# checkpoint_gpus POD: the GPUs the kubelet itself records for POD (its device-manager checkpoint on
+# the node), one UUID per line, sorted: what the device plugin allocated, whatever the pod sees.
+checkpoint_gpus() {
+	local uid
+	uid=$(K get pod "$1" -o 'jsonpath={.metadata.uid}')
+	"$W/nsrun" cat /var/lib/kubelet/device-plugins/kubelet_internal_checkpoint |
+		jq -r --arg u "$uid" '.Data.PodDeviceEntries[] | select(.PodUID == $u and .ResourceName == "nvidia.com/gpu") | .DeviceIDs[] | .[]' |
+		sort -u
+}
+
+# pod_minors POD: the N of every /dev/nvidiaN the pod's log lists (its view of /dev), sorted.
+pod_minors() { K logs "$1" | sed -n 's/^device: .* \/dev\/nvidia\([0-9][0-9]*\)$/\1/p' | sort -n; }
+
+# check_cdi_pod POD N: the pod sees exactly the /dev/nvidiaN of the N GPUs the kubelet gave it, as
+# character devices, the control node from the spec, and NVIDIA_VISIBLE_DEVICES=void from the spec.
+check_cdi_pod() {
+	local pod=$1 want=$2 uuids u m expect got logs
+	logs=$(K logs "$pod")
+	uuids=$(checkpoint_gpus "$pod")
+	[[ $(sed '/^$/d' <<<"$uuids" | wc -l) == "$want" ]] || fail "the kubelet's checkpoint gives $pod [$(echo $uuids)], want $want GPU(s)"
+	expect=
+	for u in $uuids; do
+		m=$(uuid_minor "$u") || fail "pod $pod: $u is not a GPU of the node"
+		expect+="$m"$'\n'
+	done
+	expect=$(sed '/^$/d' <<<"$expect" | sort -n)
+	got=$(pod_minors "$pod")
+	[[ $got == "$expect" ]] || fail "pod $pod sees /dev/nvidia[$(echo $got)], want [$(echo $expect)] (its GPUs $(echo $uuids)); log:"$'\n'"$logs"
+	grep -q '^device: c.* /dev/nvidia[0-9]' <<<"$logs" || fail "pod $pod: /dev/nvidiaN is not a character device; log:"$'\n'"$logs"
+	grep -q '^device: c.* /dev/nvidiactl$' <<<"$logs" || fail "pod $pod: no /dev/nvidiactl from the CDI spec; log:"$'\n'"$logs"
+	grep -qx 'NVIDIA_VISIBLE_DEVICES=void' <<<"$logs" || fail "pod $pod: NVIDIA_VISIBLE_DEVICES is not void; log:"$'\n'"$logs"
+	log "pod $pod: /dev/nvidia$(echo $got | sed 's/ /, \/dev\/nvidia/g') for $(echo $uuids), nvidiactl, NVIDIA_VISIBLE_DEVICES=void"
+}
+
+scenario_cdi() {
+	local spec=/var/run/cdi/k8s.device-plugin.nvidia.com-gpu.json p cid0 n
+	# cdi-cri: the kubelet passes CDI names to containerd in the CRI request; no device specs.
+	set_gpulet_env DEVICE_LIST_STRATEGY=cdi-cri PASS_DEVICE_SPECS=false
+	"$W/nsrun" test -s "$spec" || fail "gpulet wrote no CDI spec at $spec on the node"
+	n=$(gpulet_node cdi list --spec-dirs=/var/run/cdi | grep -c '^k8s.device-plugin.nvidia.com/gpu=GPU-') ||
+		fail "gpulet cdi list on the node failed"
+	[[ $n == "$SIM_GPUS" ]] || fail "the CDI spec on the node resolves $n GPU names, want $SIM_GPUS"
+	log "CDI spec $spec resolves $n GPUs by UUID"
+
+	render_hold_job gpu2-cdi 2 | K apply -f -
+	wait_until 90 "gpu2-cdi Running" job_pod_running gpu2-cdi || fail "a 2-GPU Job did not run with cdi-cri"
+	p=$(job_pod gpu2-cdi)
+	check_cdi_pod "$p" 2
+	cid0=$(K get pod "$p" -o 'jsonpath={.status.containerStatuses[0].containerID}')
+
+	# gpulet restarted while the pod runs: the spec stays, the pod keeps its container and devices.
+	local gp
+	gp=$(gpulet_pod)
+	K -n "$GPU_NS" delete pod "$gp" --wait=false >/dev/null
+	new_gpulet() { local q; q=$(gpulet_pod) && [[ -n $q && $q != "$gp" ]] || { echo "no new gpulet pod yet"; return 1; }; ds_ready; }
+	wait_until 120 "a new gpulet pod Ready" new_gpulet || fail "the DaemonSet did not recreate gpulet"
+	wait_until 90 "Allocatable 8 after the gpulet restart" gpus_8_and_stable || fail "capacity did not return"
+	[[ $(K get pod "$p" -o 'jsonpath={.status.containerStatuses[0].containerID}') == "$cid0" ]] ||
+		fail "$p's container changed across the gpulet restart"
+	local devs
+	devs=$(retry_output 60 K exec "$p" -- sh -c 'ls /dev' | sed -n 's/^nvidia\([0-9][0-9]*\)$/\1/p' | sort -n)
+	[[ $devs == "$(pod_minors "$p")" ]] || fail "$p sees /dev/nvidia[$(echo $devs)] after the gpulet restart, had [$(echo $(pod_minors "$p"))]"
+	"$W/nsrun" test -s "$spec" || fail "the CDI spec is gone after the gpulet restart"
+	log "after the gpulet restart: $p still runs in the same container with the same devices"
+	release "$p"
+	wait_until 60 "gpu2-cdi COMPLETIONS 1/1" job_complete gpu2-cdi || fail "gpu2-cdi did not complete"
+
+	# cdi-annotations: the names travel as container annotations that containerd resolves.
+	set_gpulet_env DEVICE_LIST_STRATEGY=cdi-annotations
+	render_hold_job gpu1-cdiann 1 | K apply -f -
+	wait_until 90 "gpu1-cdiann Running" job_pod_running gpu1-cdiann || fail "a 1-GPU Job did not run with cdi-annotations"
+	p=$(job_pod gpu1-cdiann)
+	check_cdi_pod "$p" 1
+	release "$p"
+	wait_until 60 "gpu1-cdiann COMPLETIONS 1/1" job_complete gpu1-cdiann || fail "gpu1-cdiann did not complete"
+	K delete jobs -l app=gpulet-e2e --wait=true >/dev/null
+
+	# Back to the overlay's settings for whatever runs next.
+	set_gpulet_env DEVICE_LIST_STRATEGY=envvar PASS_DEVICE_SPECS=true
 }
 
 scenario_no_gpu() {

@@ -3,7 +3,7 @@
 # `ctr images import` accepts (no registry, no network):
 #   pause.tar    registry.k8s.io/pause:3.10         sandbox image (test/e2e/images/pause)
 #   busybox.tar  docker.io/library/busybox:e2e      workload image (Debian's busybox-static)
-#   gpulet.tar   ghcr.io/gpulet/gpulet:e2e           busybox + the gpulet binary
+#   gpulet.tar   ghcr.io/gpulet/gpulet:e2e           the release image (hack/image.sh) of this gpulet
 #
 # Usage: images.sh OUT_DIR GPULET_BINARY
 set -euo pipefail
@@ -18,21 +18,8 @@ PAUSE_IMAGE=registry.k8s.io/pause:3.10
 BUSYBOX_IMAGE=docker.io/library/busybox:e2e
 GPULET_IMAGE=ghcr.io/gpulet/gpulet:e2e
 
-# mkimage REF ROOTFS OUT CONFIG_JSON: one-layer image; CONFIG_JSON is the image's "config" object.
-mkimage() {
-	local ref=$1 rootfs=$2 tarball=$3 config=$4 d
-	d=$(mktemp -d -p "$work")
-	tar --sort=name --mtime=@0 --numeric-owner --owner=0 --group=0 -C "$rootfs" -cf "$d/layer.tar" .
-	local diff cfg
-	diff=$(sha256sum "$d/layer.tar" | cut -d' ' -f1)
-	printf '{"architecture":"amd64","os":"linux","config":%s,"rootfs":{"type":"layers","diff_ids":["sha256:%s"]},"history":[{"created_by":"gpulet test/e2e/lib/images.sh"}]}' \
-		"$config" "$diff" >"$d/config.json"
-	cfg=$(sha256sum "$d/config.json" | cut -d' ' -f1)
-	mv "$d/config.json" "$d/$cfg.json"
-	printf '[{"Config":"%s.json","RepoTags":["%s"],"Layers":["layer.tar"]}]' "$cfg" "$ref" >"$d/manifest.json"
-	tar -C "$d" -cf "$tarball" manifest.json "$cfg.json" layer.tar
-	echo "[images] $ref -> $tarball ($(du -h "$tarball" | cut -f1))"
-}
+# mkimage REF ROOTFS OUT CONFIG_JSON: one-layer image (the project's own image writer).
+mkimage() { "$here/../../../hack/mkimage.sh" "$@" | sed 's/^\[mkimage\]/[images]/'; }
 
 # busybox_rootfs DIR: a minimal root filesystem with busybox and its applets in /bin.
 busybox_rootfs() {
@@ -61,8 +48,5 @@ busybox_rootfs "$work/busybox"
 mkimage "$BUSYBOX_IMAGE" "$work/busybox" "$out/busybox.tar" \
 	'{"Cmd":["sh"],"Env":["PATH=/usr/sbin:/usr/bin:/sbin:/bin"]}'
 
-# gpulet: the static binary on a busybox base (a shell helps `kubectl exec` debugging)
-busybox_rootfs "$work/gpulet"
-install -m 0755 "$gpulet" "$work/gpulet/usr/bin/gpulet"
-mkimage "$GPULET_IMAGE" "$work/gpulet" "$out/gpulet.tar" \
-	'{"Entrypoint":["/usr/bin/gpulet"],"Cmd":["run"],"Env":["PATH=/usr/sbin:/usr/bin:/sbin:/bin"]}'
+# gpulet: the release image, as `make image` builds it (the cgo binary on Debian 12's libc6).
+"$here/../../../hack/image.sh" "$gpulet" "$out/gpulet.tar" "$GPULET_IMAGE" | sed 's/^\[mkimage\]/[images]/'
