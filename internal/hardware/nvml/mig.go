@@ -26,7 +26,7 @@ func (b *Backend) migDevices(h nvml.Device, gpuMemory uint64) ([]inventory.MIGDe
 		if err != nil {
 			return nil, err
 		}
-		d := inventory.MIGDevice{}
+		d := inventory.MIGDevice{Index: i}
 		if d.UUID, err = call(b, "MIG GetUUID", m.GetUUID); err != nil {
 			return nil, err
 		}
