@@ -70,6 +70,14 @@ func newListCmd() *cobra.Command {
 					store.SetHealth(g.UUID, inventory.Health{Reason: err.Error()})
 				}
 			}
+			// Show what `gpulet run` would refuse or warn of, not a list it never serves.
+			warnings, err := resources.CheckMIG(node, cfg.MIGStrategy)
+			if err != nil {
+				return fmt.Errorf("gpulet run would refuse this node: invalid MIG configuration: %w", err)
+			}
+			for _, w := range warnings {
+				fmt.Fprintf(cmd.ErrOrStderr(), "warning: %s\n", w)
+			}
 			snap := store.Snapshot()
 			l := listing{Node: node, Health: snap.Health}
 			for _, r := range resources.Build(snap, daemon.ResourcesConfig(cfg)) {
