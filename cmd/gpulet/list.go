@@ -56,7 +56,7 @@ func newListCmd() *cobra.Command {
 			default:
 				return fmt.Errorf("output %q is not one of table, json, yaml", output)
 			}
-			l, err := buildListing(cmd.Context(), cfg)
+			l, err := buildListing(cmd.Context(), cfg, cmd.ErrOrStderr())
 			if err != nil {
 				return err
 			}
@@ -71,7 +71,9 @@ func newListCmd() *cobra.Command {
 
 // buildListing reads the node, probes each GPU, and adds live telemetry and
 // the pods holding each GPU where the backend and kubelet provide them.
-func buildListing(ctx context.Context, cfg *config.Config) (listing, error) {
+// buildListing reads the node as `gpulet run` would see it; warnings about
+// the MIG layout go to warn.
+func buildListing(ctx context.Context, cfg *config.Config, warn io.Writer) (listing, error) {
 	backend, err := daemon.OpenBackend(cfg, newLogger(cfg))
 	if err != nil {
 		return listing{}, err
@@ -88,6 +90,14 @@ func buildListing(ctx context.Context, cfg *config.Config) (listing, error) {
 		if err := backend.Probe(ctx, g.UUID); err != nil {
 			store.SetHealth(g.UUID, inventory.Health{Reason: err.Error()})
 		}
+	}
+	// Show what `gpulet run` would refuse or warn of, not a list it never serves.
+	warnings, err := resources.CheckMIG(node, cfg.MIGStrategy)
+	if err != nil {
+		return listing{}, fmt.Errorf("gpulet run would refuse this node: invalid MIG configuration: %w", err)
+	}
+	for _, w := range warnings {
+		fmt.Fprintf(warn, "warning: %s\n", w)
 	}
 	snap := store.Snapshot()
 	l := listing{Node: node, Health: snap.Health}

@@ -114,7 +114,7 @@ func newTopCmd() *cobra.Command {
 
 func top(ctx context.Context, out io.Writer, cfg *config.Config, interval time.Duration, once bool) error {
 	for {
-		l, err := buildListing(ctx, cfg)
+		l, err := buildListing(ctx, cfg, io.Discard) // a refreshing screen has no room for warnings
 		if err != nil {
 			return err
 		}

@@ -38,7 +38,7 @@ const (
 // nvidia-ctk's --device-name-strategy).
 const (
 	NameByUUID  = "uuid"  // GPU-…, MIG-…
-	NameByIndex = "index" // 3, and 3:1 for MIG instance 1 of GPU 3
+	NameByIndex = "index" // 3, and 3:1 for the MIG instance at NVML MIG index 1 of GPU 3
 )
 
 // Options shape a spec.
@@ -100,7 +100,7 @@ func Build(node *inventory.Node, o Options) (*specs.Spec, error) {
 	for _, g := range node.GPUs {
 		gpu := devNode(node.DevRoot, "nvidia"+strconv.Itoa(g.Minor))
 		add(g.UUID, strconv.Itoa(g.Index), []*specs.DeviceNode{gpu})
-		for mi, m := range g.MIGDevices {
+		for _, m := range g.MIGDevices {
 			nodes := []*specs.DeviceNode{gpu}
 			for _, c := range []string{GICap(g.Minor, m.GI), CICap(g.Minor, m.GI, m.CI)} {
 				minor, ok := o.MIGMinors[c]
@@ -110,8 +110,9 @@ func Build(node *inventory.Node, o Options) (*specs.Spec, error) {
 				}
 				nodes = append(nodes, devNode(node.DevRoot, filepath.Join("nvidia-caps", "nvidia-cap"+strconv.Itoa(minor))))
 			}
-			// The same index as resources.Build gives the device.
-			add(m.UUID, fmt.Sprintf("%d:%d", g.Index, mi), nodes)
+			// <gpu>:<NVML MIG index>, the index resources.Build gives the
+			// device (a test in plugin holds the two together).
+			add(m.UUID, fmt.Sprintf("%d:%d", g.Index, m.Index), nodes)
 		}
 	}
 	if len(raw.Devices) == 0 {

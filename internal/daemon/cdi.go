@@ -28,8 +28,8 @@ func CDIWriter(cfg *config.Config, backend hardware.Backend, log *slog.Logger) *
 		w.Dir = cdispec.DefaultDir
 	}
 	// The simulator keeps its own mig-minors and has no driver to mount.
-	if b, ok := backend.(interface{ MIGMinorsPath() string }); ok {
-		w.MIGMinorsPath = b.MIGMinorsPath()
+	if p := MIGMinorsPath(backend); p != "" {
+		w.MIGMinorsPath = p
 	} else {
 		w.DriverRoot = cfg.DriverRoot
 	}

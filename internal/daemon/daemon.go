@@ -112,6 +112,9 @@ func RunWithVersion(ctx context.Context, cfg *config.Config, log *slog.Logger, v
 	log.Info("GPUs discovered", "backend", backend.Name(), "gpus", len(node.GPUs),
 		"driver", node.DriverVersion, "cuda", node.CUDADriverVersion, "took", time.Since(start).Round(time.Microsecond))
 
+	if err := checkMIG(node, cfg.MIGStrategy, log); err != nil {
+		return err
+	}
 	store := inventory.NewStore(node)
 	policy, err := HealthPolicy(cfg)
 	if err != nil {
@@ -140,6 +143,7 @@ func RunWithVersion(ctx context.Context, cfg *config.Config, log *slog.Logger, v
 			DeviceListStrategies: cfg.DeviceListStrategy,
 			DeviceIDStrategy:     cfg.DeviceIDStrategy,
 			PassDeviceSpecs:      cfg.PassDeviceSpecs,
+			MIGMinorsPath:        MIGMinorsPath(backend),
 			CDIKind:              plugin.DefaultCDIKind,
 			Placement:            PlacementFor(placement),
 			Log:                  log.With("component", "deviceplugin"),

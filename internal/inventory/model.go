@@ -69,8 +69,12 @@ type Link struct {
 
 // MIGDevice is one MIG instance carved out of a GPU.
 type MIGDevice struct {
-	UUID        string `json:"uuid"`
-	Profile     string `json:"profile"` // e.g. 1g.18gb
+	UUID string `json:"uuid"`
+	// Index is NVML's MIG device handle index on the parent GPU, the N of
+	// GetMigDeviceHandleByIndex(N). Slots can be empty, so indexes can have
+	// gaps; "<gpu>:<index>" is how NVIDIA's tools name the instance.
+	Index       int    `json:"index"`
+	Profile     string `json:"profile"` // e.g. 1g.18gb, 1g.18gb+me
 	GI          int    `json:"gi"`      // GPU instance ID
 	CI          int    `json:"ci"`      // compute instance ID
 	MemoryBytes uint64 `json:"memoryBytes"`
@@ -142,11 +146,17 @@ func (n *Node) Validate() error {
 			return fmt.Errorf("device minor %d appears twice (GPU %s)", g.Minor, g.UUID)
 		}
 		minors[g.Minor] = true
+		migIndex := map[int]bool{}
 		for _, m := range g.MIGDevices {
 			if m.UUID == "" || seen[m.UUID] {
 				return fmt.Errorf("GPU %s has a MIG device with a missing or repeated UUID %q", g.UUID, m.UUID)
 			}
 			seen[m.UUID] = true
+			// Index names the instance (<gpu>:<index>) in device IDs and CDI names.
+			if m.Index < 0 || migIndex[m.Index] {
+				return fmt.Errorf("GPU %s: MIG device %s has a negative or repeated index %d", g.UUID, m.UUID, m.Index)
+			}
+			migIndex[m.Index] = true
 		}
 	}
 	if len(n.Links) != 0 {

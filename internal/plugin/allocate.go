@@ -145,7 +145,11 @@ func (o *Options) containerResponse(res *resources.Resource, devs []resources.De
 		setEnv(r, visibleDevicesEnv, "void")
 	}
 	if o.PassDeviceSpecs {
-		r.Devices = deviceSpecs(res, devs)
+		specs, err := o.deviceSpecs(res, devs)
+		if err != nil {
+			return nil, err
+		}
+		r.Devices = specs
 	}
 	return r, nil
 }
@@ -170,8 +174,11 @@ func (o *Options) cdiNames(ids []string) []string {
 }
 
 // deviceSpecs lists the device nodes a container needs: the node-wide
-// control devices and /dev/nvidiaN of each device's GPU.
-func deviceSpecs(res *resources.Resource, devs []resources.Device) []*pluginapi.DeviceSpec {
+// control devices, /dev/nvidiaN of each device's GPU and, for a MIG
+// instance, the /dev/nvidia-caps nodes of its GPU and compute instance, as
+// NVIDIA's plugin passes them. Without those a MIG instance cannot be
+// opened, so a capability missing from mig-minors fails the allocation.
+func (o *Options) deviceSpecs(res *resources.Resource, devs []resources.Device) ([]*pluginapi.DeviceSpec, error) {
 	var names []string
 	names = append(names, res.ControlDevices...)
 	minors := map[int]bool{}
@@ -186,11 +193,16 @@ func deviceSpecs(res *resources.Resource, devs []resources.Device) []*pluginapi.
 	for _, m := range ms {
 		names = append(names, fmt.Sprintf("nvidia%d", m))
 	}
+	caps, err := o.migCaps(devs)
+	if err != nil {
+		return nil, err
+	}
+	names = append(names, caps...)
 	specs := make([]*pluginapi.DeviceSpec, len(names))
 	for i, n := range names {
 		specs[i] = &pluginapi.DeviceSpec{
-			HostPath: filepath.Join(res.DevRoot, n), ContainerPath: "/dev/" + n, Permissions: "rw",
+			HostPath: filepath.Join(res.DevRoot, n), ContainerPath: "/dev/" + filepath.ToSlash(n), Permissions: "rw",
 		}
 	}
-	return specs
+	return specs, nil
 }

@@ -46,6 +46,10 @@ type Options struct {
 	DeviceListStrategies []string
 	DeviceIDStrategy     string
 	PassDeviceSpecs      bool
+	// MIGMinorsPath is the driver's mig-minors file, which maps a MIG
+	// instance to its /dev/nvidia-caps nodes (default
+	// cdispec.DefaultMIGMinorsPath; the simulator has its own).
+	MIGMinorsPath string
 	// CDIKind is the CDI device kind in CDI names (default DefaultCDIKind).
 	CDIKind string
 	// Placement builds the placer that answers GetPreferredAllocation; nil
@@ -72,9 +76,11 @@ type Observer interface {
 
 func (o *Options) kubeletSocket() string { return filepath.Join(o.PluginDir, "kubelet.sock") }
 
-// SocketName is the file name of a resource's plugin socket.
+// SocketName is the file name of a resource's plugin socket. "-" is
+// doubled so the names of MIG resources that differ only in "." and "-"
+// (mig-1g.23gb.me and mig-1g.23gb-me) get sockets of their own.
 func SocketName(resource string) string {
-	return "gpulet-" + strings.NewReplacer("/", "-", ".", "-").Replace(resource) + ".sock"
+	return "gpulet-" + strings.NewReplacer("-", "--", "/", "-", ".", "-").Replace(resource) + ".sock"
 }
 
 // Server is the device plugin of one resource.

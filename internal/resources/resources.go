@@ -21,9 +21,9 @@ const DefaultResourceName = "nvidia.com/gpu"
 
 // MIG strategies, named as NVIDIA's plugin names them.
 const (
-	MIGNone   = "none"   // whole GPUs only; MIG devices are not advertised
+	MIGNone   = "none"   // whole GPUs only, MIG-enabled ones included; instances are not advertised
 	MIGSingle = "single" // every GPU uses one MIG profile; instances are nvidia.com/gpu
-	MIGMixed  = "mixed"  // one resource per MIG profile: nvidia.com/mig-<profile>
+	MIGMixed  = "mixed"  // one resource per MIG profile: nvidia.com/mig-<profile> (see MIGResourceName)
 )
 
 // Config selects how inventory becomes resources.
@@ -82,10 +82,14 @@ func (c Config) Validate() error {
 type Device struct {
 	ID    string // the device-plugin ID the kubelet sees
 	UUID  string // the GPU or MIG instance UUID behind it
-	Index string // "3", or "3:1" for MIG instance 1 of GPU 3
+	Index string // "3", or "3:1" for the MIG instance at NVML MIG index 1 of GPU 3
 	GPU   int    // position of the (parent) GPU in the node's GPU list
 	Minor int    // N of /dev/nvidiaN of the (parent) GPU
-	NUMA  int    // -1 when unknown
+	// MIG marks a MIG instance; GI and CI are its GPU and compute instance
+	// IDs, which name the /dev/nvidia-caps nodes a container needs.
+	MIG    bool
+	GI, CI int
+	NUMA   int // -1 when unknown
 	// Replicas is how many ways the device is shared (0: not shared).
 	Replicas int
 	Healthy  bool
@@ -139,20 +143,19 @@ func Build(snap inventory.Snapshot, cfg Config) []Resource {
 	for gi, g := range node.GPUs {
 		base := Device{GPU: gi, Minor: g.Minor, NUMA: g.NUMANode}
 		gpuHealth := health(snap, g.UUID)
+		// As NVIDIA's plugin: with strategy none every GPU is advertised
+		// whole, MIG-enabled or not; CheckMIG vets the other strategies.
 		if !g.MIGEnabled || cfg.MIGStrategy == "" || cfg.MIGStrategy == MIGNone {
-			if g.MIGEnabled && (cfg.MIGStrategy == "" || cfg.MIGStrategy == MIGNone) {
-				// MIG-enabled GPUs cannot run whole-GPU workloads.
-				continue
-			}
 			d := base
 			d.UUID, d.Index = g.UUID, strconv.Itoa(g.Index)
 			d.Healthy, d.Reason = gpuHealth.Healthy, gpuHealth.Reason
 			byName[name] = append(byName[name], d)
 			continue
 		}
-		for mi, m := range g.MIGDevices {
+		for _, m := range g.MIGDevices {
 			d := base
-			d.UUID, d.Index = m.UUID, fmt.Sprintf("%d:%d", g.Index, mi)
+			d.UUID, d.Index = m.UUID, MIGIndex(g.Index, m.Index)
+			d.MIG, d.GI, d.CI = true, m.GI, m.CI
 			h := health(snap, m.UUID)
 			if !gpuHealth.Healthy {
 				h = gpuHealth // a broken parent breaks every instance
@@ -160,7 +163,7 @@ func Build(snap inventory.Snapshot, cfg Config) []Resource {
 			d.Healthy, d.Reason = h.Healthy, h.Reason
 			rn := name
 			if cfg.MIGStrategy == MIGMixed {
-				rn = domain(name) + "/mig-" + m.Profile
+				rn = MIGResourceName(domain(name), m.Profile)
 			}
 			byName[rn] = append(byName[rn], d)
 		}

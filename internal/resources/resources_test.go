@@ -15,7 +15,7 @@ func migNode() *inventory.Node {
 		if i == 1 {
 			g.MIGEnabled = true
 			g.MIGDevices = []inventory.MIGDevice{
-				{UUID: "MIG-a", Profile: "3g.40gb"}, {UUID: "MIG-b", Profile: "1g.10gb"}, {UUID: "MIG-c", Profile: "1g.10gb"},
+				{UUID: "MIG-a", Index: 0, Profile: "3g.40gb"}, {UUID: "MIG-b", Index: 1, Profile: "1g.10gb"}, {UUID: "MIG-c", Index: 2, Profile: "1g.10gb"},
 			}
 		}
 		n.GPUs = append(n.GPUs, g)
@@ -48,17 +48,17 @@ func TestBuild(t *testing.T) {
 		cfg  Config
 		want string
 	}{
-		{"none skips MIG GPUs", inventory.Snapshot{Node: n}, Config{}, "nvidia.com/gpu=GPU-0@0"},
+		{"none advertises MIG-enabled GPUs whole", inventory.Snapshot{Node: n}, Config{}, "nvidia.com/gpu=GPU-0@0,GPU-1@1"},
 		{"single", inventory.Snapshot{Node: n}, Config{MIGStrategy: MIGSingle}, "nvidia.com/gpu=GPU-0@0,MIG-a@1:0,MIG-b@1:1,MIG-c@1:2"},
 		{"mixed", inventory.Snapshot{Node: n}, Config{MIGStrategy: MIGMixed},
 			"nvidia.com/gpu=GPU-0@0 nvidia.com/mig-1g.10gb=MIG-b@1:1,MIG-c@1:2 nvidia.com/mig-3g.40gb=MIG-a@1:0"},
 		{"broken parent breaks instances", sick, Config{MIGStrategy: MIGMixed},
 			"nvidia.com/gpu=GPU-0@0! nvidia.com/mig-1g.10gb=MIG-b@1:1!,MIG-c@1:2! nvidia.com/mig-3g.40gb=MIG-a@1:0!"},
 		{"replicas renamed", inventory.Snapshot{Node: n}, Config{Replicas: 2, RenameByDefault: true},
-			"nvidia.com/gpu.shared=GPU-0::0@0,GPU-0::1@0"},
-		{"custom name", inventory.Snapshot{Node: n}, Config{ResourceName: "example.com/accel"}, "example.com/accel=GPU-0@0"},
+			"nvidia.com/gpu.shared=GPU-0::0@0,GPU-0::1@0,GPU-1::0@1,GPU-1::1@1"},
+		{"custom name", inventory.Snapshot{Node: n}, Config{ResourceName: "example.com/accel"}, "example.com/accel=GPU-0@0,GPU-1@1"},
 		{"replicas renamed explicitly", inventory.Snapshot{Node: n}, Config{Replicas: 2, RenameByDefault: true, SharedName: "nvidia.com/gpu-ts"},
-			"nvidia.com/gpu-ts=GPU-0::0@0,GPU-0::1@0"},
+			"nvidia.com/gpu-ts=GPU-0::0@0,GPU-0::1@0,GPU-1::0@1,GPU-1::1@1"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

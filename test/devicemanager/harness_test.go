@@ -61,8 +61,9 @@ type gpuletProc struct {
 
 // startGpulet starts `gpulet run` on the sim profile, serving the kubelet's
 // device-plugin folder, with NVIDIA's usual CDI + envvar setup. It reports
-// to tb and lives until owner (tb or a parent of it) ends.
-func startGpulet(tb, owner testing.TB, profile, simRoot string) *gpuletProc {
+// to tb and lives until owner (tb or a parent of it) ends. extra flags
+// (e.g. --mig-strategy=mixed) come after the usual ones.
+func startGpulet(tb, owner testing.TB, profile, simRoot string, extra ...string) *gpuletProc {
 	tb.Helper()
 	g := &gpuletProc{tb: owner, simRoot: simRoot, profile: profile, logs: newRecorder(), done: make(chan struct{})}
 	g.cmd = exec.Command(gpuletBin, "run",
@@ -77,6 +78,7 @@ func startGpulet(tb, owner testing.TB, profile, simRoot string) *gpuletProc {
 		// A free port: restarts may overlap the previous process.
 		"--metrics-address=127.0.0.1:0",
 	)
+	g.cmd.Args = append(g.cmd.Args, extra...)
 	// Only the flags above configure it, whatever the caller's environment holds.
 	g.cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME")}
 	g.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

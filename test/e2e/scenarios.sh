@@ -21,6 +21,7 @@ SCENARIOS=(
 	"restarts|kubelet restart, gpulet pod deletion: capacity returns, running pods keep GPUs|ds"
 	"no-gpu|a pod that requests no GPU sees no GPU|ds"
 	"cdi|cdi-cri and cdi-annotations: containerd injects exactly the pod's GPUs from gpulet's CDI spec; a gpulet restart changes nothing|ds"
+	"mig|MIG sim profile, mig-strategy=mixed: capacity per MIG resource; a mig-1g.10gb.me pod gets one MIG device and its caps nodes; back to 8 GPUs|ds"
 )
 SCENARIO_IDS=()
 for s in "${SCENARIOS[@]}"; do SCENARIO_IDS+=("${s%%|*}"); done
@@ -547,6 +548,80 @@ scenario_no_gpu() {
 	esac
 	grep -q '^dev nodes: *$' <<<"$logs" || fail "a pod without a GPU request sees GPU device nodes: $(grep '^dev nodes' <<<"$logs")"
 	K delete pod no-gpu --wait=true >/dev/null
+}
+
+# node_res NAME: "CAPACITY/ALLOCATABLE" of extended resource NAME as the API server reports it.
+node_res() {
+	K get node "$NODE_NAME" -o json | jq -r --arg r "$1" '"\(.status.capacity[$r] // "")/\(.status.allocatable[$r] // "")"'
+}
+node_res_is() { local got; got=$(node_res "$1") && [[ $got == "$2" ]] || { echo "$1 capacity/allocatable is '$got', want '$2'"; return 1; }; }
+
+# ds_rolled: the DaemonSet controller has seen its latest spec and its one pod runs it, Ready.
+ds_rolled() {
+	local s
+	s=$(K -n "$GPU_NS" get ds "$DS_NAME" -o 'jsonpath={.metadata.generation}/{.status.observedGeneration} {.status.desiredNumberScheduled}/{.status.numberReady}/{.status.updatedNumberScheduled}/{.status.numberAvailable}')
+	local gen=${s%% *} counts=${s#* }
+	[[ ${gen%/*} == "${gen#*/}" && $counts == 1/1/1/1 ]] || { echo "DaemonSet generation/observed = $gen, desired/ready/updated/available = $counts"; return 1; }
+	gpulet_stable
+}
+
+MIG_SIM_PROFILE=dgx-h100-mig-mixed
+MIG_RESOURCE=nvidia.com/mig-1g.10gb.me
+# What dgx-h100-mig-mixed advertises under mig-strategy=mixed: GPUs 0-3 whole, 4-7 cut in four.
+MIG_CAPACITY=("nvidia.com/gpu 4/4" "nvidia.com/mig-3g.40gb 4/4" "nvidia.com/mig-2g.20gb 4/4"
+	"nvidia.com/mig-1g.10gb.me 4/4" "nvidia.com/mig-1g.10gb 4/4")
+mig_capacity() {
+	local e
+	gpulet_stable || return
+	for e in "${MIG_CAPACITY[@]}"; do node_res_is "${e% *}" "${e#* }" || return 1; done
+}
+
+# mig_restore: the DaemonSet back on the e2e profile without a MIG strategy, 8/8 GPUs.
+mig_restore() {
+	K delete pod mig-pod --ignore-not-found --grace-period=1 >/dev/null 2>&1 || true
+	K -n "$GPU_NS" set env ds/"$DS_NAME" GPULET_SIM_PROFILE="$SIM_PROFILE" MIG_STRATEGY- >/dev/null || return 1
+	wait_until 120 "DaemonSet back on $SIM_PROFILE" ds_rolled || return 1
+	wait_until 120 "Allocatable nvidia.com/gpu 8" gpus_8_and_stable
+}
+
+scenario_mig() {
+	local t0 logs env uuid caps gpu_devs
+	# Whatever happens below, later scenarios (and a rerun) find the 8-GPU node.
+	trap 'mig_restore || echo "could not restore the DaemonSet to $SIM_PROFILE" >&2' EXIT
+	K delete pod mig-pod --ignore-not-found --grace-period=1 >/dev/null
+
+	# The simulated driver of the MIG node: its /dev/nvidia-caps nodes and mig-minors, made on
+	# the node as for the base profile (the DaemonSet cannot mknod).
+	gpulet_node sim devices --sim-root="$SIM_ROOT" --sim-profile="$MIG_SIM_PROFILE" ||
+		fail "gpulet sim devices --sim-profile=$MIG_SIM_PROFILE failed"
+	gpulet_node list --backend=sim --sim-profile="$MIG_SIM_PROFILE" --sim-root="$SIM_ROOT" --mig-strategy=mixed -o json |
+		jq -r '.node.gpus[] | .migDevices[]? | "\(.uuid) \(.profile) gi\(.gi) ci\(.ci) index \(.index)"' >"$W/mig-inventory.txt" ||
+		fail "gpulet list of $MIG_SIM_PROFILE failed"
+	log "MIG instances: $(wc -l <"$W/mig-inventory.txt")"
+
+	t0=$(now_ms)
+	K -n "$GPU_NS" set env ds/"$DS_NAME" GPULET_SIM_PROFILE="$MIG_SIM_PROFILE" MIG_STRATEGY=mixed
+	wait_until 120 "DaemonSet rolled to $MIG_SIM_PROFILE" ds_rolled || fail "DaemonSet did not roll to $MIG_SIM_PROFILE"
+	wait_until 120 "MIG capacity ${MIG_CAPACITY[*]}" mig_capacity || fail "the node does not show the MIG resources"
+	timing "set env MIG profile -> MIG resources allocatable" "$(secs_since "$t0")"
+	K describe node "$NODE_NAME" | sed -n '/^Capacity:/,/^Allocatable:/p' | sed 's/^/    /'
+
+	sed "s|__RESOURCE__|$MIG_RESOURCE|" "$MANIFESTS/mig-pod.yaml" | K apply -f -
+	wait_until 90 "pod mig-pod Succeeded" pod_phase_is mig-pod Succeeded || fail "mig-pod did not succeed"
+	logs=$(K logs mig-pod)
+	echo "$logs" | sed 's/^/    /'
+	env=$(sed -n 's/^NVIDIA_VISIBLE_DEVICES=//p' <<<"$logs")
+	[[ $env == MIG-* && $env != *,* ]] || fail "mig-pod has NVIDIA_VISIBLE_DEVICES=$env, want one MIG UUID"
+	grep -q "^$env 1g.10gb+me " "$W/mig-inventory.txt" ||
+		fail "mig-pod got $env, which is not a 1g.10gb+me instance of the node: $(tr '\n' ';' <"$W/mig-inventory.txt")"
+	caps=$(grep -c '^device: c.* /dev/nvidia-caps/nvidia-cap[0-9][0-9]*$' <<<"$logs" || true)
+	[[ $caps == 2 ]] || fail "mig-pod has $caps /dev/nvidia-caps character devices, want 2 (its GPU and compute instance)"
+	gpu_devs=$(grep -c '^device: c.* /dev/nvidia[0-9][0-9]*$' <<<"$logs" || true)
+	[[ $gpu_devs == 1 ]] || fail "mig-pod has $gpu_devs /dev/nvidiaN devices, want its parent GPU's only"
+	K delete pod mig-pod --wait=true >/dev/null
+
+	trap - EXIT
+	mig_restore || fail "could not restore the DaemonSet to $SIM_PROFILE with 8/8 GPUs"
 }
 
 # ---------------------------------------------------------------------------------------------

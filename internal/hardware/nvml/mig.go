@@ -4,7 +4,6 @@ package nvml
 
 import (
 	"fmt"
-	"math"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 
@@ -26,7 +25,7 @@ func (b *Backend) migDevices(h nvml.Device, gpuMemory uint64) ([]inventory.MIGDe
 		if err != nil {
 			return nil, err
 		}
-		d := inventory.MIGDevice{}
+		d := inventory.MIGDevice{Index: i}
 		if d.UUID, err = call(b, "MIG GetUUID", m.GetUUID); err != nil {
 			return nil, err
 		}
@@ -125,14 +124,7 @@ func migProfile(ciSlices, giSlices uint32, memMB, gpuMemory uint64, suffix strin
 }
 
 func migMemoryGB(memMB, gpuMemory uint64) uint64 {
-	const oneMB, oneGB = 1 << 20, 1 << 30
-	if gpuMemory == 0 {
-		return (memMB + 1023) / 1024
-	}
-	frac := float64(memMB) * oneMB / float64(gpuMemory)
-	frac = math.Ceil(frac*8) / 8
-	totalGB := float64((gpuMemory + oneGB - 1) / oneGB)
-	return uint64(math.Round(frac * totalGB))
+	return inventory.MIGMemoryGB(memMB<<20, gpuMemory)
 }
 
 // migParent returns the UUID of the GPU holding MIG device uuid, as of the

@@ -141,12 +141,13 @@ func TestDiscoverMIG(t *testing.T) {
 		t.Fatalf("GPU 0: MIGCapable %v MIGEnabled %v, want both", g.MIGCapable, g.MIGEnabled)
 	}
 	id := func(slot int) string { return fmt.Sprintf("MIG-%s-%d", strings.TrimPrefix(g.UUID, "GPU-"), slot) }
+	// Index is NVML's handle index: slot 1 is empty, and the gap stays.
 	want := []inventory.MIGDevice{
-		{UUID: id(0), Profile: "1g.10gb", GI: 0, CI: 0, MemoryBytes: 10 << 30},
-		{UUID: id(2), Profile: "1g.10gb+me", GI: 1, CI: 0, MemoryBytes: 10 << 30},
-		{UUID: id(3), Profile: "1g.20gb", GI: 2, CI: 0, MemoryBytes: 20 << 30},
-		{UUID: id(4), Profile: "1c.3g.40gb", GI: 3, CI: 0, MemoryBytes: 40 << 30},
-		{UUID: id(5), Profile: "2c.3g.40gb", GI: 3, CI: 1, MemoryBytes: 40 << 30},
+		{UUID: id(0), Index: 0, Profile: "1g.10gb", GI: 0, CI: 0, MemoryBytes: 10 << 30},
+		{UUID: id(2), Index: 2, Profile: "1g.10gb+me", GI: 1, CI: 0, MemoryBytes: 10 << 30},
+		{UUID: id(3), Index: 3, Profile: "1g.20gb", GI: 2, CI: 0, MemoryBytes: 20 << 30},
+		{UUID: id(4), Index: 4, Profile: "1c.3g.40gb", GI: 3, CI: 0, MemoryBytes: 40 << 30},
+		{UUID: id(5), Index: 5, Profile: "2c.3g.40gb", GI: 3, CI: 1, MemoryBytes: 40 << 30},
 	}
 	// Attributes are NVML's, passed through for node labels: check their
 	// GPU-instance slices, then compare the rest.

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"os"
 	"path"
+	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 
 	"sigs.k8s.io/yaml"
@@ -54,13 +56,26 @@ type GPUSpec struct {
 	MIG               *MIGSpec `json:"mig,omitempty"`
 }
 
-// MIGSpec enables MIG on a simulated GPU with Count identical instances.
+// MIGSpec enables MIG on a simulated GPU: Count identical instances
+// (GPU instances 1..Count, compute instance 0, MIG indexes 0..Count-1), or
+// the Instances listed one by one (a mixed layout).
 type MIGSpec struct {
-	Profile   string `json:"profile"`
-	Count     int    `json:"count"`
-	MemoryMiB uint64 `json:"memoryMiB"`
+	Profile   string            `json:"profile,omitempty"`
+	Count     int               `json:"count,omitempty"`
+	MemoryMiB uint64            `json:"memoryMiB,omitempty"`
+	Instances []MIGInstanceSpec `json:"instances,omitempty"`
 	// Attributes, if given, are reported for every instance (as NVML would).
 	Attributes *inventory.MIGAttributes `json:"attributes,omitempty"`
+}
+
+// MIGInstanceSpec is one MIG instance as nvidia-smi lists it.
+type MIGInstanceSpec struct {
+	Profile   string `json:"profile"`
+	MemoryMiB uint64 `json:"memoryMiB"`
+	GI        int    `json:"gi"`
+	CI        int    `json:"ci,omitempty"`
+	// Index is the NVML MIG handle index; default: the position in the list.
+	Index *int `json:"index,omitempty"`
 }
 
 // BuiltinProfiles lists the names of the embedded profiles.
@@ -177,20 +192,10 @@ func (p *Profile) Node() (*inventory.Node, error) {
 			g.NUMANode = p.NUMANodes[i]
 		}
 		if s.MIG != nil {
-			if s.MIG.Count <= 0 || s.MIG.Profile == "" {
-				return nil, fmt.Errorf("profile %q: GPU %d: mig needs a profile and a positive count", p.Name, i)
+			if g.MIGDevices, err = p.migDevices(i, s); err != nil {
+				return nil, err
 			}
 			g.MIGEnabled = true
-			for m := 0; m < s.MIG.Count; m++ {
-				g.MIGDevices = append(g.MIGDevices, inventory.MIGDevice{
-					UUID:        stableUUID("MIG", fmt.Sprintf("%s/%d", p.Name, i), m),
-					Profile:     s.MIG.Profile,
-					GI:          m + 1,
-					CI:          0,
-					MemoryBytes: s.MIG.MemoryMiB << 20,
-					Attributes:  s.MIG.Attributes,
-				})
-			}
 		}
 		n.GPUs = append(n.GPUs, g)
 	}
@@ -203,6 +208,64 @@ func (p *Profile) Node() (*inventory.Node, error) {
 	}
 	return n, nil
 }
+
+// migDevices expands GPU i's MIG spec into its instances and checks each
+// profile's size against its memory as NVML would name it, so a profile
+// cannot claim a 1g.18gb that a real H200 would call something else.
+func (p *Profile) migDevices(i int, s GPUSpec) ([]inventory.MIGDevice, error) {
+	m := s.MIG
+	list := m.Instances
+	if len(list) > 0 && (m.Profile != "" || m.Count != 0 || m.MemoryMiB != 0) {
+		return nil, fmt.Errorf("profile %q: GPU %d: mig gives either profile+count+memoryMiB or instances, not both", p.Name, i)
+	}
+	if len(list) == 0 {
+		if m.Count <= 0 || m.Profile == "" {
+			return nil, fmt.Errorf("profile %q: GPU %d: mig needs a profile and a positive count, or instances", p.Name, i)
+		}
+		for k := 0; k < m.Count; k++ {
+			idx := k
+			list = append(list, MIGInstanceSpec{Profile: m.Profile, MemoryMiB: m.MemoryMiB, GI: k + 1, Index: &idx})
+		}
+	}
+	var out []inventory.MIGDevice
+	for k, in := range list {
+		idx := k
+		if in.Index != nil {
+			idx = *in.Index
+		}
+		if in.Profile == "" || in.GI < 0 || in.CI < 0 {
+			return nil, fmt.Errorf("profile %q: GPU %d: MIG instance %d needs a profile and non-negative gi and ci", p.Name, i, k)
+		}
+		if gb, ok := profileGB(in.Profile); ok && s.MemoryMiB > 0 {
+			if want := inventory.MIGMemoryGB(in.MemoryMiB<<20, s.MemoryMiB<<20); gb != want {
+				return nil, fmt.Errorf("profile %q: GPU %d: MIG instance %d of %d MiB on a %d MiB GPU is a %dgb profile, not %s",
+					p.Name, i, k, in.MemoryMiB, s.MemoryMiB, want, in.Profile)
+			}
+		}
+		out = append(out, inventory.MIGDevice{
+			UUID:        stableUUID("MIG", fmt.Sprintf("%s/%d", p.Name, i), k),
+			Index:       idx,
+			Profile:     in.Profile,
+			GI:          in.GI,
+			CI:          in.CI,
+			MemoryBytes: in.MemoryMiB << 20,
+			Attributes:  m.Attributes,
+		})
+	}
+	return out, nil
+}
+
+// profileGB reads the memory size of a profile name (18 of 1g.18gb+me).
+func profileGB(profile string) (uint64, bool) {
+	m := profileSize.FindStringSubmatch(profile)
+	if m == nil {
+		return 0, false
+	}
+	gb, err := strconv.ParseUint(m[1], 10, 64)
+	return gb, err == nil
+}
+
+var profileSize = regexp.MustCompile(`^(?:[0-9]+c\.)?[0-9]+g\.([0-9]+)gb`)
 
 // links builds the link matrix from the profile's matrices; without a PCIe
 // matrix, GPUs on one NUMA node are NODE and others SYS.

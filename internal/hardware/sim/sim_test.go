@@ -2,6 +2,7 @@ package sim
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -27,6 +28,8 @@ func TestBuiltinProfiles(t *testing.T) {
 		{"dgx-h100", 8, "NVIDIA H100 80GB HBM3", []int{0, 0, 0, 0, 1, 1, 1, 1}},
 		{"dgx1-v100", 8, "Tesla V100-SXM2-16GB", []int{0, 0, 0, 0, 1, 1, 1, 1}},
 		{"pcie-4x-l4", 4, "NVIDIA L4", []int{0, 0, 1, 1}},
+		{"dgx-h100-mig-mixed", 8, "NVIDIA H100 80GB HBM3", []int{0, 0, 0, 0, 1, 1, 1, 1}},
+		{"h200-mig-single", 1, "NVIDIA H200", []int{-1}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.profile, func(t *testing.T) {
@@ -290,4 +293,54 @@ func FuzzParseProfile(f *testing.F) {
 			t.Fatalf("profile parsed into an invalid node: %v", err)
 		}
 	})
+}
+
+func TestMIGProfiles(t *testing.T) {
+	for _, tc := range []struct {
+		profile string
+		want    []string // per GPU: its instances as profile/gi/ci@index, "" when MIG is disabled
+	}{
+		{"dgx-h100-mig-mixed", []string{"", "", "", "",
+			"3g.40gb/2/0@0 2g.20gb/3/0@1 1g.10gb+me/9/0@2 1g.10gb/13/0@3",
+			"3g.40gb/2/0@0 2g.20gb/3/0@1 1g.10gb+me/9/0@2 1g.10gb/13/0@3",
+			"3g.40gb/2/0@0 2g.20gb/3/0@1 1g.10gb+me/9/0@2 1g.10gb/13/0@3",
+			"3g.40gb/2/0@0 2g.20gb/3/0@1 1g.10gb+me/9/0@2 1g.10gb/13/0@3"}},
+		{"h200-mig-single", []string{"1g.18gb/7/0@0 1g.18gb/8/0@1 1g.18gb/9/0@2 1g.18gb/10/0@3 1g.18gb/11/0@4 1g.18gb/12/0@5 1g.18gb/13/0@6"}},
+	} {
+		t.Run(tc.profile, func(t *testing.T) {
+			p, err := LoadProfile(tc.profile)
+			if err != nil {
+				t.Fatal(err)
+			}
+			n, err := p.Node()
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i, g := range n.GPUs {
+				var got []string
+				for _, m := range g.MIGDevices {
+					got = append(got, fmt.Sprintf("%s/%d/%d@%d", m.Profile, m.GI, m.CI, m.Index))
+				}
+				if strings.Join(got, " ") != tc.want[i] || g.MIGEnabled != (tc.want[i] != "") {
+					t.Errorf("GPU %d: MIG %v %v, want %q", i, g.MIGEnabled, got, tc.want[i])
+				}
+			}
+		})
+	}
+}
+
+func TestMIGProfileErrors(t *testing.T) {
+	base := "name: x\ngpus:\n- {name: NVIDIA H200, memoryMiB: 143771, computeCapability: '9.0', mig: %s}\n"
+	for _, tc := range []struct{ mig, err string }{
+		{"{profile: 1g.18gb, count: 2, memoryMiB: 16896, instances: [{profile: 1g.18gb, memoryMiB: 16896, gi: 7}]}", "not both"},
+		{"{instances: [{profile: 1g.10gb, memoryMiB: 16896, gi: 7}]}", "is a 18gb profile, not 1g.10gb"},
+		{"{instances: [{profile: 1g.18gb, memoryMiB: 16896, gi: 7, index: 3}, {profile: 1g.18gb, memoryMiB: 16896, gi: 8, index: 3}]}", "repeated index 3"},
+		{"{instances: [{profile: 1g.18gb, memoryMiB: 16896, gi: -1}]}", "non-negative"},
+		{"{count: 2}", "needs a profile"},
+	} {
+		_, err := ParseProfile([]byte(fmt.Sprintf(base, tc.mig)))
+		if err == nil || !strings.Contains(err.Error(), tc.err) {
+			t.Errorf("mig %s: err %v, want %q", tc.mig, err, tc.err)
+		}
+	}
 }
