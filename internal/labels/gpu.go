@@ -168,8 +168,25 @@ func family(major, minor int) string {
 // sharing is how one advertised resource is shared, as its labels show it.
 type sharing struct {
 	off      bool // GFD's "without sharing": replicas 0 (MIG-enabled GPUs' own labels)
-	replicas int  // time-slicing replicas (0 or 1: not shared)
+	replicas int  // replicas (0 or 1: not shared)
 	renamed  bool // advertised under another name, so the product has no -SHARED
+	mps      bool // shared through MPS rather than time-slicing
+}
+
+// shareOf is how the resource named name is shared under cfg: the command
+// line's --replicas shares every resource; otherwise the config file's
+// sharing entry for that resource, if any. byName says whether a
+// SharedName rename applies to it (whole GPUs only, as resources.Build).
+func shareOf(cfg resources.Config, name string, byName bool) sharing {
+	if cfg.Replicas > 1 {
+		return sharing{replicas: cfg.Replicas, renamed: cfg.RenameByDefault || (byName && cfg.SharedName != "")}
+	}
+	for _, sh := range cfg.Shares {
+		if sh.Name == name && sh.Replicas > 1 {
+			return sharing{replicas: sh.Replicas, renamed: cfg.RenameByDefault || sh.Rename != "", mps: cfg.MPS}
+		}
+	}
+	return sharing{}
 }
 
 func (s sharing) shared() bool { return !s.off && s.replicas > 1 }
@@ -189,7 +206,10 @@ func (s sharing) replicaCount() int {
 }
 
 func (s sharing) strategy() string {
-	if s.shared() {
+	switch {
+	case s.shared() && s.mps:
+		return "mps"
+	case s.shared():
 		return "time-slicing"
 	}
 	return "none"
@@ -227,16 +247,21 @@ func resourceLabels(n *inventory.Node, cfg resources.Config, log *slog.Logger) L
 	if strategy == "" {
 		strategy = resources.MIGNone
 	}
-	share := sharing{replicas: cfg.Replicas, renamed: cfg.RenameByDefault || cfg.SharedName != ""}
+	gpuName := cfg.ResourceName
+	if gpuName == "" {
+		gpuName = resources.DefaultResourceName
+	}
+	share := shareOf(cfg, gpuName, true)
 	out := fullGPULabels(n, share, log)
 	switch strategy {
 	case resources.MIGSingle:
 		out = merge(out, Labels{"nvidia.com/mig.strategy": strategy}, migSingleLabels(n, share, log))
 	case resources.MIGMixed:
 		// Mixed resources are never renamed by SharedName (resources.Build),
-		// only by renameByDefault.
-		mixed := sharing{replicas: cfg.Replicas, renamed: cfg.RenameByDefault}
-		out = merge(out, Labels{"nvidia.com/mig.strategy": strategy}, migMixedLabels(n, mixed))
+		// only by renameByDefault or their own sharing entry.
+		out = merge(out, Labels{"nvidia.com/mig.strategy": strategy}, migMixedLabels(n, func(resource string) sharing {
+			return shareOf(cfg, resource, false)
+		}))
 	}
 	return out
 }
@@ -384,10 +409,10 @@ func migSingleLabels(n *inventory.Node, share sharing, log *slog.Logger) Labels 
 }
 
 // migMixedLabels labels each profile as nvidia.com/mig-<profile>.*.
-func migMixedLabels(n *inventory.Node, share sharing) Labels {
+func migMixedLabels(n *inventory.Node, shareOf func(resource string) sharing) Labels {
 	out := Labels{}
 	for p, gr := range migGroups(n) {
-		out = merge(out, migLabels("nvidia.com/mig-"+p, p, gr, share))
+		out = merge(out, migLabels("nvidia.com/mig-"+p, p, gr, shareOf("nvidia.com/mig-"+p)))
 	}
 	return out
 }

@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -73,7 +74,8 @@ func Compute(snap inventory.Snapshot, opts Options) (Labels, error) {
 			machineTypeLabels(opts.MachineTypeFile, opts.Log),
 			versions,
 			migCapableLabels(snap.Node),
-			Labels{"nvidia.com/mps.capable": "false"}, // gpulet refuses MPS sharing (config.File.Check)
+			// GFD: true when the sharing config shares through MPS.
+			Labels{"nvidia.com/mps.capable": strconv.FormatBool(opts.Resources.MPS && len(opts.Resources.Shares) > 0)},
 			resourceLabels(snap.Node, opts.Resources, opts.Log),
 			gpuModeLabels(snap.Node, opts.SysfsRoot, opts.Log),
 		)

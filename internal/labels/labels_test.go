@@ -147,6 +147,27 @@ func TestResourceLabels(t *testing.T) {
 			want: Labels{"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3", "nvidia.com/gpu.replicas": "2"},
 		},
 		{
+			name: "the config file's time-slicing entry for nvidia.com/gpu",
+			node: func(t *testing.T) *inventory.Node { return simNode(t, "dgx-h100") },
+			cfg:  resources.Config{Shares: []resources.Share{{Name: "nvidia.com/gpu", Replicas: 10}}},
+			want: Labels{"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3-SHARED", "nvidia.com/gpu.replicas": "10",
+				"nvidia.com/gpu.sharing-strategy": "time-slicing", "nvidia.com/mps.capable": "false"},
+		},
+		{
+			name: "the config file's MPS entry, renamed",
+			node: func(t *testing.T) *inventory.Node { return simNode(t, "dgx-h100") },
+			cfg:  resources.Config{MPS: true, Shares: []resources.Share{{Name: "nvidia.com/gpu", Rename: "nvidia.com/gpu.mps", Replicas: 4}}},
+			want: Labels{"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3", "nvidia.com/gpu.replicas": "4",
+				"nvidia.com/gpu.sharing-strategy": "mps", "nvidia.com/mps.capable": "true"},
+		},
+		{
+			name: "a sharing entry for another resource leaves whole GPUs unshared",
+			node: func(t *testing.T) *inventory.Node { return simNode(t, "dgx-h100") },
+			cfg:  resources.Config{Shares: []resources.Share{{Name: "nvidia.com/mig-1g.10gb", Replicas: 4}}},
+			want: Labels{"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3", "nvidia.com/gpu.replicas": "1",
+				"nvidia.com/gpu.sharing-strategy": "none"},
+		},
+		{
 			name: "replicas 1 is not sharing",
 			node: func(t *testing.T) *inventory.Node { return simNode(t, "dgx-h100") },
 			cfg:  resources.Config{Replicas: 1},
