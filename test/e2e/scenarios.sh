@@ -21,6 +21,8 @@ SCENARIOS=(
 	"restarts|kubelet restart, gpulet pod deletion: capacity returns, running pods keep GPUs|ds"
 	"no-gpu|a pod that requests no GPU sees no GPU|ds"
 	"cdi|cdi-cri and cdi-annotations: containerd injects exactly the pod's GPUs from gpulet's CDI spec; a gpulet restart changes nothing|ds"
+	"labels|GFD's labels and accelerator=nvidia on the node; survive a gpulet restart unwritten; follow a sharing change; admission refuses other keys and nodes|ds"
+	"metrics|/metrics: dcgm-exporter series per GPU, a pod's GPUs attributed then released, an XID counted; /readyz and Ready follow the driver down and up|ds"
 	"mig|MIG sim profile, mig-strategy=mixed: capacity per MIG resource; a mig-1g.10gb.me pod gets one MIG device and its caps nodes; back to 8 GPUs|ds"
 )
 SCENARIO_IDS=()
@@ -533,6 +535,141 @@ scenario_cdi() {
 
 	# Back to the overlay's settings for whatever runs next.
 	set_gpulet_env DEVICE_LIST_STRATEGY=envvar PASS_DEVICE_SPECS=true
+}
+
+# ---------------------------------------------------------------------------------------------
+# Node labels (GPU Feature Discovery's, published by gpulet) and metrics
+
+# node_labels: the node's labels as key=value lines, sorted.
+node_labels() { K get node "$NODE_NAME" -o json | jq -r '.metadata.labels | to_entries[] | "\(.key)=\(.value)"' | sort; }
+
+# expected_labels [ARGS]: what `gpulet labels` computes on the node for the DaemonSet's settings
+# (sim dgx-h100, accelerator=nvidia), without the timestamp.
+expected_labels() {
+	gpulet_node labels --backend=sim --sim-profile="$SIM_PROFILE" --sim-root="$SIM_ROOT" \
+		--extra-labels=accelerator=nvidia --no-timestamp "$@" 2>/dev/null | sort
+}
+
+# labels_are FILE: every key=value of FILE is on the node, and the node has a gfd.timestamp.
+labels_are() {
+	local missing
+	missing=$(comm -23 "$1" <(node_labels))
+	[[ -z $missing ]] || { echo "missing on the node: $(echo $missing)"; return 1; }
+	node_labels | grep -q '^nvidia.com/gfd.timestamp=' || { echo "no nvidia.com/gfd.timestamp"; return 1; }
+}
+
+scenario_labels() {
+	local want=$W/labels.want gp ts0 t0 token out
+	expected_labels >"$want"
+	[[ $(grep -c '^nvidia.com/' "$want") -ge 20 ]] || fail "gpulet labels computed only $(wc -l <"$want") labels: $(cat "$want")"
+	grep -qx 'accelerator=nvidia' "$want" || fail "the expected labels lack accelerator=nvidia"
+	wait_until 30 "GFD labels on the node" labels_are "$want" || fail "the node does not carry gpulet's labels"
+	K describe node "$NODE_NAME" | sed -n '/^Labels:/,/^Annotations:/p' | grep -E 'accelerator|nvidia.com/gpu\.(product|count|memory)' | sed 's/^/    /'
+	log "the node carries all $(wc -l <"$want") labels gpulet computes (and gfd.timestamp)"
+
+	# A gpulet restart removes nothing and, the GPUs being the same, writes nothing.
+	ts0=$(node_labels | sed -n 's/^nvidia.com\/gfd.timestamp=//p')
+	gp=$(gpulet_pod)
+	K -n "$GPU_NS" delete pod "$gp" --wait=true >/dev/null
+	labels_are "$want" >/dev/null || fail "labels gone after the gpulet pod was deleted: $(labels_are "$want")"
+	new_gpulet() { local q; q=$(gpulet_pod) && [[ -n $q && $q != "$gp" ]] || { echo "no new gpulet pod yet"; return 1; }; ds_ready; }
+	wait_until 120 "a new gpulet pod Ready" new_gpulet || fail "the DaemonSet did not recreate gpulet"
+	wait_until 90 "Allocatable 8" gpus_8_and_stable || fail "capacity did not return"
+	sleep 3 # past the publisher's debounce: a write would have happened by now
+	labels_are "$want" >/dev/null || fail "labels changed after the gpulet restart: $(labels_are "$want")"
+	[[ $(node_labels | sed -n 's/^nvidia.com\/gfd.timestamp=//p') == "$ts0" ]] ||
+		fail "gpulet relabelled the node after a restart with the same GPUs (gfd.timestamp changed)"
+	log "labels kept across the gpulet restart, no relabel (gfd.timestamp $ts0)"
+
+	# A sharing change: the replicas and -SHARED product follow once gpulet applies it.
+	expected_labels --replicas=4 >"$W/labels.shared"
+	grep -qx 'nvidia.com/gpu.replicas=4' "$W/labels.shared" || fail "gpulet labels --replicas=4 does not say replicas 4"
+	set_gpulet_env GPULET_REPLICAS=4 >/dev/null 2>&1 || true # capacity becomes 32: wait for that instead
+	t0=$(K -n "$GPU_NS" get pod "$(gpulet_pod)" -o 'jsonpath={.status.containerStatuses[0].state.running.startedAt}')
+	wait_until 60 "labels of the shared node" labels_are "$W/labels.shared" || fail "labels did not follow the sharing change"
+	timing "gpulet started with replicas 4 -> gpu.replicas=4 on the Node (API server)" \
+		"$(awk -v d=$(($(now_ms) - $(date -d "$t0" +%s%3N))) 'BEGIN { printf "%.3f", d / 1000 }')"
+	node_labels | grep -E '^nvidia.com/gpu\.(product|replicas|sharing-strategy)=' | sed 's/^/    /'
+	K -n "$GPU_NS" set env "ds/$DS_NAME" GPULET_REPLICAS- >/dev/null
+	wait_until 120 "DaemonSet back without sharing" ds_rolled || fail "DaemonSet did not roll back"
+	wait_until 90 "Allocatable 8" gpus_8_and_stable || fail "capacity did not return to 8"
+	wait_until 30 "unshared labels again" labels_are "$want" || fail "labels did not return to unshared"
+
+	# The admission policy: gpulet's own token (bound to its pod, so it carries the node name) may set
+	# nvidia.com/* labels on its node, and nothing else.
+	gp=$(gpulet_pod)
+	token=$(K -n "$GPU_NS" create token gpulet --bound-object-kind=Pod --bound-object-name="$gp" --duration=10m) ||
+		fail "could not create a token for gpulet's service account"
+	K label node "$NODE_NAME" nvidia.com/e2e-probe=1 --token="$token" >/dev/null ||
+		fail "gpulet's service account may not set an nvidia.com/ label on its own node"
+	K label node "$NODE_NAME" nvidia.com/e2e-probe- --token="$token" >/dev/null || fail "could not remove the probe label"
+	out=$(K label node "$NODE_NAME" e2e-probe=1 --token="$token" 2>&1) && fail "gpulet's service account set a non-nvidia.com label"
+	grep -q 'only nvidia.com' <<<"$out" || fail "refused, but not by the policy: $out"
+	log "policy refuses a foreign label key: $(tail -n1 <<<"$out")"
+	printf 'apiVersion: v1\nkind: Node\nmetadata:\n  name: e2e-other-node\n' | K apply -f - >/dev/null
+	out=$(K label node e2e-other-node nvidia.com/gpu.count=8 --token="$token" 2>&1) && fail "gpulet's service account labelled another node"
+	grep -q 'only the node its pod runs on' <<<"$out" || fail "refused, but not by the policy: $out"
+	log "policy refuses another node: $(tail -n1 <<<"$out")"
+	K delete node e2e-other-node --wait=false >/dev/null
+}
+
+# metrics_scrape: gpulet's /metrics through the API server's pod proxy.
+metrics_scrape() { K get --raw "/api/v1/namespaces/$GPU_NS/pods/$(gpulet_pod):9401/proxy/metrics"; }
+# series_of METRIC FILTER: the lines of METRIC whose labels contain FILTER (e.g. 'gpu="3"').
+series_of() { metrics_scrape | grep "^$1{" | grep -F -- "$2"; }
+gpulet_ready() { [[ $(K -n "$GPU_NS" get pod "$(gpulet_pod)" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}') == "$1" ]]; }
+
+scenario_metrics() {
+	local m n p uuids got t0
+	m=$(retry_output 30 metrics_scrape) || fail "no /metrics from gpulet"
+	n=$(grep -c '^DCGM_FI_DEV_GPU_UTIL{' <<<"$m" || true)
+	[[ $n == "$SIM_GPUS" ]] || fail "/metrics has $n DCGM_FI_DEV_GPU_UTIL series, want $SIM_GPUS"
+	grep -qx 'gpulet_ready 1' <<<"$m" || fail "/metrics does not say gpulet_ready 1"
+	log "/metrics: $n GPUs, $(grep -c '^DCGM_FI_' <<<"$m") DCGM series, $(grep -c '^gpulet_' <<<"$m") gpulet series"
+
+	# Attribution: a running pod's GPUs carry its namespace/pod/container, and only those.
+	render_hold_job gpu2-metrics 2 | K apply -f -
+	wait_until 90 "gpu2-metrics Running" job_pod_running gpu2-metrics || fail "gpu2-metrics did not run"
+	p=$(job_pod gpu2-metrics)
+	uuids=$(pod_gpus "$p")
+	attributed() {
+		got=$(series_of DCGM_FI_DEV_GPU_UTIL "pod=\"$p\"" | sed -n 's/.*UUID="\([^"]*\)".*/\1/p' | sort)
+		[[ $got == "$uuids" ]] || { echo "series with pod=$p: [$(echo $got)], want [$(echo $uuids)]"; return 1; }
+		series_of DCGM_FI_DEV_GPU_UTIL "pod=\"$p\"" | grep -q 'namespace="default"' || { echo "no namespace label"; return 1; }
+		series_of DCGM_FI_DEV_GPU_UTIL "pod=\"$p\"" | grep -q 'container="main"' || { echo "no container label"; return 1; }
+	}
+	wait_until 60 "$p attributed on its GPUs' series" attributed || fail "pod attribution is wrong"
+	log "pod $p attributed on exactly its GPUs: $(echo $uuids)"
+	release "$p"
+	wait_until 60 "gpu2-metrics COMPLETIONS 1/1" job_complete gpu2-metrics || fail "gpu2-metrics did not complete"
+	released() { ! series_of DCGM_FI_DEV_GPU_UTIL "pod=\"$p\"" >/dev/null; }
+	wait_until 60 "$p gone from the series" released || fail "pod $p still attributed after it ended"
+	K delete job gpu2-metrics --wait=true >/dev/null
+
+	# An XID: counted per GPU and the GPU's health series drops.
+	gpulet_node sim fault --sim-root="$SIM_ROOT" --gpu=3 --xid=48 || fail "gpulet sim fault failed"
+	xid_seen() {
+		series_of DCGM_FI_DEV_XID_ERRORS 'gpu="3"' | grep -q ' 48$' || { echo "no XID 48 on gpu 3"; return 1; }
+		series_of gpulet_device_healthy 'gpu="3"' | grep -q ' 0$' || { echo "gpu 3 still healthy in gpulet_device_healthy"; return 1; }
+	}
+	wait_until 60 "XID 48 on GPU 3 in /metrics" xid_seen || fail "the XID did not show in /metrics"
+	gpulet_node sim clear --sim-root="$SIM_ROOT" --gpu=3 || fail "gpulet sim clear failed"
+	wait_until 60 "GPU 3 healthy in /metrics" eval 'series_of gpulet_device_healthy '"'"'gpu="3"'"'"' | grep -q " 1$"' ||
+		fail "GPU 3 did not turn healthy in /metrics"
+	wait_until 60 "Allocatable back to 8" node_gpus_are 8/8 || fail "Allocatable did not come back to 8"
+
+	# The driver goes away (unloaded, upgraded): not ready, no allocatable GPU; back when it returns.
+	t0=$(now_ms)
+	gpulet_node sim driver down --sim-root="$SIM_ROOT" || fail "gpulet sim driver down failed"
+	wait_until 60 "gpulet pod not Ready" gpulet_ready False || fail "gpulet stayed Ready without a driver"
+	timing "driver down -> gpulet pod not Ready (API server)" "$(secs_since "$t0")"
+	wait_until 60 "Allocatable 0" node_gpus_are 8/0 || fail "Allocatable did not drop to 0 without a driver"
+	metrics_scrape | grep -qx 'gpulet_ready 0' || fail "/metrics does not say gpulet_ready 0 without a driver"
+	t0=$(now_ms)
+	gpulet_node sim driver up --sim-root="$SIM_ROOT" || fail "gpulet sim driver up failed"
+	wait_until 90 "gpulet pod Ready" gpulet_ready True || fail "gpulet did not turn Ready when the driver came back"
+	timing "driver up -> gpulet pod Ready (API server)" "$(secs_since "$t0")"
+	wait_until 60 "Allocatable 8" gpus_8_and_stable || fail "Allocatable did not return to 8"
 }
 
 scenario_no_gpu() {
