@@ -46,6 +46,7 @@ type File struct {
 		LogFormat *string    `json:"logFormat,omitempty"`
 		LogLevel  *string    `json:"logLevel,omitempty"`
 		Labels    labelsFile `json:"labels"` // labels.go
+		DRA       draFile    `json:"dra"`    // dra.go
 	} `json:"gpulet"`
 }
 

@@ -135,9 +135,16 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	cdiDone, err := startCDI(ctx, cfg, backend, store, log)
+	// With --dra the device plugin serves only the GPUs DRA does not own.
+	pluginStore, draDone, err := startDRA(ctx, cfg, backend, store, cancel, log) // dra.go
 	if err != nil {
 		return err
+	}
+	mgr.Store = pluginStore
+	cdiDone, err := startCDI(ctx, cfg, backend, store, log)
+	if err != nil {
+		cancel()
+		return errors.Join(err, draDone())
 	}
 	healthDone := make(chan struct{})
 	go func() {
@@ -148,14 +155,14 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	if err != nil {
 		cancel()
 		<-healthDone
-		return err
+		return errors.Join(err, draDone())
 	}
 	err = mgr.Run(ctx)
 	cancel()
 	<-healthDone
 	cdiDone()
 	labelsDone()
-	return err
+	return errors.Join(err, draDone())
 }
 
 func initHardware(ctx context.Context, cfg *config.Config, log *slog.Logger) (hardware.Backend, *inventory.Node, error) {
