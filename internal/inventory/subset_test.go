@@ -6,7 +6,7 @@ import (
 )
 
 func TestSubsetKeepsIndexesAndLinks(t *testing.T) {
-	n := &Node{GPUs: []GPU{{UUID: "a", Index: 0}, {UUID: "b", Index: 1}, {UUID: "c", Index: 2}}}
+	n := &Node{GPUs: []GPU{{UUID: "a", Index: 0, Minor: 0}, {UUID: "b", Index: 1, Minor: 1}, {UUID: "c", Index: 2, Minor: 2}}}
 	n.Links = [][]Link{{{}, {NVLinks: 1}, {NVLinks: 2}}, {{NVLinks: 1}, {}, {NVLinks: 3}}, {{NVLinks: 2}, {NVLinks: 3}, {}}}
 	s := n.Subset(func(g GPU) bool { return g.UUID != "a" })
 	if len(s.GPUs) != 2 || s.GPUs[0].Index != 1 || s.GPUs[1].Index != 2 {
