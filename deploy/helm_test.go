@@ -34,12 +34,20 @@ func helmTemplate(t *testing.T, args ...string) map[string][]byte {
 	}
 	byKind := map[string][]byte{}
 	for _, d := range strings.Split(string(out), "\n---") {
-		var meta struct{ Kind string }
+		var meta struct {
+			Kind     string
+			Metadata struct{ Name string }
+		}
 		if yaml.Unmarshal([]byte(d), &meta) == nil && meta.Kind != "" {
-			if _, dup := byKind[meta.Kind]; dup {
-				t.Fatalf("two %s objects rendered", meta.Kind)
+			// Every object by kind/name; the first of a kind also by kind.
+			named := meta.Kind + "/" + meta.Metadata.Name
+			if _, dup := byKind[named]; dup {
+				t.Fatalf("two %s objects rendered", named)
 			}
-			byKind[meta.Kind] = []byte(d)
+			byKind[named] = []byte(d)
+			if _, dup := byKind[meta.Kind]; !dup {
+				byKind[meta.Kind] = []byte(d)
+			}
 		}
 	}
 	return byKind

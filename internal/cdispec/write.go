@@ -67,6 +67,20 @@ type Writer struct {
 // Build builds the spec of node with the writer's options, reading the
 // MIG minors and looking for driver files now.
 func (w *Writer) Build(node *inventory.Node) (*specs.Spec, error) {
+	o, err := w.resolve(node)
+	if err != nil {
+		return nil, err
+	}
+	raw, err := Build(node, o)
+	if err != nil {
+		return nil, fmt.Errorf("build CDI spec: %w", err)
+	}
+	return raw, nil
+}
+
+// resolve returns the writer's options completed for node: MIG minors read
+// and driver files looked up now.
+func (w *Writer) resolve(node *inventory.Node) (Options, error) {
 	o := w.Options
 	mm := w.MIGMinorsPath
 	if mm == "" {
@@ -75,7 +89,7 @@ func (w *Writer) Build(node *inventory.Node) (*specs.Spec, error) {
 	if hasMIG(node) {
 		m, err := ReadMIGMinors(mm)
 		if err != nil {
-			return nil, err
+			return o, err
 		}
 		o.MIGMinors = m
 	}
@@ -88,11 +102,7 @@ func (w *Writer) Build(node *inventory.Node) (*specs.Spec, error) {
 			o.Driver = d
 		}
 	}
-	raw, err := Build(node, o)
-	if err != nil {
-		return nil, fmt.Errorf("build CDI spec: %w", err)
-	}
-	return raw, nil
+	return o, nil
 }
 
 // Write builds the spec of node and writes it unless it is unchanged.

@@ -88,6 +88,7 @@ type Config struct {
 	// the kubelet's PodResources socket for pod labels.
 	MetricsAddress     string
 	PodResourcesSocket string
+	DRA                DRAConfig // Dynamic Resource Allocation (dra.go)
 }
 
 // setting ties a flag to its environment variables and its place in the
@@ -242,6 +243,7 @@ func (c *Config) RunFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&c.HealthQuietPeriod, "health-quiet-period", 30*time.Second, "how long an unhealthy GPU must stay quiet before it is re-probed and can become healthy again [env GPULET_HEALTH_QUIET_PERIOD]")
 	fs.StringToStringVar(&c.XIDOverrides, "xid-policy", nil, "override the XID table: XID=ignore|reset|lost, comma-separated [env GPULET_XID_POLICY]")
 	c.LabelFlags(fs, true)
+	c.DRAFlags(fs)
 }
 
 // CDIFlags adds the settings of the CDI spec gpulet writes for cdi-*
@@ -386,6 +388,9 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("health-quiet-period must not be negative"))
 	}
 	if err := c.validateLabels(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.validateDRA(); err != nil {
 		errs = append(errs, err)
 	}
 	switch c.LogFormat {

@@ -49,6 +49,7 @@ type File struct {
 		// Metrics and probes.
 		MetricsAddress     *string `json:"metricsAddress,omitempty"`
 		PodResourcesSocket *string `json:"podResourcesSocket,omitempty"`
+		DRA                draFile `json:"dra"` // dra.go
 	} `json:"gpulet"`
 }
 

@@ -8,6 +8,7 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -162,9 +163,16 @@ func RunWithVersion(ctx context.Context, cfg *config.Config, log *slog.Logger, v
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	cdiDone, err := startCDI(ctx, cfg, backend, store, log)
+	// With --dra the device plugin serves only the GPUs DRA does not own.
+	pluginStore, draDone, err := startDRA(ctx, cfg, backend, store, cancel, log) // dra.go
 	if err != nil {
 		return err
+	}
+	mgr.Store = pluginStore
+	cdiDone, err := startCDI(ctx, cfg, backend, store, log)
+	if err != nil {
+		cancel()
+		return errors.Join(err, draDone())
 	}
 	healthDone := make(chan struct{})
 	go func() {
@@ -180,7 +188,7 @@ func RunWithVersion(ctx context.Context, cfg *config.Config, log *slog.Logger, v
 	if err != nil {
 		cancel()
 		<-healthDone
-		return err
+		return errors.Join(err, draDone())
 	}
 	err = mgr.Run(ctx)
 	cancel()
@@ -188,7 +196,7 @@ func RunWithVersion(ctx context.Context, cfg *config.Config, log *slog.Logger, v
 	<-sampleDone
 	cdiDone()
 	labelsDone()
-	return err
+	return errors.Join(err, draDone())
 }
 
 func initHardware(ctx context.Context, cfg *config.Config, log *slog.Logger) (hardware.Backend, *inventory.Node, error) {

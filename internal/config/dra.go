@@ -1,0 +1,93 @@
+package config
+
+// DRA settings (gpulet.dra in the file): whether `gpulet run` also serves
+// Dynamic Resource Allocation, and which GPUs are DRA's rather than the
+// device plugin's. Kept in this file so the rest of the config stays as it
+// was.
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/spf13/pflag"
+)
+
+// DRA defaults that are the dra package's and the kubelet's values (the
+// daemon's tests check they agree).
+const (
+	DefaultDRADevices      = DRADevicesAll
+	DefaultDRAPluginDir    = "/var/lib/kubelet/plugins/gpu.nvidia.com" // dra.DefaultPluginDir
+	DefaultDRARegistrarDir = "/var/lib/kubelet/plugins_registry"       // dra.DefaultRegistrarDir
+	// DRADevicesAll gives every GPU to DRA: the device plugin advertises none.
+	DRADevicesAll = "all"
+)
+
+// DRAConfig is how gpulet serves DRA.
+type DRAConfig struct {
+	Enabled bool
+	// Devices is "all" or a comma-separated list of GPU indexes that DRA
+	// owns; the device plugin gets the others.
+	Devices      string
+	PluginDir    string
+	RegistrarDir string
+}
+
+// draFile is gpulet.dra in the config file.
+type draFile struct {
+	Enabled      *bool   `json:"enabled,omitempty"`
+	Devices      *string `json:"devices,omitempty"`
+	PluginDir    *string `json:"pluginDir,omitempty"`
+	RegistrarDir *string `json:"registrarDir,omitempty"`
+}
+
+func init() {
+	settings = append(settings,
+		setting{"dra", []string{"GPULET_DRA"}, func(f *File) (string, bool) { return boolean(f.Gpulet.DRA.Enabled) }},
+		setting{"dra-devices", []string{"GPULET_DRA_DEVICES"}, func(f *File) (string, bool) { return str(f.Gpulet.DRA.Devices) }},
+		setting{"dra-plugin-dir", []string{"GPULET_DRA_PLUGIN_DIR"}, func(f *File) (string, bool) { return str(f.Gpulet.DRA.PluginDir) }},
+		setting{"dra-registrar-dir", []string{"GPULET_DRA_REGISTRAR_DIR"}, func(f *File) (string, bool) { return str(f.Gpulet.DRA.RegistrarDir) }},
+	)
+}
+
+// DRAFlags adds the DRA settings of `gpulet run`.
+func (c *Config) DRAFlags(fs *pflag.FlagSet) {
+	d := &c.DRA
+	fs.BoolVar(&d.Enabled, "dra", false, "also serve Dynamic Resource Allocation as driver gpu.nvidia.com (ResourceSlices, claims prepared through CDI) [env GPULET_DRA] [config gpulet.dra.enabled]")
+	fs.StringVar(&d.Devices, "dra-devices", DefaultDRADevices, "with --dra, the GPUs DRA owns: all, or GPU indexes (0,1,4); the device plugin advertises only the others [env GPULET_DRA_DEVICES] [config gpulet.dra.devices]")
+	fs.StringVar(&d.PluginDir, "dra-plugin-dir", DefaultDRAPluginDir, "the DRA plugin's folder: its socket and prepared-claims checkpoint [env GPULET_DRA_PLUGIN_DIR] [config gpulet.dra.pluginDir]")
+	fs.StringVar(&d.RegistrarDir, "dra-registrar-dir", DefaultDRARegistrarDir, "the kubelet's plugin registration folder [env GPULET_DRA_REGISTRAR_DIR] [config gpulet.dra.registrarDir]")
+}
+
+// DRAIndexes returns the GPU indexes DRA owns, or all=true.
+func (d DRAConfig) DRAIndexes() (indexes []int, all bool, err error) {
+	s := strings.TrimSpace(d.Devices)
+	if s == "" || s == DRADevicesAll {
+		return nil, true, nil
+	}
+	seen := map[int]bool{}
+	for _, p := range strings.Split(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(p))
+		if err != nil || n < 0 {
+			return nil, false, fmt.Errorf("dra-devices %q: %q is not a GPU index; give all or indexes such as 0,1,4", d.Devices, p)
+		}
+		if !seen[n] {
+			seen[n] = true
+			indexes = append(indexes, n)
+		}
+	}
+	return indexes, false, nil
+}
+
+func (c *Config) validateDRA() error {
+	if !c.DRA.Enabled {
+		return nil
+	}
+	if _, _, err := c.DRA.DRAIndexes(); err != nil {
+		return err
+	}
+	if c.Labels.NodeName == "" {
+		return fmt.Errorf("--dra needs the node's name to publish ResourceSlices: set NODE_NAME (downward API spec.nodeName) or --node-name")
+	}
+	return nil
+}

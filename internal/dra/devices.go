@@ -1,0 +1,261 @@
+package dra
+
+import (
+	"fmt"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+
+	resourceapi "k8s.io/api/resource/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/dynamic-resource-allocation/deviceattribute"
+
+	"github.com/gpulet/gpulet/internal/inventory"
+)
+
+// DriverName is NVIDIA's DRA driver name; claims and DeviceClasses select
+// devices by it.
+const DriverName = "gpu.nvidia.com"
+
+// Device types, the value of the "type" attribute, as NVIDIA's driver sets
+// it; the DeviceClasses gpu.nvidia.com and mig.nvidia.com select on it.
+const (
+	TypeGPU = "gpu"
+	TypeMIG = "mig"
+)
+
+// Attributes gpulet publishes beyond NVIDIA's. NUMA uses the Kubernetes
+// standard name, so claims can also match it against other drivers'
+// devices (NICs); the NVLink domain is gpulet's own.
+const (
+	// AttrNUMANode is the GPU's NUMA node (scalar form); absent when the
+	// platform does not say.
+	AttrNUMANode = deviceattribute.StandardDeviceAttributeNUMANode
+	// AttrNVLinkDomain numbers the sets of GPUs joined by NVLink (connected
+	// components of the link matrix): the smallest GPU index in the set.
+	// Absent on a GPU without NVLink peers and on MIG instances, which do
+	// not do peer-to-peer, so a matchAttribute on it only pairs GPUs that
+	// really talk over NVLink.
+	AttrNVLinkDomain resourceapi.QualifiedName = "gpulet.io/nvlinkDomain"
+)
+
+// maxDevicesPerSlice is the API's limit (ResourceSliceMaxDevices).
+const maxDevicesPerSlice = resourceapi.ResourceSliceMaxDevices
+
+// DeviceOptions shape the published devices.
+type DeviceOptions struct {
+	// PCIeRoot resolves a PCI bus ID (0000:1b:00.0) to its root complex
+	// (pci0000:00), as the resource.kubernetes.io/pcieRoot attribute wants;
+	// nil or !ok leaves the attribute out (the simulator has no sysfs).
+	PCIeRoot func(busID string) (string, bool)
+}
+
+// SysfsPCIeRoot reads the root complex from the host's /sys, as NVIDIA's
+// driver does.
+func SysfsPCIeRoot(busID string) (string, bool) {
+	a, err := deviceattribute.GetPCIeRootAttributeByPCIBusID(busID)
+	if err != nil || a.Value.StringValue == nil {
+		return "", false
+	}
+	return *a.Value.StringValue, true
+}
+
+// entry is one publishable device and what it stands for.
+type entry struct {
+	Name   string
+	UUID   string
+	Parent string // the GPU's UUID for a MIG instance
+	GPU    int    // position in node.GPUs
+	MIG    int    // position in GPU.MIGDevices, -1 for a whole GPU
+}
+
+// catalog lists the devices of node as DRA names them, in publishing order:
+// each GPU by index, a MIG-enabled GPU by its MIG instances instead (as
+// NVIDIA's driver does, the parent is then not allocatable).
+func catalog(node *inventory.Node) []entry {
+	var out []entry
+	for i, g := range node.GPUs {
+		if !g.MIGEnabled {
+			out = append(out, entry{Name: GPUName(g), UUID: g.UUID, GPU: i, MIG: -1})
+			continue
+		}
+		for j, m := range g.MIGDevices {
+			out = append(out, entry{Name: MIGName(g, m), UUID: m.UUID, Parent: g.UUID, GPU: i, MIG: j})
+		}
+	}
+	return out
+}
+
+// GPUName is NVIDIA's name for a whole GPU: gpu-<minor>.
+func GPUName(g inventory.GPU) string { return "gpu-" + strconv.Itoa(g.Minor) }
+
+var notDNS = regexp.MustCompile(`[^a-z0-9-]+`)
+
+// MIGName names a MIG instance gpu-<minor>-mig-<profile>-<gi>-<ci>. NVIDIA's
+// driver uses the same shape with the GPU-instance profile ID and placement
+// start in the last two places; gpulet's inventory has the GI and CI IDs
+// instead, which are as unique on a node.
+func MIGName(g inventory.GPU, m inventory.MIGDevice) string {
+	p := strings.Trim(notDNS.ReplaceAllString(strings.ToLower(strings.ReplaceAll(m.Profile, ".", "")), "-"), "-")
+	return fmt.Sprintf("gpu-%d-mig-%s-%d-%d", g.Minor, p, m.GI, m.CI)
+}
+
+// Devices returns the devices to publish from snap: every device of the
+// catalog that is healthy (a MIG instance also needs a healthy parent). An
+// unhealthy device is withdrawn rather than tainted: it works on every
+// cluster version, and the scheduler cannot hand it out.
+func Devices(snap inventory.Snapshot, o DeviceOptions) []resourceapi.Device {
+	node := snap.Node
+	domains := nvlinkDomains(node)
+	var out []resourceapi.Device
+	for _, e := range catalog(node) {
+		if !snap.Healthy(e.UUID) || (e.Parent != "" && !snap.Healthy(e.Parent)) {
+			continue
+		}
+		out = append(out, device(node, e, domains, o))
+	}
+	return out
+}
+
+func device(node *inventory.Node, e entry, domains map[int]int, o DeviceOptions) resourceapi.Device {
+	g := node.GPUs[e.GPU]
+	attrs := map[resourceapi.QualifiedName]resourceapi.DeviceAttribute{
+		"uuid":        str(e.UUID),
+		"productName": str(g.Name),
+	}
+	if g.Architecture != "" {
+		attrs["architecture"] = str(g.Architecture)
+	}
+	for name, v := range map[resourceapi.QualifiedName]string{
+		"cudaComputeCapability": g.ComputeCapability,
+		"driverVersion":         node.DriverVersion,
+		"cudaDriverVersion":     node.CUDADriverVersion,
+	} {
+		if sv, ok := semver(v); ok {
+			attrs[name] = resourceapi.DeviceAttribute{VersionValue: &sv}
+		}
+	}
+	if bus, ok := pciBusID(g.PCIBusID); ok {
+		attrs[deviceattribute.StandardDeviceAttributePCIBusID] = str(bus)
+		if o.PCIeRoot != nil {
+			if root, ok := o.PCIeRoot(bus); ok {
+				attrs[deviceattribute.StandardDeviceAttributePCIeRoot] = str(root)
+			}
+		}
+	}
+	if g.NUMANode >= 0 {
+		n := int64(g.NUMANode)
+		attrs[AttrNUMANode] = resourceapi.DeviceAttribute{IntValue: &n}
+	}
+	capacity := map[resourceapi.QualifiedName]resourceapi.DeviceCapacity{}
+	if e.MIG < 0 {
+		attrs["type"] = str(TypeGPU)
+		if d, ok := domains[e.GPU]; ok {
+			v := int64(d)
+			attrs[AttrNVLinkDomain] = resourceapi.DeviceAttribute{IntValue: &v}
+		}
+		capacity["memory"] = bytes(g.MemoryBytes)
+	} else {
+		m := g.MIGDevices[e.MIG]
+		attrs["type"] = str(TypeMIG)
+		attrs["parentUUID"] = str(g.UUID)
+		attrs["profile"] = str(m.Profile)
+		capacity["memory"] = bytes(m.MemoryBytes)
+		if a := m.Attributes; a != nil {
+			// NVIDIA's capacity names for the GPU-instance profile's engines.
+			for name, v := range map[resourceapi.QualifiedName]int{
+				"multiprocessors": a.Multiprocessors, "copyEngines": a.CopyEngines,
+				"decoders": a.Decoders, "encoders": a.Encoders,
+				"jpegEngines": a.JPEGs, "ofaEngines": a.OFAs,
+			} {
+				capacity[name] = resourceapi.DeviceCapacity{Value: *resource.NewQuantity(int64(v), resource.DecimalSI)}
+			}
+		}
+	}
+	return resourceapi.Device{Name: e.Name, Attributes: attrs, Capacity: capacity}
+}
+
+func str(s string) resourceapi.DeviceAttribute { return resourceapi.DeviceAttribute{StringValue: &s} }
+
+func bytes(n uint64) resourceapi.DeviceCapacity {
+	return resourceapi.DeviceCapacity{Value: *resource.NewQuantity(int64(n), resource.BinarySI)}
+}
+
+// semver turns NVIDIA's version strings (9.0, 13.0, 580.159.04) into the
+// semantic versions a VersionValue must hold (9.0.0, 13.0.0, 580.159.4).
+func semver(v string) (string, bool) {
+	parts := strings.Split(strings.TrimSpace(v), ".")
+	if v == "" || len(parts) > 3 {
+		return "", false
+	}
+	var nums []string
+	for _, p := range parts {
+		n, err := strconv.ParseUint(p, 10, 64)
+		if err != nil {
+			return "", false
+		}
+		nums = append(nums, strconv.FormatUint(n, 10))
+	}
+	for len(nums) < 3 {
+		nums = append(nums, "0")
+	}
+	return strings.Join(nums, "."), true
+}
+
+// pciBusID turns NVML's bus ID (00000000:1B:00.0) into the sysfs form the
+// standard attribute wants (0000:1b:00.0).
+func pciBusID(id string) (string, bool) {
+	id = strings.ToLower(strings.TrimSpace(id))
+	if dom, rest, ok := strings.Cut(id, ":"); ok && len(dom) == 8 && strings.HasPrefix(dom, "0000") {
+		id = dom[4:] + ":" + rest
+	}
+	if _, err := deviceattribute.GetPCIBusIDAttribute(id); err != nil {
+		return "", false
+	}
+	return id, true
+}
+
+// nvlinkDomains maps each GPU (by position) with at least one NVLink peer
+// to its domain: the smallest index among the GPUs NVLink joins it to,
+// directly or through others.
+func nvlinkDomains(node *inventory.Node) map[int]int {
+	n := len(node.GPUs)
+	seen := make([]bool, n)
+	out := map[int]int{}
+	for i := range n {
+		if seen[i] {
+			continue
+		}
+		comp := []int{i}
+		seen[i] = true
+		for k := 0; k < len(comp); k++ {
+			for j := range n {
+				if !seen[j] && j != comp[k] && node.Link(comp[k], j).NVLinks > 0 {
+					seen[j] = true
+					comp = append(comp, j)
+				}
+			}
+		}
+		if len(comp) < 2 {
+			continue
+		}
+		id := node.GPUs[comp[0]].Index
+		for _, p := range comp {
+			id = min(id, node.GPUs[p].Index)
+		}
+		for _, p := range comp {
+			out[p] = id
+		}
+	}
+	return out
+}
+
+// slicesOf splits devices into slices the API accepts.
+func slicesOf(devices []resourceapi.Device) [][]resourceapi.Device {
+	var out [][]resourceapi.Device
+	for chunk := range slices.Chunk(devices, maxDevicesPerSlice) {
+		out = append(out, chunk)
+	}
+	return out
+}
