@@ -220,14 +220,25 @@ func TestDRAManifests(t *testing.T) {
 	r, b := draRBAC(t, namedDocs(t, "gpulet-dra-rbac.yaml"), "ClusterRole/gpulet-dra", "ClusterRoleBinding/gpulet-dra")
 	checkDRARBAC(t, r, b, sa.Metadata.Name, sa.Metadata.Namespace)
 
-	var patch appsv1.DaemonSet
+	var patch, base appsv1.DaemonSet
 	strict(t, docs(t, "gpulet-dra-daemonset-patch.yaml")[0], &patch)
+	strict(t, plainByKind(t, "gpulet-daemonset.yaml")["DaemonSet"], &base)
 	mounts := draMounts(t, &patch)
-	for _, p := range []string{config.DefaultDRARegistrarDir, config.DefaultDRAPluginDir, config.DefaultCDISpecDir} {
+	for _, p := range []string{config.DefaultDRARegistrarDir, config.DefaultDRAPluginDir} {
 		if _, ok := mounts[p]; !ok {
 			t.Errorf("the DRA patch does not mount %s (has %v)", p, mounts)
 		}
 	}
+	// The per-claim CDI specs go where the DaemonSet already mounts the CDI
+	// folder; the patch must not mount it a second time (an invalid pod).
+	if _, ok := draMounts(t, &base)[config.DefaultCDISpecDir]; !ok {
+		t.Errorf("the DaemonSet does not mount %s", config.DefaultCDISpecDir)
+	}
+	merged := base.DeepCopy()
+	c := &merged.Spec.Template.Spec.Containers[0]
+	c.VolumeMounts = append(c.VolumeMounts, patch.Spec.Template.Spec.Containers[0].VolumeMounts...)
+	merged.Spec.Template.Spec.Volumes = append(merged.Spec.Template.Spec.Volumes, patch.Spec.Template.Spec.Volumes...)
+	checkPodVolumes(t, "DaemonSet + DRA patch", merged)
 	if e := env(patch.Spec.Template.Spec.Containers[0]); e["GPULET_DRA"] != "true" {
 		t.Errorf("the DRA patch does not turn DRA on: %v", e)
 	}
@@ -254,6 +265,7 @@ func TestHelmChartDRA(t *testing.T) {
 
 	var ds, patch appsv1.DaemonSet
 	strict(t, objs["DaemonSet"], &ds)
+	checkPodVolumes(t, "chart with dra.enabled", &ds)
 	strict(t, docs(t, "gpulet-dra-daemonset-patch.yaml")[0], &patch)
 	if got, want := draMounts(t, &ds), draMounts(t, &patch); !mapsContain(got, want) {
 		t.Errorf("chart's DRA mounts %v lack the patch's %v", got, want)
@@ -316,5 +328,28 @@ func TestDRAExamples(t *testing.T) {
 				t.Errorf("the Job does not use the template %s", tmpl.Name)
 			}
 		})
+	}
+}
+
+// checkPodVolumes fails on what the API server would refuse in a pod: two
+// volumes of one name, two mounts at one path, a mount of no volume.
+func checkPodVolumes(t *testing.T, what string, ds *appsv1.DaemonSet) {
+	t.Helper()
+	vols := map[string]bool{}
+	for _, v := range ds.Spec.Template.Spec.Volumes {
+		if vols[v.Name] {
+			t.Errorf("%s: volume %q is defined twice", what, v.Name)
+		}
+		vols[v.Name] = true
+	}
+	paths := map[string]string{}
+	for _, m := range ds.Spec.Template.Spec.Containers[0].VolumeMounts {
+		if other, ok := paths[m.MountPath]; ok {
+			t.Errorf("%s: %s is mounted twice (volumes %s and %s)", what, m.MountPath, other, m.Name)
+		}
+		paths[m.MountPath] = m.Name
+		if !vols[m.Name] {
+			t.Errorf("%s: mount of undefined volume %q", what, m.Name)
+		}
 	}
 }
