@@ -23,6 +23,7 @@ SCENARIOS=(
 	"cdi|cdi-cri and cdi-annotations: containerd injects exactly the pod's GPUs from gpulet's CDI spec; a gpulet restart changes nothing|ds"
 	"labels|GFD's labels and accelerator=nvidia on the node; survive a gpulet restart unwritten; follow a sharing change; admission refuses other keys and nodes|ds"
 	"metrics|/metrics: dcgm-exporter series per GPU, a pod's GPUs attributed then released, an XID counted; /readyz and Ready follow the driver down and up|ds"
+	"dra|DRA (gpu.nvidia.com): slices from gpulet, claims get exactly their GPUs, CEL selectors, no sharing, an NVLink pair, a gpulet restart, a fault withdraws a GPU|ds"
 	"mig|MIG sim profile, mig-strategy=mixed: capacity per MIG resource; a mig-1g.10gb.me pod gets one MIG device and its caps nodes; back to 8 GPUs|ds"
 )
 SCENARIO_IDS=()
@@ -670,6 +671,148 @@ scenario_metrics() {
 	wait_until 90 "gpulet pod Ready" gpulet_ready True || fail "gpulet did not turn Ready when the driver came back"
 	timing "driver up -> gpulet pod Ready (API server)" "$(secs_since "$t0")"
 	wait_until 60 "Allocatable 8" gpus_8_and_stable || fail "Allocatable did not return to 8"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Dynamic Resource Allocation
+
+DRA_DRIVER=gpu.nvidia.com
+
+# slice_devices: the devices gpulet publishes for this node, one JSON object per line.
+slice_devices() {
+	K get resourceslices -o json |
+		jq -c --arg d "$DRA_DRIVER" --arg n "$NODE_NAME" '.items[] | select(.spec.driver == $d and .spec.nodeName == $n) | .spec.devices[]'
+}
+slice_count_is() { local n; n=$(slice_devices | wc -l) && [[ $n == "$1" ]] || { echo "$n devices published, want $1"; return 1; }; }
+slice_lacks() { ! slice_devices | jq -r .name | grep -qx "$1" || { echo "$1 is still published"; return 1; }; }
+
+# claim_devices POD: the devices (names in the slice) the pod's claim was allocated, sorted.
+claim_devices() {
+	local c
+	c=$(K get pod "$1" -o 'jsonpath={.status.resourceClaimStatuses[0].resourceClaimName}') && [[ -n $c ]] || return 1
+	K get resourceclaim "$c" -o json | jq -r --arg d "$DRA_DRIVER" '.status.allocation.devices.results[] | select(.driver == $d) | .device' | sort
+}
+
+# example_template FILE: the ResourceClaimTemplate document of an example in deploy/examples/dra.
+example_template() { awk 'BEGIN { RS = "\n---\n" } /kind: ResourceClaimTemplate/ { print; exit }' "$DEPLOY_DIR/examples/dra/$1"; }
+
+# check_dra_pod POD N: the pod's claim holds N devices gpu-<minor>, and the pod sees exactly their
+# /dev/nvidia<minor> (from the claim's CDI spec); prints the device names.
+check_dra_pod() {
+	local pod=$1 want=$2 devs minors got
+	devs=$(claim_devices "$pod") || fail "pod $pod has no allocated claim"
+	[[ $(wc -l <<<"$devs") == "$want" ]] || fail "pod $pod's claim holds [$(echo $devs)], want $want device(s)"
+	minors=$(sed -n 's/^gpu-\([0-9][0-9]*\)$/\1/p' <<<"$devs" | sort -n)
+	got=$(pod_minors "$pod")
+	[[ $got == "$minors" ]] || fail "pod $pod sees /dev/nvidia[$(echo $got)], its claim holds [$(echo $devs)]; log:"$'\n'"$(K logs "$pod")"
+	echo "$devs"
+}
+
+dra_restore() {
+	K delete jobs -l app=gpulet-e2e --ignore-not-found --wait=true >/dev/null 2>&1 || true
+	K delete resourceclaimtemplates --all --ignore-not-found >/dev/null 2>&1 || true
+	# replace, not apply: the DRA patch's fields are not in apply's last-applied state.
+	awk 'BEGIN { RS = "\n---\n" } /kind: DaemonSet/ { print; exit }' "$LOGS/gpulet-e2e.yaml" | K replace -f - >/dev/null || return 1
+	wait_until 120 "DaemonSet back without DRA" ds_rolled || return 1
+	wait_until 120 "Allocatable nvidia.com/gpu 8" gpus_8_and_stable
+}
+
+scenario_dra() {
+	local f p1 p2 d1 d2 p q dom t0 gp cid
+	trap 'dra_restore || echo "could not restore the DaemonSet without DRA" >&2' EXIT
+	# What an operator applies (README, DRA): the classes, the driver's RBAC, the DaemonSet patch.
+	K apply -f "$DEPLOY_DIR/dra-deviceclasses.yaml" -f "$DEPLOY_DIR/gpulet-dra-rbac.yaml" >/dev/null
+	t0=$(now_ms)
+	K -n "$GPU_NS" patch ds "$DS_NAME" --patch-file "$DEPLOY_DIR/gpulet-dra-daemonset-patch.yaml" >/dev/null
+	wait_until 120 "DaemonSet rolled out with DRA" ds_rolled || fail "gpulet did not roll out with DRA"
+	wait_until 60 "8 devices in gpulet's ResourceSlice" slice_count_is "$SIM_GPUS" || fail "no ResourceSlice with $SIM_GPUS devices"
+	timing "DRA patch applied -> ResourceSlice with 8 GPUs (API server)" "$(secs_since "$t0")"
+	no_plugin_gpus() { local a; a=$(K get node "$NODE_NAME" -o 'jsonpath={.status.allocatable.nvidia\.com/gpu}'); [[ -z $a || $a == 0 ]] || { echo "Allocatable nvidia.com/gpu is $a"; return 1; }; }
+	wait_until 60 "the device plugin advertises no GPU DRA owns" no_plugin_gpus || fail "a GPU is offered by both the device plugin and DRA"
+	slice_devices | jq -r 'select(.name == "gpu-0") | "gpu-0: " + ([.attributes | to_entries[] | "\(.key)=\(.value | to_entries[0].value)"] | join(", ")) + "; memory " + .capacity.memory.value' | sed 's/^/    /'
+	slice_devices | jq -e 'select(.name == "gpu-0") | .attributes.productName.string == "NVIDIA H100 80GB HBM3" and .attributes.uuid.string != null and .capacity.memory.value != null' >/dev/null ||
+		fail "gpu-0 lacks the expected attributes: $(slice_devices | head -n1)"
+
+	for f in one-gpu.yaml h100-40gi.yaml two-gpus-nvlink.yaml; do example_template "$f" | K apply -f - >/dev/null; done
+	# One GPU each, twice at once: exactly the claimed GPU, and never the same one.
+	sed -e 's/__NAME__/dra-a/' -e 's/__TEMPLATE__/one-gpu/' "$MANIFESTS/dra-hold-job.yaml" | K apply -f - >/dev/null
+	sed -e 's/__NAME__/dra-b/' -e 's/__TEMPLATE__/h100-40gi/' "$MANIFESTS/dra-hold-job.yaml" | K apply -f - >/dev/null
+	wait_until 90 "dra-a Running" job_pod_running dra-a || fail "a one-GPU claim did not run"
+	wait_until 90 "dra-b Running" job_pod_running dra-b || fail "a claim with a CEL selector on productName and memory did not run"
+	p1=$(job_pod dra-a) p2=$(job_pod dra-b)
+	d1=$(check_dra_pod "$p1" 1) d2=$(check_dra_pod "$p2" 1)
+	[[ $d1 != "$d2" ]] || fail "two claims got the same GPU $d1"
+	log "one-gpu claim: $d1; h100-40gi claim (CEL productName + memory): $d2"
+
+	# A selector no GPU of the node matches stays pending.
+	cat <<-'EOF' | K apply -f - >/dev/null
+		apiVersion: resource.k8s.io/v1
+		kind: ResourceClaimTemplate
+		metadata: {name: h200-only}
+		spec:
+		  spec:
+		    devices:
+		      requests:
+		      - name: gpu
+		        exactly:
+		          deviceClassName: gpu.nvidia.com
+		          selectors:
+		          - cel: {expression: "device.attributes['gpu.nvidia.com'].productName == 'NVIDIA H200'"}
+	EOF
+	sed -e 's/__NAME__/dra-h200/' -e 's/__TEMPLATE__/h200-only/' "$MANIFESTS/dra-hold-job.yaml" | K apply -f - >/dev/null
+	unschedulable() {
+		local q
+		q=$(job_pod dra-h200) && [[ -n $q ]] || return 1
+		pod_phase_is "$q" Pending >/dev/null || return 1
+		K get pod "$q" -o 'jsonpath={.status.conditions[?(@.type=="PodScheduled")].reason}' | grep -qx Unschedulable
+	}
+	wait_until 60 "the H200-only claim unschedulable" unschedulable || fail "a claim for an H200 did not stay pending on an H100 node"
+	q=$(job_pod dra-h200)
+	log "H200-only claim: $(K get pod "$q" -o 'jsonpath={.status.conditions[?(@.type=="PodScheduled")].message}')"
+	K delete job dra-h200 --wait=false >/dev/null
+
+	# Two GPUs of one NVLink domain.
+	sed -e 's/__NAME__/dra-pair/' -e 's/__TEMPLATE__/two-gpus-nvlink/' "$MANIFESTS/dra-hold-job.yaml" | K apply -f - >/dev/null
+	wait_until 90 "dra-pair Running" job_pod_running dra-pair || fail "a 2-GPU NVLink claim did not run"
+	p=$(job_pod dra-pair)
+	d=$(check_dra_pod "$p" 2)
+	dom=$(for x in $d; do slice_devices | jq -r --arg n "$x" 'select(.name == $n) | .attributes["gpulet.io/nvlinkDomain"].int // "none"'; done | sort -u)
+	[[ $(wc -l <<<"$dom") == 1 && $dom != none ]] || fail "the NVLink pair $(echo $d) spans domains [$(echo $dom)]"
+	[[ -z $(comm -12 <(echo "$d") <(printf '%s\n' $d1 $d2 | sort)) ]] || fail "the pair $(echo $d) shares a GPU with another claim"
+	log "NVLink pair: $(echo $d) (domain $dom)"
+
+	# gpulet restarted while claims are prepared: pods keep their containers, the slice comes back.
+	cid=$(K get pod "$p1" -o 'jsonpath={.status.containerStatuses[0].containerID}')
+	gp=$(gpulet_pod)
+	K -n "$GPU_NS" delete pod "$gp" --wait=false >/dev/null
+	new_gpulet() { local g; g=$(gpulet_pod) && [[ -n $g && $g != "$gp" ]] || { echo "no new gpulet pod yet"; return 1; }; ds_ready; }
+	wait_until 120 "a new gpulet pod Ready" new_gpulet || fail "the DaemonSet did not recreate gpulet"
+	wait_until 60 "8 devices published again" slice_count_is "$SIM_GPUS" || fail "the slice did not come back after the gpulet restart"
+	[[ $(K get pod "$p1" -o 'jsonpath={.status.containerStatuses[0].containerID}') == "$cid" ]] || fail "$p1's container changed across the gpulet restart"
+	[[ $(check_dra_pod "$p1" 1) == "$d1" ]] || fail "$p1's claim changed across the gpulet restart"
+	log "after the gpulet restart: $p1 keeps its container and $d1"
+
+	# A fault withdraws the GPU from the slice; a new claim cannot get it; it comes back when cleared.
+	local bad idx
+	bad=$(printf '%s\n' gpu-0 gpu-1 gpu-2 gpu-3 gpu-4 gpu-5 gpu-6 gpu-7 | grep -vxF -f <(printf '%s\n' $d1 $d2 $d) | head -n1)
+	idx=$(awk -v m="${bad#gpu-}" '$3 == m { print $1 }' "$W/inventory.txt")
+	gpulet_node sim fault --sim-root="$SIM_ROOT" --gpu="$idx" --xid=48 >/dev/null || fail "gpulet sim fault failed"
+	wait_until 60 "$bad withdrawn" slice_lacks "$bad" || fail "a faulted GPU stayed published"
+	sed -e 's/__NAME__/dra-after-fault/' -e 's/__TEMPLATE__/one-gpu/' "$MANIFESTS/dra-hold-job.yaml" | K apply -f - >/dev/null
+	wait_until 90 "dra-after-fault Running" job_pod_running dra-after-fault || fail "a one-GPU claim did not run during the fault"
+	q=$(check_dra_pod "$(job_pod dra-after-fault)" 1)
+	[[ $q != "$bad" ]] || fail "the faulted $bad was given to a new claim"
+	log "$bad faulted and withdrawn; a new claim got $q"
+	gpulet_node sim clear --sim-root="$SIM_ROOT" --gpu="$idx" >/dev/null || fail "gpulet sim clear failed"
+	wait_until 60 "8 devices again" slice_count_is "$SIM_GPUS" || fail "the GPU did not come back after the fault was cleared"
+
+	for q in dra-a dra-b dra-pair dra-after-fault; do release "$(job_pod "$q")"; done
+	for q in dra-a dra-b dra-pair dra-after-fault; do
+		wait_until 60 "$q COMPLETIONS 1/1" job_complete "$q" || fail "$q did not complete"
+	done
+	no_claim_specs() { ! "$W/nsrun" sh -c 'ls /var/run/cdi/k8s.gpu.nvidia.com-claim_* 2>/dev/null' | grep -q .; }
+	K delete jobs -l app=gpulet-e2e --wait=true >/dev/null
+	wait_until 60 "claim CDI specs removed (Unprepare)" no_claim_specs || fail "claim CDI specs left after the pods ended: $("$W/nsrun" sh -c 'ls /var/run/cdi')"
 }
 
 scenario_no_gpu() {

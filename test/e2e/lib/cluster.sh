@@ -215,13 +215,21 @@ cluster_up() {
 	"$W/nsrun" "$CBIN/ctr" -n k8s.io images ls -q >>"$W/logs/images.log" 2>&1
 
 	start_component kube-apiserver "$BIN/kube-apiserver" --etcd-servers=http://127.0.0.1:2379 \
-		--bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port=6443 --endpoint-reconciler-type=none \
+		--bind-address=0.0.0.0 --advertise-address=127.0.0.1 --secure-port=6443 --endpoint-reconciler-type=none \
 		--tls-cert-file="$W/pki/apiserver.crt" --tls-private-key-file="$W/pki/apiserver.key" \
 		--client-ca-file="$W/pki/ca.crt" --token-auth-file="$W/pki/tokens.csv" \
 		--service-account-issuer=https://kubernetes.default.svc.cluster.local \
 		--service-account-key-file="$W/pki/sa.pub" --service-account-signing-key-file="$W/pki/sa.key" \
 		--service-cluster-ip-range=10.0.0.0/24 --authorization-mode=RBAC --allow-privileged=true \
 		--kubelet-preferred-address-types=InternalIP
+	# No kube-proxy here: pods reach the API server at the kubernetes Service (10.0.0.1:443, what
+	# in-cluster clients such as gpulet's label publisher and DRA driver use) through one DNAT rule
+	# to the API server on the node's address, as kube-proxy would route it.
+	local chain
+	for chain in PREROUTING OUTPUT; do
+		"$W/nsrun" iptables -t nat -A "$chain" -d 10.0.0.1/32 -p tcp --dport 443 -j DNAT --to-destination "$NODE_IP:6443" ||
+			fail "could not route the kubernetes Service to the API server (iptables)"
+	done
 	wait_until 90 "kube-apiserver /readyz" "$K" get --raw /readyz ||
 		{ tail_file etcd "$W/logs/etcd.log" 20; tail_file kube-apiserver "$W/logs/kube-apiserver.log"; fail "kube-apiserver did not become ready"; }
 
