@@ -125,9 +125,6 @@ func RunWithVersion(ctx context.Context, cfg *config.Config, log *slog.Logger, v
 		Backend: backend, Store: store, Policy: policy, Log: log.With("component", "health"),
 		Quiet: cfg.HealthQuietPeriod, Disabled: HealthDisabled(cfg), Observer: exp,
 	}
-	resCfg := ResourcesConfig(cfg)
-	exp.Attach(metrics.Source{Store: store, Backend: backend,
-		Advertised: func(s inventory.Snapshot) []resources.Resource { return resources.Build(s, resCfg) }})
 	// Validate has vetted it; parsed again so an unset value (a caller that
 	// skipped the flags) means NVIDIA's default.
 	placement := allocator.PolicyDistributed
@@ -169,6 +166,11 @@ func RunWithVersion(ctx context.Context, cfg *config.Config, log *slog.Logger, v
 		return err
 	}
 	mgr.Store = pluginStore
+	// Telemetry covers every GPU; readiness waits for the resources the
+	// device plugin serves, which are none of the GPUs DRA owns.
+	resCfg := ResourcesConfig(cfg)
+	exp.Attach(metrics.Source{Store: store, Backend: backend,
+		Advertised: func(inventory.Snapshot) []resources.Resource { return resources.Build(pluginStore.Snapshot(), resCfg) }})
 	cdiDone, err := startCDI(ctx, cfg, backend, store, log)
 	if err != nil {
 		cancel()
