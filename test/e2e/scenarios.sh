@@ -730,7 +730,8 @@ scenario_dra() {
 	no_plugin_gpus() { local a; a=$(K get node "$NODE_NAME" -o 'jsonpath={.status.allocatable.nvidia\.com/gpu}'); [[ -z $a || $a == 0 ]] || { echo "Allocatable nvidia.com/gpu is $a"; return 1; }; }
 	wait_until 60 "the device plugin advertises no GPU DRA owns" no_plugin_gpus || fail "a GPU is offered by both the device plugin and DRA"
 	slice_devices | jq -r 'select(.name == "gpu-0") | "gpu-0: " + ([.attributes | to_entries[] | "\(.key)=\(.value | to_entries[0].value)"] | join(", ")) + "; memory " + .capacity.memory.value' | sed 's/^/    /'
-	slice_devices | jq -e 'select(.name == "gpu-0") | .attributes.productName.string == "NVIDIA H100 80GB HBM3" and .attributes.uuid.string != null and .capacity.memory.value != null' >/dev/null ||
+	# -s: jq 1.6's -e judges the last input only, which may not be gpu-0.
+	slice_devices | jq -se 'map(select(.name == "gpu-0"))[0] | .attributes.productName.string == "NVIDIA H100 80GB HBM3" and .attributes.uuid.string != null and .capacity.memory.value != null' >/dev/null ||
 		fail "gpu-0 lacks the expected attributes: $(slice_devices | head -n1)"
 
 	for f in one-gpu.yaml h100-40gi.yaml two-gpus-nvlink.yaml; do example_template "$f" | K apply -f - >/dev/null; done
