@@ -47,23 +47,7 @@ func BuildClaim(node *inventory.Node, o Options, devices []ClaimDevice) (*specs.
 		}
 		raw.Devices = append(raw.Devices, specs.Device{Name: d.Name, ContainerEdits: specs.ContainerEdits{DeviceNodes: nodes}})
 	}
-	var ctl []*specs.DeviceNode
-	for _, c := range ControlDevices(node.DevRoot) {
-		ctl = append(ctl, devNode(node.DevRoot, c))
-	}
-	raw.ContainerEdits = specs.ContainerEdits{Env: []string{"NVIDIA_VISIBLE_DEVICES=void"}, DeviceNodes: ctl}
-	if o.Driver != nil {
-		raw.ContainerEdits.Mounts = o.Driver.Mounts()
-	}
-	v, err := specs.MinimumRequiredVersion(raw)
-	if err != nil {
-		return nil, fmt.Errorf("CDI spec version: %w", err)
-	}
-	raw.Version = v
-	if err := Validate(raw); err != nil {
-		return nil, err
-	}
-	return raw, nil
+	return finish(raw, node, o)
 }
 
 // deviceNodes are the device nodes of the GPU or MIG instance uuid.

@@ -120,7 +120,13 @@ func Build(node *inventory.Node, o Options) (*specs.Spec, error) {
 	}
 	raw.Devices = append(raw.Devices, specs.Device{Name: AllDevice, ContainerEdits: specs.ContainerEdits{DeviceNodes: all}})
 
-	// Spec-wide edits reach a container once whatever its devices.
+	return finish(raw, node, o)
+}
+
+// finish adds the edits every container of the spec gets once, whatever its
+// devices (control nodes, NVIDIA_VISIBLE_DEVICES=void, driver files), sets
+// the version and validates the spec as the CDI library would load it.
+func finish(raw *specs.Spec, node *inventory.Node, o Options) (*specs.Spec, error) {
 	var ctl []*specs.DeviceNode
 	for _, c := range ControlDevices(node.DevRoot) {
 		ctl = append(ctl, devNode(node.DevRoot, c))
