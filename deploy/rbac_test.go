@@ -8,12 +8,15 @@ import (
 	"testing"
 
 	"github.com/google/cel-go/cel"
+	"github.com/spf13/pflag"
 	admissionv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
+
+	"github.com/gpulet/gpulet/internal/config"
 )
 
 // rbacObjects are the objects of gpulet-rbac.yaml (or the chart), typed.
@@ -267,4 +270,112 @@ var anyType = reflect.TypeOf([]any{})
 
 func metav1ObjectMeta(name string, labels, ann map[string]string) metav1.ObjectMeta {
 	return metav1.ObjectMeta{Name: name, Labels: labels, Annotations: ann}
+}
+
+// nodeFeatureRBAC are the Role and RoleBinding of NFD mode.
+func nodeFeatureRBAC(t *testing.T, byKind map[string][]byte) (rbacv1.Role, rbacv1.RoleBinding) {
+	t.Helper()
+	var r rbacv1.Role
+	var b rbacv1.RoleBinding
+	for kind, into := range map[string]any{"Role": &r, "RoleBinding": &b} {
+		data, ok := byKind[kind]
+		if !ok {
+			t.Fatalf("no %s", kind)
+		}
+		strict(t, data, into)
+	}
+	return r, b
+}
+
+// checkNodeFeatureRBAC holds NFD mode's Role to what gpulet does with
+// NodeFeatures (publish.NodeFeatureTarget, RemoveNodeFeature) and its pod
+// (publish.DaemonSetOwner), in its own namespace only, and the DaemonSet to
+// the downward-API variables gpulet reads.
+func checkNodeFeatureRBAC(t *testing.T, r rbacv1.Role, b rbacv1.RoleBinding, sa corev1.ServiceAccount, ds *appsv1.DaemonSet) {
+	t.Helper()
+	want := []rbacv1.PolicyRule{
+		{APIGroups: []string{"nfd.k8s-sigs.io"}, Resources: []string{"nodefeatures"}, Verbs: []string{"get", "create", "update", "delete"}},
+		{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get"}},
+	}
+	if got := mustJSON(r.Rules); got != mustJSON(want) {
+		t.Errorf("Role rules %s, want %s", got, mustJSON(want))
+	}
+	if r.Namespace != sa.Namespace || b.Namespace != sa.Namespace || ds.Namespace != sa.Namespace {
+		t.Errorf("Role in %q, binding in %q, service account in %q, DaemonSet in %q: want one namespace", r.Namespace, b.Namespace, sa.Namespace, ds.Namespace)
+	}
+	if b.RoleRef != (rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "Role", Name: r.Name}) || len(b.Subjects) != 1 ||
+		b.Subjects[0] != (rbacv1.Subject{Kind: "ServiceAccount", Name: sa.Name, Namespace: sa.Namespace}) {
+		t.Errorf("binding %+v does not bind Role %s to %s", b, r.Name, sa.Name)
+	}
+	fields := map[string]string{}
+	for _, e := range ds.Spec.Template.Spec.Containers[0].Env {
+		if e.ValueFrom != nil && e.ValueFrom.FieldRef != nil {
+			fields[e.Name] = e.ValueFrom.FieldRef.FieldPath
+		}
+	}
+	if fields["POD_NAMESPACE"] != "metadata.namespace" || fields["POD_NAME"] != "metadata.name" {
+		t.Errorf("DaemonSet downward API env %v, want POD_NAMESPACE and POD_NAME", fields)
+	}
+}
+
+func TestNodeFeatureRBACManifest(t *testing.T) {
+	var ds appsv1.DaemonSet
+	strict(t, docs(t, "gpulet-daemonset.yaml")[0], &ds)
+	byKind := plainByKind(t, "gpulet-rbac.yaml")
+	r, b := nodeFeatureRBAC(t, byKind)
+	checkNodeFeatureRBAC(t, r, b, parseRBAC(t, byKind).sa, &ds)
+	if e := env(ds.Spec.Template.Spec.Containers[0]); e["USE_NODE_FEATURE_API"] != "" {
+		t.Errorf("the plain DaemonSet labels the Node by default: USE_NODE_FEATURE_API=%q", e["USE_NODE_FEATURE_API"])
+	}
+}
+
+func TestHelmChartNodeFeatureAPI(t *testing.T) {
+	// Default: the Node path only.
+	objs := helmTemplate(t)
+	if _, ok := objs["Role"]; ok {
+		t.Error("the default chart grants nodefeatures")
+	}
+	var ds appsv1.DaemonSet
+	strict(t, objs["DaemonSet"], &ds)
+	if e := env(ds.Spec.Template.Spec.Containers[0]); e["USE_NODE_FEATURE_API"] != "" {
+		t.Errorf("default chart: USE_NODE_FEATURE_API=%q", e["USE_NODE_FEATURE_API"])
+	}
+
+	// nodeLabels.nodeFeatureAPI: the Role, the setting, and no patch on nodes.
+	objs = helmTemplate(t, "--set", "nodeLabels.nodeFeatureAPI=true")
+	strict(t, objs["DaemonSet"], &ds)
+	var sa corev1.ServiceAccount
+	strict(t, objs["ServiceAccount"], &sa)
+	r, b := nodeFeatureRBAC(t, objs)
+	checkNodeFeatureRBAC(t, r, b, sa, &ds)
+	plain, _ := nodeFeatureRBAC(t, plainByKind(t, "gpulet-rbac.yaml"))
+	if mustJSON(r.Rules) != mustJSON(plain.Rules) {
+		t.Errorf("the chart's Role differs from deploy/gpulet-rbac.yaml: %s, %s", mustJSON(r.Rules), mustJSON(plain.Rules))
+	}
+	for _, kind := range []string{"ClusterRole", "ClusterRoleBinding", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"} {
+		if _, ok := objs[kind]; ok {
+			t.Errorf("nodeLabels.nodeFeatureAPI=true still renders the node-labels %s", kind)
+		}
+	}
+	e := env(ds.Spec.Template.Spec.Containers[0])
+	if e["USE_NODE_FEATURE_API"] != "true" || e["GPULET_NODE_LABELS"] != "" {
+		t.Errorf("nodeLabels.nodeFeatureAPI=true: env %v", e)
+	}
+	// gpulet reads the rendered env as NFD mode in the pod's namespace.
+	c := &config.Config{}
+	fs := pflag.NewFlagSet("run", pflag.ContinueOnError)
+	c.RunFlags(fs)
+	e["POD_NAMESPACE"], e["POD_NAME"] = ds.Namespace, "gpulet-abcde"
+	if err := c.Resolve(fs, func(k string) string { return e[k] }); err != nil {
+		t.Fatal(err)
+	}
+	if l := c.Labels; !l.NodeFeatureAPI || l.Namespace != "gpu-resources" || l.PodName != "gpulet-abcde" {
+		t.Errorf("gpulet reads the chart's env as %+v", l)
+	}
+
+	// Labelling off: neither.
+	objs = helmTemplate(t, "--set", "nodeLabels.nodeFeatureAPI=true", "--set", "nodeLabels.enabled=false")
+	if _, ok := objs["Role"]; ok {
+		t.Error("nodeLabels.enabled=false still grants nodefeatures")
+	}
 }

@@ -28,7 +28,11 @@ atomically, like GFD's --oneshot (point it at NFD's features.d folder).
 
 The daemon (gpulet run) keeps them on the Node itself. --remove deletes from
 the Node the labels gpulet put there (listed in its gpulet.io/labels
-annotation), for uninstalling; other labels are left alone.`,
+annotation), for uninstalling; other labels are left alone. With
+--use-node-feature-api (USE_NODE_FEATURE_API, flags.useNodeFeatureAPI) the
+daemon publishes them as NFD's NodeFeature nvidia-features-for-<node> in its
+namespace instead, and --remove deletes that object (nfd-master then takes
+the labels off the Node); --namespace names it outside a pod.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := resolve(cmd, cfg); err != nil {
@@ -61,7 +65,7 @@ annotation), for uninstalling; other labels are left alone.`,
 	cfg.BackendFlags(cmd.Flags(), "auto")
 	cfg.LabelFlags(cmd.Flags(), false)
 	cmd.Flags().StringVar(&cfg.Labels.OutputFile, "output-file", "", "write the labels to this file (atomically) instead of printing them [env GFD_OUTPUT_FILE] [config flags.gfd.outputFile]")
-	cmd.Flags().BoolVar(&remove, "remove", false, "remove the labels gpulet put on the Node --node-name (uninstall)")
+	cmd.Flags().BoolVar(&remove, "remove", false, "remove the labels gpulet put on the Node --node-name, or its NodeFeature with --use-node-feature-api (uninstall)")
 	cmd.Flags().StringVar(&kubeconfig, "kubeconfig", os.Getenv("KUBECONFIG"), "kubeconfig for --remove (default: $KUBECONFIG, else the pod's service account)")
 	return cmd
 }
@@ -69,6 +73,9 @@ annotation), for uninstalling; other labels are left alone.`,
 func removeLabels(cmd *cobra.Command, cfg *config.Config, kubeconfig string) error {
 	if cfg.Labels.NodeName == "" {
 		return fmt.Errorf("--remove needs the node: pass --node-name or set NODE_NAME")
+	}
+	if cfg.Labels.NodeFeatureAPI {
+		return removeNodeFeature(cmd, cfg, kubeconfig)
 	}
 	client, err := publish.Client(kubeconfig)
 	if err != nil {
@@ -83,5 +90,27 @@ func removeLabels(cmd *cobra.Command, cfg *config.Config, kubeconfig string) err
 		return nil
 	}
 	fmt.Fprintf(cmd.OutOrStdout(), "removed from node %s: %s\n", cfg.Labels.NodeName, strings.Join(removed, ", "))
+	return nil
+}
+
+func removeNodeFeature(cmd *cobra.Command, cfg *config.Config, kubeconfig string) error {
+	ns, err := publish.Namespace(cfg.Labels.Namespace, "")
+	if err != nil {
+		return err
+	}
+	client, err := publish.DynamicClient(kubeconfig)
+	if err != nil {
+		return err
+	}
+	name := ns + "/" + publish.NodeFeatureName(cfg.Labels.NodeName)
+	removed, err := publish.RemoveNodeFeature(cmd.Context(), client, ns, cfg.Labels.NodeName)
+	if err != nil {
+		return err
+	}
+	if !removed {
+		fmt.Fprintf(cmd.OutOrStdout(), "no NodeFeature %s\n", name)
+		return nil
+	}
+	fmt.Fprintf(cmd.OutOrStdout(), "deleted NodeFeature %s\n", name)
 	return nil
 }

@@ -1,9 +1,13 @@
 package main
 
 import (
+	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -74,6 +78,55 @@ func TestLabelsCommandErrors(t *testing.T) {
 		out, err := gpulet(t, tt.args...)
 		if err == nil || !strings.Contains(out, tt.want) {
 			t.Errorf("gpulet %v: %v\n%s\nwant %q", tt.args, err, out, tt.want)
+		}
+	}
+}
+
+// TestLabelsRemoveNodeFeature: with --use-node-feature-api, --remove
+// deletes the node's NodeFeature (and only it) through the API server;
+// a second run finds none.
+func TestLabelsRemoveNodeFeature(t *testing.T) {
+	var mu sync.Mutex
+	var calls []string
+	exists := true
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		calls = append(calls, r.Method+" "+r.URL.Path)
+		w.Header().Set("Content-Type", "application/json")
+		if r.Method == http.MethodDelete && r.URL.Path == "/apis/nfd.k8s-sigs.io/v1alpha1/namespaces/gpu-resources/nodefeatures/nvidia-features-for-gpu-node-1" && exists {
+			exists = false
+			fmt.Fprint(w, `{"kind":"Status","apiVersion":"v1","status":"Success"}`)
+			return
+		}
+		w.WriteHeader(http.StatusNotFound)
+		fmt.Fprint(w, `{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404}`)
+	}))
+	defer srv.Close()
+	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := os.WriteFile(kubeconfig, []byte(`apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "`+srv.URL+`"}}]
+users: [{name: u, user: {token: x}}]
+contexts: [{name: c, context: {cluster: c, user: u}}]
+current-context: c
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"labels", "--remove", "--use-node-feature-api", "--node-name=gpu-node-1", "--namespace=gpu-resources", "--kubeconfig=" + kubeconfig}
+	out, err := gpulet(t, args...)
+	if err != nil || out != "deleted NodeFeature gpu-resources/nvidia-features-for-gpu-node-1\n" {
+		t.Errorf("first remove: %v\n%s", err, out)
+	}
+	out, err = gpulet(t, args...)
+	if err != nil || out != "no NodeFeature gpu-resources/nvidia-features-for-gpu-node-1\n" {
+		t.Errorf("second remove: %v\n%s", err, out)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for _, c := range calls {
+		if !strings.HasPrefix(c, "DELETE /apis/nfd.k8s-sigs.io/v1alpha1/namespaces/gpu-resources/nodefeatures/nvidia-features-for-gpu-node-1") {
+			t.Errorf("unexpected API call %s (the Node must not be touched)", c)
 		}
 	}
 }

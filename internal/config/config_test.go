@@ -144,7 +144,7 @@ func TestNVIDIADocumentedExamples(t *testing.T) {
 		{"testdata/nvidia-time-slicing-rename.yaml", SharingTimeSlicing, 4, "nvidia.com/gpu.shared", true, nil},
 		{"testdata/nvidia-mps.yaml", SharingMPS, 10, "", true, nil},
 		{"testdata/nvidia-every-field.yaml", SharingMPS, 4, "nvidia.com/gpu.shared", false,
-			[]string{"flags.gdrcopyEnabled", "flags.gdsEnabled", "flags.mofedEnabled", "flags.useNodeFeatureAPI", "flags.gfd.oneshot", "flags.gfd.sleepInterval",
+			[]string{"flags.gdrcopyEnabled", "flags.gdsEnabled", "flags.mofedEnabled", "flags.gfd.oneshot", "flags.gfd.sleepInterval",
 				"cdiAnnotationPrefix", "nvidiaCTKPath", "containerDriverRoot", "imex", "resources.gpus", "resources.mig",
 				"sharing.timeSlicing (ignored: sharing.mps", "restartOnDeviceUnhealthy"}},
 	} {

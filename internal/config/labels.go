@@ -31,6 +31,15 @@ type LabelConfig struct {
 	MachineTypeFile string
 	NoTimestamp     bool
 	OutputFile      string // `gpulet labels` only
+	// NodeFeatureAPI publishes the labels as an NFD NodeFeature object
+	// (GFD's useNodeFeatureAPI) instead of patching the Node.
+	NodeFeatureAPI bool
+	// Namespace is where the NodeFeature lives: gpulet's own (downward API
+	// metadata.namespace); empty means the service account's namespace.
+	Namespace string
+	// PodName is gpulet's pod, whose DaemonSet becomes the NodeFeature's
+	// owner so that uninstalling gpulet garbage-collects it.
+	PodName string
 }
 
 // labelsFile is gpulet.labels in the config file.
@@ -89,6 +98,10 @@ func init() {
 		setting{"machine-type-file", []string{"GFD_MACHINE_TYPE_FILE"}, func(f *File) (string, bool) { return str(f.gfd().MachineTypeFile) }},
 		setting{"no-timestamp", []string{"GFD_NO_TIMESTAMP"}, func(f *File) (string, bool) { return boolean(f.gfd().NoTimestamp) }},
 		setting{"output-file", []string{"GFD_OUTPUT_FILE"}, func(f *File) (string, bool) { return str(f.gfd().OutputFile) }},
+		setting{"use-node-feature-api", []string{"USE_NODE_FEATURE_API"}, func(f *File) (string, bool) { return boolean(f.Flags.UseNodeFeatureAPI) }},
+		// NAMESPACE is GFD's name for it.
+		setting{"namespace", []string{"POD_NAMESPACE", "KUBERNETES_NAMESPACE", "NAMESPACE"}, func(*File) (string, bool) { return "", false }},
+		setting{"pod-name", []string{"POD_NAME"}, func(*File) (string, bool) { return "", false }},
 	)
 }
 
@@ -100,8 +113,11 @@ func (c *Config) LabelFlags(fs *pflag.FlagSet, daemon bool) {
 	fs.StringVar(&l.MachineTypeFile, "machine-type-file", DefaultMachineTypeFile, "file holding the machine type for nvidia.com/gpu.machine [env GFD_MACHINE_TYPE_FILE] [config flags.gfd.machineTypeFile]")
 	fs.BoolVar(&l.NoTimestamp, "no-timestamp", false, "leave out nvidia.com/gfd.timestamp [env GFD_NO_TIMESTAMP] [config flags.gfd.noTimestamp]")
 	fs.StringVar(&l.NodeName, "node-name", "", "this node's Kubernetes name (the DaemonSet sets NODE_NAME from spec.nodeName) [env NODE_NAME]")
+	fs.BoolVar(&l.NodeFeatureAPI, "use-node-feature-api", false, "publish the labels as an NFD NodeFeature object (nvidia-features-for-<node>) instead of patching the Node [env USE_NODE_FEATURE_API] [config flags.useNodeFeatureAPI]")
+	fs.StringVar(&l.Namespace, "namespace", "", "namespace of the NodeFeature object (default: the service account's) [env POD_NAMESPACE, KUBERNETES_NAMESPACE, NAMESPACE]")
 	if daemon {
 		fs.StringVar(&l.NodeLabels, "node-labels", NodeLabelsAuto, "label the Node with GPU labels: auto (when in a pod with NODE_NAME), on, off [env GPULET_NODE_LABELS] [config gpulet.labels.node]")
+		fs.StringVar(&l.PodName, "pod-name", "", "gpulet's pod, to make its DaemonSet the NodeFeature's owner (downward API metadata.name) [env POD_NAME]")
 	}
 }
 

@@ -107,3 +107,41 @@ func TestPublishNodeLabels(t *testing.T) {
 		}
 	}
 }
+
+// TestNodeFeatureAPISettings: GFD's useNodeFeatureAPI from the file, its
+// environment variable and the flag, in that order of precedence; the
+// namespace and pod from the downward API's variables (or GFD's NAMESPACE).
+func TestNodeFeatureAPISettings(t *testing.T) {
+	on := writeFile(t, "version: v1\nflags:\n  useNodeFeatureAPI: true\n")
+	for _, tt := range []struct {
+		name    string
+		args    []string
+		env     map[string]string
+		wantAPI bool
+		wantNS  string
+		wantPod string
+	}{
+		{"default", nil, nil, false, "", ""},
+		{"file", []string{"--config-file=" + on}, nil, true, "", ""},
+		{"env over file", []string{"--config-file=" + on}, map[string]string{"USE_NODE_FEATURE_API": "false"}, false, "", ""},
+		{"flag over env", []string{"--use-node-feature-api"}, map[string]string{"USE_NODE_FEATURE_API": "false"}, true, "", ""},
+		{"downward API", nil, map[string]string{"USE_NODE_FEATURE_API": "true", "POD_NAMESPACE": "gpu-resources", "KUBERNETES_NAMESPACE": "x", "NAMESPACE": "y", "POD_NAME": "gpulet-abcde"},
+			true, "gpu-resources", "gpulet-abcde"},
+		{"KUBERNETES_NAMESPACE", nil, map[string]string{"KUBERNETES_NAMESPACE": "x", "NAMESPACE": "y"}, false, "x", ""},
+		{"GFD's NAMESPACE", nil, map[string]string{"NAMESPACE": "y"}, false, "y", ""},
+		{"flag over env", []string{"--namespace=z", "--pod-name=p"}, map[string]string{"POD_NAMESPACE": "gpu-resources", "POD_NAME": "q"}, false, "z", "p"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := parse(t, tt.args, tt.env)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if l := c.Labels; l.NodeFeatureAPI != tt.wantAPI || l.Namespace != tt.wantNS || l.PodName != tt.wantPod {
+				t.Errorf("node feature API %v namespace %q pod %q; want %v %q %q", l.NodeFeatureAPI, l.Namespace, l.PodName, tt.wantAPI, tt.wantNS, tt.wantPod)
+			}
+			if strings.Contains(strings.Join(c.Notes, "\n"), "useNodeFeatureAPI") {
+				t.Errorf("useNodeFeatureAPI is used now, yet noted as unused: %v", c.Notes)
+			}
+		})
+	}
+}

@@ -356,7 +356,6 @@ func (f *File) Notes() []string {
 	note(fl.GDRCopyEnabled != nil && *fl.GDRCopyEnabled, "flags.gdrcopyEnabled")
 	note(fl.GDSEnabled != nil && *fl.GDSEnabled, "flags.gdsEnabled")
 	note(fl.MOFEDEnabled != nil && *fl.MOFEDEnabled, "flags.mofedEnabled")
-	note(fl.UseNodeFeatureAPI != nil, "flags.useNodeFeatureAPI")
 	out = append(out, f.gfdNotes()...) // labels.go: the gfd fields gpulet does not act on
 	note(fl.Plugin.CDIAnnotationPrefix != nil, "flags.plugin.cdiAnnotationPrefix (gpulet uses cdi.k8s.io/)")
 	note(fl.Plugin.NvidiaCTKPath != nil, "flags.plugin.nvidiaCTKPath (gpulet's CDI spec has no nvidia-ctk hooks)")

@@ -4,6 +4,10 @@ import (
 	"context"
 	"log/slog"
 	"os"
+	"time"
+
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/gpulet/gpulet/internal/config"
 	"github.com/gpulet/gpulet/internal/inventory"
@@ -26,10 +30,14 @@ func startNodeLabels(ctx context.Context, cfg *config.Config, store *inventory.S
 		return nil, err
 	}
 	log = log.With("component", "labels")
+	target, err := labelTarget(ctx, cfg, client, func() (dynamic.Interface, error) { return publish.DynamicClient("") }, log)
+	if err != nil {
+		return nil, err
+	}
 	opts := LabelOptions(cfg)
 	opts.Log = log
 	p := &publish.Publisher{
-		Client: client, Node: cfg.Labels.NodeName, Store: store, Log: log,
+		Target: target, Store: store, Log: log,
 		Compute: func(s inventory.Snapshot) (labels.Labels, error) { return labels.Compute(s, opts) },
 	}
 	done := make(chan struct{})
@@ -37,8 +45,40 @@ func startNodeLabels(ctx context.Context, cfg *config.Config, store *inventory.S
 		defer close(done)
 		_ = p.Run(ctx) // returns only when ctx ends; errors are logged and retried
 	}()
-	log.Info("labelling the node", "node", cfg.Labels.NodeName)
+	log.Info("labelling the node", "node", cfg.Labels.NodeName, "target", target.String())
 	return func() { <-done }, nil
+}
+
+// labelTarget is the Node, or with useNodeFeatureAPI the node's NodeFeature
+// in gpulet's namespace, owned by gpulet's DaemonSet when the pod's can be
+// read (else the object outlives an uninstall: `gpulet labels --remove`).
+func labelTarget(ctx context.Context, cfg *config.Config, client kubernetes.Interface, newDynamic func() (dynamic.Interface, error), log *slog.Logger) (publish.Target, error) {
+	if !cfg.Labels.NodeFeatureAPI {
+		return publish.NodeTarget{Client: client, Node: cfg.Labels.NodeName}, nil
+	}
+	ns, err := publish.Namespace(cfg.Labels.Namespace, "")
+	if err != nil {
+		return nil, err
+	}
+	dyn, err := newDynamic()
+	if err != nil {
+		return nil, err
+	}
+	t := &publish.NodeFeatureTarget{Client: dyn, Namespace: ns, Node: cfg.Labels.NodeName}
+	switch {
+	case cfg.Labels.PodName == "":
+		log.Warn("the NodeFeature gets no owner, so uninstalling gpulet will not delete it: set POD_NAME (downward API metadata.name)")
+	default:
+		octx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		t.Owner, err = publish.DaemonSetOwner(octx, client, ns, cfg.Labels.PodName)
+		cancel()
+		if err != nil {
+			log.Warn("the NodeFeature gets no owner, so uninstalling gpulet will not delete it", "err", err)
+		} else if t.Owner == nil {
+			log.Info("gpulet's pod has no DaemonSet: the NodeFeature gets no owner", "pod", cfg.Labels.PodName)
+		}
+	}
+	return t, nil
 }
 
 // LabelOptions are the options of labels.Compute from the settings.

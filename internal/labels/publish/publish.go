@@ -1,9 +1,12 @@
-// Package publish owns putting gpulet's labels on its Kubernetes Node
-// directly (for clusters without Node Feature Discovery). gpulet records the
-// keys it owns in an annotation on the node, so it changes and removes only
-// those, and writes only when the node differs from what it should carry:
-// an idle node sees no writes, and a restart with the same GPUs none either.
-// Labels are never removed on shutdown; Remove is the explicit uninstall.
+// Package publish owns putting gpulet's labels on its Kubernetes Node:
+// directly (for clusters without Node Feature Discovery), or as NFD's
+// NodeFeature object for nfd-master to apply (nodefeature.go, GFD's
+// useNodeFeatureAPI). On the Node, gpulet records the keys it owns in an
+// annotation, so it changes and removes only those. Either way it writes
+// only when the target differs from what it should carry: an idle node sees
+// no writes, and a restart with the same GPUs none either. Labels are never
+// removed on shutdown; Remove and RemoveNodeFeature are the explicit
+// uninstall.
 package publish
 
 import (
@@ -20,6 +23,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/gpulet/gpulet/internal/inventory"
@@ -32,6 +36,18 @@ const OwnedAnnotation = "gpulet.io/labels"
 // Client returns a Kubernetes client from kubeconfig, or from the pod's
 // service account when kubeconfig is "".
 func Client(kubeconfig string) (kubernetes.Interface, error) {
+	cfg, err := restConfig(kubeconfig)
+	if err != nil {
+		return nil, err
+	}
+	c, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("create Kubernetes client: %w", err)
+	}
+	return c, nil
+}
+
+func restConfig(kubeconfig string) (*rest.Config, error) {
 	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
 	if err != nil {
 		if kubeconfig == "" {
@@ -40,11 +56,7 @@ func Client(kubeconfig string) (kubernetes.Interface, error) {
 		return nil, fmt.Errorf("load kubeconfig %s: %w", kubeconfig, err)
 	}
 	cfg.UserAgent = "gpulet"
-	c, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		return nil, fmt.Errorf("create Kubernetes client: %w", err)
-	}
-	return c, nil
+	return cfg, nil
 }
 
 func owned(annotations map[string]string) []string {
@@ -136,8 +148,30 @@ func Remove(ctx context.Context, c kubernetes.Interface, node string) ([]string,
 	return keys, nil
 }
 
+// Target is where the labels go: the Node itself (NodeTarget) or NFD's
+// NodeFeature object (NodeFeatureTarget).
+type Target interface {
+	// Sync makes the target carry want, and reports whether it had to write.
+	Sync(ctx context.Context, want labels.Labels) (bool, error)
+	String() string
+}
+
+// NodeTarget labels the Node directly (Sync).
+type NodeTarget struct {
+	Client kubernetes.Interface
+	Node   string
+}
+
+func (t NodeTarget) Sync(ctx context.Context, want labels.Labels) (bool, error) {
+	return Sync(ctx, t.Client, t.Node, want)
+}
+
+func (t NodeTarget) String() string { return "node " + t.Node }
+
 // Publisher keeps a node's labels in step with the inventory store.
 type Publisher struct {
+	// Target is where the labels go; nil means the Node Node with Client.
+	Target Target
 	Client kubernetes.Interface
 	Node   string
 	Store  *inventory.Store
@@ -202,7 +236,7 @@ func (p *Publisher) Run(ctx context.Context) error {
 				if ctx.Err() != nil {
 					return ctx.Err()
 				}
-				p.Log.Error("node labels not updated; retrying", "node", p.Node, "err", err, "in", backoff)
+				p.Log.Error("node labels not updated; retrying", "target", p.target().String(), "err", err, "in", backoff)
 				timer.Reset(backoff)
 				backoff = min(backoff*2, retryMax)
 				continue
@@ -229,15 +263,22 @@ func (p *Publisher) syncOnce(ctx context.Context) error {
 	if p.last != nil && sameBut(p.last, want, labels.TimestampKey) {
 		return nil // nothing gpulet labels on changed (e.g. health): no API call
 	}
-	wrote, err := Sync(ctx, p.Client, p.Node, want)
+	wrote, err := p.target().Sync(ctx, want)
 	if err != nil {
 		return err
 	}
 	p.last = want
 	if wrote {
-		p.Log.Info("node labels updated", "node", p.Node, "labels", len(want))
+		p.Log.Info("node labels updated", "target", p.target().String(), "labels", len(want))
 	}
 	return nil
+}
+
+func (p *Publisher) target() Target {
+	if p.Target == nil {
+		return NodeTarget{Client: p.Client, Node: p.Node}
+	}
+	return p.Target
 }
 
 func sameBut(a, b labels.Labels, skip string) bool {
