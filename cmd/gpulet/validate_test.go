@@ -4,9 +4,9 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"github.com/gpulet/gpulet/internal/cudadriver/cudadrivertest"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -34,14 +34,11 @@ func runValidate(t *testing.T, env []string, args ...string) (stdout, stderr str
 // tests into a folder for LD_LIBRARY_PATH; "" without a C compiler.
 func fakeCUDADir(t *testing.T) string {
 	t.Helper()
-	cc, err := exec.LookPath("cc")
-	if err != nil {
-		return ""
-	}
 	dir := t.TempDir()
-	out, err := exec.Command(cc, "-shared", "-fPIC", "-o", filepath.Join(dir, "libcuda.so.1"), "../../internal/cudadriver/testdata/fakecuda.c").CombinedOutput()
-	if err != nil {
-		t.Fatalf("build stand-in libcuda: %v\n%s", err, out)
+	if _, err := cudadrivertest.Build(dir); errors.Is(err, cudadrivertest.ErrNoCompiler) {
+		return ""
+	} else if err != nil {
+		t.Fatal(err)
 	}
 	return dir
 }

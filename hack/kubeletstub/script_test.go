@@ -1,6 +1,7 @@
 package main
 
 import (
+	"github.com/gpulet/gpulet/internal/cudadriver/cudadrivertest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -80,8 +81,7 @@ func TestGPUCheckRehearsal(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds gpulet and runs the GPU check's rehearsal")
 	}
-	cc, err := exec.LookPath("cc")
-	if err != nil {
+	if _, err := exec.LookPath("cc"); err != nil {
 		t.Skip("no C compiler for the stand-in libcuda.so.1")
 	}
 	bins := t.TempDir()
@@ -93,12 +93,10 @@ func TestGPUCheckRehearsal(t *testing.T) {
 		}
 	}
 	lib := t.TempDir()
-	out, err := exec.Command(cc, "-shared", "-fPIC", "-o", filepath.Join(lib, "libcuda.so.1"),
+	if _, err := cudadrivertest.Build(lib,
 		`-DFAKECUDA_DEFAULT_GPUS="GPU-ac44f0a6-789f-45de-f092-9a23e7c04123"`,
-		`-DFAKECUDA_NAME_FMT="NVIDIA H200\0%d"`, `-DFAKECUDA_BUS_FMT="0000:00:06.0\0%d"`,
-		"../../internal/cudadriver/testdata/fakecuda.c").CombinedOutput()
-	if err != nil {
-		t.Fatalf("build stand-in libcuda: %v\n%s", err, out)
+		`-DFAKECUDA_NAME_FMT="NVIDIA H200\0%d"`, `-DFAKECUDA_BUS_FMT="0000:00:06.0\0%d"`); err != nil {
+		t.Fatal(err)
 	}
 	fixtures, err := filepath.Abs("../../internal/smi/testdata/nvidia-h200")
 	if err != nil {

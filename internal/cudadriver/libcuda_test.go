@@ -4,9 +4,8 @@ package cudadriver
 
 import (
 	"errors"
+	"github.com/gpulet/gpulet/internal/cudadriver/cudadrivertest"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -42,27 +41,22 @@ var (
 	fakeErr  error
 )
 
-// fakeLibcuda builds testdata/fakecuda.c into a libcuda.so.1, once.
+// fakeLibcuda builds the stand-in libcuda.so.1 (cudadrivertest), once.
 func fakeLibcuda(t *testing.T) string {
 	t.Helper()
-	cc, err := exec.LookPath("cc")
-	if err != nil {
-		t.Skip("no C compiler (cc): the purego binding is tested against a stand-in libcuda built from testdata/fakecuda.c")
-	}
 	fakeOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "fakecuda")
 		if err != nil {
 			fakeErr = err
 			return
 		}
-		fakeLib = filepath.Join(dir, "libcuda.so.1")
-		out, err := exec.Command(cc, "-shared", "-fPIC", "-O1", "-Wall", "-Werror", "-o", fakeLib, "testdata/fakecuda.c").CombinedOutput()
-		if err != nil {
-			fakeErr = errors.New(string(out) + err.Error())
-		}
+		fakeLib, fakeErr = cudadrivertest.Build(dir)
 	})
+	if errors.Is(fakeErr, cudadrivertest.ErrNoCompiler) {
+		t.Skip("no C compiler (cc): the purego binding is tested against a stand-in libcuda built from testdata/fakecuda.c")
+	}
 	if fakeErr != nil {
-		t.Fatalf("build fake libcuda: %v", fakeErr)
+		t.Fatal(fakeErr)
 	}
 	return fakeLib
 }

@@ -1,0 +1,43 @@
+// Package cudadrivertest builds the stand-in libcuda.so.1 (package
+// cudadriver's testdata/fakecuda.c) that the CUDA binding, `gpulet validate`
+// and the GPU-check rehearsal are tested against. Tests only.
+package cudadrivertest
+
+import (
+	"errors"
+	"fmt"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+)
+
+// ErrNoCompiler says there is no C compiler (cc) to build the stand-in.
+var ErrNoCompiler = errors.New("no C compiler (cc) to build the stand-in libcuda.so.1")
+
+// Source is the path of fakecuda.c.
+func Source() string {
+	_, self, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(self), "..", "testdata", "fakecuda.c")
+}
+
+// Build compiles the stand-in into dir/libcuda.so.1, with extra cc
+// arguments such as -DFAKECUDA_DEFAULT_GPUS="...", and returns its path.
+// The plain build treats warnings as errors; one with defines does not (a
+// node's names with their NUL-separated formats warn by design).
+func Build(dir string, ccArgs ...string) (string, error) {
+	cc, err := exec.LookPath("cc")
+	if err != nil {
+		return "", ErrNoCompiler
+	}
+	lib := filepath.Join(dir, "libcuda.so.1")
+	args := []string{"-shared", "-fPIC", "-O1", "-Wall", "-o", lib}
+	if len(ccArgs) == 0 {
+		args = append(args, "-Werror")
+	}
+	args = append(args, ccArgs...)
+	out, err := exec.Command(cc, append(args, Source())...).CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("build the stand-in libcuda: %v\n%s", err, out)
+	}
+	return lib, nil
+}
