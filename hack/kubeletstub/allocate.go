@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -35,7 +36,16 @@ type allocation struct {
 	Preferred            []string `json:"preferred,omitempty"`
 	Allocated            []string `json:"allocated"`
 	AllocateMs           float64  `json:"allocateMs"`
-	Response             response `json:"response"`
+	Response             response `json:"response"` // the first container's
+	// Containers has one entry per container of the request (--containers).
+	Containers []container `json:"containers"`
+}
+
+// container is one container's share of the Allocate request and answer.
+type container struct {
+	Preferred []string `json:"preferred,omitempty"`
+	Allocated []string `json:"allocated"`
+	Response  response `json:"response"`
 }
 
 type device struct {
@@ -69,16 +79,18 @@ func allocateCmd(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	fs.SetOutput(stderr)
 	dir := fs.String("dir", "", "device-plugin folder to serve kubelet.sock in (the plugin's --device-plugin-path)")
 	resource := fs.String("resource", "nvidia.com/gpu", "resource to allocate from")
-	count := fs.Int("count", 1, "devices to allocate")
+	count := fs.Int("count", 1, "devices to allocate, per container")
+	containers := fs.Int("containers", 1, "containers in the Allocate request (a pod's), each given --count distinct devices")
+	mapMounts := fs.Bool("map-mounts", false, "in the printed environment, replace container paths the answer mounts (e.g. an MPS pipe folder) with their host paths, to run a process on the host as the container would")
 	timeout := fs.Duration("timeout", 60*time.Second, "how long to wait for the plugin")
 	hold := fs.Bool("hold", false, "after allocating, keep the device stream open until SIGTERM")
-	envOut := fs.String("env-out", "", "also write the container's environment (KEY=VALUE lines) here")
+	envOut := fs.String("env-out", "", "also write the container's environment (KEY=VALUE lines) here; with --containers=N>1, to FILE.1 ... FILE.N")
 	jsonOut := fs.String("json-out", "", "write everything found as JSON here")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if *dir == "" || *count <= 0 || fs.NArg() > 0 {
-		return errors.New("allocate needs --dir and a positive --count, and no arguments")
+	if *dir == "" || *count <= 0 || *containers <= 0 || fs.NArg() > 0 {
+		return errors.New("allocate needs --dir, a positive --count and --containers, and no arguments")
 	}
 	start := time.Now()
 	if err := os.MkdirAll(*dir, 0o755); err != nil {
@@ -91,28 +103,29 @@ func allocateCmd(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	defer k.Stop()
 	fmt.Fprintf(stderr, "kubeletstub: serving %s; waiting up to %s for %s\n", k.Socket(), *timeout, *resource)
 
-	a, stream, closeConn, err := allocate(ctx, k, *resource, *count, start, *timeout)
+	a, stream, closeConn, err := allocate(ctx, k, *resource, *count, *containers, start, *timeout)
 	if closeConn != nil {
 		defer closeConn()
 	}
 	if err != nil {
 		return err
 	}
-	var lines []string
-	for key, v := range a.Response.Envs {
-		lines = append(lines, key+"="+v)
-	}
-	sort.Strings(lines)
-	env := strings.Join(lines, "\n")
-	if env != "" {
-		env += "\n"
-	}
-	if _, err := io.WriteString(stdout, env); err != nil {
-		return err
-	}
-	if *envOut != "" {
-		if err := writeAtomic(*envOut, []byte(env)); err != nil {
+	for i, c := range a.Containers {
+		env := envLines(c.Response, *mapMounts)
+		if len(a.Containers) > 1 {
+			fmt.Fprintf(stdout, "# container %d: %s\n", i+1, strings.Join(c.Allocated, ","))
+		}
+		if _, err := io.WriteString(stdout, env); err != nil {
 			return err
+		}
+		if *envOut != "" {
+			path := *envOut
+			if len(a.Containers) > 1 {
+				path = fmt.Sprintf("%s.%d", path, i+1)
+			}
+			if err := writeAtomic(path, []byte(env)); err != nil {
+				return err
+			}
 		}
 	}
 	if *jsonOut != "" {
@@ -152,9 +165,49 @@ func allocateCmd(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	return nil
 }
 
-// allocate does what the kubelet does for one container that asks for
-// count devices of resource.
-func allocate(ctx context.Context, k *plugintest.Kubelet, resource string, count int, start time.Time, timeout time.Duration) (*allocation, pluginapi.DevicePlugin_ListAndWatchClient, func() error, error) {
+// envLines is a container's environment as sorted KEY=VALUE lines. With
+// mapMounts, a value that is a mount's container path, or under one, names
+// the host path instead: what a process on the host needs to act as the
+// container (the MPS pipe folder is mounted at /mps/<uuid>/pipe).
+func envLines(r response, mapMounts bool) string {
+	var lines []string
+	for key, v := range r.Envs {
+		if mapMounts {
+			v = hostPath(r.Mounts, v)
+		}
+		lines = append(lines, key+"="+v)
+	}
+	sort.Strings(lines)
+	env := strings.Join(lines, "\n")
+	if env != "" {
+		env += "\n"
+	}
+	return env
+}
+
+// hostPath maps a container path to the host through the longest mount
+// that holds it; other values are returned as they are.
+func hostPath(mounts []mount, v string) string {
+	best := -1
+	for i, m := range mounts {
+		c := strings.TrimSuffix(m.ContainerPath, "/")
+		if c == "" || (v != c && !strings.HasPrefix(v, c+"/")) {
+			continue
+		}
+		if best < 0 || len(c) > len(strings.TrimSuffix(mounts[best].ContainerPath, "/")) {
+			best = i
+		}
+	}
+	if best < 0 {
+		return v
+	}
+	return mounts[best].HostPath + strings.TrimPrefix(v, strings.TrimSuffix(mounts[best].ContainerPath, "/"))
+}
+
+// allocate does what the kubelet does for a pod of containers containers,
+// each asking for count devices of resource: a preferred allocation per
+// container from what is still free, then one Allocate for them all.
+func allocate(ctx context.Context, k *plugintest.Kubelet, resource string, count, containers int, start time.Time, timeout time.Duration) (*allocation, pluginapi.DevicePlugin_ListAndWatchClient, func() error, error) {
 	deadline := start.Add(timeout)
 	var reg *pluginapi.RegisterRequest
 	for reg == nil {
@@ -207,65 +260,87 @@ func allocate(ctx context.Context, k *plugintest.Kubelet, resource string, count
 			healthy = append(healthy, d.ID)
 		}
 	}
-	if len(healthy) < count {
-		return a, nil, closeConn, fmt.Errorf("the plugin lists %d healthy of %d %s devices; %d wanted", len(healthy), len(first.Devices), resource, count)
+	if len(healthy) < count*containers {
+		return a, nil, closeConn, fmt.Errorf("the plugin lists %d healthy of %d %s devices; %d wanted", len(healthy), len(first.Devices), resource, count*containers)
 	}
-	chosen := healthy[:count]
-	if a.PreferredAvailable {
-		c, cancel := rpc()
-		pr, err := client.GetPreferredAllocation(c, &pluginapi.PreferredAllocationRequest{
-			ContainerRequests: []*pluginapi.ContainerPreferredAllocationRequest{{AvailableDeviceIDs: healthy, AllocationSize: int32(count)}},
-		})
-		cancel()
-		if err != nil {
-			return a, nil, closeConn, fmt.Errorf("GetPreferredAllocation: %w", err)
+	free := healthy
+	req := &pluginapi.AllocateRequest{}
+	for i := 0; i < containers; i++ {
+		ct := container{Allocated: free[:count]}
+		if a.PreferredAvailable {
+			c, cancel := rpc()
+			pr, err := client.GetPreferredAllocation(c, &pluginapi.PreferredAllocationRequest{
+				ContainerRequests: []*pluginapi.ContainerPreferredAllocationRequest{{AvailableDeviceIDs: free, AllocationSize: int32(count)}},
+			})
+			cancel()
+			if err != nil {
+				return a, nil, closeConn, fmt.Errorf("GetPreferredAllocation: %w", err)
+			}
+			if len(pr.ContainerResponses) != 1 {
+				return a, nil, closeConn, fmt.Errorf("GetPreferredAllocation answered %d containers for 1", len(pr.ContainerResponses))
+			}
+			ct.Preferred = pr.ContainerResponses[0].DeviceIDs
+			if err := subset(ct.Preferred, free, count); err != nil {
+				return a, nil, closeConn, fmt.Errorf("GetPreferredAllocation: %w", err)
+			}
+			ct.Allocated = ct.Preferred
 		}
-		if len(pr.ContainerResponses) != 1 {
-			return a, nil, closeConn, fmt.Errorf("GetPreferredAllocation answered %d containers for 1", len(pr.ContainerResponses))
-		}
-		a.Preferred = pr.ContainerResponses[0].DeviceIDs
-		if err := subset(a.Preferred, healthy, count); err != nil {
-			return a, nil, closeConn, fmt.Errorf("GetPreferredAllocation: %w", err)
-		}
-		chosen = a.Preferred
+		free = without(free, ct.Allocated)
+		a.Containers = append(a.Containers, ct)
+		a.Preferred = append(a.Preferred, ct.Preferred...)
+		a.Allocated = append(a.Allocated, ct.Allocated...)
+		req.ContainerRequests = append(req.ContainerRequests, &pluginapi.ContainerAllocateRequest{DevicesIds: ct.Allocated})
 	}
-	a.Allocated = chosen
 	c, cancel := rpc()
 	t1 := time.Now()
-	ar, err := client.Allocate(c, &pluginapi.AllocateRequest{
-		ContainerRequests: []*pluginapi.ContainerAllocateRequest{{DevicesIds: chosen}},
-	})
+	ar, err := client.Allocate(c, req)
 	a.AllocateMs = ms(time.Since(t1))
 	cancel()
 	if err != nil {
-		return a, nil, closeConn, fmt.Errorf("Allocate(%s): %w", strings.Join(chosen, ","), err)
+		return a, nil, closeConn, fmt.Errorf("Allocate(%s): %w", strings.Join(a.Allocated, ","), err)
 	}
-	if len(ar.ContainerResponses) != 1 {
-		return a, nil, closeConn, fmt.Errorf("Allocate answered %d containers for 1", len(ar.ContainerResponses))
+	if len(ar.ContainerResponses) != containers {
+		return a, nil, closeConn, fmt.Errorf("Allocate answered %d containers for %d", len(ar.ContainerResponses), containers)
 	}
-	cr := ar.ContainerResponses[0]
-	a.Response = response{Envs: cr.Envs, Annotations: cr.Annotations}
-	if a.Response.Envs == nil {
-		a.Response.Envs = map[string]string{}
+	for i, cr := range ar.ContainerResponses {
+		r := response{Envs: cr.Envs, Annotations: cr.Annotations}
+		if r.Envs == nil {
+			r.Envs = map[string]string{}
+		}
+		for _, m := range cr.Mounts {
+			r.Mounts = append(r.Mounts, mount{m.HostPath, m.ContainerPath, m.ReadOnly})
+		}
+		for _, d := range cr.Devices {
+			r.DeviceSpecs = append(r.DeviceSpecs, deviceSpec{d.HostPath, d.ContainerPath, d.Permissions})
+		}
+		for _, d := range cr.CdiDevices {
+			r.CDIDevices = append(r.CDIDevices, d.Name)
+		}
+		a.Containers[i].Response = r
 	}
-	for _, m := range cr.Mounts {
-		a.Response.Mounts = append(a.Response.Mounts, mount{m.HostPath, m.ContainerPath, m.ReadOnly})
-	}
-	for _, d := range cr.Devices {
-		a.Response.DeviceSpecs = append(a.Response.DeviceSpecs, deviceSpec{d.HostPath, d.ContainerPath, d.Permissions})
-	}
-	for _, d := range cr.CdiDevices {
-		a.Response.CDIDevices = append(a.Response.CDIDevices, d.Name)
-	}
+	a.Response = a.Containers[0].Response
 	if a.PreStartRequired {
-		c, cancel := rpc()
-		_, err := client.PreStartContainer(c, &pluginapi.PreStartContainerRequest{DevicesIds: chosen})
-		cancel()
-		if err != nil {
-			return a, nil, closeConn, fmt.Errorf("PreStartContainer: %w", err)
+		for _, ct := range a.Containers {
+			c, cancel := rpc()
+			_, err := client.PreStartContainer(c, &pluginapi.PreStartContainerRequest{DevicesIds: ct.Allocated})
+			cancel()
+			if err != nil {
+				return a, nil, closeConn, fmt.Errorf("PreStartContainer: %w", err)
+			}
 		}
 	}
 	return a, stream, closeConn, nil
+}
+
+// without returns the IDs of from that are not in taken.
+func without(from, taken []string) []string {
+	out := make([]string, 0, len(from))
+	for _, id := range from {
+		if !slices.Contains(taken, id) {
+			out = append(out, id)
+		}
+	}
+	return out
 }
 
 // recvWithin reads one ListAndWatch message, or fails after d.

@@ -110,8 +110,15 @@ case "$*" in
 -q) echo "stand-in: nvidia-smi -q" ;;
 --query-gpu=*) cat "$F/query-gpu.csv" ;;
 "topo -m") echo "GPU0 X" ;;
+"") echo "stand-in: nvidia-smi" ;;
 *) echo "stand-in nvidia-smi: $*" >&2; exit 1 ;;
 esac
+`)
+	// A stand-in gpu-feature-discovery: gpulet's own labels of the same
+	// simulated node, so the comparison runs and agrees.
+	writeExe(t, filepath.Join(bins, "gpu-feature-discovery"), `out=
+for a in "$@"; do case $a in --output-file=*) out=${a#--output-file=} ;; esac; done
+exec "$(dirname "$0")/gpulet" labels --backend=sim --sim-profile=h200 --sim-root="$(mktemp -d)" --no-timestamp --output-file="$out"
 `)
 	code, output, report := gpuCheck(t, []string{"GPU_CHECK_BIN=" + bins, "GPU_CHECK_BACKEND=sim", "GPU_CHECK_NVIDIA_SMI=" + smi, "LD_LIBRARY_PATH=" + lib}, "")
 	for _, want := range []string{
@@ -123,7 +130,17 @@ esac
 		"SIGTERM: gpulet run exits              PASS   exit 0",
 		"SIGTERM: plugin socket removed         PASS",
 		"kubelet side: stream ended on stop     PASS",
-		"ALL 12 CHECKS PASSED",
+		"metrics: dcgm series while loaded      PASS",
+		"MPS: Allocate 2 containers x 1 replica PASS   # container 1: GPU-ac44f0a6-789f-45de-f092-9a23e7c04123::",
+		"MPS: 2 validates at once               PASS   both pass, CUDA sees 1 GPU (GPU-ac44f0a6-789f-45de-f092-9a23e7c04123) in each",
+		"MPS: clients ran through the daemon    SKIP",
+		"MPS: SIGTERM quits the daemon          PASS",
+		"labels                                 PASS",
+		"labels vs gpu-feature-discovery        PASS   identical",
+		"CDI spec: host paths exist             SKIP   rehearsal: generated",
+		"DRA: ResourceSlice                     SKIP",
+		"ALL 18 CHECKS PASSED (3 SKIPPED)",
+		"mps-allocate.env.2: CUDA_MPS_PIPE_DIRECTORY=/tmp/gpuchk.",
 		"CUDA devices: 1 visible under this environment (expected exactly 1)",
 	} {
 		if !strings.Contains(report, want) {

@@ -50,7 +50,7 @@ type Field uint32
 const (
 	FieldGPUUtil      Field = 1 << iota // DCGM_FI_DEV_GPU_UTIL, %
 	FieldMemCopyUtil                    // DCGM_FI_DEV_MEM_COPY_UTIL, %
-	FieldFB                             // DCGM_FI_DEV_FB_USED|FREE|RESERVED, MiB
+	FieldFB                             // DCGM_FI_DEV_FB_USED|FREE, MiB
 	FieldGPUTemp                        // DCGM_FI_DEV_GPU_TEMP, °C
 	FieldPower                          // DCGM_FI_DEV_POWER_USAGE, W
 	FieldEnergy                         // DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION, mJ
@@ -59,6 +59,7 @@ const (
 	FieldPCIeReplays                    // DCGM_FI_DEV_PCIE_REPLAY_COUNTER
 	FieldRemappedRows                   // DCGM_FI_DEV_{UN,}CORRECTABLE_REMAPPED_ROWS, ROW_REMAP_FAILURE
 	FieldTensorActive                   // DCGM_FI_PROF_PIPE_TENSOR_ACTIVE, ratio
+	FieldFBReserved                     // DCGM_FI_DEV_FB_RESERVED, MiB (drivers before NVML's v2 memory query cannot tell)
 )
 
 // Sample is one reading of a device. Have says which fields were read.

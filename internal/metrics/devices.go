@@ -35,7 +35,7 @@ var fields = []field{
 	dcgm("DCGM_FI_DEV_MEM_COPY_UTIL", "Memory utilization (in %).", prometheus.GaugeValue, hardware.FieldMemCopyUtil, func(s hardware.Sample) float64 { return s.MemCopyUtil }),
 	dcgm("DCGM_FI_DEV_FB_USED", "Framebuffer memory used (in MiB).", prometheus.GaugeValue, hardware.FieldFB, func(s hardware.Sample) float64 { return s.FBUsedMiB }),
 	dcgm("DCGM_FI_DEV_FB_FREE", "Framebuffer memory free (in MiB).", prometheus.GaugeValue, hardware.FieldFB, func(s hardware.Sample) float64 { return s.FBFreeMiB }),
-	dcgm("DCGM_FI_DEV_FB_RESERVED", "Framebuffer memory reserved (in MiB).", prometheus.GaugeValue, hardware.FieldFB, func(s hardware.Sample) float64 { return s.FBReservedMiB }),
+	dcgm("DCGM_FI_DEV_FB_RESERVED", "Framebuffer memory reserved (in MiB).", prometheus.GaugeValue, hardware.FieldFBReserved, func(s hardware.Sample) float64 { return s.FBReservedMiB }),
 	dcgm("DCGM_FI_DEV_GPU_TEMP", "GPU temperature (in C).", prometheus.GaugeValue, hardware.FieldGPUTemp, func(s hardware.Sample) float64 { return s.GPUTempC }),
 	dcgm("DCGM_FI_DEV_POWER_USAGE", "Power draw (in W).", prometheus.GaugeValue, hardware.FieldPower, func(s hardware.Sample) float64 { return s.PowerW }),
 	dcgm("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", "Total energy consumption since boot (in mJ).", prometheus.CounterValue, hardware.FieldEnergy, func(s hardware.Sample) float64 { return s.EnergyMJ }),

@@ -378,3 +378,73 @@ func BenchmarkSample8GPU(b *testing.B) {
 		}
 	}
 }
+
+// fixed is a telemetry source that reads the same sample on every device.
+type fixed struct {
+	hardware.Backend
+	s hardware.Sample
+}
+
+func (f fixed) Sample(context.Context, string) (hardware.Sample, error) { return f.s, nil }
+
+// TestSampleFieldsToSeries: each Sample field feeds its dcgm-exporter
+// series in the Sample's unit, and a field the backend could not read
+// (left out of Have) gives no series rather than a 0.
+func TestSampleFieldsToSeries(t *testing.T) {
+	full := hardware.Sample{
+		Have: hardware.FieldGPUUtil | hardware.FieldMemCopyUtil | hardware.FieldFB | hardware.FieldFBReserved |
+			hardware.FieldGPUTemp | hardware.FieldPower | hardware.FieldEnergy | hardware.FieldSMClock | hardware.FieldMemClock |
+			hardware.FieldPCIeReplays | hardware.FieldRemappedRows | hardware.FieldTensorActive,
+		GPUUtil: 87, MemCopyUtil: 41, FBUsedMiB: 10243, FBFreeMiB: 133000, FBReservedMiB: 528,
+		GPUTempC: 54, PowerW: 312.456, EnergyMJ: 9876543210, SMClockMHz: 1980, MemClockMHz: 2619,
+		PCIeReplays: 3, RemappedCorrectable: 2, RemappedUncorrectable: 1, RowRemapFailure: true, TensorActive: 0.5,
+	}
+	series := map[string]float64{
+		"DCGM_FI_DEV_GPU_UTIL": 87, "DCGM_FI_DEV_MEM_COPY_UTIL": 41,
+		"DCGM_FI_DEV_FB_USED": 10243, "DCGM_FI_DEV_FB_FREE": 133000, "DCGM_FI_DEV_FB_RESERVED": 528,
+		"DCGM_FI_DEV_GPU_TEMP": 54, "DCGM_FI_DEV_POWER_USAGE": 312.456, "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION": 9876543210,
+		"DCGM_FI_DEV_SM_CLOCK": 1980, "DCGM_FI_DEV_MEM_CLOCK": 2619, "DCGM_FI_DEV_PCIE_REPLAY_COUNTER": 3,
+		"DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS": 2, "DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS": 1,
+		"DCGM_FI_DEV_ROW_REMAP_FAILURE": 1, "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE": 0.5,
+	}
+	for _, tc := range []struct {
+		name   string
+		absent hardware.Field
+		gone   []string
+	}{
+		{name: "every field"},
+		{name: "old driver: no reserved memory", absent: hardware.FieldFBReserved, gone: []string{"DCGM_FI_DEV_FB_RESERVED"}},
+		{name: "no power or energy", absent: hardware.FieldPower | hardware.FieldEnergy, gone: []string{"DCGM_FI_DEV_POWER_USAGE", "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION"}},
+		{name: "no remapping", absent: hardware.FieldRemappedRows, gone: []string{"DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS", "DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS", "DCGM_FI_DEV_ROW_REMAP_FAILURE"}},
+		{name: "no utilisation", absent: hardware.FieldGPUUtil | hardware.FieldMemCopyUtil, gone: []string{"DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_MEM_COPY_UTIL"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e, b, store := simNode(t, "dgx-h100", Options{})
+			s := full
+			s.Have &^= tc.absent
+			e.Attach(Source{Store: store, Backend: fixed{b, s}, Advertised: func(inventory.Snapshot) []resources.Resource { return nil }})
+			if err := e.SampleOnce(context.Background(), nil); err != nil {
+				t.Fatal(err)
+			}
+			mfs := gather(t, e)
+			for name, want := range series {
+				mf, ok := mfs[name]
+				if slices.Contains(tc.gone, name) {
+					if ok {
+						t.Errorf("%s: %d series for a field the backend did not read", name, len(mf.GetMetric()))
+					}
+					continue
+				}
+				if !ok || len(mf.GetMetric()) != 8 {
+					t.Errorf("%s: want 8 series (one per GPU), got %v", name, mf.GetMetric())
+					continue
+				}
+				for _, m := range mf.GetMetric() {
+					if got := m.GetGauge().GetValue() + m.GetCounter().GetValue(); got != want {
+						t.Errorf("%s{UUID=%s} = %v, want %v", name, labels(m)["UUID"], got, want)
+					}
+				}
+			}
+		})
+	}
+}

@@ -61,14 +61,16 @@ func (b *Backend) Sample(ctx context.Context, uuid string) (hardware.Sample, err
 	u, err := call(b, "GetUtilizationRates", h.GetUtilizationRates)
 	keep(hardware.FieldGPUUtil|hardware.FieldMemCopyUtil, err, func() { s.GPUUtil, s.MemCopyUtil = float64(u.Gpu), float64(u.Memory) })
 	m2, err := call(b, "GetMemoryInfo_v2", h.GetMemoryInfo_v2)
-	if err != nil && unsupported(err) { // drivers before the v2 query
+	if err == nil { // its errors are kept once, with FieldFB's below
+		s.Have |= hardware.FieldFBReserved
+		s.FBReservedMiB = float64(m2.Reserved >> 20)
+	}
+	if err != nil && unsupported(err) { // drivers before the v2 query: reserved memory is unknown
 		var m nvml.Memory
 		m, err = call(b, "GetMemoryInfo", h.GetMemoryInfo)
 		m2 = nvml.Memory_v2{Total: m.Total, Free: m.Free, Used: m.Used}
 	}
-	keep(hardware.FieldFB, err, func() {
-		s.FBUsedMiB, s.FBFreeMiB, s.FBReservedMiB = float64(m2.Used>>20), float64(m2.Free>>20), float64(m2.Reserved>>20)
-	})
+	keep(hardware.FieldFB, err, func() { s.FBUsedMiB, s.FBFreeMiB = float64(m2.Used>>20), float64(m2.Free>>20) })
 	t, err := call(b, "GetTemperature", func() (uint32, nvml.Return) { return h.GetTemperature(nvml.TEMPERATURE_GPU) })
 	keep(hardware.FieldGPUTemp, err, func() { s.GPUTempC = float64(t) })
 	p, err := call(b, "GetPowerUsage", h.GetPowerUsage)

@@ -77,7 +77,7 @@ func (b *Backend) Sample(ctx context.Context, uuid string) (hardware.Sample, err
 	}
 	s := hardware.Sample{
 		Time: now,
-		Have: hardware.FieldGPUUtil | hardware.FieldMemCopyUtil | hardware.FieldFB | hardware.FieldGPUTemp |
+		Have: hardware.FieldGPUUtil | hardware.FieldMemCopyUtil | hardware.FieldFB | hardware.FieldFBReserved | hardware.FieldGPUTemp |
 			hardware.FieldPower | hardware.FieldEnergy | hardware.FieldSMClock | hardware.FieldMemClock |
 			hardware.FieldPCIeReplays | hardware.FieldRemappedRows | hardware.FieldTensorActive,
 		FBReservedMiB: math.Round(totalMiB * 0.006),
