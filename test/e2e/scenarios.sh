@@ -734,7 +734,15 @@ scenario_dra() {
 	slice_devices | jq -se 'map(select(.name == "gpu-0"))[0] | .attributes.productName.string == "NVIDIA H100 80GB HBM3" and .attributes.uuid.string != null and .capacity.memory.value != null' >/dev/null ||
 		fail "gpu-0 lacks the expected attributes: $(slice_devices | head -n1)"
 
-	for f in one-gpu.yaml h100-40gi.yaml two-gpus-nvlink.yaml; do example_template "$f" | K apply -f - >/dev/null; done
+	# An idle driver writes nothing: the slice's resourceVersion does not move.
+	local rv0
+	rv0=$(K get resourceslices -o json | jq -r --arg d "$DRA_DRIVER" '[.items[] | select(.spec.driver == $d) | .metadata.resourceVersion] | join(",")')
+	sleep 20
+	[[ $(K get resourceslices -o json | jq -r --arg d "$DRA_DRIVER" '[.items[] | select(.spec.driver == $d) | .metadata.resourceVersion] | join(",")') == "$rv0" ]] ||
+		fail "gpulet rewrote its ResourceSlice while nothing changed"
+	timing "DRA ResourceSlice writes during 20 s idle (count)" 0
+
+	for f in one-gpu.yaml h100-40gi.yaml two-gpus-nvlink.yaml two-gpus-same-numa.yaml; do example_template "$f" | K apply -f - >/dev/null; done
 	# One GPU each, twice at once: exactly the claimed GPU, and never the same one.
 	sed -e 's/__NAME__/dra-a/' -e 's/__TEMPLATE__/one-gpu/' "$MANIFESTS/dra-hold-job.yaml" | K apply -f - >/dev/null
 	sed -e 's/__NAME__/dra-b/' -e 's/__TEMPLATE__/h100-40gi/' "$MANIFESTS/dra-hold-job.yaml" | K apply -f - >/dev/null
@@ -781,6 +789,17 @@ scenario_dra() {
 	[[ $(wc -l <<<"$dom") == 1 && $dom != none ]] || fail "the NVLink pair $(echo $d) spans domains [$(echo $dom)]"
 	[[ -z $(comm -12 <(echo "$d") <(printf '%s\n' $d1 $d2 | sort)) ]] || fail "the pair $(echo $d) shares a GPU with another claim"
 	log "NVLink pair: $(echo $d) (domain $dom)"
+
+	# Two GPUs of one NUMA node (dgx-h100: GPUs 0-3 on node 0, 4-7 on node 1).
+	sed -e 's/__NAME__/dra-numa/' -e 's/__TEMPLATE__/two-gpus-same-numa/' "$MANIFESTS/dra-hold-job.yaml" | K apply -f - >/dev/null
+	wait_until 90 "dra-numa Running" job_pod_running dra-numa || fail "a 2-GPU same-NUMA claim did not run"
+	local dn numa
+	dn=$(check_dra_pod "$(job_pod dra-numa)" 2)
+	numa=$(for x in $dn; do slice_devices | jq -r --arg n "$x" 'select(.name == $n) | .attributes["resource.kubernetes.io/numaNode"].int'; done | sort -u)
+	[[ $(wc -l <<<"$numa") == 1 ]] || fail "the same-NUMA pair $(echo $dn) spans NUMA nodes [$(echo $numa)]"
+	log "same-NUMA pair: $(echo $dn) (NUMA node $numa)"
+	release "$(job_pod dra-numa)"
+	wait_until 60 "dra-numa COMPLETIONS 1/1" job_complete dra-numa || fail "dra-numa did not complete"
 
 	# gpulet restarted while claims are prepared: pods keep their containers, the slice comes back.
 	cid=$(K get pod "$p1" -o 'jsonpath={.status.containerStatuses[0].containerID}')
