@@ -493,6 +493,8 @@ check_cdi_pod() {
 
 scenario_cdi() {
 	local spec=/var/run/cdi/k8s.device-plugin.nvidia.com-gpu.json p cid0 n
+	# Whatever happens below, later scenarios find the overlay's settings.
+	trap 'set_gpulet_env DEVICE_LIST_STRATEGY=envvar PASS_DEVICE_SPECS=true || echo "could not restore the DaemonSet to envvar" >&2' EXIT
 	# cdi-cri: the kubelet passes CDI names to containerd in the CRI request; no device specs.
 	set_gpulet_env DEVICE_LIST_STRATEGY=cdi-cri PASS_DEVICE_SPECS=false
 	"$W/nsrun" test -s "$spec" || fail "gpulet wrote no CDI spec at $spec on the node"
@@ -535,6 +537,7 @@ scenario_cdi() {
 	K delete jobs -l app=gpulet-e2e --wait=true >/dev/null
 
 	# Back to the overlay's settings for whatever runs next.
+	trap - EXIT
 	set_gpulet_env DEVICE_LIST_STRATEGY=envvar PASS_DEVICE_SPECS=true
 }
 
@@ -557,6 +560,12 @@ labels_are() {
 	missing=$(comm -23 "$1" <(node_labels))
 	[[ -z $missing ]] || { echo "missing on the node: $(echo $missing)"; return 1; }
 	node_labels | grep -q '^nvidia.com/gfd.timestamp=' || { echo "no nvidia.com/gfd.timestamp"; return 1; }
+}
+
+labels_restore() {
+	K -n "$GPU_NS" set env "ds/$DS_NAME" GPULET_REPLICAS- >/dev/null || return 1
+	wait_until 120 "DaemonSet back without sharing" ds_rolled || return 1
+	wait_until 90 "Allocatable 8" gpus_8_and_stable
 }
 
 scenario_labels() {
@@ -585,15 +594,17 @@ scenario_labels() {
 	# A sharing change: the replicas and -SHARED product follow once gpulet applies it.
 	expected_labels --replicas=4 >"$W/labels.shared"
 	grep -qx 'nvidia.com/gpu.replicas=4' "$W/labels.shared" || fail "gpulet labels --replicas=4 does not say replicas 4"
-	set_gpulet_env GPULET_REPLICAS=4 >/dev/null 2>&1 || true # capacity becomes 32: wait for that instead
+	trap 'labels_restore || echo "could not restore the DaemonSet without replicas" >&2' EXIT
+	K -n "$GPU_NS" set env "ds/$DS_NAME" GPULET_REPLICAS=4 >/dev/null
+	wait_until 120 "DaemonSet rolled out with replicas 4" ds_rolled || fail "gpulet did not roll out with replicas 4"
+	wait_until 90 "Allocatable 32 (8 GPUs x 4 replicas)" node_gpus_are 32/32 || fail "capacity did not become 32"
 	t0=$(K -n "$GPU_NS" get pod "$(gpulet_pod)" -o 'jsonpath={.status.containerStatuses[0].state.running.startedAt}')
 	wait_until 60 "labels of the shared node" labels_are "$W/labels.shared" || fail "labels did not follow the sharing change"
 	timing "gpulet started with replicas 4 -> gpu.replicas=4 on the Node (API server)" \
 		"$(awk -v d=$(($(now_ms) - $(date -d "$t0" +%s%3N))) 'BEGIN { printf "%.3f", d / 1000 }')"
 	node_labels | grep -E '^nvidia.com/gpu\.(product|replicas|sharing-strategy)=' | sed 's/^/    /'
-	K -n "$GPU_NS" set env "ds/$DS_NAME" GPULET_REPLICAS- >/dev/null
-	wait_until 120 "DaemonSet back without sharing" ds_rolled || fail "DaemonSet did not roll back"
-	wait_until 90 "Allocatable 8" gpus_8_and_stable || fail "capacity did not return to 8"
+	labels_restore || fail "could not restore the DaemonSet without replicas"
+	trap - EXIT
 	wait_until 30 "unshared labels again" labels_are "$want" || fail "labels did not return to unshared"
 
 	# The admission policy: gpulet's own token (bound to its pod, so it carries the node name) may set
