@@ -97,6 +97,7 @@ func RunWithVersion(ctx context.Context, cfg *config.Config, log *slog.Logger, v
 		// NVIDIA's plugin stays idle with FAIL_ON_INIT_ERROR=false; gpulet
 		// also keeps trying, so GPUs appear once the driver does.
 		log.Error("no GPUs to serve yet; waiting for the driver because fail-on-init-error is false", "err", err)
+		exp.SetIdle()
 		if backend, node = waitForHardware(ctx, cfg, log); backend == nil {
 			return nil
 		}

@@ -65,6 +65,9 @@ type Exporter struct {
 	src      atomic.Pointer[Source]
 	last     atomic.Pointer[sampled]
 	driverUp atomic.Bool
+	// idle: no driver since start and gpulet waits for one (fail-on-init-error
+	// false): nothing is served, so nothing can be unready.
+	idle atomic.Bool
 
 	mu         sync.Mutex
 	registered map[string]bool   // resource → last registration succeeded
@@ -163,13 +166,29 @@ func (e *Exporter) Attach(src Source) {
 }
 
 // SetDriverUp records whether the driver answers; /readyz fails while not.
-func (e *Exporter) SetDriverUp(up bool) { e.driverUp.Store(up) }
+// A driver that answers ends idleness.
+func (e *Exporter) SetDriverUp(up bool) {
+	e.driverUp.Store(up)
+	if up {
+		e.idle.Store(false)
+	}
+}
+
+// SetIdle says gpulet found no driver at start and waits for one, serving
+// nothing. It is ready meanwhile: a node without GPUs (or whose driver is
+// not installed yet) must not hold up a DaemonSet's rolling update, whose
+// unavailable budget a never-ready pod would use up for good. A driver lost
+// after it was seen is different: SetDriverUp(false) makes gpulet unready.
+func (e *Exporter) SetIdle() { e.idle.Store(true) }
 
 // Ready says why gpulet should not receive traffic, or nil: the driver
 // answers, the inventory is there, and every advertised resource is
 // registered with the kubelet.
 func (e *Exporter) Ready() error {
 	src := e.src.Load()
+	if src == nil && e.idle.Load() {
+		return nil
+	}
 	if src == nil {
 		return errors.New("no GPU inventory yet: waiting for the driver")
 	}

@@ -7,5 +7,5 @@ source "$E2E_DIR/lib/cluster.sh"
 W=$(readlink -f "${1:-${W:-${GPULET_E2E_WORKDIR:-/var/tmp/gpulet-e2e}/latest}}")
 [[ -f $W/pids/ns.pid ]] || { echo "no cluster running in $W"; exit 0; }
 cluster_down
-rm -rf "$W/varlib" "$W/images"
+rm -rf "$W/varlib" "$W/node2" "$W/images"
 echo "cluster in $W torn down; logs kept in $W/logs"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# gpulet end-to-end test on a real single-node Kubernetes (see test/e2e/README.md).
+# gpulet end-to-end test on a real two-node Kubernetes (a GPU node and a CPU-only node) (see test/e2e/README.md).
 #
 #   make e2e                 # or: sudo test/e2e/run.sh
 #
@@ -51,7 +51,7 @@ for old in "$work_root"/*/pids/ns.pid; do
 	[[ $old_w == "$W" ]] && continue
 	warn "taking down a cluster left by an earlier run in $old_w"
 	(W=$old_w cluster_down) || true
-	rm -rf "$old_w/varlib" "$old_w/images"
+	rm -rf "$old_w/varlib" "$old_w/node2" "$old_w/images"
 done
 # Keep the logs of the last 5 runs.
 ls -1dt "$work_root"/2* 2>/dev/null | tail -n +6 | xargs -r rm -rf
@@ -112,7 +112,7 @@ teardown() {
 			log "tearing down the cluster"
 			cluster_down
 			# Free the disk (images, etcd, container layers); keep the logs.
-			rm -rf "$W/varlib" "$W/images"
+			rm -rf "$W/varlib" "$W/node2" "$W/images"
 		fi
 	fi
 	print_table

@@ -15,6 +15,7 @@ DEPLOY_FILES=(namespace.yaml gpulet-rbac.yaml gpulet-daemonset.yaml)
 # id|description|prerequisite scenario ids
 SCENARIOS=(
 	"ds|DaemonSet Ready; describe node: nvidia.com/gpu 8 in Capacity and Allocatable|"
+	"two-node|a CPU-only second node: gpulet Running there, advertises and labels nothing; GPU pods and the product selector go to the GPU node only; admission keeps each gpulet to its node|ds"
 	"seed-job|the guide's Job (1 GPU) completes 1/1; its log shows exactly one GPU|ds"
 	"sharing|two 4-GPU Jobs run without sharing; a 1-GPU Job Pends (Insufficient) then runs|ds"
 	"fault|fault on one GPU: Allocatable 7, Capacity 8; cleared: back to 8|ds"
@@ -31,6 +32,7 @@ for s in "${SCENARIOS[@]}"; do SCENARIO_IDS+=("${s%%|*}"); done
 
 K() { "$W/kubectl" "$@"; }
 gpulet_node() { "$W/nsrun" "$GPULET" "$@"; } # gpulet CLI on the node (inside the cluster namespace)
+gpulet_node2() { "$W/nsrun2" "$GPULET" "$@"; } # on the CPU-only second node (its own /var/lib)
 
 # timing NAME SECONDS: a measurement for docs/benchmarks.md.
 timing() {
@@ -102,22 +104,39 @@ check_pod_devices() {
 
 GPULET_SELECTOR=
 gpulet_selector() { [[ -n $GPULET_SELECTOR ]] || GPULET_SELECTOR=$(cat "$W/gpulet.selector" 2>/dev/null); echo "${GPULET_SELECTOR:-name=gpulet}"; }
-gpulet_pod() { K -n "$GPU_NS" get pods -l "$(gpulet_selector)" -o 'jsonpath={.items[0].metadata.name}'; }
-# gpulet_stable: the gpulet pod's container has not restarted (exits ABORT when it has: waiting on
-# is pointless, the diagnostics show its log).
+# gpulet_pod_on NODE: the DaemonSet's pod on NODE; gpulet_pod: the one on the GPU node.
+gpulet_pod_on() {
+	K -n "$GPU_NS" get pods -l "$(gpulet_selector)" --field-selector "spec.nodeName=$1" -o 'jsonpath={.items[0].metadata.name}'
+}
+gpulet_pod() { gpulet_pod_on "$NODE_NAME"; }
+# gpulet_stable [NODE]: the gpulet pod's container on NODE (default the GPU node) has not restarted
+# (exits ABORT when it has: waiting on is pointless, the diagnostics show its log).
 gpulet_stable() {
 	local p st
-	p=$(gpulet_pod) && [[ -n $p ]] || return 0
+	p=$(gpulet_pod_on "${1:-$NODE_NAME}") && [[ -n $p ]] || return 0
 	st=$(K -n "$GPU_NS" get pod "$p" -o 'jsonpath={.status.containerStatuses[0].restartCount} {.status.containerStatuses[0].state.waiting.reason}{.status.containerStatuses[0].lastState.terminated.reason} {.status.containerStatuses[0].lastState.terminated.exitCode}') || return 0
 	[[ ${st%% *} == 0 || -z ${st%% *} ]] && return 0
 	echo "gpulet pod $p restarted: restartCount/reason/exit code = $st"
 	return $ABORT
 }
+# The DaemonSet has a pod on each of the DS_NODES nodes. The one on the CPU-only node ($NODE2_NAME)
+# waits for a driver that never comes, serving nothing, and is Ready (gpulet's /readyz: an idle node
+# must not hold up a rolling update). Both must be Ready and neither may restart.
+DS_NODES=2
+gpulet_pod_ready() {
+	local p r
+	p=$(gpulet_pod) && [[ -n $p ]] || { echo "no gpulet pod on $NODE_NAME"; return 1; }
+	r=$(K -n "$GPU_NS" get pod "$p" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}')
+	[[ $r == True ]] || { echo "gpulet pod $p on $NODE_NAME: Ready=$r"; return 1; }
+}
 ds_ready() {
 	local s
 	gpulet_stable || return
+	gpulet_stable "$NODE2_NAME" || return
 	s=$(K -n "$GPU_NS" get ds "$DS_NAME" -o 'jsonpath={.status.desiredNumberScheduled}/{.status.numberReady}/{.status.updatedNumberScheduled}')
-	[[ $s == 1/1/1 ]] || { echo "DaemonSet desired/ready/updated = $s"; return 1; }
+	[[ $s == "$DS_NODES/$DS_NODES/$DS_NODES" ]] ||
+		{ echo "DaemonSet desired/ready/updated = $s, want $DS_NODES/$DS_NODES/$DS_NODES"; return 1; }
+	gpulet_pod_ready
 }
 gpus_8_and_stable() { gpulet_stable || return; node_gpus_are 8/8; }
 
@@ -150,10 +169,11 @@ gpulet_timing() {
 	fi
 }
 
-# kubelet_registrations: how many times the kubelet's log says a device plugin registered nvidia.com/gpu.
+# kubelet_registrations [LOG]: how many times the kubelet's log (default the GPU node's) says a
+# device plugin registered nvidia.com/gpu.
 kubelet_registrations() {
 	grep -c -e 'registration request from device plugin with resource.*nvidia.com/gpu' \
-		-e 'Registered client.*nvidia.com/gpu' "$W/logs/kubelet.log" || true
+		-e 'Registered client.*nvidia.com/gpu' "${1:-$W/logs/kubelet.log}" || true
 }
 
 cleanup_workloads() {
@@ -186,6 +206,7 @@ diag_tail() {
 	fi
 	tail_file kubelet "$W/logs/kubelet.log" 40
 	tail_file containerd "$W/logs/containerd.log" 20
+	tail_file kubelet-node2 "$W/logs/kubelet-node2.log" 15
 	echo "===== end of diagnostics (all logs: $LOGS) ====="
 }
 
@@ -195,9 +216,11 @@ collect_diag() {
 	mkdir -p "$d"
 	K get all,events -A -o wide >"$d/get-all.txt" 2>&1
 	K describe node "$NODE_NAME" >"$d/describe-node.txt" 2>&1
+	K describe node "$NODE2_NAME" >"$d/describe-node2.txt" 2>&1
 	K describe pods -A >"$d/describe-pods.txt" 2>&1
 	K -n "$GPU_NS" logs -l "$(gpulet_selector)" --tail=-1 --prefix >"$d/gpulet.log" 2>&1
 	"$W/nsrun" sh -c "find $SIM_ROOT -maxdepth 3 -exec ls -ld {} +" >"$d/sim-root.txt" 2>&1
+	"$W/nsrun2" sh -c "find $SIM_ROOT -maxdepth 3 -exec ls -ld {} +; cat $SIM_ROOT/*.json" >"$d/sim-root-node2.txt" 2>&1
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -241,6 +264,8 @@ scenario_ds() {
 	inventory >"$W/inventory.txt" || fail "gpulet list failed"
 	[[ $(wc -l <"$W/inventory.txt") == "$SIM_GPUS" ]] || fail "inventory has $(wc -l <"$W/inventory.txt") GPUs, want $SIM_GPUS"
 	log "inventory: $(tr '\n' ' ' <"$W/inventory.txt")"
+	# The CPU-only node has no driver: its own sim root (the same hostPath, its own /var/lib) says so.
+	gpulet_node2 sim driver down --sim-root="$SIM_ROOT" || fail "gpulet sim driver down on $NODE2_NAME failed"
 
 	local t0
 	t0=$(now_ms)
@@ -867,12 +892,16 @@ node_res() {
 }
 node_res_is() { local got; got=$(node_res "$1") && [[ $got == "$2" ]] || { echo "$1 capacity/allocatable is '$got', want '$2'"; return 1; }; }
 
-# ds_rolled: the DaemonSet controller has seen its latest spec and its one pod runs it, Ready.
+# ds_rolled: the DaemonSet controller has seen its latest spec and both pods run it, the GPU node's
+# Ready (the CPU-only node's never is: see ds_ready).
 ds_rolled() {
 	local s
 	s=$(K -n "$GPU_NS" get ds "$DS_NAME" -o 'jsonpath={.metadata.generation}/{.status.observedGeneration} {.status.desiredNumberScheduled}/{.status.numberReady}/{.status.updatedNumberScheduled}/{.status.numberAvailable}')
 	local gen=${s%% *} counts=${s#* }
-	[[ ${gen%/*} == "${gen#*/}" && $counts == 1/1/1/1 ]] || { echo "DaemonSet generation/observed = $gen, desired/ready/updated/available = $counts"; return 1; }
+	[[ ${gen%/*} == "${gen#*/}" && $counts == "$DS_NODES/$DS_NODES/$DS_NODES/$DS_NODES" ]] ||
+		{ echo "DaemonSet generation/observed = $gen, desired/ready/updated/available = $counts, want $DS_NODES/$DS_NODES/$DS_NODES/$DS_NODES"; return 1; }
+	gpulet_stable "$NODE2_NAME" || return
+	gpulet_pod_ready || return
 	gpulet_stable
 }
 
@@ -933,6 +962,130 @@ scenario_mig() {
 
 	trap - EXIT
 	mig_restore || fail "could not restore the DaemonSet to $SIM_PROFILE with 8/8 GPUs"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Two nodes: the GPU node and a CPU-only one ($NODE2_NAME, lib/cluster.sh), gpulet on both.
+
+GPU_PRODUCT=NVIDIA-H100-80GB-HBM3 # GFD's nvidia.com/gpu.product of the dgx-h100 profile
+
+# node_label NODE KEY: the value of the label (empty when absent).
+node_label() { K get node "$1" -o json | jq -r --arg k "$2" '.metadata.labels[$k] // ""'; }
+# gpu_labels_of NODE: the node's nvidia.com/* and accelerator labels, one KEY=VALUE a line.
+gpu_labels_of() {
+	K get node "$1" -o json |
+		jq -r '.metadata.labels | to_entries[] | select((.key | startswith("nvidia.com/")) or .key == "accelerator") | "\(.key)=\(.value)"'
+}
+# pod_condition POD CONDITION [NS]: the status of a pod's condition.
+pod_condition() { K -n "${3:-default}" get pod "$1" -o "jsonpath={.status.conditions[?(@.type==\"$2\")].status}"; }
+
+scenario_two_node() {
+	local n gp cp cp_ip gp_ip st reason logs cap token out pod
+	for n in "$NODE_NAME" "$NODE2_NAME"; do
+		wait_until 30 "node $n Ready" node_ready "$n" || fail "node $n is not Ready"
+	done
+	K get nodes -o wide
+
+	# gpulet on both nodes: the DaemonSet wants 2 pods, one per node.
+	wait_until 60 "DaemonSet on both nodes" ds_ready || fail "the DaemonSet is not on both nodes as expected"
+	gp=$(gpulet_pod) cp=$(gpulet_pod_on "$NODE2_NAME")
+	[[ -n $gp && -n $cp ]] || fail "gpulet pods: '$gp' on $NODE_NAME, '$cp' on $NODE2_NAME"
+	K -n "$GPU_NS" get ds "$DS_NAME"
+	K -n "$GPU_NS" get pods -l "$(gpulet_selector)" -o wide
+	gp_ip=$(K -n "$GPU_NS" get pod "$gp" -o 'jsonpath={.status.podIP}')
+	cp_ip=$(K -n "$GPU_NS" get pod "$cp" -o 'jsonpath={.status.podIP}')
+	[[ $gp_ip == 10.244.0.* && $cp_ip == 10.244.1.* ]] ||
+		fail "gpulet pod IPs $gp_ip ($NODE_NAME) and $cp_ip ($NODE2_NAME) are not in the nodes' own pod subnets"
+
+	# The CPU-only node's gpulet keeps running without a driver (fail-on-init-error false): past 3
+	# liveness periods without a restart, Running and Ready (idle: nothing to serve), and says why.
+	settled() {
+		gpulet_stable "$NODE2_NAME" || return
+		st=$(K -n "$GPU_NS" get pod "$cp" -o 'jsonpath={.status.phase} {.status.containerStatuses[0].state.running.startedAt}')
+		[[ $st == "Running "?* ]] || { echo "gpulet on $NODE2_NAME: phase/started = $st"; return 1; }
+		(($(now_ms) - $(date -d "${st#* }" +%s%3N) >= 40000)) || { echo "gpulet on $NODE2_NAME runs since ${st#* } only"; return 1; }
+	}
+	wait_until 90 "gpulet on $NODE2_NAME running 40 s" settled || fail "gpulet does not keep running on the CPU-only node"
+	st=$(K -n "$GPU_NS" get pod "$cp" -o 'jsonpath={.status.containerStatuses[0].state.running.startedAt}')
+	[[ $(pod_condition "$cp" Ready "$GPU_NS") == True ]] || fail "gpulet on the CPU-only node is not Ready (it would stall rolling updates)"
+	reason=$(K get --raw "/api/v1/namespaces/$GPU_NS/pods/$cp:9401/proxy/readyz" 2>&1) || true
+	[[ $reason == ok ]] || fail "gpulet's /readyz on $NODE2_NAME says '$reason'"
+	logs=$(K -n "$GPU_NS" logs "$cp")
+	grep -q 'waiting for the driver because fail-on-init-error is false' <<<"$logs" ||
+		fail "gpulet's log on $NODE2_NAME does not say it waits for the driver:"$'\n'"$(tail -n 5 <<<"$logs")"
+	log "gpulet on $NODE2_NAME: Running since $st, 0 restarts, Ready while idle (/readyz '$reason'); its log waits for the driver"
+
+	# It advertises and labels nothing there; the GPU node has its 8 GPUs and GFD's labels.
+	cap=$(K get node "$NODE2_NAME" -o json | jq -r '"\(.status.capacity["nvidia.com/gpu"] // "")/\(.status.allocatable["nvidia.com/gpu"] // "")"')
+	[[ $cap == / || $cap == 0/0 ]] || fail "the CPU-only node has nvidia.com/gpu capacity/allocatable $cap"
+	[[ $(kubelet_registrations "$W/logs/kubelet-node2.log") == 0 ]] ||
+		fail "a device plugin registered nvidia.com/gpu with the kubelet of $NODE2_NAME"
+	out=$(gpu_labels_of "$NODE2_NAME")
+	[[ -z $out ]] || fail "the CPU-only node carries GPU labels: $(tr '\n' ' ' <<<"$out")"
+	node_gpus_are 8/8 || fail "the GPU node: $(node_gpus_are 8/8)"
+	[[ $(node_label "$NODE_NAME" nvidia.com/gpu.product) == "$GPU_PRODUCT" ]] ||
+		fail "the GPU node's nvidia.com/gpu.product is '$(node_label "$NODE_NAME" nvidia.com/gpu.product)', want $GPU_PRODUCT"
+	[[ $(node_label "$NODE_NAME" nvidia.com/gpu.count) == "$SIM_GPUS" ]] || fail "the GPU node's nvidia.com/gpu.count is not $SIM_GPUS"
+	K get nodes -o custom-columns='NAME:.metadata.name,GPU:.status.capacity.nvidia\.com/gpu,PRODUCT:.metadata.labels.nvidia\.com/gpu\.product'
+	log "$NODE2_NAME: no nvidia.com/gpu ($cap), no nvidia.com/* label; $NODE_NAME: 8/8, $GPU_PRODUCT"
+
+	# A pod selecting the product lands on the GPU node.
+	K delete pod product-selector --ignore-not-found --grace-period=1 >/dev/null
+	sed -e "s|__PRODUCT__|$GPU_PRODUCT|" "$MANIFESTS/product-selector-pod.yaml" | K apply -f -
+	wait_until 60 "pod product-selector Succeeded" pod_phase_is product-selector Succeeded || fail "product-selector did not succeed"
+	[[ $(K get pod product-selector -o 'jsonpath={.spec.nodeName}') == "$NODE_NAME" ]] ||
+		fail "product-selector ran on $(K get pod product-selector -o 'jsonpath={.spec.nodeName}'), not on $NODE_NAME"
+	logs=$(K logs product-selector)
+	echo "$logs" | sed 's/^/    /'
+	grep -qx "running on a node labelled nvidia.com/gpu.product=$GPU_PRODUCT" <<<"$logs" || fail "product-selector did not run as expected"
+	K delete pod product-selector --wait=true >/dev/null
+
+	# A GPU pod never lands on the CPU-only node: with the GPU node cordoned it stays Pending.
+	trap 'K uncordon "$NODE_NAME" >/dev/null 2>&1 || true' EXIT
+	K cordon "$NODE_NAME"
+	render_hold_job gpu1-cordoned 1 | K apply -f -
+	pending_not_node2() {
+		local p msg
+		p=$(job_pod gpu1-cordoned) && [[ -n $p ]] || return 1
+		[[ -z $(K get pod "$p" -o 'jsonpath={.spec.nodeName}') ]] || return "$ABORT"
+		msg=$(K get pod "$p" -o 'jsonpath={.status.conditions[?(@.type=="PodScheduled")].message}')
+		[[ $msg == *"0/2 nodes are available"*"Insufficient nvidia.com/gpu"* && $msg == *unschedulable* ]] || { echo "PodScheduled: $msg"; return 1; }
+	}
+	wait_until 60 "gpu1-cordoned Pending: Insufficient nvidia.com/gpu on $NODE2_NAME, $NODE_NAME unschedulable" pending_not_node2 ||
+		fail "the 1-GPU pod is not Pending as it should be: $(K get pods -l job-name=gpu1-cordoned -o wide 2>&1)"
+	pod=$(job_pod gpu1-cordoned)
+	log "cordoned: $(K get pod "$pod" -o 'jsonpath={.status.conditions[?(@.type=="PodScheduled")].message}')"
+	sleep 3
+	[[ -z $(K get pod "$pod" -o 'jsonpath={.spec.nodeName}') ]] || fail "$pod was scheduled to $(K get pod "$pod" -o 'jsonpath={.spec.nodeName}')"
+	K uncordon "$NODE_NAME"
+	trap - EXIT
+	wait_until 90 "gpu1-cordoned Running after the uncordon" job_pod_running gpu1-cordoned || fail "gpu1-cordoned did not run after the uncordon"
+	[[ $(K get pod "$pod" -o 'jsonpath={.spec.nodeName}') == "$NODE_NAME" ]] || fail "$pod ran on another node than $NODE_NAME"
+	check_pod_devices "$pod" 1
+	release "$pod"
+	wait_until 60 "gpu1-cordoned COMPLETIONS 1/1" job_complete gpu1-cordoned || fail "gpu1-cordoned did not complete"
+	K delete job gpu1-cordoned --wait=true >/dev/null
+
+	# The admission policy keeps each gpulet to its own node, also with a real second node.
+	token=$(K -n "$GPU_NS" create token gpulet --bound-object-kind=Pod --bound-object-name="$gp" --duration=10m) ||
+		fail "could not create a token for gpulet's service account"
+	K label node "$NODE_NAME" nvidia.com/e2e-probe=1 --token="$token" >/dev/null ||
+		fail "the GPU node's gpulet token may not label its own node"
+	K label node "$NODE_NAME" nvidia.com/e2e-probe- --token="$token" >/dev/null || fail "could not remove the probe label"
+	out=$(K label node "$NODE2_NAME" nvidia.com/gpu.product="$GPU_PRODUCT" --token="$token" 2>&1) &&
+		fail "the GPU node's gpulet token labelled $NODE2_NAME"
+	grep -q 'only the node its pod runs on' <<<"$out" || fail "refused, but not by the policy: $out"
+	log "policy refuses $NODE_NAME's gpulet a label on $NODE2_NAME: $(tail -n1 <<<"$out")"
+	token=$(K -n "$GPU_NS" create token gpulet --bound-object-kind=Pod --bound-object-name="$cp" --duration=10m) ||
+		fail "could not create a token bound to $cp"
+	K label node "$NODE2_NAME" nvidia.com/e2e-probe=1 --token="$token" >/dev/null ||
+		fail "the CPU-only node's gpulet token may not label its own node"
+	K label node "$NODE2_NAME" nvidia.com/e2e-probe- --token="$token" >/dev/null || fail "could not remove the probe label"
+	out=$(K label node "$NODE_NAME" nvidia.com/e2e-probe=1 --token="$token" 2>&1) &&
+		fail "the CPU-only node's gpulet token labelled $NODE_NAME"
+	grep -q 'only the node its pod runs on' <<<"$out" || fail "refused, but not by the policy: $out"
+	[[ -z $(gpu_labels_of "$NODE2_NAME") ]] || fail "$NODE2_NAME has GPU labels now: $(gpu_labels_of "$NODE2_NAME" | tr '\n' ' ')"
+	log "policy refuses $NODE2_NAME's gpulet a label on $NODE_NAME: $(tail -n1 <<<"$out")"
 }
 
 # ---------------------------------------------------------------------------------------------

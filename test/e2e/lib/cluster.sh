@@ -1,7 +1,17 @@
 # shellcheck shell=bash
-# A real single-node Kubernetes cluster (etcd, kube-apiserver, kube-controller-manager,
-# kube-scheduler, containerd, kubelet) inside private PID + mount + network namespaces, so that
-# nothing of it is visible on, or left behind on, the host. Sourced by run.sh.
+# A real two-node Kubernetes cluster (etcd, kube-apiserver, kube-controller-manager,
+# kube-scheduler; per node a containerd and a kubelet) inside private PID + mount + network
+# namespaces, so that nothing of it is visible on, or left behind on, the host. Sourced by run.sh.
+#
+# The nodes:
+#   e2e-node   10.123.0.1  the GPU node (simulated dgx-h100): the control plane's mount namespace,
+#              kubelet ports 10250/10248, bridge cni0 10.244.0.0/24, pod cgroups under /kubepods
+#   e2e-node2  10.123.0.2  a CPU-only node (no driver): a mount namespace of its own (its own /run,
+#              /var/lib, /var/log: lib/nsinit-node.sh), the same network namespace, kubelet ports
+#              10260/10258, bridge cni1 10.244.1.0/24 (both bridges are local to the one network
+#              namespace, so the two pod subnets reach each other), pod cgroups under
+#              /gpulet-e2e-node2/kubepods (the kubelet's cgroupRoot: a kubelet removes the pod
+#              cgroups it does not know under its own root, so the two must not share one)
 #
 # Layout of the work directory $W:
 #   nsrun          runs a command inside the namespaces (the cluster's "host")
@@ -9,13 +19,18 @@
 #   logs/          one log per component (etcd, containerd, kube-*, kubelet)
 #   pids/          host PIDs of the components
 #   pki/           CA, serving certificate, service-account keys, token file, kubeconfig
-#   varlib/ varlog/  /var/lib and /var/log of the cluster's node
+#   varlib/ varlog/  /var/lib and /var/log of the cluster's (first) node
+#   nsrun2         runs a command in the second node's mount namespace (same PID and network)
+#   node2/         varlib/, varlog/, cni/ of the second node
 #
 # Needs: the binaries dirs $BIN (kube-*, kubectl) and $CBIN (containerd 2, its shim, ctr), and the
 # image dir $IMG (pause, *.tar).
 
 NODE_NAME=e2e-node
 NODE_IP=10.123.0.1
+NODE2_NAME=e2e-node2
+NODE2_IP=10.123.0.2
+NODE2_CGROUP_ROOT=gpulet-e2e-node2 # under the root of every cgroup hierarchy of the host
 
 # cluster_check_paths: the namespaces shadow /run, /var/lib and /var/log; nothing the test needs
 # from the host may live there.
@@ -30,13 +45,14 @@ cluster_check_paths() {
 }
 
 # start_component NAME CMD...: runs CMD inside the namespaces in the background, log in logs/NAME.log.
+# NSRUN=$W/nsrun2 start_component ...: in the second node's mount namespace.
 start_component() {
 	local name=$1; shift
 	echo "=== $(date '+%F %T') start: $*" >>"$W/logs/$name.log"
 	# setsid: a Ctrl-C in the terminal goes to run.sh, whose teardown stops the cluster; the
 	# components (Go programs re-enable SIGINT) must not get it first.
 	# 8>&-: the components must not hold run.sh's lock (fd 8) after it exits.
-	nohup setsid "$W/nsrun" "$@" >>"$W/logs/$name.log" 2>&1 </dev/null 8>&- &
+	nohup setsid "${NSRUN:-$W/nsrun}" "$@" >>"$W/logs/$name.log" 2>&1 </dev/null 8>&- &
 	echo $! >"$W/pids/$name.pid"
 }
 
@@ -135,11 +151,15 @@ write_pki() {
 	chmod +x "$W/kubectl"
 }
 
+# write_containerd_config [OUT CNI_DIR NETWORK BRIDGE SUBNET]: containerd's config and its CNI
+# network (default: the first node's).
 write_containerd_config() {
-	cat >"$W/cni/10-e2e-bridge.conflist" <<-'EOF'
-		{"cniVersion": "0.4.0", "name": "e2e", "plugins": [
-		  {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false,
-		   "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.244.0.0/24"}]], "routes": [{"dst": "0.0.0.0/0"}]}},
+	local out=${1:-$W/containerd.toml} cni=${2:-$W/cni} net=${3:-e2e} bridge=${4:-cni0} subnet=${5:-10.244.0.0/24}
+	mkdir -p "$cni"
+	cat >"$cni/10-e2e-bridge.conflist" <<-EOF
+		{"cniVersion": "0.4.0", "name": "$net", "plugins": [
+		  {"type": "bridge", "bridge": "$bridge", "isGateway": true, "ipMasq": false,
+		   "ipam": {"type": "host-local", "ranges": [[{"subnet": "$subnet"}]], "routes": [{"dst": "0.0.0.0/0"}]}},
 		  {"type": "loopback"}]}
 	EOF
 	# containerd 2 (config version 4), built from module source (lib/gobins.sh containerd).
@@ -152,19 +172,21 @@ write_containerd_config() {
 		-e "s#sandbox = 'registry.k8s.io/pause:.*'#sandbox = 'registry.k8s.io/pause:3.10'#" \
 		-e 's#restrict_oom_score_adj = false#restrict_oom_score_adj = true#' \
 		-e "s#bin_dirs = \['/opt/cni/bin'\]#bin_dirs = ['/usr/lib/cni']#" \
-		-e "s#conf_dir = '/etc/cni/net.d'#conf_dir = '$W/cni'#" \
+		-e "s#conf_dir = '/etc/cni/net.d'#conf_dir = '$cni'#" \
 		-e "s#cdi_spec_dirs = .*#cdi_spec_dirs = ['/var/run/cdi']#" \
 		-e "s#path = '/opt/containerd'#path = '/var/lib/containerd-opt'#" \
-		>"$W/containerd.toml"
+		>"$out"
 	local want
 	for want in 'restrict_oom_score_adj = true' "bin_dirs = ['/usr/lib/cni']" "cdi_spec_dirs = ['/var/run/cdi']" \
-		"sandbox = 'registry.k8s.io/pause:3.10'" "conf_dir = '$W/cni'"; do
-		grep -qF "$want" "$W/containerd.toml" || fail "unexpected containerd default config: no \"$want\" after editing"
+		"sandbox = 'registry.k8s.io/pause:3.10'" "conf_dir = '$cni'"; do
+		grep -qF "$want" "$out" || fail "unexpected containerd default config: no \"$want\" after editing"
 	done
 }
 
+# write_kubelet_config [OUT]: the kubelet's config (default: the first node's, $W/kubelet.yaml);
+# the second node's adds its ports and cgroup root to it.
 write_kubelet_config() {
-	cat >"$W/kubelet.yaml" <<-EOF
+	cat >"${1:-$W/kubelet.yaml}" <<-EOF
 		apiVersion: kubelet.config.k8s.io/v1beta1
 		kind: KubeletConfiguration
 		containerRuntimeEndpoint: unix:///run/containerd/containerd.sock
@@ -185,9 +207,85 @@ start_kubelet() {
 		--hostname-override="$NODE_NAME" --node-ip="$NODE_IP"
 }
 
-# node_ready: true when the node reports Ready.
+# node_ready [NODE]: true when the node (default $NODE_NAME) reports Ready.
 node_ready() {
-	[[ $("$W/kubectl" get node "$NODE_NAME" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null) == True ]]
+	[[ $("$W/kubectl" get node "${1:-$NODE_NAME}" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null) == True ]]
+}
+
+# import_images NSRUN: the images of $IMG into the containerd of a node.
+import_images() {
+	local t
+	for t in "$IMG"/*.tar; do
+		"$1" "$CBIN/ctr" -n k8s.io images import "$t" >>"$W/logs/images.log" 2>&1 ||
+			{ tail_file images "$W/logs/images.log"; fail "could not import $t into containerd ($1)"; }
+	done
+	"$1" "$CBIN/ctr" -n k8s.io images ls -q >>"$W/logs/images.log" 2>&1
+}
+
+# node2_cgroup_dirs: the second kubelet's cgroup root in every cgroup hierarchy of the host.
+node2_cgroup_dirs() {
+	if [[ -f /sys/fs/cgroup/cgroup.controllers ]]; then
+		echo "/sys/fs/cgroup/$NODE2_CGROUP_ROOT"
+		return
+	fi
+	local h
+	for h in /sys/fs/cgroup/*/cgroup.procs; do echo "${h%/cgroup.procs}/$NODE2_CGROUP_ROOT"; done
+}
+
+# make_node2_cgroups: the kubelet wants its cgroupRoot to exist in every hierarchy; cpuset's needs
+# CPUs and memory nodes before anything can join it (cgroup v1).
+make_node2_cgroups() {
+	local d
+	for d in $(node2_cgroup_dirs); do
+		mkdir -p "$d"
+		if [[ -f $d/cpuset.cpus && -z $(cat "$d/cpuset.cpus") ]]; then
+			cat "${d%/*}/cpuset.cpus" >"$d/cpuset.cpus"
+			cat "${d%/*}/cpuset.mems" >"$d/cpuset.mems"
+		fi
+	done
+}
+
+start_kubelet_node2() {
+	NSRUN=$W/nsrun2 start_component kubelet-node2 "$BIN/kubelet" --kubeconfig="$W/pki/kubeconfig" \
+		--config="$W/kubelet-node2.yaml" --hostname-override="$NODE2_NAME" --node-ip="$NODE2_IP"
+}
+
+# node2_up: the second, CPU-only node: its mount namespace, containerd (own CNI bridge and subnet)
+# with the same images, and a kubelet on other ports under its own cgroup root.
+node2_up() {
+	local D=$W/node2 i h=
+	mkdir -p "$D"/{varlib,varlog,cni}
+	rm -f "$D/ns.ready"
+	start_component node2-ns unshare --mount --propagation private \
+		sh "$E2E_DIR/lib/nsinit-node.sh" "$D" "$IMG/pause" "$NODE2_IP"
+	for ((i = 0; i < 50; i++)); do
+		[[ -f $D/ns.ready ]] && h=$(component_pid node2-ns) && break
+		component_alive node2-ns || break
+		sleep 0.1
+	done
+	[[ -f $D/ns.ready && -n $h ]] || { tail_file node2-ns "$W/logs/node2-ns.log"; fail "could not create the second node's mount namespace"; }
+	cat >"$W/nsrun2" <<-EOF
+		#!/bin/sh
+		# Runs a command on the e2e cluster's second node ($NODE2_NAME): its mount namespace (held by
+		# host PID $h), the cluster's PID and network namespaces.
+		exec nsenter --target $h --mount --net --pid --wd="\$PWD" -- "\$@"
+	EOF
+	chmod +x "$W/nsrun2"
+
+	write_containerd_config "$W/containerd-node2.toml" "$D/cni" e2e-node2 cni1 10.244.1.0/24
+	NSRUN=$W/nsrun2 start_component containerd-node2 env PATH="$CBIN:$PATH" "$CBIN/containerd" --config "$W/containerd-node2.toml"
+	wait_until 30 "containerd socket of $NODE2_NAME" "$W/nsrun2" test -S /run/containerd/containerd.sock ||
+		{ tail_file containerd-node2 "$W/logs/containerd-node2.log"; fail "containerd of $NODE2_NAME did not start"; }
+	import_images "$W/nsrun2"
+
+	make_node2_cgroups
+	write_kubelet_config "$W/kubelet-node2.yaml"
+	cat >>"$W/kubelet-node2.yaml" <<-EOF
+		port: 10260
+		healthzPort: 10258
+		cgroupRoot: /$NODE2_CGROUP_ROOT
+	EOF
+	start_kubelet_node2
 }
 
 cluster_up() {
@@ -207,12 +305,7 @@ cluster_up() {
 	start_component containerd env PATH="$CBIN:$PATH" "$CBIN/containerd" --config "$W/containerd.toml"
 	wait_until 30 "containerd socket" "$W/nsrun" test -S /run/containerd/containerd.sock ||
 		{ tail_file containerd "$W/logs/containerd.log"; fail "containerd did not start"; }
-	local t
-	for t in "$IMG"/*.tar; do
-		"$W/nsrun" "$CBIN/ctr" -n k8s.io images import "$t" >>"$W/logs/images.log" 2>&1 ||
-			{ tail_file images "$W/logs/images.log"; fail "could not import $t into containerd"; }
-	done
-	"$W/nsrun" "$CBIN/ctr" -n k8s.io images ls -q >>"$W/logs/images.log" 2>&1
+	import_images "$W/nsrun"
 
 	start_component kube-apiserver "$BIN/kube-apiserver" --etcd-servers=http://127.0.0.1:2379 \
 		--bind-address=0.0.0.0 --advertise-address=127.0.0.1 --secure-port=6443 --endpoint-reconciler-type=none \
@@ -245,7 +338,12 @@ cluster_up() {
 		{ tail_file containerd "$W/logs/containerd.log" 20; tail_file kubelet "$W/logs/kubelet.log"; fail "the node did not become Ready"; }
 	wait_until 60 "default ServiceAccount" "$K" get serviceaccount default ||
 		{ tail_file kube-controller-manager "$W/logs/kube-controller-manager.log"; fail "no default ServiceAccount"; }
-	log "cluster up in $(secs_since "$t0")s: $("$K" get node "$NODE_NAME" --no-headers 2>&1)"
+	log "node $NODE_NAME up in $(secs_since "$t0")s"
+
+	node2_up
+	wait_until 120 "node $NODE2_NAME Ready" node_ready "$NODE2_NAME" ||
+		{ tail_file containerd-node2 "$W/logs/containerd-node2.log" 20; tail_file kubelet-node2 "$W/logs/kubelet-node2.log"; fail "the second node did not become Ready"; }
+	log "cluster up in $(secs_since "$t0")s:"$'\n'"$("$K" get nodes -o wide 2>&1)"
 }
 
 # cluster_down: kills PID 1 of the cluster's PID namespace, which kills every process of the
@@ -256,6 +354,7 @@ cluster_down() {
 	ns=$(cat "$W/pids/ns.pid" 2>/dev/null) || ns=
 	if [[ -n $ns ]] && ino=$(readlink "/proc/$ns/ns/pid" 2>/dev/null); then
 		# Give the kubelet and containerd a moment to stop on their own; they are killed anyway.
+		stop_component kubelet-node2 5 || true
 		stop_component kubelet 5 || true
 		kill -KILL "$ns" 2>/dev/null || true
 		for ((i = 0; i < 100; i++)); do
@@ -274,12 +373,14 @@ cluster_down() {
 }
 
 # cleanup_cgroups: the kubelet (cgroupDriver cgroupfs) puts pods under /kubepods of every cgroup
-# v1 hierarchy (or of the unified one); remove those trees, deepest first, once they are empty.
+# v1 hierarchy (or of the unified one), the second node's kubelet under /gpulet-e2e-node2/kubepods;
+# remove those trees, deepest first, once they are empty.
 cleanup_cgroups() {
 	local d i
 	for ((i = 0; i < 50; i++)); do
 		local left=0
-		for d in /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/kubepods; do
+		for d in /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/kubepods \
+			/sys/fs/cgroup/*/"$NODE2_CGROUP_ROOT" /sys/fs/cgroup/"$NODE2_CGROUP_ROOT"; do
 			[[ -d $d ]] || continue
 			find "$d" -depth -type d -exec rmdir {} \; 2>/dev/null || true
 			[[ -d $d ]] && left=1
@@ -287,5 +388,6 @@ cleanup_cgroups() {
 		((left == 0)) && return 0
 		sleep 0.1
 	done
-	warn "could not remove all kubepods cgroups: $(ls -d /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/kubepods 2>/dev/null | tr '\n' ' ')"
+	warn "could not remove all kubepods cgroups: $(ls -d /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/kubepods \
+		/sys/fs/cgroup/*/"$NODE2_CGROUP_ROOT" /sys/fs/cgroup/"$NODE2_CGROUP_ROOT" 2>/dev/null | tr '\n' ' ')"
 }
