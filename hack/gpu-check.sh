@@ -479,7 +479,7 @@ fi
 if "$GPULET" dra slice --help >/dev/null 2>&1; then
 	"$GPULET" dra slice --backend="$BACKEND" "${simflags[@]}" --node-name="$(hostname)" >"$OUT/dra-slice.yaml" 2>"$OUT/dra-slice.err"
 	rc=$?
-	ndev=$(grep -c '^  - name: gpu-' "$OUT/dra-slice.yaml")
+	ndev=$(grep -cE '^    name: gpu-[0-9]+$' "$OUT/dra-slice.yaml")
 	if ((rc == 0 && ndev == ngpu)); then
 		check "DRA: ResourceSlice" PASS "$ndev devices ($(grep -m1 'productName' -A1 "$OUT/dra-slice.yaml" | sed -n 's/.*string: //p'))"
 	else

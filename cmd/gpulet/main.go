@@ -37,7 +37,7 @@ func newRoot() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newRunCmd(), newListCmd(), newTopCmd(), newSimCmd(), newVersionCmd(), newValidateCmd(), newDoctorCmd(), newCDICmd(), newLabelsCmd())
+	root.AddCommand(newRunCmd(), newListCmd(), newTopCmd(), newSimCmd(), newVersionCmd(), newValidateCmd(), newDoctorCmd(), newCDICmd(), newLabelsCmd(), newDRACmd())
 	return root
 }
 

@@ -138,8 +138,8 @@ exec "$(dirname "$0")/gpulet" labels --backend=sim --sim-profile=h200 --sim-root
 		"labels                                 PASS",
 		"labels vs gpu-feature-discovery        PASS   identical",
 		"CDI spec: host paths exist             SKIP   rehearsal: generated",
-		"DRA: ResourceSlice                     SKIP",
-		"ALL 18 CHECKS PASSED (3 SKIPPED)",
+		"DRA: ResourceSlice                     PASS   1 devices (NVIDIA H200)",
+		"ALL 19 CHECKS PASSED (2 SKIPPED)",
 		"mps-allocate.env.2: CUDA_MPS_PIPE_DIRECTORY=/tmp/gpuchk.",
 		"CUDA devices: 1 visible under this environment (expected exactly 1)",
 	} {

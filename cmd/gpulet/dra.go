@@ -1,0 +1,89 @@
+package main
+
+import (
+	"fmt"
+	"os"
+
+	"github.com/spf13/cobra"
+	resourceapi "k8s.io/api/resource/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/yaml"
+
+	"github.com/gpulet/gpulet/internal/config"
+	"github.com/gpulet/gpulet/internal/daemon"
+	"github.com/gpulet/gpulet/internal/dra"
+	"github.com/gpulet/gpulet/internal/hardware"
+	"github.com/gpulet/gpulet/internal/inventory"
+)
+
+func newDRACmd() *cobra.Command {
+	root := &cobra.Command{
+		Use:   "dra",
+		Short: "Dynamic Resource Allocation: what gpulet's gpu.nvidia.com driver publishes",
+	}
+	root.AddCommand(newDRASliceCmd())
+	return root
+}
+
+func newDRASliceCmd() *cobra.Command {
+	cfg := &config.Config{}
+	var nodeName string
+	cmd := &cobra.Command{
+		Use:   "slice",
+		Short: "Print the ResourceSlice gpulet's DRA driver would publish for this node (YAML; no cluster needed)",
+		Long: `Slice reads the node as 'gpulet run --dra' does and prints the ResourceSlice
+its DRA driver (gpu.nvidia.com) would publish: one device per GPU or MIG
+instance with NVIDIA's names, attributes and capacities, plus gpulet's NUMA
+and NVLink attributes. All GPUs are shown healthy as probed now; the daemon
+withdraws unhealthy ones. A node with more than 128 devices is published as
+several slices; this prints them as one.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := resolve(cmd, cfg); err != nil {
+				return err
+			}
+			if nodeName == "" {
+				return fmt.Errorf("no node name: pass --node-name (the hostname could not be read)")
+			}
+			backend, err := daemon.OpenBackend(cfg, newLogger(cfg))
+			if err != nil {
+				return err
+			}
+			defer backend.Close()
+			node, err := backend.Discover(cmd.Context())
+			if err != nil {
+				return fmt.Errorf("discover GPUs with the %s backend: %w", backend.Name(), err)
+			}
+			store := inventory.NewStore(node)
+			for _, g := range node.GPUs {
+				if err := backend.Probe(cmd.Context(), g.UUID); err != nil {
+					store.SetHealth(g.UUID, inventory.Health{Reason: err.Error()})
+				}
+			}
+			var opts dra.DeviceOptions
+			if _, simulated := backend.(hardware.FaultInjector); !simulated {
+				opts.PCIeRoot = dra.SysfsPCIeRoot // a simulated GPU's bus ID is not the host's
+			}
+			slice := resourceapi.ResourceSlice{
+				TypeMeta:   metav1.TypeMeta{APIVersion: "resource.k8s.io/v1", Kind: "ResourceSlice"},
+				ObjectMeta: metav1.ObjectMeta{Name: nodeName + "-" + dra.DriverName},
+				Spec: resourceapi.ResourceSliceSpec{
+					Driver:   dra.DriverName,
+					NodeName: &nodeName,
+					Pool:     resourceapi.ResourcePool{Name: nodeName, ResourceSliceCount: 1},
+					Devices:  dra.Devices(store.Snapshot(), opts),
+				},
+			}
+			out, err := yaml.Marshal(slice)
+			if err != nil {
+				return fmt.Errorf("write the slice as YAML: %w", err)
+			}
+			_, err = cmd.OutOrStdout().Write(out)
+			return err
+		},
+	}
+	cfg.BackendFlags(cmd.Flags(), "auto")
+	host, _ := os.Hostname()
+	cmd.Flags().StringVar(&nodeName, "node-name", host, "the node's name in the slice (its pool and nodeName)")
+	return cmd
+}
