@@ -23,7 +23,7 @@ k8s)
 	mod="$here/../k8sbins" main=k8s.io/kubernetes
 	bins=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl)
 	pkgs=(); for b in "${bins[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$b"); done
-	minutes=7
+	minutes=4
 	;;
 containerd)
 	mod="$here/../containerdbins" main=github.com/containerd/containerd/v2
@@ -31,7 +31,7 @@ containerd)
 	pkgs=(); for b in "${bins[@]}"; do pkgs+=("github.com/containerd/containerd/v2/cmd/$b"); done
 	# Snapshotters that need cgo or kernel features the e2e does not use.
 	tags="no_btrfs no_devmapper no_zfs"
-	minutes=2
+	minutes=1
 	;;
 *) log "unknown set $set_name: want k8s or containerd"; exit 2 ;;
 esac
