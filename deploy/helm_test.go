@@ -7,7 +7,9 @@ import (
 	"testing"
 
 	appsv1 "k8s.io/api/apps/v1"
+	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	"sigs.k8s.io/yaml"
 
 	"github.com/gpulet/gpulet/internal/config"
@@ -113,5 +115,52 @@ func TestHelmChartWithConfigAndSimulator(t *testing.T) {
 	}
 	if ds.Spec.Template.Annotations["checksum/config"] == "" {
 		t.Error("no config checksum: pods would not roll when the config changes")
+	}
+}
+
+// On helm uninstall a pre-delete hook removes gpulet's labels from every
+// node, with its own service account (gpulet's may patch only its node).
+func TestHelmChartUninstallHook(t *testing.T) {
+	objs := helmTemplate(t)
+	var job batchv1.Job
+	strict(t, objs["Job/gpulet-remove-labels"], &job)
+	if job.Annotations["helm.sh/hook"] != "pre-delete" {
+		t.Errorf("the label removal Job is not a pre-delete hook: %v", job.Annotations)
+	}
+	pod := job.Spec.Template.Spec
+	if got := strings.Join(pod.Containers[0].Args, " "); got != "labels --remove --all-nodes" {
+		t.Errorf("the hook runs %q, want labels --remove --all-nodes", got)
+	}
+	if pod.ServiceAccountName != "gpulet-uninstall" || pod.ServiceAccountName == "gpulet" {
+		t.Errorf("the hook runs as %q, want its own gpulet-uninstall", pod.ServiceAccountName)
+	}
+	var role rbacv1.ClusterRole
+	strict(t, objs["ClusterRole/gpulet-uninstall"], &role)
+	verbs := map[string]bool{}
+	for _, r := range role.Rules {
+		for _, res := range r.Resources {
+			if res == "nodes" {
+				for _, v := range r.Verbs {
+					verbs[v] = true
+				}
+			}
+		}
+	}
+	if !verbs["list"] || !verbs["patch"] || len(verbs) != 3 {
+		t.Errorf("uninstall role verbs on nodes %v, want get, list, patch", verbs)
+	}
+	var binding rbacv1.ClusterRoleBinding
+	strict(t, objs["ClusterRoleBinding/gpulet-uninstall"], &binding)
+	if binding.RoleRef.Name != "gpulet-uninstall" || len(binding.Subjects) != 1 || binding.Subjects[0].Name != "gpulet-uninstall" {
+		t.Errorf("uninstall binding %+v", binding)
+	}
+	for _, args := range [][]string{
+		{"--set", "nodeLabels.removeOnUninstall=false"},
+		{"--set", "nodeLabels.nodeFeatureAPI=true"}, // NodeFeatures go with the DaemonSet
+		{"--set", "nodeLabels.enabled=false"},
+	} {
+		if _, ok := helmTemplate(t, args...)["Job/gpulet-remove-labels"]; ok {
+			t.Errorf("%v still renders the uninstall hook", args)
+		}
 	}
 }

@@ -2,7 +2,9 @@ package main
 
 import (
 	"fmt"
+	"maps"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -16,7 +18,7 @@ import (
 
 func newLabelsCmd() *cobra.Command {
 	cfg := &config.Config{}
-	var remove bool
+	var remove, allNodes bool
 	var kubeconfig string
 	cmd := &cobra.Command{
 		Use:   "labels",
@@ -37,6 +39,12 @@ the labels off the Node); --namespace names it outside a pod.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := resolve(cmd, cfg); err != nil {
 				return err
+			}
+			if allNodes && !remove {
+				return fmt.Errorf("--all-nodes goes with --remove")
+			}
+			if remove && allNodes {
+				return removeLabelsEverywhere(cmd, kubeconfig)
 			}
 			if remove {
 				return removeLabels(cmd, cfg, kubeconfig)
@@ -66,6 +74,7 @@ the labels off the Node); --namespace names it outside a pod.`,
 	cfg.LabelFlags(cmd.Flags(), false)
 	cmd.Flags().StringVar(&cfg.Labels.OutputFile, "output-file", "", "write the labels to this file (atomically) instead of printing them [env GFD_OUTPUT_FILE] [config flags.gfd.outputFile]")
 	cmd.Flags().BoolVar(&remove, "remove", false, "remove the labels gpulet put on the Node --node-name, or its NodeFeature with --use-node-feature-api (uninstall)")
+	cmd.Flags().BoolVar(&allNodes, "all-nodes", false, "with --remove: remove gpulet's labels from every node that carries them (the Helm chart's uninstall hook)")
 	cmd.Flags().StringVar(&kubeconfig, "kubeconfig", os.Getenv("KUBECONFIG"), "kubeconfig for --remove (default: $KUBECONFIG, else the pod's service account)")
 	return cmd
 }
@@ -91,6 +100,21 @@ func removeLabels(cmd *cobra.Command, cfg *config.Config, kubeconfig string) err
 	}
 	fmt.Fprintf(cmd.OutOrStdout(), "removed from node %s: %s\n", cfg.Labels.NodeName, strings.Join(removed, ", "))
 	return nil
+}
+
+func removeLabelsEverywhere(cmd *cobra.Command, kubeconfig string) error {
+	client, err := publish.Client(kubeconfig)
+	if err != nil {
+		return err
+	}
+	removed, err := publish.RemoveAll(cmd.Context(), client)
+	for _, node := range slices.Sorted(maps.Keys(removed)) {
+		fmt.Fprintf(cmd.OutOrStdout(), "removed from node %s: %s\n", node, strings.Join(removed[node], ", "))
+	}
+	if err == nil && len(removed) == 0 {
+		fmt.Fprintln(cmd.OutOrStdout(), "no node carries labels from gpulet")
+	}
+	return err
 }
 
 func removeNodeFeature(cmd *cobra.Command, cfg *config.Config, kubeconfig string) error {

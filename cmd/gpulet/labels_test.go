@@ -74,6 +74,8 @@ func TestLabelsCommandErrors(t *testing.T) {
 	}{
 		{[]string{"labels", "--remove", "--node-name="}, "--remove needs the node"},
 		{[]string{"labels", "--backend=sim", "--extra-labels=bad key=x"}, `label key "bad key" is invalid`},
+		{[]string{"labels", "--all-nodes"}, "--all-nodes goes with --remove"},
+		{[]string{"labels", "--remove", "--all-nodes", "--kubeconfig=/nonexistent/kubeconfig"}, "nonexistent"},
 	} {
 		out, err := gpulet(t, tt.args...)
 		if err == nil || !strings.Contains(out, tt.want) {

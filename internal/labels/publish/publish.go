@@ -148,6 +148,28 @@ func Remove(ctx context.Context, c kubernetes.Interface, node string) ([]string,
 	return keys, nil
 }
 
+// RemoveAll removes gpulet's labels from every node that carries its record
+// of them (uninstall: the Helm chart's pre-delete hook runs it). It returns
+// what it removed, by node.
+func RemoveAll(ctx context.Context, c kubernetes.Interface) (map[string][]string, error) {
+	nodes, err := c.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("list nodes (the uninstall needs list on nodes): %w", err)
+	}
+	out := map[string][]string{}
+	for _, n := range nodes.Items {
+		if _, ok := n.Annotations[OwnedAnnotation]; !ok {
+			continue
+		}
+		keys, err := Remove(ctx, c, n.Name)
+		if err != nil {
+			return out, err
+		}
+		out[n.Name] = keys
+	}
+	return out, nil
+}
+
 // Target is where the labels go: the Node itself (NodeTarget) or NFD's
 // NodeFeature object (NodeFeatureTarget).
 type Target interface {

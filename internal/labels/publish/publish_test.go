@@ -180,6 +180,42 @@ func TestRemove(t *testing.T) {
 	}
 }
 
+// RemoveAll takes gpulet's labels off every node that carries them, and
+// touches neither other labels nor nodes gpulet never labelled.
+func TestRemoveAll(t *testing.T) {
+	node := func(name string, l, a map[string]string) *corev1.Node {
+		return &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: l, Annotations: a}}
+	}
+	c := fake.NewClientset(
+		node("gpu-1", map[string]string{"nvidia.com/gpu.count": "8", "team": "a"}, map[string]string{OwnedAnnotation: "nvidia.com/gpu.count"}),
+		node("gpu-2", map[string]string{"nvidia.com/gpu.count": "4", "accelerator": "nvidia"}, map[string]string{OwnedAnnotation: "accelerator,nvidia.com/gpu.count"}),
+		node("cpu-1", map[string]string{"nvidia.com/gpu.count": "0", "team": "b"}, nil),
+	)
+	removed, err := RemoveAll(context.Background(), c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(removed) != 2 || len(removed["gpu-1"]) != 1 || len(removed["gpu-2"]) != 2 {
+		t.Errorf("removed %v, want gpu-1's one key and gpu-2's two", removed)
+	}
+	for name, want := range map[string]map[string]string{
+		"gpu-1": {"team": "a"},
+		"gpu-2": {},
+		"cpu-1": {"nvidia.com/gpu.count": "0", "team": "b"}, // never gpulet's
+	} {
+		n, err := c.CoreV1().Nodes().Get(context.Background(), name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(n.Labels) != len(want) || (len(want) > 0 && !maps.Equal(n.Labels, want)) {
+			t.Errorf("node %s labels = %v, want %v", name, n.Labels, want)
+		}
+		if _, ok := n.Annotations[OwnedAnnotation]; ok {
+			t.Errorf("node %s still has gpulet's record", name)
+		}
+	}
+}
+
 func TestSyncMissingNodeSaysWhat(t *testing.T) {
 	c := fake.NewClientset()
 	if _, err := Sync(context.Background(), c, "nope", labels.Labels{"a": "b"}); err == nil {
