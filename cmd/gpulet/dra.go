@@ -10,10 +10,8 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/gpulet/gpulet/internal/config"
-	"github.com/gpulet/gpulet/internal/daemon"
 	"github.com/gpulet/gpulet/internal/dra"
 	"github.com/gpulet/gpulet/internal/hardware"
-	"github.com/gpulet/gpulet/internal/inventory"
 )
 
 func newDRACmd() *cobra.Command {
@@ -45,21 +43,11 @@ several slices; this prints them as one.`,
 			if nodeName == "" {
 				return fmt.Errorf("no node name: pass --node-name (the hostname could not be read)")
 			}
-			backend, err := daemon.OpenBackend(cfg, newLogger(cfg))
+			backend, store, err := probedNode(cmd.Context(), cfg)
 			if err != nil {
 				return err
 			}
 			defer backend.Close()
-			node, err := backend.Discover(cmd.Context())
-			if err != nil {
-				return fmt.Errorf("discover GPUs with the %s backend: %w", backend.Name(), err)
-			}
-			store := inventory.NewStore(node)
-			for _, g := range node.GPUs {
-				if err := backend.Probe(cmd.Context(), g.UUID); err != nil {
-					store.SetHealth(g.UUID, inventory.Health{Reason: err.Error()})
-				}
-			}
 			var opts dra.DeviceOptions
 			if _, simulated := backend.(hardware.FaultInjector); !simulated {
 				opts.PCIeRoot = dra.SysfsPCIeRoot // a simulated GPU's bus ID is not the host's

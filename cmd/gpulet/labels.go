@@ -11,7 +11,6 @@ import (
 
 	"github.com/gpulet/gpulet/internal/config"
 	"github.com/gpulet/gpulet/internal/daemon"
-	"github.com/gpulet/gpulet/internal/inventory"
 	"github.com/gpulet/gpulet/internal/labels"
 	"github.com/gpulet/gpulet/internal/labels/publish"
 )
@@ -49,18 +48,14 @@ the labels off the Node); --namespace names it outside a pod.`,
 			if remove {
 				return removeLabels(cmd, cfg, kubeconfig)
 			}
-			backend, err := daemon.OpenBackend(cfg, newLogger(cfg))
+			backend, store, err := probedNode(cmd.Context(), cfg)
 			if err != nil {
 				return err
 			}
 			defer backend.Close()
-			node, err := backend.Discover(cmd.Context())
-			if err != nil {
-				return fmt.Errorf("discover GPUs with the %s backend: %w", backend.Name(), err)
-			}
 			opts := daemon.LabelOptions(cfg)
 			opts.Log = newLogger(cfg)
-			l, err := labels.Compute(inventory.NewStore(node).Snapshot(), opts)
+			l, err := labels.Compute(store.Snapshot(), opts)
 			if err != nil {
 				return err
 			}

@@ -69,28 +69,16 @@ func newListCmd() *cobra.Command {
 	return cmd
 }
 
-// buildListing reads the node, probes each GPU, and adds live telemetry and
-// the pods holding each GPU where the backend and kubelet provide them.
-// buildListing reads the node as `gpulet run` would see it; warnings about
-// the MIG layout go to warn.
+// buildListing reads the node as `gpulet run` would see it, probes each GPU,
+// and adds live telemetry and the pods holding each GPU where the backend and
+// kubelet provide them; warnings about the MIG layout go to warn.
 func buildListing(ctx context.Context, cfg *config.Config, warn io.Writer) (listing, error) {
-	backend, err := daemon.OpenBackend(cfg, newLogger(cfg))
+	backend, store, err := probedNode(ctx, cfg)
 	if err != nil {
 		return listing{}, err
 	}
 	defer backend.Close()
-	node, err := backend.Discover(ctx)
-	if err != nil {
-		return listing{}, fmt.Errorf("discover GPUs with the %s backend: %w", backend.Name(), err)
-	}
-	// Health here is a probe of each device now; the daemon also
-	// tracks events over time.
-	store := inventory.NewStore(node)
-	for _, g := range node.GPUs {
-		if err := backend.Probe(ctx, g.UUID); err != nil {
-			store.SetHealth(g.UUID, inventory.Health{Reason: err.Error()})
-		}
-	}
+	node := store.Snapshot().Node
 	// Show what `gpulet run` would refuse or warn of, not a list it never serves.
 	warnings, err := resources.CheckMIG(node, cfg.MIGStrategy)
 	if err != nil {
