@@ -58,19 +58,9 @@ func deviceNodes(node *inventory.Node, o Options, uuid string) ([]*specs.DeviceN
 			return []*specs.DeviceNode{gpu}, nil
 		}
 		for _, m := range g.MIGDevices {
-			if m.UUID != uuid {
-				continue
+			if m.UUID == uuid {
+				return migNodes(node.DevRoot, o.MIGMinors, g, m)
 			}
-			nodes := []*specs.DeviceNode{gpu}
-			for _, c := range []string{GICap(g.Minor, m.GI), CICap(g.Minor, m.GI, m.CI)} {
-				minor, ok := o.MIGMinors[c]
-				if !ok {
-					return nil, fmt.Errorf("MIG device %s (GPU %d, GI %d, CI %d): no %s in the driver's mig-minors; is %s readable?",
-						m.UUID, g.Index, m.GI, m.CI, c, DefaultMIGMinorsPath)
-				}
-				nodes = append(nodes, devNode(node.DevRoot, filepath.Join("nvidia-caps", "nvidia-cap"+strconv.Itoa(minor))))
-			}
-			return nodes, nil
 		}
 	}
 	return nil, fmt.Errorf("device %s is not on this node", uuid)

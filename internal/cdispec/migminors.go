@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 )
@@ -25,6 +26,22 @@ func GICap(gpuMinor, gi int) string { return fmt.Sprintf("gpu%d/gi%d/access", gp
 // CICap names the access capability of compute instance ci of GPU instance gi.
 func CICap(gpuMinor, gi, ci int) string {
 	return fmt.Sprintf("gpu%d/gi%d/ci%d/access", gpuMinor, gi, ci)
+}
+
+// CapNodes are the /dev/nvidia-caps nodes, relative to the device root, of
+// the MIG instance gi/ci on the GPU whose device minor is gpuMinor: its GPU
+// instance's and its compute instance's access capability, as NVIDIA hands
+// them to a container.
+func (m MIGMinors) CapNodes(gpuMinor, gi, ci int) ([]string, error) {
+	out := make([]string, 0, 2)
+	for _, c := range []string{GICap(gpuMinor, gi), CICap(gpuMinor, gi, ci)} {
+		n, ok := m[c]
+		if !ok {
+			return nil, fmt.Errorf("no %s in the driver's mig-minors", c)
+		}
+		out = append(out, filepath.Join("nvidia-caps", "nvidia-cap"+strconv.Itoa(n)))
+	}
+	return out, nil
 }
 
 // ReadMIGMinors reads a mig-minors file. A missing file is not an error: the

@@ -101,14 +101,9 @@ func Build(node *inventory.Node, o Options) (*specs.Spec, error) {
 		gpu := devNode(node.DevRoot, "nvidia"+strconv.Itoa(g.Minor))
 		add(g.UUID, strconv.Itoa(g.Index), []*specs.DeviceNode{gpu})
 		for _, m := range g.MIGDevices {
-			nodes := []*specs.DeviceNode{gpu}
-			for _, c := range []string{GICap(g.Minor, m.GI), CICap(g.Minor, m.GI, m.CI)} {
-				minor, ok := o.MIGMinors[c]
-				if !ok {
-					return nil, fmt.Errorf("MIG device %s (GPU %d, GI %d, CI %d): no %s in the driver's mig-minors; is %s readable?",
-						m.UUID, g.Index, m.GI, m.CI, c, DefaultMIGMinorsPath)
-				}
-				nodes = append(nodes, devNode(node.DevRoot, filepath.Join("nvidia-caps", "nvidia-cap"+strconv.Itoa(minor))))
+			nodes, err := migNodes(node.DevRoot, o.MIGMinors, g, m)
+			if err != nil {
+				return nil, err
 			}
 			// <gpu>:<NVML MIG index>, the index resources.Build gives the
 			// device (a test in plugin holds the two together).
@@ -149,6 +144,21 @@ func finish(raw *specs.Spec, node *inventory.Node, o Options) (*specs.Spec, erro
 		return nil, err
 	}
 	return raw, nil
+}
+
+// migNodes are the device nodes of MIG instance m of GPU g: its parent's
+// /dev/nvidiaN and its capability nodes.
+func migNodes(devRoot string, minors MIGMinors, g inventory.GPU, m inventory.MIGDevice) ([]*specs.DeviceNode, error) {
+	caps, err := minors.CapNodes(g.Minor, m.GI, m.CI)
+	if err != nil {
+		return nil, fmt.Errorf("MIG device %s (GPU %d, GI %d, CI %d): %w; is %s readable?",
+			m.UUID, g.Index, m.GI, m.CI, err, DefaultMIGMinorsPath)
+	}
+	nodes := []*specs.DeviceNode{devNode(devRoot, "nvidia"+strconv.Itoa(g.Minor))}
+	for _, c := range caps {
+		nodes = append(nodes, devNode(devRoot, c))
+	}
+	return nodes, nil
 }
 
 func devNode(devRoot, name string) *specs.DeviceNode {

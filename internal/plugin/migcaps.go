@@ -1,9 +1,6 @@
 package plugin
 
 import (
-	"path/filepath"
-	"strconv"
-
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -23,7 +20,7 @@ func (o *Options) migCaps(devs []resources.Device) ([]string, error) {
 	}
 	var minors cdispec.MIGMinors
 	var out []string
-	seen := map[int]bool{}
+	seen := map[string]bool{}
 	for _, d := range devs {
 		if !d.MIG {
 			continue
@@ -35,15 +32,15 @@ func (o *Options) migCaps(devs []resources.Device) ([]string, error) {
 			}
 			minors = m
 		}
-		for _, c := range []string{cdispec.GICap(d.Minor, d.GI), cdispec.CICap(d.Minor, d.GI, d.CI)} {
-			n, ok := minors[c]
-			if !ok {
-				return nil, status.Errorf(codes.Internal, "MIG device %s (GI %d, CI %d on /dev/nvidia%d): no %s in the driver's mig-minors (%s)",
-					d.UUID, d.GI, d.CI, d.Minor, c, path)
-			}
-			if !seen[n] {
-				seen[n] = true
-				out = append(out, filepath.Join("nvidia-caps", "nvidia-cap"+strconv.Itoa(n)))
+		caps, err := minors.CapNodes(d.Minor, d.GI, d.CI)
+		if err != nil {
+			return nil, status.Errorf(codes.Internal, "MIG device %s (GI %d, CI %d on /dev/nvidia%d): %v (%s)",
+				d.UUID, d.GI, d.CI, d.Minor, err, path)
+		}
+		for _, c := range caps {
+			if !seen[c] {
+				seen[c] = true
+				out = append(out, c)
 			}
 		}
 	}
