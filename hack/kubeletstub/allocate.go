@@ -6,9 +6,9 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/gpulet/gpulet/internal/atomicfile"
 	"io"
 	"os"
-	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
@@ -123,7 +123,7 @@ func allocateCmd(ctx context.Context, args []string, stdout, stderr io.Writer) e
 			if len(a.Containers) > 1 {
 				path = fmt.Sprintf("%s.%d", path, i+1)
 			}
-			if err := writeAtomic(path, []byte(env)); err != nil {
+			if err := atomicfile.Write(path, []byte(env), 0o644); err != nil {
 				return err
 			}
 		}
@@ -133,7 +133,7 @@ func allocateCmd(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		if err != nil {
 			return err
 		}
-		if err := writeAtomic(*jsonOut, append(b, '\n')); err != nil {
+		if err := atomicfile.Write(*jsonOut, append(b, '\n'), 0o644); err != nil {
 			return err
 		}
 	}
@@ -382,24 +382,3 @@ func subset(ids, from []string, n int) error {
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
-
-// writeAtomic writes a file a script may be polling for: it appears whole.
-func writeAtomic(path string, data []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		os.Remove(tmp.Name())
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		os.Remove(tmp.Name())
-		return err
-	}
-	if err := os.Chmod(tmp.Name(), 0o644); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
-}

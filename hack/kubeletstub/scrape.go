@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/gpulet/gpulet/internal/atomicfile"
 	"io"
 	"net/http"
 	"time"
@@ -29,7 +30,7 @@ func scrapeCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		body, err := get(ctx, url)
 		if err == nil {
 			if *out != "" {
-				return writeAtomic(*out, body)
+				return atomicfile.Write(*out, body, 0o644)
 			}
 			_, err = stdout.Write(body)
 			return err
