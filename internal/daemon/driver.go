@@ -25,21 +25,21 @@ var (
 // went; only those come back when it returns.
 const driverLostReason = "GPU driver not available"
 
-// waitForHardware retries discovery with capped backoff until it works or
-// ctx ends (nil backend). It logs when it starts waiting and when the GPUs
-// appear, and a changed error, never every try.
-func waitForHardware(ctx context.Context, cfg *config.Config, log *slog.Logger) (hardware.Backend, *inventory.Node) {
-	backoff, lastErr := driverRetryFirst, ""
+// retryDriver calls try after driverRetryFirst, then with the wait doubling
+// up to driverRetryMax, until it succeeds (true) or ctx ends (false). An
+// error unlike the last one (at first lastErr) is logged once, never every
+// try.
+func retryDriver(ctx context.Context, log *slog.Logger, lastErr string, try func() error) bool {
+	backoff := driverRetryFirst
 	for {
 		select {
 		case <-ctx.Done():
-			return nil, nil
+			return false
 		case <-time.After(backoff):
 		}
-		backend, node, err := initHardware(ctx, cfg, log)
+		err := try()
 		if err == nil {
-			log.Info("GPU driver available; serving its GPUs", "gpus", len(node.GPUs))
-			return backend, node
+			return true
 		}
 		if msg := err.Error(); msg != lastErr {
 			log.Warn("still waiting for the GPU driver", "err", err, "retry_every_up_to", driverRetryMax)
@@ -47,6 +47,21 @@ func waitForHardware(ctx context.Context, cfg *config.Config, log *slog.Logger) 
 		}
 		backoff = min(backoff*2, driverRetryMax)
 	}
+}
+
+// waitForHardware retries discovery until it works or ctx ends (nil
+// backend), and says when the GPUs appear.
+func waitForHardware(ctx context.Context, cfg *config.Config, log *slog.Logger) (hardware.Backend, *inventory.Node) {
+	var backend hardware.Backend
+	var node *inventory.Node
+	if !retryDriver(ctx, log, "", func() (err error) {
+		backend, node, err = initHardware(ctx, cfg, log)
+		return err
+	}) {
+		return nil, nil
+	}
+	log.Info("GPU driver available; serving its GPUs", "gpus", len(node.GPUs))
+	return backend, node
 }
 
 // superviseHealth keeps the health monitor running. A failed event source
@@ -101,27 +116,12 @@ func waitForDriver(ctx context.Context, mon *health.Monitor, exp *metrics.Export
 		}
 	}
 	log.Error("GPU driver lost: every device is unhealthy and gpulet is not ready until it is back", "err", cause)
-	backoff, lastErr := driverRetryFirst, cause.Error()
-	for {
-		select {
-		case <-ctx.Done():
-			return false
-		case <-time.After(backoff):
-		}
-		err := reconnect(ctx, mon.Backend)
-		if err == nil {
-			break
-		}
-		if msg := err.Error(); msg != lastErr {
-			log.Warn("still waiting for the GPU driver", "err", err)
-			lastErr = msg
-		}
-		backoff = min(backoff*2, driverRetryMax)
-	}
-	node, err := mon.Backend.Discover(ctx)
-	if err != nil { // lost again in between: the next watch failure handles it
-		log.Warn("GPU driver answered, then failed rediscovery", "err", err)
-		return ctx.Err() == nil
+	var node *inventory.Node
+	if !retryDriver(ctx, log, cause.Error(), func() (err error) {
+		node, err = reconnect(ctx, mon.Backend)
+		return err
+	}) {
+		return false
 	}
 	mon.Store.SetNode(node)
 	snap = mon.Store.Snapshot()
@@ -135,17 +135,16 @@ func waitForDriver(ctx context.Context, mon *health.Monitor, exp *metrics.Export
 	return true
 }
 
-// reconnect re-initialises a backend that can, then checks discovery.
-func reconnect(ctx context.Context, b hardware.Backend) error {
+// reconnect re-initialises a backend that can, then discovers the node.
+func reconnect(ctx context.Context, b hardware.Backend) (*inventory.Node, error) {
 	if r, ok := b.(hardware.Reinitializer); ok {
 		if err := r.Reinit(ctx); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	_, err := b.Discover(ctx)
-	return err
+	return b.Discover(ctx)
 }
 
 func deviceUUIDs(n *inventory.Node) []string {
