@@ -7,7 +7,6 @@ import (
 	"github.com/gpulet/gpulet/internal/cudadriver/cudadrivertest"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 )
 
@@ -35,32 +34,6 @@ func TestOpenLibraryNotCUDA(t *testing.T) {
 	}
 }
 
-var (
-	fakeOnce sync.Once
-	fakeLib  string
-	fakeErr  error
-)
-
-// fakeLibcuda builds the stand-in libcuda.so.1 (cudadrivertest), once.
-func fakeLibcuda(t *testing.T) string {
-	t.Helper()
-	fakeOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "fakecuda")
-		if err != nil {
-			fakeErr = err
-			return
-		}
-		fakeLib, fakeErr = cudadrivertest.Build(dir)
-	})
-	if errors.Is(fakeErr, cudadrivertest.ErrNoCompiler) {
-		t.Skip("no C compiler (cc): the purego binding is tested against a stand-in libcuda built from testdata/fakecuda.c")
-	}
-	if fakeErr != nil {
-		t.Fatal(fakeErr)
-	}
-	return fakeLib
-}
-
 // unsetenv unsets k for the test and restores it after.
 func unsetenv(t *testing.T, k string) {
 	t.Setenv(k, "")
@@ -72,7 +45,7 @@ func unsetenv(t *testing.T, k string) {
 const vaddPTX = ".version 7.0\n.target sm_50\n.address_size 64\n\n.visible .entry vadd()\n{\n\tret;\n}\n"
 
 func TestLibcudaJITLog(t *testing.T) {
-	lib := fakeLibcuda(t)
+	lib := cudadrivertest.Shared(t)
 	unsetenv(t, "CUDA_VISIBLE_DEVICES")
 	unsetenv(t, "FAKECUDA_INIT_ERROR")
 	d, err := OpenLibrary(lib)

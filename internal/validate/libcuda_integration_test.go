@@ -4,11 +4,9 @@ package validate
 
 import (
 	"bytes"
-	"errors"
 	"github.com/gpulet/gpulet/internal/cudadriver/cudadrivertest"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/gpulet/gpulet/internal/cudadriver"
@@ -37,32 +35,6 @@ func TestValidateWithoutGPU(t *testing.T) {
 	}
 }
 
-var (
-	fakeOnce sync.Once
-	fakeLib  string
-	fakeErr  error
-)
-
-// fakeLibcuda builds the stand-in libcuda.so.1 (cudadrivertest), once.
-func fakeLibcuda(t *testing.T) string {
-	t.Helper()
-	fakeOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "fakecuda")
-		if err != nil {
-			fakeErr = err
-			return
-		}
-		fakeLib, fakeErr = cudadrivertest.Build(dir)
-	})
-	if errors.Is(fakeErr, cudadrivertest.ErrNoCompiler) {
-		t.Skip("no C compiler (cc): the purego binding is tested against a stand-in libcuda built from testdata/fakecuda.c")
-	}
-	if fakeErr != nil {
-		t.Fatal(fakeErr)
-	}
-	return fakeLib
-}
-
 // unsetenv unsets k for the test and restores it after.
 func unsetenv(t *testing.T, k string) {
 	t.Setenv(k, "")
@@ -74,7 +46,7 @@ func unsetenv(t *testing.T, k string) {
 // block, the JIT log and errors, and that CUDA_VISIBLE_DEVICES set from Go
 // reaches the library's getenv.
 func TestLibcudaBinding(t *testing.T) {
-	lib := fakeLibcuda(t)
+	lib := cudadrivertest.Shared(t)
 	open := func() (cudadriver.Driver, error) { return cudadriver.OpenLibrary("/nonexistent/libcuda.so.1", lib) }
 	type dev struct{ uuid, name, bus string }
 	devA := dev{uuidA, "Fake GPU 0", "0000:10:00.0"}

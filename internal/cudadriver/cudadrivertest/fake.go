@@ -6,9 +6,12 @@ package cudadrivertest
 import (
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"sync"
+	"testing"
 )
 
 // ErrNoCompiler says there is no C compiler (cc) to build the stand-in.
@@ -40,4 +43,31 @@ func Build(dir string, ccArgs ...string) (string, error) {
 		return "", fmt.Errorf("build the stand-in libcuda: %v\n%s", err, out)
 	}
 	return lib, nil
+}
+
+var shared struct {
+	once sync.Once
+	lib  string
+	err  error
+}
+
+// Shared is the plain stand-in, built once per test binary; it skips tb
+// when there is no C compiler.
+func Shared(tb testing.TB) string {
+	tb.Helper()
+	shared.once.Do(func() {
+		dir, err := os.MkdirTemp("", "fakecuda")
+		if err != nil {
+			shared.err = err
+			return
+		}
+		shared.lib, shared.err = Build(dir)
+	})
+	if errors.Is(shared.err, ErrNoCompiler) {
+		tb.Skip("no C compiler (cc): the CUDA binding is tested against a stand-in libcuda built from testdata/fakecuda.c")
+	}
+	if shared.err != nil {
+		tb.Fatal(shared.err)
+	}
+	return shared.lib
 }
