@@ -44,30 +44,6 @@ func TestDefaults(t *testing.T) {
 	}
 }
 
-// NVIDIA's v1 config file, as users already have it.
-const nvidiaFile = `version: v1
-flags:
-  migStrategy: none
-  failOnInitError: false
-  nvidiaDriverRoot: /run/nvidia/driver
-  plugin:
-    passDeviceSpecs: true
-    deviceListStrategy: [envvar, cdi-cri]
-    deviceIDStrategy: index
-sharing:
-  timeSlicing:
-    renameByDefault: true
-    resources:
-    - name: nvidia.com/gpu
-      replicas: 4
-gpulet:
-  backend: sim
-  simProfile: dgx1-v100
-  health:
-    quietPeriod: 2m
-    xids: {"13": reset}
-`
-
 // TestNVIDIAValidation: what NVIDIA's plugin refuses is refused, with the
 // field named; a misspelt field is an error that names it.
 func TestNVIDIAValidation(t *testing.T) {
@@ -242,9 +218,8 @@ func TestSharedDevicesAllocationPolicy(t *testing.T) {
 }
 
 func FuzzParseFile(f *testing.F) {
-	f.Add([]byte(nvidiaFile))
 	f.Add([]byte("version: v1\nflags: {plugin: {deviceListStrategy: envvar}}\n"))
-	for _, p := range []string{"nvidia-time-slicing.yaml", "nvidia-mps.yaml", "nvidia-every-field.yaml"} {
+	for _, p := range []string{"nvidia-with-gpulet.yaml", "nvidia-time-slicing.yaml", "nvidia-mps.yaml", "nvidia-every-field.yaml"} {
 		data, err := os.ReadFile(filepath.Join("testdata", p))
 		if err != nil {
 			f.Fatal(err)

@@ -59,30 +59,6 @@ func TestConfigDefaultsAreTheLayersOwn(t *testing.T) {
 	}
 }
 
-// NVIDIA's v1 config file, as users already have it.
-const nvidiaFile = `version: v1
-flags:
-  migStrategy: none
-  failOnInitError: false
-  nvidiaDriverRoot: /run/nvidia/driver
-  plugin:
-    passDeviceSpecs: true
-    deviceListStrategy: [envvar, cdi-cri]
-    deviceIDStrategy: index
-sharing:
-  timeSlicing:
-    renameByDefault: true
-    resources:
-    - name: nvidia.com/gpu
-      replicas: 4
-gpulet:
-  backend: sim
-  simProfile: dgx1-v100
-  health:
-    quietPeriod: 2m
-    xids: {"13": reset}
-`
-
 // A full NVIDIA config file, as the GPU operator and Helm chart write it.
 const nvidiaFullFile = `version: v1
 flags:
@@ -118,7 +94,7 @@ sharing:
 `
 
 func TestPrecedenceFlagOverEnvOverFile(t *testing.T) {
-	file := writeFile(t, nvidiaFile)
+	file := "../config/testdata/nvidia-with-gpulet.yaml" // NVIDIA's file as users have it, plus gpulet's section
 	c, err := parse(t, []string{"--config-file", file}, nil)
 	if err != nil {
 		t.Fatal(err)
