@@ -60,21 +60,12 @@ then run containers with --device nvidia.com/gpu=0.`,
 				return fmt.Errorf("--format %q is not one of yaml, json", format)
 			}
 			log := newLogger(cfg)
-			backend, err := daemon.OpenBackend(cfg, log)
+			backend, node, err := daemon.InitHardware(cmd.Context(), cfg, log)
 			if err != nil {
 				return err
 			}
 			defer backend.Close()
-			node, err := backend.Discover(cmd.Context())
-			if err != nil {
-				return fmt.Errorf("discover GPUs with the %s backend: %w", backend.Name(), err)
-			}
-			w := &cdispec.Writer{Options: cdispec.Options{Kind: cdispec.ToolkitKind, Naming: naming}, Log: log}
-			if b, ok := backend.(interface{ MIGMinorsPath() string }); ok {
-				w.MIGMinorsPath = b.MIGMinorsPath() // the simulator's, and no driver to mount
-			} else {
-				w.DriverRoot = cfg.DriverRoot
-			}
+			w := daemon.NewCDIWriter(cfg, backend, cdispec.Options{Kind: cdispec.ToolkitKind, Naming: naming}, log)
 			raw, err := w.Build(node)
 			if err != nil {
 				return err

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"fmt"
 
 	"github.com/gpulet/gpulet/internal/config"
 	"github.com/gpulet/gpulet/internal/daemon"
@@ -14,14 +13,9 @@ import (
 // each GPU now, which is the health the CLI's one-shot views show (the
 // daemon tracks events over time). The caller closes the backend.
 func probedNode(ctx context.Context, cfg *config.Config) (hardware.Backend, *inventory.Store, error) {
-	backend, err := daemon.OpenBackend(cfg, newLogger(cfg))
+	backend, node, err := daemon.InitHardware(ctx, cfg, newLogger(cfg))
 	if err != nil {
 		return nil, nil, err
-	}
-	node, err := backend.Discover(ctx)
-	if err != nil {
-		backend.Close()
-		return nil, nil, fmt.Errorf("discover GPUs with the %s backend: %w", backend.Name(), err)
 	}
 	store := inventory.NewStore(node)
 	for _, g := range node.GPUs {

@@ -12,28 +12,31 @@ import (
 	"github.com/gpulet/gpulet/internal/plugin"
 )
 
-// CDIWriter returns the writer of the spec that resolves the CDI names
-// Allocate hands out, or nil when no device-list strategy hands any out.
-func CDIWriter(cfg *config.Config, backend hardware.Backend, log *slog.Logger) *cdispec.Writer {
-	if !plugin.UsesCDI(cfg.DeviceListStrategy) {
-		return nil
-	}
-	w := &cdispec.Writer{
-		Dir: cfg.CDISpecDir,
-		// Names as Allocate gives them: by the device-ID strategy only.
-		Options: cdispec.Options{Kind: plugin.DefaultCDIKind, Naming: []string{cfg.DeviceIDStrategy}},
-		Log:     log.With("component", "cdi"),
-	}
+// NewCDIWriter is a spec writer for the node behind backend, writing to
+// --cdi-spec-dir: with the simulator's own mig-minors and no driver to mount,
+// else with the driver's files found under the driver root.
+func NewCDIWriter(cfg *config.Config, backend hardware.Backend, opts cdispec.Options, log *slog.Logger) *cdispec.Writer {
+	w := &cdispec.Writer{Dir: cfg.CDISpecDir, Options: opts, Log: log}
 	if w.Dir == "" {
 		w.Dir = cdispec.DefaultDir
 	}
-	// The simulator keeps its own mig-minors and has no driver to mount.
 	if p := MIGMinorsPath(backend); p != "" {
 		w.MIGMinorsPath = p
 	} else {
 		w.DriverRoot = cfg.DriverRoot
 	}
 	return w
+}
+
+// CDIWriter returns the writer of the spec that resolves the CDI names
+// Allocate hands out, or nil when no device-list strategy hands any out.
+func CDIWriter(cfg *config.Config, backend hardware.Backend, log *slog.Logger) *cdispec.Writer {
+	if !plugin.UsesCDI(cfg.DeviceListStrategy) {
+		return nil
+	}
+	// Names as Allocate gives them: by the device-ID strategy only.
+	return NewCDIWriter(cfg, backend, cdispec.Options{Kind: plugin.DefaultCDIKind, Naming: []string{cfg.DeviceIDStrategy}},
+		log.With("component", "cdi"))
 }
 
 // startCDI writes the spec before any server registers, so no container

@@ -89,7 +89,7 @@ func RunWithVersion(ctx context.Context, cfg *config.Config, log *slog.Logger, v
 		}
 		defer func() { mcancel(); wait() }()
 	}
-	backend, node, err := initHardware(ctx, cfg, log)
+	backend, node, err := InitHardware(ctx, cfg, log)
 	if err != nil {
 		if cfg.FailOnInitError {
 			return err
@@ -202,7 +202,9 @@ func RunWithVersion(ctx context.Context, cfg *config.Config, log *slog.Logger, v
 	return errors.Join(err, draDone())
 }
 
-func initHardware(ctx context.Context, cfg *config.Config, log *slog.Logger) (hardware.Backend, *inventory.Node, error) {
+// InitHardware opens the backend the settings name and discovers the node;
+// on error nothing is left open.
+func InitHardware(ctx context.Context, cfg *config.Config, log *slog.Logger) (hardware.Backend, *inventory.Node, error) {
 	backend, err := OpenBackend(cfg, log)
 	if err != nil {
 		return nil, nil, err

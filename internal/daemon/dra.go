@@ -116,16 +116,5 @@ func startDRA(ctx context.Context, cfg *config.Config, backend hardware.Backend,
 // --cdi-spec-dir, of NVIDIA's DRA kind, with the same device nodes and
 // driver files as the device plugin's spec.
 func DRACDIWriter(cfg *config.Config, backend hardware.Backend, log *slog.Logger) *cdispec.Writer {
-	w := &cdispec.Writer{
-		Dir: cfg.CDISpecDir, Options: cdispec.Options{Kind: cdispec.ClaimKind}, Log: log,
-	}
-	if w.Dir == "" {
-		w.Dir = cdispec.DefaultDir
-	}
-	if b, ok := backend.(interface{ MIGMinorsPath() string }); ok {
-		w.MIGMinorsPath = b.MIGMinorsPath()
-	} else {
-		w.DriverRoot = cfg.DriverRoot
-	}
-	return w
+	return NewCDIWriter(cfg, backend, cdispec.Options{Kind: cdispec.ClaimKind}, log)
 }

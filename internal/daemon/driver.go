@@ -55,7 +55,7 @@ func waitForHardware(ctx context.Context, cfg *config.Config, log *slog.Logger) 
 	var backend hardware.Backend
 	var node *inventory.Node
 	if !retryDriver(ctx, log, "", func() (err error) {
-		backend, node, err = initHardware(ctx, cfg, log)
+		backend, node, err = InitHardware(ctx, cfg, log)
 		return err
 	}) {
 		return nil, nil
