@@ -9,6 +9,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -180,10 +181,16 @@ func TestPodAttribution(t *testing.T) {
 	}
 }
 
-// blocking is a telemetry source whose driver never answers.
-type blocking struct{ hardware.Backend }
+// blocking is a telemetry source whose driver never answers; entered is
+// closed once a sample call is stuck in it.
+type blocking struct {
+	hardware.Backend
+	once    *sync.Once
+	entered chan struct{}
+}
 
-func (blocking) Sample(ctx context.Context, _ string) (hardware.Sample, error) {
+func (b blocking) Sample(ctx context.Context, _ string) (hardware.Sample, error) {
+	b.once.Do(func() { close(b.entered) })
 	<-ctx.Done()
 	return hardware.Sample{}, ctx.Err()
 }
@@ -192,12 +199,17 @@ func (blocking) Sample(ctx context.Context, _ string) (hardware.Sample, error) {
 // /metrics still answers at once, with the health series.
 func TestScrapeNeverWaitsOnTheBackend(t *testing.T) {
 	e, b, store := simNode(t, "dgx-h100", Options{Interval: time.Hour, SampleTimeout: time.Hour})
-	e.Attach(Source{Store: store, Backend: blocking{b}, Advertised: func(inventory.Snapshot) []resources.Resource { return nil }})
+	stuck := blocking{Backend: b, once: new(sync.Once), entered: make(chan struct{})}
+	e.Attach(Source{Store: store, Backend: stuck, Advertised: func(inventory.Snapshot) []resources.Resource { return nil }})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); e.Run(ctx) }()
 	defer func() { cancel(); <-done }()
-	time.Sleep(50 * time.Millisecond) // the sweep is now blocked
+	select {
+	case <-stuck.entered: // the sweep is now blocked in the driver
+	case <-time.After(10 * time.Second):
+		t.Fatal("the background sweep never called the backend")
+	}
 	srv := httptest.NewServer(e.Handler())
 	defer srv.Close()
 	start := time.Now()
