@@ -48,7 +48,18 @@ HELM := $(CURDIR)/_output/bin/helm
 $(HELM):
 	GOBIN=$(CURDIR)/_output/bin CGO_ENABLED=0 $(GO) install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
 
+# NVIDIA's mock NVML (hack/nvml-mock.sh) and NVIDIA's own device plugin and GFD (gobins.sh nvidia),
+# built once and cached; tests that run gpulet's NVML backend or NVIDIA's binaries find them through
+# GPULET_NVML_MOCK and GPULET_NVIDIA_BIN, and skip without them (plain `go test`).
+.PHONY: nvml-mock nvidia-bins
+nvml-mock:
+	@hack/nvml-mock.sh
+nvidia-bins:
+	@test/e2e/lib/gobins.sh nvidia
+
 unit: vet tidy-check $(HELM)
+	GPULET_NVML_MOCK=$$(hack/nvml-mock.sh) && GPULET_NVIDIA_BIN=$$(test/e2e/lib/gobins.sh nvidia) && \
+	export GPULET_NVML_MOCK GPULET_NVIDIA_BIN && \
 	HELM=$(HELM) $(GO) test -race -count=1 ./...
 
 test: unit test-kubelet

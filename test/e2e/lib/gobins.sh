@@ -5,6 +5,10 @@
 #               (test/e2e/k8sbins, k8s.io/kubernetes)
 #   containerd  containerd, containerd-shim-runc-v2, ctr: containerd 2 with CDI
 #               (test/e2e/containerdbins, github.com/containerd/containerd/v2)
+#   nvidia      nvidia-device-plugin, gpu-feature-discovery: NVIDIA's own, for the side-by-side tests
+#               and benchmarks on the mock NVML (test/e2e/nvidiabins, github.com/NVIDIA/k8s-device-plugin)
+#   ctk         nvidia-ctk: NVIDIA's CDI generator, for the CDI side-by-side test
+#               (test/e2e/ctkbins, github.com/NVIDIA/nvidia-container-toolkit)
 #
 # Usage: gobins.sh SET         prints the bin directory on stdout (builds it first if needed)
 # Env:   GPULET_E2E_CACHE      cache root (default /var/cache/gpulet-e2e)
@@ -12,12 +16,12 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-set_name=${1:?usage: gobins.sh k8s|containerd}
+set_name=${1:?usage: gobins.sh k8s|containerd|nvidia|ctk}
 cache=${GPULET_E2E_CACHE:-/var/cache/gpulet-e2e}
 
 log() { echo "[gobins:$set_name $(date +%T)] $*" >&2; }
 
-tags=
+tags= cgo=0
 case $set_name in
 k8s)
 	mod="$here/../k8sbins" main=k8s.io/kubernetes
@@ -33,11 +37,24 @@ containerd)
 	tags="no_btrfs no_devmapper no_zfs"
 	minutes=1
 	;;
-*) log "unknown set $set_name: want k8s or containerd"; exit 2 ;;
+nvidia)
+	mod="$here/../nvidiabins" main=github.com/NVIDIA/k8s-device-plugin
+	bins=(nvidia-device-plugin gpu-feature-discovery)
+	pkgs=(); for b in "${bins[@]}"; do pkgs+=("$main/cmd/$b"); done
+	# go-nvml loads libnvidia-ml with dlopen through cgo, as in NVIDIA's images.
+	cgo=1 minutes=2
+	;;
+ctk)
+	mod="$here/../ctkbins" main=github.com/NVIDIA/nvidia-container-toolkit
+	bins=(nvidia-ctk)
+	pkgs=("$main/cmd/nvidia-ctk")
+	cgo=1 minutes=2
+	;;
+*) log "unknown set $set_name: want k8s, containerd, nvidia or ctk"; exit 2 ;;
 esac
 
 version=$(awk -v m="$main" '$1 == "require" && $2 == m { print $3 }' "$mod/go.mod")
-[[ $version =~ ^v[0-9]+\.([0-9]+)\.[0-9]+$ ]] || { log "cannot read the $main version from $mod/go.mod"; exit 1; }
+[[ $version =~ ^v[0-9]+\.([0-9]+)\.[0-9]+ ]] || { log "cannot read the $main version from $mod/go.mod"; exit 1; }
 minor=${BASH_REMATCH[1]}
 key=$(cat "$mod/go.mod" "$mod/go.sum" | sha256sum | cut -c1-16)
 dest="$cache/$set_name/$version-$key"
@@ -67,8 +84,10 @@ if [[ $set_name == k8s ]]; then
 	done
 	ldflags+=" -X k8s.io/component-base/version.gitTreeState=clean"
 	ldflags+=" -X k8s.io/component-base/version.buildDate=1970-01-01T00:00:00Z"
-else
+elif [[ $set_name == containerd ]]; then
 	ldflags+=" -X github.com/containerd/containerd/v2/version.Version=$version"
+elif [[ $set_name == nvidia ]]; then
+	ldflags+=" -X github.com/NVIDIA/k8s-device-plugin/internal/info.version=$version"
 fi
 
 log "building $main $version (${bins[*]}) into $dest; this takes about $minutes minutes on 2 cores the first time"
@@ -76,7 +95,7 @@ start=$SECONDS
 (
 	cd "$mod"
 	# -mod=readonly: go.sum in the module is the pin; never rewrite it during a test run.
-	CGO_ENABLED=0 GOFLAGS="-buildvcs=false -modcacherw -mod=readonly" \
+	CGO_ENABLED=$cgo CGO_CFLAGS="-Wno-deprecated-declarations" GOFLAGS="-buildvcs=false -modcacherw -mod=readonly" \
 		nice -n "${K8SBINS_NICE:-10}" go build -trimpath -tags "$tags" -ldflags "$ldflags" -o "$tmp/bin/" "${pkgs[@]}"
 ) >"$tmp/build.log" 2>&1 || { log "build failed:"; tail -n 50 "$tmp/build.log" >&2; exit 1; }
 
