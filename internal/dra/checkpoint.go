@@ -4,8 +4,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/gpulet/gpulet/internal/atomicfile"
+	"maps"
 	"os"
+	"slices"
+	"strings"
+
+	"github.com/gpulet/gpulet/internal/atomicfile"
 )
 
 // CheckpointFile is the name of the prepared-claims file in the plugin's
@@ -13,23 +17,48 @@ import (
 // gpulet's pod.
 const CheckpointFile = "gpulet-checkpoint.json"
 
+// DefaultBootIDPath is where Linux tells the current boot apart from the
+// ones before it.
+const DefaultBootIDPath = "/proc/sys/kernel/random/boot_id"
+
 // checkpointVersion changes when the file's meaning does; a file of another
-// version is refused rather than misread.
-const checkpointVersion = 1
+// version is refused rather than misread. Version 1 (no states, no boot ID)
+// is read as every claim completed, written on this boot.
+const checkpointVersion = 2
+
+// claimState is where a claim is in its two-phase Prepare or Unprepare. A
+// record is saved before the CDI spec is written or removed and again after,
+// so a crash between the two leaves a record that says what to undo.
+type claimState string
+
+const (
+	// statePrepareStarted: the spec may or may not exist; nothing was
+	// handed to the kubelet. Rolled back at start and on a retried Prepare.
+	statePrepareStarted claimState = "PrepareStarted"
+	// statePrepareCompleted: the spec exists and the kubelet got its names.
+	statePrepareCompleted claimState = "PrepareCompleted"
+	// stateUnprepareStarted: the spec may still exist; finished at start.
+	stateUnprepareStarted claimState = "UnprepareStarted"
+)
 
 // checkpoint is what survives a restart: every claim prepared and not yet
 // unprepared, with what Prepare answered, so a repeated Prepare returns the
 // same answer without writing again and Unprepare knows what to remove
-// after the claim itself is gone from the API.
+// after the claim itself is gone from the API. The driver only ever
+// replaces its checkpoint with one already saved (Driver.commit).
 type checkpoint struct {
-	Version int                      `json:"version"`
-	Claims  map[string]preparedClaim `json:"claims"` // by claim UID
+	Version int `json:"version"`
+	// BootID is the node's boot the records belong to; records of an
+	// earlier boot are void (the GPUs were reset, /var/run is new).
+	BootID string                   `json:"bootID,omitempty"`
+	Claims map[string]preparedClaim `json:"claims"` // by claim UID
 }
 
 type preparedClaim struct {
+	State     claimState       `json:"state"`
 	Namespace string           `json:"namespace"`
 	Name      string           `json:"name"`
-	SpecFile  string           `json:"specFile"`
+	SpecFile  string           `json:"specFile,omitempty"`
 	Devices   []preparedDevice `json:"devices"`
 }
 
@@ -42,10 +71,23 @@ type preparedDevice struct {
 	AdminAccess  bool     `json:"adminAccess,omitempty"`
 }
 
+func newCheckpoint(bootID string) *checkpoint {
+	return &checkpoint{Version: checkpointVersion, BootID: bootID, Claims: map[string]preparedClaim{}}
+}
+
+// clone is a copy whose records can be changed without touching cp's.
+// Records are values and never edited in place, so a shallow map copy is
+// enough.
+func (cp *checkpoint) clone() *checkpoint {
+	out := *cp
+	out.Claims = maps.Clone(cp.Claims)
+	return &out
+}
+
 // loadCheckpoint reads the file at path; a missing file is an empty
 // checkpoint (first start).
 func loadCheckpoint(path string) (*checkpoint, error) {
-	cp := &checkpoint{Version: checkpointVersion, Claims: map[string]preparedClaim{}}
+	cp := newCheckpoint("")
 	data, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return cp, nil
@@ -56,11 +98,27 @@ func loadCheckpoint(path string) (*checkpoint, error) {
 	if err := json.Unmarshal(data, cp); err != nil {
 		return nil, fmt.Errorf("DRA checkpoint %s is corrupt (%v); prepared claims are unknown: drain the node's DRA pods, move the file away and restart gpulet", path, err)
 	}
-	if cp.Version != checkpointVersion {
-		return nil, fmt.Errorf("DRA checkpoint %s has version %d, this gpulet reads %d; use a gpulet that wrote it or drain the node's DRA pods and move the file away", path, cp.Version, checkpointVersion)
+	switch cp.Version {
+	case checkpointVersion:
+	case 1:
+		// Written before records had states: each was completed.
+		for uid, pc := range cp.Claims {
+			pc.State = statePrepareCompleted
+			cp.Claims[uid] = pc
+		}
+		cp.Version = checkpointVersion
+	default:
+		return nil, fmt.Errorf("DRA checkpoint %s has version %d, this gpulet reads 1 and %d; use a gpulet that wrote it or drain the node's DRA pods and move the file away", path, cp.Version, checkpointVersion)
 	}
 	if cp.Claims == nil {
 		cp.Claims = map[string]preparedClaim{}
+	}
+	for uid, pc := range cp.Claims {
+		switch pc.State {
+		case statePrepareStarted, statePrepareCompleted, stateUnprepareStarted:
+		default:
+			return nil, fmt.Errorf("DRA checkpoint %s: claim %s has unknown state %q; use a gpulet that wrote it or drain the node's DRA pods and move the file away", path, uid, pc.State)
+		}
 	}
 	return cp, nil
 }
@@ -74,7 +132,25 @@ func (cp *checkpoint) save(path string) error {
 		return fmt.Errorf("encode DRA checkpoint: %w", err)
 	}
 	if err := atomicfile.Write(path, data, 0o600); err != nil {
-		return fmt.Errorf("write DRA checkpoint: %w", err)
+		return fmt.Errorf("save DRA checkpoint (is the plugin folder writable?): %w", err)
 	}
 	return nil
+}
+
+// readBootID reads the kernel's boot ID from path.
+func readBootID(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("read the node's boot ID (DRA records of an earlier boot must be dropped): %w", err)
+	}
+	id := strings.TrimSpace(string(b))
+	if id == "" {
+		return "", fmt.Errorf("boot ID file %s is empty", path)
+	}
+	return id, nil
+}
+
+// uids lists the checkpoint's claim UIDs in a stable order.
+func (cp *checkpoint) uids() []string {
+	return slices.Sorted(maps.Keys(cp.Claims))
 }

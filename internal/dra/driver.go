@@ -13,7 +13,6 @@ import (
 	"github.com/go-logr/logr"
 	resourceapi "k8s.io/api/resource/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/dynamic-resource-allocation/kubeletplugin"
 	"k8s.io/dynamic-resource-allocation/resourceslice"
@@ -52,7 +51,14 @@ type Options struct {
 	RegistrarDir string
 	Devices      DeviceOptions
 	HealthResend time.Duration
-	Log          *slog.Logger
+	// BootIDPath is read for the node's boot ID; checkpoint records of an
+	// earlier boot are dropped. Default: DefaultBootIDPath.
+	BootIDPath string
+	// CleanupInterval is how often prepared claims are checked against the
+	// API server and unprepared when their ResourceClaim is gone or was
+	// replaced. Default: DefaultCleanupInterval.
+	CleanupInterval time.Duration
+	Log             *slog.Logger
 }
 
 // Driver is a running DRA kubelet plugin. It implements
@@ -65,8 +71,11 @@ type Driver struct {
 	pool   string
 	cpPath string
 
-	mu sync.Mutex // guards cp and the spec files it names
-	cp *checkpoint
+	mu sync.Mutex  // guards cp and the spec files it names
+	cp *checkpoint // as last saved: never ahead of the file
+	// crashAt, set by tests, makes Prepare and Unprepare stop dead at a
+	// step, as a kill would.
+	crashAt func(step string) bool
 
 	helper *kubeletplugin.Helper
 	ctx    context.Context
@@ -104,6 +113,12 @@ func Start(ctx context.Context, o Options) (*Driver, error) {
 	if o.HealthResend <= 0 {
 		o.HealthResend = DefaultHealthResend
 	}
+	if o.BootIDPath == "" {
+		o.BootIDPath = DefaultBootIDPath
+	}
+	if o.CleanupInterval <= 0 {
+		o.CleanupInterval = DefaultCleanupInterval
+	}
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
 	}
@@ -118,6 +133,13 @@ func Start(ctx context.Context, o Options) (*Driver, error) {
 		return nil, err
 	}
 	d.cp = cp
+	bootID, err := readBootID(o.BootIDPath)
+	if err != nil {
+		return nil, err
+	}
+	if err := d.repair(bootID); err != nil {
+		return nil, err
+	}
 
 	ctx, d.cancel = context.WithCancelCause(ctx)
 	// The helper and its slice controller log through klog's contextual
@@ -143,10 +165,25 @@ func Start(ctx context.Context, o Options) (*Driver, error) {
 		return nil, err
 	}
 	d.log.Info("DRA driver serving", "driver", DriverName, "pool", d.pool, "socket", filepath.Join(o.PluginDir, "dra.sock"),
-		"prepared_claims", len(cp.Claims))
+		"prepared_claims", len(d.cp.Claims))
+	cleanupDone := make(chan struct{})
+	go func() {
+		defer close(cleanupDone)
+		tick := time.NewTicker(o.CleanupInterval)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+				d.cleanup(ctx)
+			}
+		}
+	}()
 	go func() {
 		defer close(d.done)
 		defer d.helper.Stop()
+		defer func() { <-cleanupDone }()
 		defer unsubscribe()
 		for {
 			select {
@@ -243,165 +280,6 @@ func (d *Driver) claimResults(claim *resourceapi.ResourceClaim) []resourceapi.De
 		}
 	}
 	return out
-}
-
-// PrepareResourceClaims writes one CDI spec per claim and answers with its
-// CDI device IDs. A claim already prepared (by this process or one before
-// it) gets the recorded answer again without a new write.
-func (d *Driver) PrepareResourceClaims(ctx context.Context, claims []*resourceapi.ResourceClaim) (map[types.UID]kubeletplugin.PrepareResult, error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	out := make(map[types.UID]kubeletplugin.PrepareResult, len(claims))
-	changed := false
-	for _, c := range claims {
-		pc, fresh, err := d.prepare(c)
-		if err != nil {
-			d.log.Warn("DRA claim not prepared", "claim", c.Namespace+"/"+c.Name, "uid", c.UID, "err", err)
-			out[c.UID] = kubeletplugin.PrepareResult{Err: err}
-			continue
-		}
-		if fresh {
-			d.cp.Claims[string(c.UID)] = pc
-			changed = true
-			d.log.Info("DRA claim prepared", "claim", c.Namespace+"/"+c.Name, "uid", c.UID, "devices", len(pc.Devices))
-		}
-		out[c.UID] = kubeletplugin.PrepareResult{Devices: pc.result()}
-	}
-	if changed {
-		if err := d.cp.save(d.cpPath); err != nil {
-			// Without a record a restart would not know these claims:
-			// fail them so the kubelet retries once the file can be written.
-			for _, c := range claims {
-				if r := out[c.UID]; r.Err == nil {
-					out[c.UID] = kubeletplugin.PrepareResult{Err: err}
-				}
-			}
-		}
-	}
-	return out, nil
-}
-
-// prepare prepares one claim; fresh is false when the checkpoint already
-// had it. Must hold d.mu.
-func (d *Driver) prepare(c *resourceapi.ResourceClaim) (pc preparedClaim, fresh bool, err error) {
-	if pc, ok := d.cp.Claims[string(c.UID)]; ok {
-		// Already prepared: same answer. Rewrite the spec only if it has
-		// gone (a cleared /var/run/cdi), so the names still resolve.
-		if _, err := os.Stat(pc.SpecFile); err != nil && pc.SpecFile != "" {
-			if _, err := d.writeSpec(c.UID, pc.Devices); err != nil {
-				return pc, false, err
-			}
-		}
-		return pc, false, nil
-	}
-	snap := d.o.Store.Snapshot()
-	byName := map[string]entry{}
-	for _, e := range catalog(snap.Node) {
-		byName[e.Name] = e
-	}
-	inUse := d.inUse()
-	pc = preparedClaim{Namespace: c.Namespace, Name: c.Name}
-	for _, r := range d.claimResults(c) {
-		if r.Pool != d.pool {
-			return pc, false, fmt.Errorf("device %s is allocated from pool %q, but this node's pool is %q", r.Device, r.Pool, d.pool)
-		}
-		e, ok := byName[r.Device]
-		if !ok {
-			return pc, false, fmt.Errorf("device %s is not on this node (any more); delete the pod so its claim is allocated again", r.Device)
-		}
-		if !snap.Healthy(e.UUID) || (e.Parent != "" && !snap.Healthy(e.Parent)) {
-			return pc, false, fmt.Errorf("device %s (%s) is unhealthy; delete the pod so its claim is allocated again", r.Device, e.UUID)
-		}
-		admin := r.AdminAccess != nil && *r.AdminAccess
-		if owner, busy := inUse[e.UUID]; busy && !admin && owner != string(c.UID) {
-			return pc, false, fmt.Errorf("device %s is already prepared for claim %s; refusing to hand it out twice", r.Device, owner)
-		}
-		pc.Devices = append(pc.Devices, preparedDevice{
-			Requests: []string{r.Request}, Pool: r.Pool, Device: r.Device, UUID: e.UUID, AdminAccess: admin,
-			CDIDeviceIDs: []string{cdispec.ClaimDeviceID(d.o.CDI.Options.Kind, cdiName(c.UID, r.Device))},
-		})
-	}
-	if len(pc.Devices) == 0 {
-		return pc, true, nil // nothing of ours in the claim
-	}
-	if pc.SpecFile, err = d.writeSpec(c.UID, pc.Devices); err != nil {
-		return pc, false, err
-	}
-	return pc, true, nil
-}
-
-// writeSpec writes the claim's CDI spec, one CDI device per DRA device.
-func (d *Driver) writeSpec(uid types.UID, devs []preparedDevice) (string, error) {
-	var cd []cdispec.ClaimDevice
-	seen := map[string]bool{}
-	for _, p := range devs {
-		name := cdiName(uid, p.Device)
-		if !seen[name] { // two requests may share a device (admin access)
-			seen[name] = true
-			cd = append(cd, cdispec.ClaimDevice{Name: name, UUID: p.UUID})
-		}
-	}
-	return d.o.CDI.WriteClaim(d.o.Store.Snapshot().Node, string(uid), cd)
-}
-
-// cdiName is a claim device's CDI name, <claim UID>-<device>, as NVIDIA's:
-// unique per claim, so a runtime's cached spec never resolves a stale one.
-func cdiName(uid types.UID, device string) string { return string(uid) + "-" + device }
-
-// inUse maps each device UUID held by a prepared claim (not through admin
-// access) to that claim's UID. Must hold d.mu.
-func (d *Driver) inUse() map[string]string {
-	out := map[string]string{}
-	for uid, pc := range d.cp.Claims {
-		for _, p := range pc.Devices {
-			if !p.AdminAccess {
-				out[p.UUID] = uid
-			}
-		}
-	}
-	return out
-}
-
-func (pc preparedClaim) result() []kubeletplugin.Device {
-	out := make([]kubeletplugin.Device, 0, len(pc.Devices))
-	for _, p := range pc.Devices {
-		out = append(out, kubeletplugin.Device{
-			Requests: p.Requests, PoolName: p.Pool, DeviceName: p.Device, CDIDeviceIDs: p.CDIDeviceIDs,
-		})
-	}
-	return out
-}
-
-// UnprepareResourceClaims removes each claim's spec and forgets it. A claim
-// not prepared (or already unprepared) is no error.
-func (d *Driver) UnprepareResourceClaims(ctx context.Context, claims []kubeletplugin.NamespacedObject) (map[types.UID]error, error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	out := make(map[types.UID]error, len(claims))
-	changed := false
-	for _, c := range claims {
-		out[c.UID] = nil
-		if _, ok := d.cp.Claims[string(c.UID)]; !ok {
-			continue
-		}
-		if err := d.o.CDI.RemoveClaim(string(c.UID)); err != nil {
-			out[c.UID] = err
-			continue
-		}
-		delete(d.cp.Claims, string(c.UID))
-		changed = true
-		d.log.Info("DRA claim unprepared", "claim", c.String(), "uid", c.UID)
-	}
-	if changed {
-		if err := d.cp.save(d.cpPath); err != nil {
-			for _, c := range claims {
-				if out[c.UID] == nil {
-					out[c.UID] = err
-				}
-			}
-		}
-	}
-	return out, nil
 }
 
 // Published returns the devices last handed to the slice controller.

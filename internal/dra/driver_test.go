@@ -56,8 +56,13 @@ func newRig(t testing.TB, profile string) *rig {
 		node:   node,
 		cdiDir: filepath.Join(base, "cdi"),
 	}
+	bootID := filepath.Join(base, "boot_id")
+	if err := os.WriteFile(bootID, []byte("boot-1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	r.opts = Options{
-		NodeName: testNode, Client: r.client, Store: r.store,
+		BootIDPath: bootID,
+		NodeName:   testNode, Client: r.client, Store: r.store,
 		CDI: &cdispec.Writer{
 			Dir: r.cdiDir, Options: cdispec.Options{Kind: cdispec.ClaimKind}, MIGMinorsPath: migMinors,
 		},

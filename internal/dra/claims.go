@@ -1,0 +1,403 @@
+package dra
+
+// The claim lifecycle: Prepare and Unprepare in two phases, each recorded
+// in the checkpoint before and after the CDI spec is written or removed;
+// repair at start; periodic cleanup of claims the API no longer has.
+//
+// Invariants:
+//   - d.cp is always a checkpoint that is on disk (Driver.commit): memory
+//     never runs ahead of the file, so a failed save is never answered
+//     from memory on a retry.
+//   - A claim's spec exists only while its record does: a record is saved
+//     (PrepareStarted) before the spec is written, and the spec is removed
+//     before the record is dropped (UnprepareStarted first).
+//   - A crash at any point leaves a record that says what to undo; Start
+//     undoes it (repair) before serving.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	resourceapi "k8s.io/api/resource/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/dynamic-resource-allocation/kubeletplugin"
+
+	"github.com/gpulet/gpulet/internal/cdispec"
+)
+
+// DefaultCleanupInterval is how often prepared claims are checked against
+// the API server (NVIDIA's driver checks every 10 minutes).
+const DefaultCleanupInterval = 10 * time.Minute
+
+// Steps of Prepare and Unprepare between which a crash is survivable; tests
+// stop the driver at each (Driver.crashAt) as a kill would.
+const (
+	stepPrepareStarted    = "prepare: started saved"
+	stepPrepareSpecs      = "prepare: specs written"
+	stepPrepareCompleted  = "prepare: completed saved"
+	stepUnprepareStarted  = "unprepare: started saved"
+	stepUnprepareSpecs    = "unprepare: specs removed"
+	stepUnprepareComplete = "unprepare: records dropped"
+)
+
+// errKilled is what a simulated crash answers; nothing after it runs.
+var errKilled = errors.New("killed (test)")
+
+// killed reports whether a test asked the driver to die at step.
+func (d *Driver) killed(step string) bool { return d.crashAt != nil && d.crashAt(step) }
+
+// commit saves next and, only once it is on disk, makes it the driver's
+// checkpoint. Must hold d.mu.
+func (d *Driver) commit(next *checkpoint) error {
+	if err := next.save(d.cpPath); err != nil {
+		return err
+	}
+	d.cp = next
+	return nil
+}
+
+// repair makes the loaded checkpoint true for this boot before anything is
+// served: records of an earlier boot are dropped, and every claim a crash
+// left half prepared or half unprepared is rolled back (its spec removed,
+// its record dropped); the kubelet prepares it again if it still wants it.
+func (d *Driver) repair(bootID string) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	next := d.cp.clone()
+	rebooted := next.BootID != "" && next.BootID != bootID
+	next.BootID = bootID
+	for _, uid := range next.uids() {
+		pc := next.Claims[uid]
+		if !rebooted && pc.State == statePrepareCompleted {
+			continue
+		}
+		if err := d.o.CDI.RemoveClaim(uid); err != nil {
+			return fmt.Errorf("roll back DRA claim %s/%s (%s): %w", pc.Namespace, pc.Name, pc.State, err)
+		}
+		delete(next.Claims, uid)
+		reason := "interrupted by a crash"
+		if rebooted {
+			reason = "prepared before the node rebooted"
+		}
+		d.log.Info("DRA claim dropped", "claim", pc.Namespace+"/"+pc.Name, "uid", uid, "state", pc.State, "why", reason)
+	}
+	if next.BootID == d.cp.BootID && len(next.Claims) == len(d.cp.Claims) {
+		return nil
+	}
+	if err := d.commit(next); err != nil {
+		return fmt.Errorf("DRA checkpoint %s: %w", d.cpPath, err)
+	}
+	return nil
+}
+
+// PrepareResourceClaims writes one CDI spec per claim and answers with its
+// CDI device IDs. A claim already prepared (by this process or one before
+// it) gets the recorded answer again without a new write; one a failed or
+// crashed attempt left half prepared is rolled back and prepared afresh.
+// Nothing is answered unless the checkpoint that records it is saved.
+func (d *Driver) PrepareResourceClaims(ctx context.Context, claims []*resourceapi.ResourceClaim) (map[types.UID]kubeletplugin.PrepareResult, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make(map[types.UID]kubeletplugin.PrepareResult, len(claims))
+	fail := func(c *resourceapi.ResourceClaim, err error) {
+		d.log.Warn("DRA claim not prepared", "claim", c.Namespace+"/"+c.Name, "uid", c.UID, "err", err)
+		out[c.UID] = kubeletplugin.PrepareResult{Err: err}
+	}
+	next := d.cp.clone()
+	inUse := d.inUse(next)
+	var todo []*resourceapi.ResourceClaim
+	for _, c := range claims {
+		uid := string(c.UID)
+		if pc, ok := next.Claims[uid]; ok && pc.State == statePrepareCompleted {
+			// Already prepared: same answer. Rewrite the spec only if it
+			// has gone (a cleared /var/run/cdi), so the names still resolve.
+			if _, err := os.Stat(pc.SpecFile); err != nil && pc.SpecFile != "" {
+				if _, err := d.writeSpec(c.UID, pc.Devices); err != nil {
+					fail(c, err)
+					continue
+				}
+			}
+			out[c.UID] = kubeletplugin.PrepareResult{Devices: pc.result()}
+			continue
+		} else if ok {
+			// Half prepared (or half unprepared) before: start over.
+			if err := d.o.CDI.RemoveClaim(uid); err != nil {
+				fail(c, fmt.Errorf("roll back the earlier attempt: %w", err))
+				continue
+			}
+			delete(next.Claims, uid)
+		}
+		pc, err := d.plan(c, inUse)
+		if err != nil {
+			fail(c, err)
+			continue
+		}
+		if len(pc.Devices) == 0 {
+			out[c.UID] = kubeletplugin.PrepareResult{} // nothing of ours in the claim
+			continue
+		}
+		for _, p := range pc.Devices {
+			if !p.AdminAccess {
+				inUse[p.UUID] = uid
+			}
+		}
+		next.Claims[uid] = pc
+		todo = append(todo, c)
+	}
+	if len(todo) == 0 {
+		if len(next.Claims) != len(d.cp.Claims) {
+			_ = d.commit(next) // only roll-backs: a failure leaves records a retry rolls back again
+		}
+		return out, nil
+	}
+	failAll := func(err error) {
+		for _, c := range todo {
+			fail(c, err)
+		}
+	}
+
+	// Phase 1: the records say "started" before any spec exists.
+	if err := d.commit(next); err != nil {
+		failAll(err)
+		return out, nil
+	}
+	if d.killed(stepPrepareStarted) {
+		failAll(errKilled)
+		return out, nil
+	}
+	next = d.cp.clone()
+	var written []*resourceapi.ResourceClaim
+	for _, c := range todo {
+		pc := next.Claims[string(c.UID)]
+		spec, err := d.writeSpec(c.UID, pc.Devices)
+		if err != nil {
+			fail(c, err)
+			delete(next.Claims, string(c.UID)) // WriteClaim leaves no spec on error
+			continue
+		}
+		pc.SpecFile, pc.State = spec, statePrepareCompleted
+		next.Claims[string(c.UID)] = pc
+		written = append(written, c)
+	}
+	if d.killed(stepPrepareSpecs) {
+		failAll(errKilled)
+		return out, nil
+	}
+	// Phase 2: the records say "completed"; only now are the names handed out.
+	if err := d.commit(next); err != nil {
+		for _, c := range written {
+			// The records on disk still say "started": a retry or the next
+			// start rolls them back. Remove the specs now all the same.
+			_ = d.o.CDI.RemoveClaim(string(c.UID))
+			fail(c, err)
+		}
+		return out, nil
+	}
+	if d.killed(stepPrepareCompleted) {
+		failAll(errKilled)
+		return out, nil
+	}
+	for _, c := range written {
+		pc := d.cp.Claims[string(c.UID)]
+		d.log.Info("DRA claim prepared", "claim", c.Namespace+"/"+c.Name, "uid", c.UID, "devices", len(pc.Devices))
+		out[c.UID] = kubeletplugin.PrepareResult{Devices: pc.result()}
+	}
+	return out, nil
+}
+
+// plan checks a claim's allocation against the node and the claims already
+// holding devices (inUse: UUID → claim UID), and returns its record,
+// PrepareStarted, without writing anything. Must hold d.mu.
+func (d *Driver) plan(c *resourceapi.ResourceClaim, inUse map[string]string) (preparedClaim, error) {
+	snap := d.o.Store.Snapshot()
+	byName := map[string]entry{}
+	for _, e := range catalog(snap.Node) {
+		byName[e.Name] = e
+	}
+	pc := preparedClaim{State: statePrepareStarted, Namespace: c.Namespace, Name: c.Name}
+	for _, r := range d.claimResults(c) {
+		if r.Pool != d.pool {
+			return pc, fmt.Errorf("device %s is allocated from pool %q, but this node's pool is %q", r.Device, r.Pool, d.pool)
+		}
+		e, ok := byName[r.Device]
+		if !ok {
+			return pc, fmt.Errorf("device %s is not on this node (any more); delete the pod so its claim is allocated again", r.Device)
+		}
+		if !snap.Healthy(e.UUID) || (e.Parent != "" && !snap.Healthy(e.Parent)) {
+			return pc, fmt.Errorf("device %s (%s) is unhealthy; delete the pod so its claim is allocated again", r.Device, e.UUID)
+		}
+		admin := r.AdminAccess != nil && *r.AdminAccess
+		if owner, busy := inUse[e.UUID]; busy && !admin && owner != string(c.UID) {
+			return pc, fmt.Errorf("device %s is already prepared for claim %s; refusing to hand it out twice", r.Device, owner)
+		}
+		pc.Devices = append(pc.Devices, preparedDevice{
+			Requests: []string{r.Request}, Pool: r.Pool, Device: r.Device, UUID: e.UUID, AdminAccess: admin,
+			CDIDeviceIDs: []string{cdispec.ClaimDeviceID(d.o.CDI.Options.Kind, cdiName(c.UID, r.Device))},
+		})
+	}
+	return pc, nil
+}
+
+// writeSpec writes the claim's CDI spec, one CDI device per DRA device.
+func (d *Driver) writeSpec(uid types.UID, devs []preparedDevice) (string, error) {
+	var cd []cdispec.ClaimDevice
+	seen := map[string]bool{}
+	for _, p := range devs {
+		name := cdiName(uid, p.Device)
+		if !seen[name] { // two requests may share a device (admin access)
+			seen[name] = true
+			cd = append(cd, cdispec.ClaimDevice{Name: name, UUID: p.UUID})
+		}
+	}
+	return d.o.CDI.WriteClaim(d.o.Store.Snapshot().Node, string(uid), cd)
+}
+
+// cdiName is a claim device's CDI name, <claim UID>-<device>, as NVIDIA's:
+// unique per claim, so a runtime's cached spec never resolves a stale one.
+func cdiName(uid types.UID, device string) string { return string(uid) + "-" + device }
+
+// inUse maps each device UUID held by a claim of cp (not through admin
+// access) to that claim's UID. A claim whose Prepare failed holds nothing:
+// its spec was removed and its record is rolled back on retry or start.
+func (d *Driver) inUse(cp *checkpoint) map[string]string {
+	out := map[string]string{}
+	for uid, pc := range cp.Claims {
+		if pc.State == statePrepareStarted {
+			continue
+		}
+		for _, p := range pc.Devices {
+			if !p.AdminAccess {
+				out[p.UUID] = uid
+			}
+		}
+	}
+	return out
+}
+
+func (pc preparedClaim) result() []kubeletplugin.Device {
+	out := make([]kubeletplugin.Device, 0, len(pc.Devices))
+	for _, p := range pc.Devices {
+		out = append(out, kubeletplugin.Device{
+			Requests: p.Requests, PoolName: p.Pool, DeviceName: p.Device, CDIDeviceIDs: p.CDIDeviceIDs,
+		})
+	}
+	return out
+}
+
+// UnprepareResourceClaims removes each claim's spec and forgets it. A claim
+// not prepared (or already unprepared) is no error. Success is answered
+// only once the checkpoint no longer holds the claim.
+func (d *Driver) UnprepareResourceClaims(ctx context.Context, claims []kubeletplugin.NamespacedObject) (map[types.UID]error, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make(map[types.UID]error, len(claims))
+	next := d.cp.clone()
+	var todo []kubeletplugin.NamespacedObject
+	for _, c := range claims {
+		out[c.UID] = nil
+		pc, ok := next.Claims[string(c.UID)]
+		if !ok {
+			continue
+		}
+		pc.State = stateUnprepareStarted
+		next.Claims[string(c.UID)] = pc
+		todo = append(todo, c)
+	}
+	if len(todo) == 0 {
+		return out, nil
+	}
+	failAll := func(err error) {
+		for _, c := range todo {
+			out[c.UID] = err
+		}
+	}
+	// Phase 1: the records say "unprepare started" while specs still exist.
+	if err := d.commit(next); err != nil {
+		failAll(err)
+		return out, nil
+	}
+	if d.killed(stepUnprepareStarted) {
+		failAll(errKilled)
+		return out, nil
+	}
+	next = d.cp.clone()
+	var removed []kubeletplugin.NamespacedObject
+	for _, c := range todo {
+		if err := d.o.CDI.RemoveClaim(string(c.UID)); err != nil {
+			out[c.UID] = err
+			continue
+		}
+		delete(next.Claims, string(c.UID))
+		removed = append(removed, c)
+	}
+	if d.killed(stepUnprepareSpecs) {
+		failAll(errKilled)
+		return out, nil
+	}
+	// Phase 2: the records are gone; the devices are free.
+	if err := d.commit(next); err != nil {
+		for _, c := range removed {
+			out[c.UID] = err
+		}
+		return out, nil
+	}
+	if d.killed(stepUnprepareComplete) {
+		failAll(errKilled)
+		return out, nil
+	}
+	for _, c := range removed {
+		d.log.Info("DRA claim unprepared", "claim", c.String(), "uid", c.UID)
+	}
+	return out, nil
+}
+
+// cleanup unprepares every recorded claim whose ResourceClaim is gone from
+// the API server or was replaced by one of the same name (another UID): no
+// pod can use it any more, and the kubelet, which may have lost track of
+// it, would otherwise never release its devices and spec. A claim the API
+// server cannot be asked about now is left for the next round.
+func (d *Driver) cleanup(ctx context.Context) {
+	d.mu.Lock()
+	recorded := d.cp.clone()
+	d.mu.Unlock()
+	var stale []kubeletplugin.NamespacedObject
+	for _, uid := range recorded.uids() {
+		pc := recorded.Claims[uid]
+		if pc.Name == "" {
+			continue
+		}
+		getCtx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		claim, err := d.o.Client.ResourceV1().ResourceClaims(pc.Namespace).Get(getCtx, pc.Name, metav1.GetOptions{})
+		cancel()
+		var why string
+		switch {
+		case apierrors.IsNotFound(err):
+			why = "claim deleted"
+		case err != nil:
+			d.log.Warn("DRA cleanup: claim not checked; next round retries", "claim", pc.Namespace+"/"+pc.Name, "err", err)
+			continue
+		case string(claim.UID) != uid:
+			why = "claim replaced (UID " + string(claim.UID) + ")"
+		default:
+			continue
+		}
+		d.log.Info("DRA cleanup: unpreparing a claim the API server no longer has", "claim", pc.Namespace+"/"+pc.Name, "uid", uid, "why", why)
+		stale = append(stale, kubeletplugin.NamespacedObject{
+			UID: types.UID(uid), NamespacedName: types.NamespacedName{Namespace: pc.Namespace, Name: pc.Name},
+		})
+	}
+	if len(stale) == 0 {
+		return
+	}
+	res, _ := d.UnprepareResourceClaims(ctx, stale)
+	for uid, err := range res {
+		if err != nil {
+			d.log.Warn("DRA cleanup: unprepare failed; next round retries", "uid", uid, "err", err)
+		}
+	}
+}
