@@ -8,7 +8,6 @@ import (
 	"github.com/gpulet/gpulet/internal/cdispec"
 	"github.com/gpulet/gpulet/internal/config"
 	"github.com/gpulet/gpulet/internal/hardware"
-	"github.com/gpulet/gpulet/internal/inventory"
 	"github.com/gpulet/gpulet/internal/plugin"
 )
 
@@ -39,22 +38,23 @@ func CDIWriter(cfg *config.Config, backend hardware.Backend, log *slog.Logger) *
 		log.With("component", "cdi"))
 }
 
-// startCDI writes the spec before any server registers, so no container
+// cdiWriter writes the spec before any server registers, so no container
 // is created with a name nothing resolves, then keeps it in step with the
-// store until ctx ends. The returned wait blocks until that has stopped.
-// The spec is left in place on exit.
-func startCDI(ctx context.Context, cfg *config.Config, backend hardware.Backend, store *inventory.Store, log *slog.Logger) (wait func(), err error) {
-	w := CDIWriter(cfg, backend, log)
-	if w == nil {
-		return func() {}, nil
+// inventory until stopped. The spec is left in place on exit.
+func (g *gpulet) cdiWriter() component {
+	if !plugin.UsesCDI(g.cfg.DeviceListStrategy) {
+		return component{}
 	}
-	if err := w.Write(store.Snapshot().Node); err != nil {
-		return nil, fmt.Errorf("device-list strategy %v needs a CDI spec: %w", cfg.DeviceListStrategy, err)
+	var w *cdispec.Writer
+	return component{
+		name: "CDI writer",
+		start: func(context.Context) error {
+			w = CDIWriter(g.cfg, g.backend, g.log)
+			if err := w.Write(g.store.Snapshot().Node); err != nil {
+				return fmt.Errorf("device-list strategy %v needs a CDI spec: %w", g.cfg.DeviceListStrategy, err)
+			}
+			return nil
+		},
+		run: func(ctx context.Context) error { w.Follow(ctx, g.store); return nil },
 	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		w.Follow(ctx, store)
-	}()
-	return func() { <-done }, nil
 }

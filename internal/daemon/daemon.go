@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"time"
 
 	"github.com/gpulet/gpulet/internal/allocator"
@@ -21,6 +22,7 @@ import (
 	"github.com/gpulet/gpulet/internal/health"
 	"github.com/gpulet/gpulet/internal/inventory"
 	"github.com/gpulet/gpulet/internal/metrics"
+	"github.com/gpulet/gpulet/internal/mps"
 	"github.com/gpulet/gpulet/internal/plugin"
 	"github.com/gpulet/gpulet/internal/resources"
 )
@@ -74,132 +76,195 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	return RunWithVersion(ctx, cfg, log, "")
 }
 
-// RunWithVersion is Run with the version gpulet_build_info reports.
+// RunWithVersion is Run with the version gpulet_build_info reports. It
+// starts gpulet's components in the order components lists them, serves
+// until ctx ends or one fails, and stops them in reverse order.
 func RunWithVersion(ctx context.Context, cfg *config.Config, log *slog.Logger, version string) error {
-	start := time.Now()
-	// Metrics and probes come first: /healthz answers and /readyz says why
-	// not ready while gpulet waits for the driver.
-	exp := metrics.New(metrics.Options{Version: version, PodResourcesSocket: cfg.PodResourcesSocket, Log: log.With("component", "metrics")})
-	if cfg.MetricsAddress != "" {
-		mctx, mcancel := context.WithCancel(ctx)
-		wait, err := exp.Serve(mctx, cfg.MetricsAddress)
-		if err != nil {
-			mcancel()
-			return err
-		}
-		defer func() { mcancel(); wait() }()
-	}
-	backend, node, err := InitHardware(ctx, cfg, log)
+	g, err := newGpulet(cfg, log, version)
 	if err != nil {
-		if cfg.FailOnInitError {
-			return err
-		}
-		// NVIDIA's plugin stays idle with FAIL_ON_INIT_ERROR=false; gpulet
-		// also keeps trying, so GPUs appear once the driver does.
-		log.Error("no GPUs to serve yet; waiting for the driver because fail-on-init-error is false", "err", err)
-		exp.SetIdle()
-		if backend, node = waitForHardware(ctx, cfg, log); backend == nil {
-			return nil
+		return err
+	}
+	sup := newSupervisor(ctx, log)
+	for _, c := range g.components() {
+		if err := sup.start(c); err != nil {
+			if ctx.Err() != nil {
+				return sup.stop() // stopped while starting: not a failure
+			}
+			return errors.Join(err, sup.stop())
 		}
 	}
-	exp.SetDriverUp(true)
-	defer backend.Close()
+	return sup.wait()
+}
+
+// gpulet is what the components of one `gpulet run` share. Each field is
+// set by the Start of the component that owns it, before any component
+// that reads it starts.
+type gpulet struct {
+	cfg       *config.Config
+	log       *slog.Logger
+	exp       *metrics.Exporter
+	policy    *health.Policy
+	placement allocator.Policy
+	start     time.Time
+
+	backend     hardware.Backend // hardware
+	store       *inventory.Store // hardware: every GPU
+	pluginStore *inventory.Store // split: the GPUs the device plugin serves
+	draStore    *inventory.Store // split: the GPUs DRA owns (nil without --dra)
+	mps         *mps.Manager     // mps: nil without MPS sharing
+}
+
+// newGpulet checks what can be checked before anything starts.
+func newGpulet(cfg *config.Config, log *slog.Logger, version string) (*gpulet, error) {
+	g := &gpulet{cfg: cfg, log: log, start: time.Now(), placement: allocator.PolicyDistributed}
+	var err error
+	if g.policy, err = HealthPolicy(cfg); err != nil {
+		return nil, err
+	}
+	// Validate has vetted it; parsed again so an unset value (a caller that
+	// skipped the flags) means NVIDIA's default.
+	if cfg.SharedDevicesAllocationPolicy != "" {
+		if g.placement, err = allocator.ParsePolicy(cfg.SharedDevicesAllocationPolicy); err != nil {
+			return nil, err
+		}
+	}
+	g.exp = metrics.New(metrics.Options{Version: version, PodResourcesSocket: cfg.PodResourcesSocket, Log: log.With("component", "metrics")})
+	return g, nil
+}
+
+// components lists gpulet's parts in start order; they stop in reverse.
+//   - Probes come first: /healthz answers and /readyz says why not ready
+//     while gpulet waits for the driver; they answer until the very end.
+//   - The backend closes only after everything that uses it has stopped.
+//   - What DRA owns is decided before MPS starts, so MPS daemons start only
+//     for the device plugin's GPUs.
+//   - The CDI spec is written before any server registers, so no container
+//     is created with a name nothing resolves.
+//   - The device-plugin servers come last and stop first.
+func (g *gpulet) components() []component {
+	return []component{
+		g.metricsServer(),
+		g.hardware(),
+		g.split(),         // dra.go
+		g.mpsDaemons(),    // mps.go
+		g.draDriver(),     // dra.go
+		g.cdiWriter(),     // cdi.go
+		g.healthMonitor(), // driver.go
+		g.sampler(),
+		g.labelPublisher(), // labels.go
+		g.devicePlugin(),
+	}
+}
+
+func (g *gpulet) metricsServer() component {
+	if g.cfg.MetricsAddress == "" {
+		return component{}
+	}
+	var lis net.Listener
+	return component{
+		name: "metrics server",
+		start: func(context.Context) (err error) {
+			lis, err = metrics.Listen(g.cfg.MetricsAddress)
+			return err
+		},
+		run: func(ctx context.Context) error { return g.exp.Serve(ctx, lis) },
+	}
+}
+
+// hardware opens the backend and discovers the node, or with
+// fail-on-init-error=false waits for the driver; it closes the backend when
+// stopped, after every component that uses it.
+func (g *gpulet) hardware() component {
+	return component{
+		name: "hardware",
+		start: func(ctx context.Context) error {
+			backend, node, err := InitHardware(ctx, g.cfg, g.log)
+			if err != nil {
+				if g.cfg.FailOnInitError {
+					return err
+				}
+				// NVIDIA's plugin stays idle with FAIL_ON_INIT_ERROR=false;
+				// gpulet also keeps trying, so GPUs appear once the driver does.
+				g.log.Error("no GPUs to serve yet; waiting for the driver because fail-on-init-error is false", "err", err)
+				g.exp.SetIdle()
+				if backend, node = waitForHardware(ctx, g.cfg, g.log); backend == nil {
+					return ctx.Err()
+				}
+			}
+			g.exp.SetDriverUp(true)
+			if err := g.nodeReady(backend, node); err != nil {
+				backend.Close()
+				return err
+			}
+			g.backend, g.store = backend, inventory.NewStore(node)
+			return nil
+		},
+		run: func(ctx context.Context) error {
+			<-ctx.Done()
+			return g.backend.Close()
+		},
+	}
+}
+
+// nodeReady publishes a simulated node's files, logs what was found and
+// checks the MIG layout against the strategy.
+func (g *gpulet) nodeReady(backend hardware.Backend, node *inventory.Node) error {
 	if fi, ok := backend.(hardware.FaultInjector); ok {
 		if err := fi.Publish(); err != nil {
 			return err
 		}
-		log.Info("simulated GPU node ready", "profile", node.Profile, "root", fi.Root(),
+		g.log.Info("simulated GPU node ready", "profile", node.Profile, "root", fi.Root(),
 			"inject_faults", "gpulet sim fault --sim-root="+fi.Root()+" --gpu=0 --xid=48")
 	}
-	log.Info("GPUs discovered", "backend", backend.Name(), "gpus", len(node.GPUs),
-		"driver", node.DriverVersion, "cuda", node.CUDADriverVersion, "took", time.Since(start).Round(time.Microsecond))
+	g.log.Info("GPUs discovered", "backend", backend.Name(), "gpus", len(node.GPUs),
+		"driver", node.DriverVersion, "cuda", node.CUDADriverVersion, "took", time.Since(g.start).Round(time.Microsecond))
+	return checkMIG(node, g.cfg.MIGStrategy, g.log)
+}
 
-	if err := checkMIG(node, cfg.MIGStrategy, log); err != nil {
-		return err
+// sampler samples telemetry and pod attribution for the metrics. Telemetry
+// covers every GPU; readiness waits for the resources the device plugin
+// serves, which are none of the GPUs DRA owns.
+func (g *gpulet) sampler() component {
+	return component{
+		name: "metrics sampler",
+		start: func(context.Context) error {
+			resCfg := ResourcesConfig(g.cfg)
+			g.exp.Attach(metrics.Source{Store: g.store, Backend: g.backend,
+				Advertised: func(inventory.Snapshot) []resources.Resource {
+					return resources.Build(g.pluginStore.Snapshot(), resCfg)
+				}})
+			return nil
+		},
+		run: func(ctx context.Context) error { g.exp.Run(ctx); return nil },
 	}
-	store := inventory.NewStore(node)
-	policy, err := HealthPolicy(cfg)
-	if err != nil {
-		return err
-	}
-	mon := &health.Monitor{
-		Backend: backend, Store: store, Policy: policy, Log: log.With("component", "health"),
-		Quiet: cfg.HealthQuietPeriod, Disabled: HealthDisabled(cfg), Observer: exp,
-	}
-	// Validate has vetted it; parsed again so an unset value (a caller that
-	// skipped the flags) means NVIDIA's default.
-	placement := allocator.PolicyDistributed
-	if cfg.SharedDevicesAllocationPolicy != "" {
-		if placement, err = allocator.ParsePolicy(cfg.SharedDevicesAllocationPolicy); err != nil {
-			return err
-		}
-	}
-	mgr := &plugin.Manager{
-		Store:     store,
-		Resources: ResourcesConfig(cfg),
-		Opts: &plugin.Options{
-			PluginDir:            cfg.DevicePluginPath,
-			DeviceListStrategies: cfg.DeviceListStrategy,
-			DeviceIDStrategy:     cfg.DeviceIDStrategy,
-			PassDeviceSpecs:      cfg.PassDeviceSpecs,
-			MIGMinorsPath:        MIGMinorsPath(backend),
-			CDIKind:              plugin.DefaultCDIKind,
-			Placement:            PlacementFor(placement),
-			Log:                  log.With("component", "deviceplugin"),
-			Observer:             exp,
+}
+
+// devicePlugin serves the kubelet one device plugin per resource.
+func (g *gpulet) devicePlugin() component {
+	return component{
+		name: "device plugin",
+		run: func(ctx context.Context) error {
+			mgr := &plugin.Manager{
+				Store:     g.pluginStore,
+				Resources: ResourcesConfig(g.cfg),
+				Opts: &plugin.Options{
+					PluginDir:            g.cfg.DevicePluginPath,
+					DeviceListStrategies: g.cfg.DeviceListStrategy,
+					DeviceIDStrategy:     g.cfg.DeviceIDStrategy,
+					PassDeviceSpecs:      g.cfg.PassDeviceSpecs,
+					MIGMinorsPath:        MIGMinorsPath(g.backend),
+					CDIKind:              plugin.DefaultCDIKind,
+					Placement:            PlacementFor(g.placement),
+					Log:                  g.log.With("component", "deviceplugin"),
+					Observer:             g.exp,
+				},
+			}
+			if g.mps != nil {
+				mgr.Opts.MPS = g.mps
+			}
+			return mgr.Run(ctx)
 		},
 	}
-
-	for _, line := range SharingSummary(cfg) {
-		log.Info("sharing applied", "what", line)
-	}
-	stopMPS, err := startMPS(ctx, cfg, backend, store.Snapshot(), mgr.Opts, log)
-	if err != nil {
-		return err
-	}
-	defer stopMPS()
-
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	// With --dra the device plugin serves only the GPUs DRA does not own.
-	pluginStore, draDone, err := startDRA(ctx, cfg, backend, store, cancel, log) // dra.go
-	if err != nil {
-		return err
-	}
-	mgr.Store = pluginStore
-	// Telemetry covers every GPU; readiness waits for the resources the
-	// device plugin serves, which are none of the GPUs DRA owns.
-	resCfg := ResourcesConfig(cfg)
-	exp.Attach(metrics.Source{Store: store, Backend: backend,
-		Advertised: func(inventory.Snapshot) []resources.Resource { return resources.Build(pluginStore.Snapshot(), resCfg) }})
-	cdiDone, err := startCDI(ctx, cfg, backend, store, log)
-	if err != nil {
-		cancel()
-		return errors.Join(err, draDone())
-	}
-	healthDone := make(chan struct{})
-	go func() {
-		defer close(healthDone)
-		superviseHealth(ctx, mon, exp, log)
-	}()
-	sampleDone := make(chan struct{})
-	go func() {
-		defer close(sampleDone)
-		exp.Run(ctx)
-	}()
-	labelsDone, err := startNodeLabels(ctx, cfg, store, log) // labels.go
-	if err != nil {
-		cancel()
-		<-healthDone
-		return errors.Join(err, draDone())
-	}
-	err = mgr.Run(ctx)
-	cancel()
-	<-healthDone
-	<-sampleDone
-	cdiDone()
-	labelsDone()
-	return errors.Join(err, draDone())
 }
 
 // InitHardware opens the backend the settings name and discovers the node;

@@ -53,63 +53,67 @@ func splitStores(ctx context.Context, cfg *config.Config, store *inventory.Store
 	return pluginStore, draStore, func() { pluginWait(); draWait() }, nil
 }
 
-// startDRA splits the inventory between the device plugin and DRA and, with
-// --dra, starts the DRA driver on its part until ctx ends. It returns the
-// store the device plugin serves (store itself without DRA), and a wait that
-// blocks until DRA has stopped and returns what stopped it early, if
-// anything; such an error also cancels stopAll so the daemon ends with it.
-func startDRA(ctx context.Context, cfg *config.Config, backend hardware.Backend, store *inventory.Store,
-	stopAll context.CancelFunc, log *slog.Logger) (pluginStore *inventory.Store, wait func() error, err error) {
-	if !cfg.DRA.Enabled {
-		return store, func() error { return nil }, nil
+// split decides which GPUs DRA owns and hands the device plugin and DRA
+// each a view of the inventory with only its own GPUs, kept in step with
+// it. Without --dra the device plugin serves the whole inventory.
+func (g *gpulet) split() component {
+	if !g.cfg.DRA.Enabled {
+		return component{name: "inventory split", start: func(context.Context) error {
+			g.pluginStore = g.store
+			return nil
+		}}
 	}
-	viewsCtx, stopViews := context.WithCancel(ctx)
-	pluginStore, draStore, waitViews, err := splitStores(viewsCtx, cfg, store)
-	if err != nil {
-		stopViews()
-		return nil, nil, err
-	}
-	viewsWait := func() { stopViews(); waitViews() }
-	log = log.With("component", "dra")
-	log.Info("GPUs split between DRA and the device plugin", "dra", len(draStore.Snapshot().Node.GPUs),
-		"device_plugin", len(pluginStore.Snapshot().Node.GPUs), "dra_devices", cfg.DRA.Devices)
-
-	client, err := publish.Client("")
-	if err != nil {
-		viewsWait()
-		return nil, nil, fmt.Errorf("DRA needs the Kubernetes API: %w", err)
-	}
-	o := dra.Options{
-		NodeName: cfg.Labels.NodeName, Client: client, Store: draStore,
-		CDI: DRACDIWriter(cfg, backend, log), PluginDir: cfg.DRA.PluginDir, RegistrarDir: cfg.DRA.RegistrarDir,
-		Log: log,
-	}
-	if _, simulated := backend.(hardware.FaultInjector); !simulated {
-		o.Devices.PCIeRoot = dra.SysfsPCIeRoot // a simulated GPU's bus ID is not the host's
-	}
-	d, err := dra.Start(ctx, o)
-	if err != nil {
-		viewsWait()
-		return nil, nil, err
-	}
-	done := make(chan error, 1)
-	go func() {
-		select {
-		case <-d.Done():
-			if err := d.Err(); err != nil {
-				stopAll()
-				done <- fmt.Errorf("DRA driver: %w", err)
-				return
+	var wait func()
+	return component{
+		name: "inventory split",
+		start: func(ctx context.Context) (err error) {
+			g.pluginStore, g.draStore, wait, err = splitStores(ctx, g.cfg, g.store)
+			if err != nil {
+				return err
 			}
-		case <-ctx.Done():
-		}
-		done <- d.Stop()
-	}()
-	return pluginStore, func() error {
-		err := <-done
-		viewsWait()
-		return err
-	}, nil
+			g.log.Info("GPUs split between DRA and the device plugin", "component", "dra", "dra", len(g.draStore.Snapshot().Node.GPUs),
+				"device_plugin", len(g.pluginStore.Snapshot().Node.GPUs), "dra_devices", g.cfg.DRA.Devices)
+			return nil
+		},
+		run: func(ctx context.Context) error { <-ctx.Done(); wait(); return nil },
+	}
+}
+
+// draDriver serves DRA's GPUs with --dra: ResourceSlices, and claims the
+// kubelet prepares. A driver that stops on its own stops gpulet.
+func (g *gpulet) draDriver() component {
+	if !g.cfg.DRA.Enabled {
+		return component{}
+	}
+	var d *dra.Driver
+	return component{
+		name: "DRA driver",
+		start: func(ctx context.Context) error {
+			log := g.log.With("component", "dra")
+			client, err := publish.Client("")
+			if err != nil {
+				return fmt.Errorf("DRA needs the Kubernetes API: %w", err)
+			}
+			o := dra.Options{
+				NodeName: g.cfg.Labels.NodeName, Client: client, Store: g.draStore,
+				CDI: DRACDIWriter(g.cfg, g.backend, log), PluginDir: g.cfg.DRA.PluginDir, RegistrarDir: g.cfg.DRA.RegistrarDir,
+				Log: log,
+			}
+			if _, simulated := g.backend.(hardware.FaultInjector); !simulated {
+				o.Devices.PCIeRoot = dra.SysfsPCIeRoot // a simulated GPU's bus ID is not the host's
+			}
+			d, err = dra.Start(ctx, o)
+			return err
+		},
+		run: func(ctx context.Context) error {
+			select {
+			case <-d.Done():
+				return d.Err()
+			case <-ctx.Done():
+				return d.Stop()
+			}
+		},
+	}
 }
 
 // DRACDIWriter returns the writer of the per-claim CDI specs: in

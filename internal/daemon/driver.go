@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"math"
 	"strings"
 	"time"
+
+	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/gpulet/gpulet/internal/config"
 	"github.com/gpulet/gpulet/internal/hardware"
@@ -30,12 +33,10 @@ const driverLostReason = "GPU driver not available"
 // error unlike the last one (at first lastErr) is logged once, never every
 // try.
 func retryDriver(ctx context.Context, log *slog.Logger, lastErr string, try func() error) bool {
-	backoff := driverRetryFirst
+	backoff := exponential(driverRetryFirst, driverRetryMax)
 	for {
-		select {
-		case <-ctx.Done():
+		if !sleep(ctx, backoff.Step()) {
 			return false
-		case <-time.After(backoff):
 		}
 		err := try()
 		if err == nil {
@@ -45,7 +46,23 @@ func retryDriver(ctx context.Context, log *slog.Logger, lastErr string, try func
 			log.Warn("still waiting for the GPU driver", "err", err, "retry_every_up_to", driverRetryMax)
 			lastErr = msg
 		}
-		backoff = min(backoff*2, driverRetryMax)
+	}
+}
+
+// exponential is a backoff that starts at first and doubles up to max.
+func exponential(first, max time.Duration) *wait.Backoff {
+	return &wait.Backoff{Duration: first, Factor: 2, Cap: max, Steps: math.MaxInt32}
+}
+
+// sleep waits d, or returns false when ctx ends first.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
 	}
 }
 
@@ -64,13 +81,27 @@ func waitForHardware(ctx context.Context, cfg *config.Config, log *slog.Logger) 
 	return backend, node
 }
 
-// superviseHealth keeps the health monitor running. A failed event source
-// is restarted with backoff. A lost driver takes every device away (so the
-// kubelet stops placing pods on them) and turns /readyz unready; gpulet then
-// re-initialises the backend with backoff and restores the devices when the
-// driver answers again.
+// healthMonitor keeps the health monitor running until stopped. A failed
+// event source is restarted with backoff. A lost driver takes every device
+// away (so the kubelet stops placing pods on them) and turns /readyz
+// unready; gpulet then re-initialises the backend with backoff and restores
+// the devices when the driver answers again.
+func (g *gpulet) healthMonitor() component {
+	return component{
+		name: "health monitor",
+		run: func(ctx context.Context) error {
+			mon := &health.Monitor{
+				Backend: g.backend, Store: g.store, Policy: g.policy, Log: g.log.With("component", "health"),
+				Quiet: g.cfg.HealthQuietPeriod, Disabled: HealthDisabled(g.cfg), Observer: g.exp,
+			}
+			superviseHealth(ctx, mon, g.exp, g.log)
+			return nil
+		},
+	}
+}
+
 func superviseHealth(ctx context.Context, mon *health.Monitor, exp *metrics.Exporter, log *slog.Logger) {
-	backoff := time.Second
+	backoff := exponential(time.Second, time.Minute)
 	for {
 		err := mon.Run(ctx)
 		if ctx.Err() != nil {
@@ -83,16 +114,14 @@ func superviseHealth(ctx context.Context, mon *health.Monitor, exp *metrics.Expo
 			if !waitForDriver(ctx, mon, exp, err, log) {
 				return
 			}
-			backoff = time.Second
+			backoff = exponential(time.Second, time.Minute)
 			continue
 		}
-		log.Error("health watch failed; devices keep their last known health, restarting the watch", "err", err, "in", backoff)
-		select {
-		case <-ctx.Done():
+		in := backoff.Step()
+		log.Error("health watch failed; devices keep their last known health, restarting the watch", "err", err, "in", in)
+		if !sleep(ctx, in) {
 			return
-		case <-time.After(backoff):
 		}
-		backoff = min(backoff*2, time.Minute)
 	}
 }
 

@@ -15,38 +15,45 @@ import (
 	"github.com/gpulet/gpulet/internal/labels/publish"
 )
 
-// startNodeLabels keeps the Node's labels in step with store when the config
-// asks for it, until ctx ends. The returned function waits for it to stop.
-func startNodeLabels(ctx context.Context, cfg *config.Config, store *inventory.Store, log *slog.Logger) (wait func(), err error) {
-	on, err := cfg.PublishNodeLabels(os.Getenv)
-	if err != nil || !on {
-		if err == nil {
-			log.Info("not labelling the node", "node_labels", cfg.Labels.NodeLabels, "node_name", cfg.Labels.NodeName)
-		}
-		return func() {}, err
+// labelPublisher keeps the Node's labels in step with the inventory when
+// the config asks for it, until stopped.
+func (g *gpulet) labelPublisher() component {
+	var p *publish.Publisher
+	return component{
+		name: "label publisher",
+		start: func(ctx context.Context) error {
+			on, err := g.cfg.PublishNodeLabels(os.Getenv)
+			if err != nil || !on {
+				if err == nil {
+					g.log.Info("not labelling the node", "node_labels", g.cfg.Labels.NodeLabels, "node_name", g.cfg.Labels.NodeName)
+				}
+				return err
+			}
+			client, err := publish.Client("")
+			if err != nil {
+				return err
+			}
+			log := g.log.With("component", "labels")
+			target, err := labelTarget(ctx, g.cfg, client, func() (dynamic.Interface, error) { return publish.DynamicClient("") }, log)
+			if err != nil {
+				return err
+			}
+			opts := LabelOptions(g.cfg)
+			opts.Log = log
+			p = &publish.Publisher{
+				Target: target, Store: g.store, Log: log,
+				Compute: func(s inventory.Snapshot) (labels.Labels, error) { return labels.Compute(s, opts) },
+			}
+			log.Info("labelling the node", "node", g.cfg.Labels.NodeName, "target", target.String())
+			return nil
+		},
+		run: func(ctx context.Context) error {
+			if p == nil {
+				return nil
+			}
+			return p.Run(ctx) // returns only when ctx ends; errors are logged and retried
+		},
 	}
-	client, err := publish.Client("")
-	if err != nil {
-		return nil, err
-	}
-	log = log.With("component", "labels")
-	target, err := labelTarget(ctx, cfg, client, func() (dynamic.Interface, error) { return publish.DynamicClient("") }, log)
-	if err != nil {
-		return nil, err
-	}
-	opts := LabelOptions(cfg)
-	opts.Log = log
-	p := &publish.Publisher{
-		Target: target, Store: store, Log: log,
-		Compute: func(s inventory.Snapshot) (labels.Labels, error) { return labels.Compute(s, opts) },
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = p.Run(ctx) // returns only when ctx ends; errors are logged and retried
-	}()
-	log.Info("labelling the node", "node", cfg.Labels.NodeName, "target", target.String())
-	return func() { <-done }, nil
 }
 
 // labelTarget is the Node, or with useNodeFeatureAPI the node's NodeFeature

@@ -11,7 +11,6 @@ import (
 	"github.com/gpulet/gpulet/internal/hardware/sim"
 	"github.com/gpulet/gpulet/internal/inventory"
 	"github.com/gpulet/gpulet/internal/mps"
-	"github.com/gpulet/gpulet/internal/plugin"
 	"github.com/gpulet/gpulet/internal/resources"
 )
 
@@ -37,21 +36,57 @@ func mpsGPUs(snap inventory.Snapshot, rc resources.Config) []mps.GPU {
 	return out
 }
 
-// startMPS checks the sharing config against the node and, with MPS
-// sharing, starts (or connects to) a control daemon per shared GPU and
-// hands Allocate the manager. The simulator's stand-in replaces the binary
-// on a simulated node. The returned func quits the daemons it started.
-func startMPS(ctx context.Context, cfg *config.Config, backend hardware.Backend, snap inventory.Snapshot, opts *plugin.Options, log *slog.Logger) (func(), error) {
-	rc := ResourcesConfig(cfg)
-	unmatched, err := resources.CheckShares(snap, rc)
+// mpsDaemons checks the sharing config against the node and, with MPS
+// sharing, runs a control daemon per GPU the device plugin shares through
+// MPS (none for the GPUs DRA owns) until stopped; Allocate hands them out.
+func (g *gpulet) mpsDaemons() component {
+	return component{
+		name: "MPS",
+		start: func(ctx context.Context) (err error) {
+			if err := checkShares(g.cfg, g.store.Snapshot(), g.log); err != nil {
+				return err
+			}
+			g.mps, err = startMPS(ctx, g.cfg, g.backend, g.pluginStore.Snapshot(), g.log)
+			return err
+		},
+		run: func(ctx context.Context) error {
+			if g.mps == nil {
+				return nil
+			}
+			<-ctx.Done()
+			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+			defer cancel()
+			if err := g.mps.Stop(sctx); err != nil {
+				g.log.Error("stopping MPS control daemons", "err", err)
+			}
+			return nil
+		},
+	}
+}
+
+// checkShares refuses sharing the node cannot have and warns of sharing
+// that names resources it lacks.
+func checkShares(cfg *config.Config, snap inventory.Snapshot, log *slog.Logger) error {
+	unmatched, err := resources.CheckShares(snap, ResourcesConfig(cfg))
 	if err != nil {
-		return nil, fmt.Errorf("config: %w", err)
+		return fmt.Errorf("config: %w", err)
 	}
 	for _, n := range unmatched {
 		log.Warn("sharing names a resource this node does not have; skipped, as NVIDIA's plugin skips it", "resource", n)
 	}
+	for _, line := range SharingSummary(cfg) {
+		log.Info("sharing applied", "what", line)
+	}
+	return nil
+}
+
+// startMPS, with MPS sharing, starts (or connects to) a control daemon per
+// shared GPU in snap and returns their manager; nil without MPS sharing.
+// The simulator's stand-in replaces the binary on a simulated node.
+func startMPS(ctx context.Context, cfg *config.Config, backend hardware.Backend, snap inventory.Snapshot, log *slog.Logger) (*mps.Manager, error) {
+	rc := ResourcesConfig(cfg)
 	if !rc.MPS {
-		return func() {}, nil
+		return nil, nil
 	}
 	var control mps.Control = mps.Exec{Path: cfg.MPSControl}
 	if fi, ok := backend.(hardware.FaultInjector); ok {
@@ -62,12 +97,5 @@ func startMPS(ctx context.Context, cfg *config.Config, backend hardware.Backend,
 	if err := m.Start(ctx, mpsGPUs(snap, rc)); err != nil {
 		return nil, err
 	}
-	opts.MPS = m
-	return func() {
-		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-		defer cancel()
-		if err := m.Stop(sctx); err != nil {
-			log.Error("stopping MPS control daemons", "err", err)
-		}
-	}, nil
+	return m, nil
 }

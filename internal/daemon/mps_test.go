@@ -11,7 +11,6 @@ import (
 	"github.com/gpulet/gpulet/internal/config"
 	"github.com/gpulet/gpulet/internal/hardware/sim"
 	"github.com/gpulet/gpulet/internal/inventory"
-	"github.com/gpulet/gpulet/internal/plugin"
 )
 
 // TestStartMPSOnSimulatedNode: an mps config starts one (simulated) daemon
@@ -34,29 +33,30 @@ func TestStartMPSOnSimulatedNode(t *testing.T) {
 		t.Fatal(err)
 	}
 	snap := inventory.NewStore(node).Snapshot()
-	opts := &plugin.Options{}
-	stop, err := startMPS(context.Background(), cfg, backend, snap, opts, log)
+	m, err := startMPS(context.Background(), cfg, backend, snap, log)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if opts.MPS == nil {
+	if m == nil {
 		t.Fatal("Allocate got no MPS manager")
 	}
-	a, err := opts.MPS.Access(context.Background(), node.GPUs[1].UUID)
+	a, err := m.Access(context.Background(), node.GPUs[1].UUID)
 	if err != nil || a.Env["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] != "25" {
 		t.Errorf("access %+v %v", a, err)
 	}
-	if _, err := opts.MPS.Access(context.Background(), node.GPUs[2].UUID); err == nil {
+	if _, err := m.Access(context.Background(), node.GPUs[2].UUID); err == nil {
 		t.Error("a GPU outside devices: 2 got MPS")
 	}
-	stop()
+	if err := m.Stop(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 	b, _ := os.ReadFile(sim.MPSLogPath(simRoot))
 	if strings.Count(string(b), " -d\n") != 2 || strings.Count(string(b), " quit\n") != 2 {
 		t.Errorf("daemon log:\n%s", b)
 	}
 
 	cfg.Sharing.Resources[0].Devices.Count = 9
-	if _, err := startMPS(context.Background(), cfg, backend, snap, &plugin.Options{}, log); err == nil ||
+	if err := checkShares(cfg, snap, log); err == nil ||
 		!strings.Contains(err.Error(), "more devices than") {
 		t.Errorf("count over the node: %v", err)
 	}

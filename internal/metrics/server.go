@@ -29,27 +29,37 @@ func (e *Exporter) Handler() http.Handler {
 	return mux
 }
 
-// Serve listens on addr and serves Handler until ctx ends; wait blocks
-// until the server has stopped. A taken port is an error now, not later.
-func (e *Exporter) Serve(ctx context.Context, addr string) (wait func(), err error) {
+// Listen binds addr for Serve, so that a taken port is an error at start
+// rather than later.
+func Listen(addr string) (net.Listener, error) {
 	lis, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("metrics address %s: %w", addr, err)
 	}
+	return lis, nil
+}
+
+// Serve serves Handler on lis until ctx ends, then shuts the server down
+// and returns once it has stopped. A server that fails is logged, not
+// fatal: gpulet serves the kubelet without it.
+func (e *Exporter) Serve(ctx context.Context, lis net.Listener) error {
 	srv := &http.Server{Handler: e.Handler(), ReadHeaderTimeout: 5 * time.Second}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if err := srv.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			e.opts.Log.Error("metrics server stopped", "err", err)
-		}
-	}()
-	go func() {
-		<-ctx.Done()
-		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(sctx)
-	}()
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(lis) }()
 	e.opts.Log.Info("serving metrics and probes", "address", lis.Addr().String(), "paths", "/metrics /healthz /readyz")
-	return func() { <-done }, nil
+	select {
+	case err := <-served:
+		e.opts.Log.Error("metrics server stopped", "err", err)
+		return nil
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		srv.Close()
+	}
+	if err := <-served; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		e.opts.Log.Error("metrics server stopped", "err", err)
+	}
+	return nil
 }
