@@ -36,6 +36,7 @@ nvidia.com/gpu.replicas=1
 nvidia.com/gpu.sharing-strategy=none
 nvidia.com/mig.capable=true
 nvidia.com/mps.capable=false
+nvidia.com/vgpu.present=false
 `
 
 func TestLabelsCommand(t *testing.T) {

@@ -115,6 +115,15 @@ type GPU struct {
 	// PCIClass is the PCI class code (0x030200 3D controller = compute mode,
 	// 0x030000 VGA = graphics mode); 0 when the backend did not read it.
 	PCIClass uint32 `json:"pciClass,omitempty"`
+	// Fabric is the GPU's place in an NVLink fabric (a multi-node NVLink
+	// domain, IMEX) once the fabric manager has attached it; nil otherwise.
+	Fabric *Fabric `json:"fabric,omitempty"`
+}
+
+// Fabric is what NVML says of a GPU attached to an NVLink fabric.
+type Fabric struct {
+	ClusterUUID string `json:"clusterUUID"` // the NVLink domain, as a UUID string
+	CliqueID    uint32 `json:"cliqueID"`    // the clique within it
 }
 
 // Node is everything a backend discovered about one machine.

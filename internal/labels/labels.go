@@ -79,6 +79,8 @@ func Compute(snap inventory.Snapshot, opts Options) (Labels, error) {
 			Labels{"nvidia.com/mps.capable": strconv.FormatBool(opts.Resources.MPS && len(opts.Resources.Shares) > 0)},
 			resourceLabels(snap.Node, opts.Resources, opts.Log),
 			gpuModeLabels(snap.Node, opts.SysfsRoot, opts.Log),
+			cliqueLabels(snap.Node, opts.Log),
+			vgpuLabels(snap.Node, opts.SysfsRoot, opts.Log),
 		)
 	}
 	if !opts.NoTimestamp {

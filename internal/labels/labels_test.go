@@ -60,7 +60,7 @@ func migNode(t *testing.T, perGPU int, profile string, memMiB uint64) *inventory
 func TestComputeH200(t *testing.T) {
 	snap := inventory.NewStore(simNode(t, "h200")).Snapshot()
 	got, err := Compute(snap, Options{MachineTypeFile: machineFile(t, "Standard_ND96isr_H200_v5 \n"), Now: fixedNow,
-		Extra: map[string]string{"accelerator": "nvidia"}})
+		Extra: map[string]string{"accelerator": "nvidia"}, SysfsRoot: pciTree(t, map[string][]byte{"0000:07:00.0": pciConfig(nil)})})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,6 +91,7 @@ func TestComputeH200(t *testing.T) {
 		"nvidia.com/gpu.sharing-strategy":         "none",
 		"nvidia.com/mig.capable":                  "true",
 		"nvidia.com/mps.capable":                  "false",
+		"nvidia.com/vgpu.present":                 "false",
 	}
 	assertLabels(t, got, want)
 }

@@ -130,7 +130,57 @@ func (b *Backend) gpu(i int, h nvml.Device) (inventory.GPU, error) {
 			return g, err
 		}
 	}
+	if g.Fabric, err = b.fabric(h); err != nil {
+		return g, err
+	}
 	return g, nil
+}
+
+// fabric reads the GPU's NVLink fabric membership. A GPU counts as attached,
+// as NVIDIA's go-nvlib decides it, only when the fabric manager finished
+// (state completed, status success) and named a cluster; anything else,
+// drivers without the query included, is no fabric. Only a wedged driver
+// fails it.
+func (b *Backend) fabric(h nvml.Device) (*inventory.Fabric, error) {
+	type info struct {
+		cluster       [16]uint8
+		status, state uint32
+		clique        uint32
+	}
+	var query func() (info, nvml.Return)
+	switch {
+	case b.hasSymbol("nvmlDeviceGetGpuFabricInfo"):
+		query = func() (info, nvml.Return) {
+			i, ret := h.GetGpuFabricInfo()
+			return info{i.ClusterUuid, i.Status, uint32(i.State), i.CliqueId}, ret
+		}
+	case b.hasSymbol("nvmlDeviceGetGpuFabricInfoV"):
+		query = func() (info, nvml.Return) {
+			i, ret := h.GetGpuFabricInfoV().V2()
+			return info{i.ClusterUuid, i.Status, uint32(i.State), i.CliqueId}, ret
+		}
+	default:
+		return nil, nil
+	}
+	i, err := call(b, "GetGpuFabricInfo", query)
+	if err != nil {
+		return nil, hung(err)
+	}
+	if i.state != nvml.GPU_FABRIC_STATE_COMPLETED || nvml.Return(i.status) != nvml.SUCCESS || i.cluster == [16]uint8{} {
+		return nil, nil
+	}
+	u := i.cluster
+	return &inventory.Fabric{
+		ClusterUUID: fmt.Sprintf("%x-%x-%x-%x-%x", u[0:4], u[4:6], u[6:8], u[8:10], u[10:16]),
+		CliqueID:    i.clique,
+	}, nil
+}
+
+// hasSymbol says whether the loaded library exports an NVML function:
+// calling one it lacks would crash the process.
+func (b *Backend) hasSymbol(name string) bool {
+	ext := b.lib.Extensions()
+	return ext != nil && ext.LookupSymbol(name) == nil
 }
 
 // busID is the GPU's PCI address as NVML writes it (00000000:07:00.0).

@@ -187,3 +187,35 @@ func TestDiscoverErrors(t *testing.T) {
 		}
 	})
 }
+
+// TestFabric checks which fabric answers count as attached, as go-nvlib
+// decides it for GFD's gpu.clique label.
+func TestFabric(t *testing.T) {
+	cluster := [16]uint8{0x12, 0x34, 0x56, 0x78, 0x9a, 0xbc, 0xde, 0xf0, 1, 2, 3, 4, 5, 6, 7, 8}
+	done := nvml.GpuFabricInfo{ClusterUuid: cluster, Status: uint32(nvml.SUCCESS), CliqueId: 32766, State: nvml.GPU_FABRIC_STATE_COMPLETED}
+	tests := []struct {
+		name string
+		info nvml.GpuFabricInfo
+		ret  nvml.Return
+		want *inventory.Fabric
+	}{
+		{"attached", done, nvml.SUCCESS, &inventory.Fabric{ClusterUUID: "12345678-9abc-def0-0102-030405060708", CliqueID: 32766}},
+		{"not supported", nvml.GpuFabricInfo{}, nvml.ERROR_NOT_SUPPORTED, nil},
+		{"fabric manager not done", func() nvml.GpuFabricInfo { i := done; i.State = nvml.GPU_FABRIC_STATE_IN_PROGRESS; return i }(), nvml.SUCCESS, nil},
+		{"fabric manager failed", func() nvml.GpuFabricInfo { i := done; i.Status = uint32(nvml.ERROR_UNKNOWN); return i }(), nvml.SUCCESS, nil},
+		{"no cluster", func() nvml.GpuFabricInfo { i := done; i.ClusterUuid = [16]uint8{}; return i }(), nvml.SUCCESS, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFixture(t, dgxh100.NewWithGPUs(gpus.H100_SXM5_80GB))
+			f.devs[0].GetGpuFabricInfoFunc = func() (nvml.GpuFabricInfo, nvml.Return) { return tt.info, tt.ret }
+			n, err := f.b.Discover(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := n.GPUs[0].Fabric; !reflect.DeepEqual(got, tt.want) {
+				t.Fatalf("Fabric = %+v, want %+v", got, tt.want)
+			}
+		})
+	}
+}
