@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"os"
 	"path/filepath"
@@ -23,6 +24,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+	"k8s.io/apimachinery/pkg/util/wait"
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 
 	"github.com/gpulet/gpulet/internal/resources"
@@ -436,7 +438,12 @@ func (s *Server) Run(ctx context.Context) error {
 		kubeletSeen   os.FileInfo // kubelet.sock at our last registration
 		waitingLogged bool
 		retry         = time.NewTimer(time.Hour)
-		backoff       = 50 * time.Millisecond
+		// The wait before the next registration try: 50ms doubling to 5s,
+		// from 5ms right after kubelet.sock appears.
+		retries = func(first time.Duration) wait.Backoff {
+			return wait.Backoff{Duration: first, Factor: 2, Cap: 5 * time.Second, Steps: math.MaxInt32}
+		}
+		backoff = retries(50 * time.Millisecond)
 	)
 	retry.Stop()
 	stopServing := func() {
@@ -499,14 +506,13 @@ func (s *Server) Run(ctx context.Context) error {
 					"kubelet_socket", s.opts.kubeletSocket(), "err", err)
 				waitingLogged = true
 			}
-			retry.Reset(backoff)
-			backoff = min(backoff*2, 5*time.Second)
+			retry.Reset(backoff.Step())
 			return
 		}
 		registered, kubeletSeen = true, kfi
 		retry.Stop() // a pending retry would be a second registration
 		waitingLogged = false
-		backoff = 50 * time.Millisecond
+		backoff = retries(50 * time.Millisecond)
 	}
 	reconcile(false)
 
@@ -526,7 +532,7 @@ func (s *Server) Run(ctx context.Context) error {
 				s.log.Info("kubelet.sock created (kubelet restarted); registering again")
 				// The file appears at bind(), a moment before listen(): a
 				// refused first try is retried within milliseconds.
-				backoff = 5 * time.Millisecond
+				backoff = retries(5 * time.Millisecond)
 				// Not forced: the retry timer may already have registered
 				// with this very kubelet.sock.
 				reconcile(false)

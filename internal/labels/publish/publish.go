@@ -16,12 +16,14 @@ import (
 	"io"
 	"log/slog"
 	"maps"
+	"math"
 	"slices"
 	"strings"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -245,7 +247,10 @@ func (p *Publisher) Run(ctx context.Context) error {
 	timer := time.NewTimer(0) // label at start
 	defer timer.Stop()
 	var firstPending time.Time // when the oldest unwritten change came
-	backoff := debounce
+	retries := func() wait.Backoff {
+		return wait.Backoff{Duration: debounce, Factor: 2, Cap: retryMax, Steps: math.MaxInt32}
+	}
+	backoff := retries()
 	for {
 		select {
 		case <-ctx.Done():
@@ -258,12 +263,12 @@ func (p *Publisher) Run(ctx context.Context) error {
 				if ctx.Err() != nil {
 					return ctx.Err()
 				}
-				p.Log.Error("node labels not updated; retrying", "target", p.target().String(), "err", err, "in", backoff)
-				timer.Reset(backoff)
-				backoff = min(backoff*2, retryMax)
+				in := backoff.Step()
+				p.Log.Error("node labels not updated; retrying", "target", p.target().String(), "err", err, "in", in)
+				timer.Reset(in)
 				continue
 			}
-			backoff = debounce
+			backoff = retries()
 			continue
 		}
 		// A change: wait for quiet, but not past 3×debounce from the first.
