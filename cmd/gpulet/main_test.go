@@ -324,6 +324,28 @@ func TestStaysUpWithoutGPUsWhenAsked(t *testing.T) {
 	}
 }
 
+// TestExitsWithoutGPUs: with fail-on-init-error (the default) and no NVML
+// library, gpulet run exits and says what to do.
+func TestExitsWithoutGPUs(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, gpuletBin, "run", "--backend=nvml", "--nvidia-driver-root="+t.TempDir(),
+		"--device-plugin-path="+t.TempDir(), "--metrics-address=127.0.0.1:0")
+	cmd.Env = append(os.Environ(), "LD_LIBRARY_PATH=")
+	out, err := cmd.CombinedOutput()
+	if ctx.Err() != nil {
+		t.Skipf("gpulet run kept running: this machine has an NVML library\n%s", out)
+	}
+	if err == nil {
+		t.Fatalf("gpulet run exited 0 without a driver:\n%s", out)
+	}
+	for _, want := range []string{"libnvidia-ml.so.1 not found", "--backend=sim"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("output does not say %q:\n%s", want, out)
+		}
+	}
+}
+
 func TestVersion(t *testing.T) {
 	out, err := gpulet(t, "version")
 	if err != nil || !strings.HasPrefix(out, "gpulet ") {

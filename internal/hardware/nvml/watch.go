@@ -23,6 +23,10 @@ var waitTimeout = time.Second
 // that stays lost is reported again without a busy loop.
 var lostRetry = 5 * time.Second
 
+// sweepEvery is how often Watch checks every GPU's handle and volatile
+// uncorrected ECC counter between events (see sweep).
+var sweepEvery = 5 * time.Second
+
 // invalidID is NVML's GPU/compute instance ID of an event outside MIG.
 const invalidID = 0xFFFFFFFF
 
@@ -158,9 +162,17 @@ func (b *Backend) Watch(ctx context.Context, events chan<- hardware.Event) error
 		data nvml.EventData
 		ret  nvml.Return
 	}
+	sw := newSweepState()
+	var lastSweep time.Time
 	for ctx.Err() == nil {
 		if len(pending) > 0 && b.wedged("RegisterEvents") == nil && !register() {
 			return nil
+		}
+		if time.Since(lastSweep) >= sweepEvery && b.wedged("sweep") == nil {
+			lastSweep = time.Now()
+			if !b.sweep(uuids, sw, send) {
+				return nil
+			}
 		}
 		if watched == 0 && len(pending) == 0 {
 			<-ctx.Done() // nothing can be watched
@@ -297,6 +309,68 @@ func (b *Backend) reportLost(uuids []string, send func(hardware.Event) bool) boo
 	}
 	if !found {
 		return send(hardware.Event{Kind: hardware.EventXID, XID: 79, Reason: "NVML reports a GPU lost but no GPU says which"})
+	}
+	return true
+}
+
+// sweepState is what the sweeps remember between runs: which GPUs were
+// reported lost, each GPU's last uncorrected ECC count, and which GPUs were
+// reported for a rise in it.
+type sweepState struct {
+	lost        map[string]bool
+	ecc         map[string]uint64
+	eccReported map[string]bool
+}
+
+func newSweepState() *sweepState {
+	return &sweepState{lost: map[string]bool{}, ecc: map[string]uint64{}, eccReported: map[string]bool{}}
+}
+
+// sweep checks every GPU between events, for the faults a driver may
+// report only through queries: a GPU NVML now calls lost (fallen off the
+// bus, reported as XID 79 once when it goes, again if it comes back and goes
+// again), and a volatile uncorrected ECC count that rose since the last
+// sweep (an uncorrectable-ECC event, reported once: the GPU is then held
+// until a reset, which zeroes the volatile count and re-arms the check).
+// The first sweep only records the counts. It reports false when ctx ended
+// while sending; a wedged driver ends the sweep early (the event wait
+// reports that).
+func (b *Backend) sweep(uuids []string, st *sweepState, send func(hardware.Event) bool) bool {
+	for _, u := range uuids {
+		h, err := call(b, "DeviceGetHandleByUUID", func() (nvml.Device, nvml.Return) { return b.lib.DeviceGetHandleByUUID(u) })
+		var count uint64
+		if err == nil {
+			count, err = call(b, "GetTotalEccErrors", func() (uint64, nvml.Return) {
+				return h.GetTotalEccErrors(nvml.MEMORY_ERROR_TYPE_UNCORRECTED, nvml.VOLATILE_ECC)
+			})
+		}
+		switch {
+		case hung(err) != nil:
+			return true
+		case isReturn(err, nvml.ERROR_GPU_IS_LOST):
+			if !st.lost[u] {
+				st.lost[u] = true
+				if !send(hardware.Event{Kind: hardware.EventXID, UUID: u, XID: 79, Reason: "NVML reports the GPU lost (fallen off the bus)"}) {
+					return false
+				}
+			}
+			continue
+		case err != nil:
+			continue // ECC counters unsupported (ECC off), or a transient failure
+		}
+		delete(st.lost, u)
+		last, seen := st.ecc[u]
+		st.ecc[u] = count
+		if count < last {
+			delete(st.eccReported, u) // the GPU was reset
+		}
+		if seen && count > last && !st.eccReported[u] {
+			st.eccReported[u] = true
+			reason := fmt.Sprintf("%d uncorrected ECC errors since the last reset (%d more)", count, count-last)
+			if !send(hardware.Event{Kind: hardware.EventECCDoubleBit, UUID: u, Reason: reason}) {
+				return false
+			}
+		}
 	}
 	return true
 }

@@ -395,3 +395,84 @@ func TestWatchWedgedWait(t *testing.T) {
 		t.Errorf("Probe after the driver answered again: %v", err)
 	}
 }
+
+// TestWatchSweep checks the faults Watch finds by query between events: a
+// rise in a GPU's volatile uncorrected ECC count (once, until a reset zeroes
+// it) and a GPU NVML calls lost (once while it stays lost).
+func TestWatchSweep(t *testing.T) {
+	setTimeouts(t, time.Second)
+	old := sweepEvery
+	sweepEvery = time.Millisecond
+	t.Cleanup(func() { sweepEvery = old })
+	f := newFixture(t, dgxh100.New())
+	feed := newEventFeed(f)
+	var mu sync.Mutex
+	ecc := map[int]uint64{}
+	lost := map[int]bool{}
+	reads := map[int]int{}
+	for i, d := range f.devs {
+		d.GetTotalEccErrorsFunc = func(nvml.MemoryErrorType, nvml.EccCounterType) (uint64, nvml.Return) {
+			mu.Lock()
+			defer mu.Unlock()
+			reads[i]++
+			if lost[i] {
+				return 0, nvml.ERROR_GPU_IS_LOST
+			}
+			return ecc[i], nvml.SUCCESS
+		}
+	}
+	set := func(f func()) {
+		mu.Lock()
+		f()
+		mu.Unlock()
+	}
+	// swept waits until GPU i's counter has been read twice more: a whole
+	// sweep saw the state set before it.
+	swept := func(i int) {
+		t.Helper()
+		mu.Lock()
+		from := reads[i]
+		mu.Unlock()
+		deadline := time.Now().Add(2 * time.Second)
+		for {
+			mu.Lock()
+			n := reads[i]
+			mu.Unlock()
+			if n >= from+2 {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("GPU %d not swept within 2s", i)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	w := startWatch(t, f.b)
+	swept(3)
+	set(func() { ecc[3] = 2 })
+	if ev := w.next(t); ev.Kind != hardware.EventECCDoubleBit || ev.UUID != f.devs[3].UUID || !strings.Contains(ev.Reason, "2 uncorrected ECC errors") {
+		t.Fatalf("got %+v, want an uncorrectable-ECC event on GPU 3", ev)
+	}
+	set(func() { ecc[3] = 5; lost[2] = true }) // still rising: already reported
+	if ev := w.next(t); ev.Kind != hardware.EventXID || ev.XID != 79 || ev.UUID != f.devs[2].UUID {
+		t.Fatalf("got %+v, want XID 79 (lost) on GPU 2", ev)
+	}
+	swept(2)
+	swept(3)
+	feed.ch <- xid(f.devs[1], 48) // nothing else came before it: lost and ECC were reported once
+	if ev := w.next(t); ev.XID != 48 || ev.UUID != f.devs[1].UUID {
+		t.Fatalf("got %+v, want XID 48 on GPU 1", ev)
+	}
+	set(func() { ecc[3] = 0; lost[2] = false }) // both reset
+	swept(2)
+	swept(3)
+	set(func() { ecc[3] = 1; lost[2] = true })
+	got := map[hardware.EventKind]string{}
+	for range 2 {
+		ev := w.next(t)
+		got[ev.Kind] = ev.UUID
+	}
+	if got[hardware.EventECCDoubleBit] != f.devs[3].UUID || got[hardware.EventXID] != f.devs[2].UUID {
+		t.Errorf("after a reset, got %v, want ECC on GPU 3 and lost on GPU 2 reported again", got)
+	}
+}
