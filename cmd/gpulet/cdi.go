@@ -16,6 +16,7 @@ import (
 	"github.com/gpulet/gpulet/internal/cdispec"
 	"github.com/gpulet/gpulet/internal/config"
 	"github.com/gpulet/gpulet/internal/daemon"
+	"github.com/gpulet/gpulet/internal/hardware/backends"
 )
 
 func newCDICmd() *cobra.Command {
@@ -60,7 +61,7 @@ then run containers with --device nvidia.com/gpu=0.`,
 				return fmt.Errorf("--format %q is not one of yaml, json", format)
 			}
 			log := newLogger(cfg)
-			backend, node, err := daemon.InitHardware(cmd.Context(), cfg, log)
+			backend, node, err := daemon.InitHardware(cmd.Context(), backends.Opener(cfg, log))
 			if err != nil {
 				return err
 			}

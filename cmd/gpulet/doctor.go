@@ -9,7 +9,7 @@ import (
 	"github.com/gpulet/gpulet/internal/config"
 	"github.com/gpulet/gpulet/internal/daemon"
 	"github.com/gpulet/gpulet/internal/doctor"
-	"github.com/gpulet/gpulet/internal/hardware"
+	"github.com/gpulet/gpulet/internal/hardware/backends"
 	"github.com/gpulet/gpulet/internal/plugin"
 )
 
@@ -26,7 +26,7 @@ func newDoctorCmd() *cobra.Command {
 			}
 			log := newLogger(cfg)
 			fs := doctor.Run(cmd.Context(), doctor.Input{
-				Open:         func() (hardware.Backend, error) { return daemon.OpenBackend(cfg, log) },
+				Open:         backends.Opener(cfg, log),
 				PluginDir:    cfg.DevicePluginPath,
 				ResourceName: cfg.ResourceName,
 				CDI: doctor.CDIInput{

@@ -10,8 +10,8 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/gpulet/gpulet/internal/config"
+	"github.com/gpulet/gpulet/internal/daemon"
 	"github.com/gpulet/gpulet/internal/dra"
-	"github.com/gpulet/gpulet/internal/hardware"
 )
 
 func newDRACmd() *cobra.Command {
@@ -48,10 +48,7 @@ several slices; this prints them as one.`,
 				return err
 			}
 			defer backend.Close()
-			var opts dra.DeviceOptions
-			if _, simulated := backend.(hardware.FaultInjector); !simulated {
-				opts.PCIeRoot = dra.SysfsPCIeRoot // a simulated GPU's bus ID is not the host's
-			}
+			opts := dra.DeviceOptions{PCIeRoot: daemon.PCIeRoot(backend)}
 			slice := resourceapi.ResourceSlice{
 				TypeMeta:   metav1.TypeMeta{APIVersion: "resource.k8s.io/v1", Kind: "ResourceSlice"},
 				ObjectMeta: metav1.ObjectMeta{Name: nodeName + "-" + dra.DriverName},

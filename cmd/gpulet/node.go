@@ -6,6 +6,7 @@ import (
 	"github.com/gpulet/gpulet/internal/config"
 	"github.com/gpulet/gpulet/internal/daemon"
 	"github.com/gpulet/gpulet/internal/hardware"
+	"github.com/gpulet/gpulet/internal/hardware/backends"
 	"github.com/gpulet/gpulet/internal/inventory"
 )
 
@@ -13,7 +14,7 @@ import (
 // each GPU now, which is the health the CLI's one-shot views show (the
 // daemon tracks events over time). The caller closes the backend.
 func probedNode(ctx context.Context, cfg *config.Config) (hardware.Backend, *inventory.Store, error) {
-	backend, node, err := daemon.InitHardware(ctx, cfg, newLogger(cfg))
+	backend, node, err := daemon.InitHardware(ctx, backends.Opener(cfg, newLogger(cfg)))
 	if err != nil {
 		return nil, nil, err
 	}

@@ -5,6 +5,7 @@ import (
 
 	"github.com/gpulet/gpulet/internal/config"
 	"github.com/gpulet/gpulet/internal/daemon"
+	"github.com/gpulet/gpulet/internal/hardware/backends"
 )
 
 func newRunCmd() *cobra.Command {
@@ -33,7 +34,7 @@ otherwise.`,
 				"device_plugin_path", cfg.DevicePluginPath, "device_list_strategy", cfg.DeviceListStrategy,
 				"device_id_strategy", cfg.DeviceIDStrategy, "pass_device_specs", cfg.PassDeviceSpecs,
 				"shared_devices_allocation_policy", cfg.SharedDevicesAllocationPolicy)
-			return daemon.RunWithVersion(cmd.Context(), cfg, log, version)
+			return daemon.RunWithVersion(cmd.Context(), cfg, backends.Opener(cfg, log), log, version)
 		},
 	}
 	cfg.RunFlags(cmd.Flags())

@@ -17,6 +17,7 @@ import (
 	"github.com/gpulet/gpulet/internal/config"
 	"github.com/gpulet/gpulet/internal/cudadriver"
 	"github.com/gpulet/gpulet/internal/daemon"
+	"github.com/gpulet/gpulet/internal/hardware/backends"
 	"github.com/gpulet/gpulet/internal/hardware/sim"
 	"github.com/gpulet/gpulet/internal/validate"
 )
@@ -65,7 +66,9 @@ func startGpulet(t *testing.T, profile, dir string) (cancel func() error) {
 	}
 	ctx, stop := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- daemon.Run(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil))) }()
+	go func() {
+		done <- daemon.Run(ctx, cfg, backends.Opener(cfg, slog.New(slog.DiscardHandler)), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	}()
 	var once sync.Once
 	var err error
 	cancel = func() error {

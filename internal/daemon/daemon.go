@@ -17,8 +17,6 @@ import (
 	"github.com/gpulet/gpulet/internal/allocator"
 	"github.com/gpulet/gpulet/internal/config"
 	"github.com/gpulet/gpulet/internal/hardware"
-	"github.com/gpulet/gpulet/internal/hardware/nvml"
-	"github.com/gpulet/gpulet/internal/hardware/sim"
 	"github.com/gpulet/gpulet/internal/health"
 	"github.com/gpulet/gpulet/internal/inventory"
 	"github.com/gpulet/gpulet/internal/metrics"
@@ -27,33 +25,10 @@ import (
 	"github.com/gpulet/gpulet/internal/resources"
 )
 
-// OpenBackend opens the backend the config names. "auto" takes NVML when
-// its library loads and the simulator otherwise.
-func OpenBackend(cfg *config.Config, log *slog.Logger) (hardware.Backend, error) {
-	nvmlOpts := nvml.Options{DriverRoot: cfg.DriverRoot, DevRoot: cfg.DevRoot}
-	switch cfg.Backend {
-	case "nvml":
-		return nvml.New(nvmlOpts)
-	case "sim":
-		return openSim(cfg)
-	case "auto":
-		b, err := nvml.New(nvmlOpts)
-		if err == nil {
-			return b, nil
-		}
-		log.Info("no usable NVML; simulating a GPU node", "profile", cfg.SimProfile, "nvml", err)
-		return openSim(cfg)
-	}
-	return nil, fmt.Errorf("backend %q is not one of auto, sim, nvml", cfg.Backend)
-}
-
-func openSim(cfg *config.Config) (hardware.Backend, error) {
-	p, err := sim.LoadProfile(cfg.SimProfile)
-	if err != nil {
-		return nil, err
-	}
-	return sim.New(p, cfg.SimRoot)
-}
+// Opener opens the hardware backend the settings name (package backends
+// knows which exist); the daemon calls it at start and while it waits for
+// the driver.
+type Opener func() (hardware.Backend, error)
 
 // PlacementFor returns what builds the topology-aware placer of one device
 // list, placing shared devices (replicas, MIG instances) by policy.
@@ -71,16 +46,17 @@ func PlacementFor(policy allocator.Policy) func(*resources.Resource) (plugin.Pla
 	}
 }
 
-// Run is `gpulet run`: it serves until ctx ends, then removes its sockets.
-func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
-	return RunWithVersion(ctx, cfg, log, "")
+// Run is `gpulet run` on the backend open opens: it serves until ctx ends,
+// then removes its sockets.
+func Run(ctx context.Context, cfg *config.Config, open Opener, log *slog.Logger) error {
+	return RunWithVersion(ctx, cfg, open, log, "")
 }
 
 // RunWithVersion is Run with the version gpulet_build_info reports. It
 // starts gpulet's components in the order components lists them, serves
 // until ctx ends or one fails, and stops them in reverse order.
-func RunWithVersion(ctx context.Context, cfg *config.Config, log *slog.Logger, version string) error {
-	g, err := newGpulet(cfg, log, version)
+func RunWithVersion(ctx context.Context, cfg *config.Config, open Opener, log *slog.Logger, version string) error {
+	g, err := newGpulet(cfg, open, log, version)
 	if err != nil {
 		return err
 	}
@@ -101,6 +77,7 @@ func RunWithVersion(ctx context.Context, cfg *config.Config, log *slog.Logger, v
 // that reads it starts.
 type gpulet struct {
 	cfg       *config.Config
+	open      Opener
 	log       *slog.Logger
 	exp       *metrics.Exporter
 	policy    *health.Policy
@@ -115,8 +92,8 @@ type gpulet struct {
 }
 
 // newGpulet checks what can be checked before anything starts.
-func newGpulet(cfg *config.Config, log *slog.Logger, version string) (*gpulet, error) {
-	g := &gpulet{cfg: cfg, log: log, start: time.Now(), placement: allocator.PolicyDistributed}
+func newGpulet(cfg *config.Config, open Opener, log *slog.Logger, version string) (*gpulet, error) {
+	g := &gpulet{cfg: cfg, open: open, log: log, start: time.Now(), placement: allocator.PolicyDistributed}
 	var err error
 	if g.policy, err = HealthPolicy(cfg); err != nil {
 		return nil, err
@@ -178,7 +155,7 @@ func (g *gpulet) hardware() component {
 	return component{
 		name: "hardware",
 		start: func(ctx context.Context) error {
-			backend, node, err := InitHardware(ctx, g.cfg, g.log)
+			backend, node, err := InitHardware(ctx, g.open)
 			if err != nil {
 				if g.cfg.FailOnInitError {
 					return err
@@ -187,7 +164,7 @@ func (g *gpulet) hardware() component {
 				// gpulet also keeps trying, so GPUs appear once the driver does.
 				g.log.Error("no GPUs to serve yet; waiting for the driver because fail-on-init-error is false", "err", err)
 				g.exp.SetIdle()
-				if backend, node = waitForHardware(ctx, g.cfg, g.log); backend == nil {
+				if backend, node = waitForHardware(ctx, g.open, g.log); backend == nil {
 					return ctx.Err()
 				}
 			}
@@ -267,10 +244,10 @@ func (g *gpulet) devicePlugin() component {
 	}
 }
 
-// InitHardware opens the backend the settings name and discovers the node;
-// on error nothing is left open.
-func InitHardware(ctx context.Context, cfg *config.Config, log *slog.Logger) (hardware.Backend, *inventory.Node, error) {
-	backend, err := OpenBackend(cfg, log)
+// InitHardware opens the backend and discovers the node; on error nothing
+// is left open.
+func InitHardware(ctx context.Context, open Opener) (hardware.Backend, *inventory.Node, error) {
+	backend, err := open()
 	if err != nil {
 		return nil, nil, err
 	}

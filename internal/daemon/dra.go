@@ -99,9 +99,7 @@ func (g *gpulet) draDriver() component {
 				CDI: DRACDIWriter(g.cfg, g.backend, log), PluginDir: g.cfg.DRA.PluginDir, RegistrarDir: g.cfg.DRA.RegistrarDir,
 				Log: log,
 			}
-			if _, simulated := g.backend.(hardware.FaultInjector); !simulated {
-				o.Devices.PCIeRoot = dra.SysfsPCIeRoot // a simulated GPU's bus ID is not the host's
-			}
+			o.Devices.PCIeRoot = PCIeRoot(g.backend)
 			d, err = dra.Start(ctx, o)
 			return err
 		},
@@ -114,6 +112,15 @@ func (g *gpulet) draDriver() component {
 			}
 		},
 	}
+}
+
+// PCIeRoot is the backend's resolver of a GPU's PCIe root complex, or nil
+// when its bus IDs are not the host's (the simulator's).
+func PCIeRoot(backend hardware.Backend) func(string) (string, bool) {
+	if r, ok := backend.(hardware.PCIeRootResolver); ok {
+		return r.PCIeRoot
+	}
+	return nil
 }
 
 // DRACDIWriter returns the writer of the per-claim CDI specs: in

@@ -10,7 +10,6 @@ import (
 
 	"k8s.io/apimachinery/pkg/util/wait"
 
-	"github.com/gpulet/gpulet/internal/config"
 	"github.com/gpulet/gpulet/internal/hardware"
 	"github.com/gpulet/gpulet/internal/health"
 	"github.com/gpulet/gpulet/internal/inventory"
@@ -68,11 +67,11 @@ func sleep(ctx context.Context, d time.Duration) bool {
 
 // waitForHardware retries discovery until it works or ctx ends (nil
 // backend), and says when the GPUs appear.
-func waitForHardware(ctx context.Context, cfg *config.Config, log *slog.Logger) (hardware.Backend, *inventory.Node) {
+func waitForHardware(ctx context.Context, open Opener, log *slog.Logger) (hardware.Backend, *inventory.Node) {
 	var backend hardware.Backend
 	var node *inventory.Node
 	if !retryDriver(ctx, log, "", func() (err error) {
-		backend, node, err = InitHardware(ctx, cfg, log)
+		backend, node, err = InitHardware(ctx, open)
 		return err
 	}) {
 		return nil, nil

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/gpulet/gpulet/internal/config"
+	"github.com/gpulet/gpulet/internal/hardware/backends"
 	"github.com/gpulet/gpulet/internal/hardware/sim"
 	"github.com/gpulet/gpulet/internal/plugin/plugintest"
 )
@@ -78,7 +79,9 @@ func TestDriverDownAndUp(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- RunWithVersion(ctx, cfg, slog.New(slog.DiscardHandler), "test") }()
+	go func() {
+		done <- RunWithVersion(ctx, cfg, backends.Opener(cfg, slog.New(slog.DiscardHandler)), slog.New(slog.DiscardHandler), "test")
+	}()
 	defer func() {
 		cancel()
 		if err := <-done; err != nil {

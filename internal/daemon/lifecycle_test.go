@@ -13,6 +13,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/gpulet/gpulet/internal/config"
+	"github.com/gpulet/gpulet/internal/hardware/backends"
 	"github.com/gpulet/gpulet/internal/hardware/sim"
 	"github.com/gpulet/gpulet/internal/plugin/plugintest"
 )
@@ -42,7 +43,9 @@ func TestRunLeavesNoGoroutine(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- RunWithVersion(ctx, cfg, slog.New(slog.DiscardHandler), "test") }()
+	go func() {
+		done <- RunWithVersion(ctx, cfg, backends.Opener(cfg, slog.New(slog.DiscardHandler)), slog.New(slog.DiscardHandler), "test")
+	}()
 
 	if _, err := kubelet.WaitRegistration(15 * time.Second); err != nil {
 		cancel()

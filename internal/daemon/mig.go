@@ -14,7 +14,7 @@ import (
 // for the driver's (cdispec.DefaultMIGMinorsPath; /proc is kernel-wide, so
 // a container reads the host's).
 func MIGMinorsPath(backend hardware.Backend) string {
-	if b, ok := backend.(interface{ MIGMinorsPath() string }); ok {
+	if b, ok := backend.(hardware.MIGMinors); ok {
 		return b.MIGMinorsPath()
 	}
 	return ""

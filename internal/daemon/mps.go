@@ -8,7 +8,6 @@ import (
 
 	"github.com/gpulet/gpulet/internal/config"
 	"github.com/gpulet/gpulet/internal/hardware"
-	"github.com/gpulet/gpulet/internal/hardware/sim"
 	"github.com/gpulet/gpulet/internal/inventory"
 	"github.com/gpulet/gpulet/internal/mps"
 	"github.com/gpulet/gpulet/internal/resources"
@@ -82,16 +81,17 @@ func checkShares(cfg *config.Config, snap inventory.Snapshot, log *slog.Logger) 
 
 // startMPS, with MPS sharing, starts (or connects to) a control daemon per
 // shared GPU in snap and returns their manager; nil without MPS sharing.
-// The simulator's stand-in replaces the binary on a simulated node.
+// A backend with its own MPS control (the simulator's stand-in) replaces
+// the binary.
 func startMPS(ctx context.Context, cfg *config.Config, backend hardware.Backend, snap inventory.Snapshot, log *slog.Logger) (*mps.Manager, error) {
 	rc := ResourcesConfig(cfg)
 	if !rc.MPS {
 		return nil, nil
 	}
 	var control mps.Control = mps.Exec{Path: cfg.MPSControl}
-	if fi, ok := backend.(hardware.FaultInjector); ok {
-		control = &sim.MPSControl{Root: fi.Root()}
-		log.Info("simulated node: MPS control daemons are simulated", "log", sim.MPSLogPath(fi.Root()))
+	if c, ok := backend.(hardware.MPSControlled); ok {
+		control = c.MPSControl()
+		log.Info("MPS control daemons are the backend's own", "backend", backend.Name())
 	}
 	m := &mps.Manager{Root: cfg.MPSRoot, Control: control, Log: log.With("component", "mps")}
 	if err := m.Start(ctx, mpsGPUs(snap, rc)); err != nil {

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/gpulet/gpulet/internal/config"
+	"github.com/gpulet/gpulet/internal/hardware/backends"
 	"github.com/gpulet/gpulet/internal/hardware/sim"
 	"github.com/gpulet/gpulet/internal/inventory"
 )
@@ -23,7 +24,7 @@ func TestStartMPSOnSimulatedNode(t *testing.T) {
 		Sharing: config.Sharing{Strategy: config.SharingMPS, Resources: []config.SharedResource{
 			{Name: "nvidia.com/gpu", Replicas: 4, Devices: config.SharedDevices{Count: 2}}}}}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	backend, err := OpenBackend(cfg, log)
+	backend, err := backends.Open(cfg, log)
 	if err != nil {
 		t.Fatal(err)
 	}

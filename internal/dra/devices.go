@@ -47,18 +47,10 @@ const maxDevicesPerSlice = resourceapi.ResourceSliceMaxDevices
 type DeviceOptions struct {
 	// PCIeRoot resolves a PCI bus ID (0000:1b:00.0) to its root complex
 	// (pci0000:00), as the resource.kubernetes.io/pcieRoot attribute wants;
-	// nil or !ok leaves the attribute out (the simulator has no sysfs).
+	// nil or !ok leaves the attribute out. The backend resolves it when it
+	// can (hardware.PCIeRootResolver: NVML; the simulator's bus IDs are
+	// not the host's).
 	PCIeRoot func(busID string) (string, bool)
-}
-
-// SysfsPCIeRoot reads the root complex from the host's /sys, as NVIDIA's
-// driver does.
-func SysfsPCIeRoot(busID string) (string, bool) {
-	a, err := deviceattribute.GetPCIeRootAttributeByPCIBusID(busID)
-	if err != nil || a.Value.StringValue == nil {
-		return "", false
-	}
-	return *a.Value.StringValue, true
 }
 
 // entry is one publishable device and what it stands for.

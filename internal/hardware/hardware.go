@@ -2,8 +2,9 @@
 // A Backend discovers the node and reports what happens to its devices;
 // everything above it (inventory, health policy, resources, servers) is shared
 // by the NVML, simulated and any future backend. What only some backends can
-// do is an optional interface here (FaultInjector), found by asserting a
-// Backend to it, never to a concrete backend type.
+// do is an optional interface here (FaultInjector, MPSControlled,
+// PCIeRootResolver, MIGMinors), found by asserting a Backend to it, never
+// to a concrete backend type.
 package hardware
 
 import (
@@ -37,6 +38,36 @@ type FaultInjector interface {
 	Publish() error
 	// Root is the folder the fault tools act on (--sim-root).
 	Root() string
+}
+
+// MPSControl starts and talks to the MPS control daemon of one GPU
+// (nvidia-cuda-mps-control), the environment env naming which.
+type MPSControl interface {
+	// Start starts a control daemon in the background, returning once it
+	// is started.
+	Start(ctx context.Context, env []string) error
+	// Send writes one command to the daemon and returns its answer.
+	Send(ctx context.Context, env []string, command string) (string, error)
+}
+
+// MPSControlled is a Backend that brings its own MPS control daemons (the
+// simulator's stand-in) instead of NVIDIA's binary.
+type MPSControlled interface {
+	MPSControl() MPSControl
+}
+
+// PCIeRootResolver is a Backend whose PCI bus IDs are the host's, so their
+// root complex (pci0000:00) can be looked up (NVML, in sysfs); ok is false
+// when it cannot.
+type PCIeRootResolver interface {
+	PCIeRoot(busID string) (root string, ok bool)
+}
+
+// MIGMinors is a Backend with its own mig-minors file, mapping its MIG
+// instances to their nvidia-caps device nodes (the simulator). Without it
+// the driver's /proc file applies.
+type MIGMinors interface {
+	MIGMinorsPath() string
 }
 
 // EventKind says what happened to a device.

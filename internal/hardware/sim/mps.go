@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+
+	"github.com/gpulet/gpulet/internal/hardware"
 )
 
 // MPSControl stands in for nvidia-cuda-mps-control on a simulated node:
@@ -93,3 +95,7 @@ func (c *MPSControl) Send(_ context.Context, env []string, command string) (stri
 	}
 	return "", nil
 }
+
+// MPSControl is the simulator's stand-in for nvidia-cuda-mps-control,
+// logging to MPSLogPath(b.Root()).
+func (b *Backend) MPSControl() hardware.MPSControl { return &MPSControl{Root: b.root} }

@@ -71,8 +71,12 @@ func New(profile *Profile, root string) (*Backend, error) {
 	return &Backend{root: root, full: node}, nil
 }
 
-// The daemon finds fault injection through this interface.
-var _ hardware.FaultInjector = (*Backend)(nil)
+// The daemon finds what only the simulator does through these interfaces.
+var (
+	_ hardware.FaultInjector = (*Backend)(nil)
+	_ hardware.MPSControlled = (*Backend)(nil)
+	_ hardware.MIGMinors     = (*Backend)(nil)
+)
 
 // Publish writes root/node.json, the node this simulator serves, so that
 // `gpulet sim` commands can name GPUs by index. Only the daemon (or an
