@@ -9,31 +9,9 @@ import (
 	"sort"
 	"strings"
 	"testing"
+
+	"github.com/gpulet/gpulet/internal/hardware/nvml/nvmlmocktest"
 )
-
-// mockProfiles are the profiles NVIDIA's mock NVML ships.
-var mockProfiles = []string{"a100", "h100", "b200", "gb200", "gb300", "l40s", "t4"}
-
-// nvmlMock returns the folder hack/nvml-mock.sh built (make unit exports it),
-// or skips the test.
-func nvmlMock(t *testing.T) string {
-	t.Helper()
-	dir := os.Getenv("GPULET_NVML_MOCK")
-	if dir == "" {
-		t.Skip("GPULET_NVML_MOCK is not set: make unit builds NVIDIA's mock NVML and sets it")
-	}
-	if _, err := os.Stat(filepath.Join(dir, "lib", "libnvidia-ml.so.1")); err != nil {
-		t.Fatalf("GPULET_NVML_MOCK=%s holds no lib/libnvidia-ml.so.1: %v", dir, err)
-	}
-	return dir
-}
-
-// mockEnv is the environment a process needs to load the mock with profile.
-func mockEnv(mock, profile string) []string {
-	return append(os.Environ(),
-		"LD_LIBRARY_PATH="+filepath.Join(mock, "lib"),
-		"MOCK_NVML_CONFIG="+filepath.Join(mock, "configs", "mock-nvml-config-"+profile+".yaml"))
-}
 
 // labelDiff is one allowed difference from the checked-in list.
 type labelDiff struct {
@@ -90,7 +68,7 @@ func parseLabelFile(t *testing.T, data string) map[string]string {
 // NVIDIA's mock NVML, and fails on any difference not listed in
 // testdata/gfd-label-differences.txt.
 func TestLabelsMatchGFDOnMock(t *testing.T) {
-	mock := nvmlMock(t)
+	mock := nvmlmocktest.Dir(t)
 	bin := os.Getenv("GPULET_NVIDIA_BIN")
 	if bin == "" {
 		t.Skip("GPULET_NVIDIA_BIN is not set: make unit builds NVIDIA's gpu-feature-discovery and sets it")
@@ -105,9 +83,9 @@ func TestLabelsMatchGFDOnMock(t *testing.T) {
 		}
 		return false
 	}
-	for _, profile := range mockProfiles {
+	for _, profile := range nvmlmocktest.Profiles {
 		t.Run(profile, func(t *testing.T) {
-			env := mockEnv(mock, profile)
+			env := nvmlmocktest.Env(mock, profile)
 			out := filepath.Join(t.TempDir(), "gfd")
 			gfd := exec.Command(filepath.Join(bin, "gpu-feature-discovery"), "--oneshot", "--output-file="+out, "--use-node-feature-api=false")
 			gfd.Env = append(env, "NODE_NAME=mock-node")

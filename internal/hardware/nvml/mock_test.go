@@ -26,27 +26,12 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/gpulet/gpulet/internal/hardware"
+	"github.com/gpulet/gpulet/internal/hardware/nvml/nvmlmocktest"
 	"github.com/gpulet/gpulet/internal/health"
 	"github.com/gpulet/gpulet/internal/inventory"
 )
 
 const mockChildEnv = "GPULET_NVML_MOCK_CHILD"
-
-// mockProfiles are the 7 profiles NVIDIA's mock ships.
-var mockProfiles = []string{"a100", "h100", "b200", "gb200", "gb300", "l40s", "t4"}
-
-// mockDir is the mock's build folder (lib/, configs/, nvml-mock-ctl), or a skip.
-func mockDir(t *testing.T) string {
-	t.Helper()
-	dir := os.Getenv("GPULET_NVML_MOCK")
-	if dir == "" {
-		t.Skip("GPULET_NVML_MOCK is not set: make unit builds NVIDIA's mock NVML (hack/nvml-mock.sh) and sets it")
-	}
-	if _, err := os.Stat(filepath.Join(dir, "lib", "libnvidia-ml.so.1")); err != nil {
-		t.Fatalf("GPULET_NVML_MOCK=%s holds no lib/libnvidia-ml.so.1: %v", dir, err)
-	}
-	return dir
-}
 
 // runChild runs TestNVMLMockChild in a fresh process with env added and
 // fails t with the child's output unless the child passed.
@@ -71,12 +56,12 @@ func TestNVMLMockProfiles(t *testing.T) {
 	if os.Getenv(mockChildEnv) != "" {
 		t.Skip("a child runs only TestNVMLMockChild")
 	}
-	mock := mockDir(t)
-	for _, p := range mockProfiles {
+	mock := nvmlmocktest.Dir(t)
+	for _, p := range nvmlmocktest.Profiles {
 		t.Run(p, func(t *testing.T) {
 			t.Parallel()
 			runChild(t, p,
-				"MOCK_NVML_CONFIG="+filepath.Join(mock, "configs", "mock-nvml-config-"+p+".yaml"),
+				"MOCK_NVML_CONFIG="+nvmlmocktest.Config(mock, p),
 				"MOCK_NVML_OVERRIDES="+filepath.Join(t.TempDir(), "overrides.yaml"))
 		})
 	}
@@ -141,7 +126,7 @@ func TestNVMLMockChild(t *testing.T) {
 		}
 		return
 	}
-	mock := mockDir(t)
+	mock := nvmlmocktest.Dir(t)
 	want := readMockProfile(t, os.Getenv("MOCK_NVML_CONFIG"))
 	// The mock as a driver root, as the DaemonSet mounts it: New finds the
 	// library under the root before the usual places.
@@ -150,7 +135,7 @@ func TestNVMLMockChild(t *testing.T) {
 	if err := os.MkdirAll(filepath.Dir(lib), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Symlink(filepath.Join(mock, "lib", "libnvidia-ml.so.1"), lib); err != nil {
+	if err := os.Symlink(nvmlmocktest.Library(mock), lib); err != nil {
 		t.Fatal(err)
 	}
 	hb, err := New(Options{DriverRoot: root})
