@@ -3,7 +3,6 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"github.com/gpulet/gpulet/internal/atomicfile"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,6 +12,7 @@ import (
 	"tags.cncf.io/container-device-interface/pkg/cdi"
 	specs "tags.cncf.io/container-device-interface/specs-go"
 
+	"github.com/gpulet/gpulet/internal/atomicfile"
 	"github.com/gpulet/gpulet/internal/cdispec"
 	"github.com/gpulet/gpulet/internal/config"
 	"github.com/gpulet/gpulet/internal/daemon"
@@ -40,8 +40,12 @@ func newCDIGenerateCmd() *cobra.Command {
 of kind nvidia.com/gpu: one device per GPU by index (0, 1, ...; MIG
 instances as <gpu>:<mig>) and by UUID, and "all". Each device carries its
 /dev/nvidiaN (and a MIG instance its /dev/nvidia-caps nodes); the spec adds
-the control devices and the driver libraries and tools found under
---nvidia-driver-root.
+the control devices and the driver files found under --nvidia-driver-root
+that --cdi-driver-capabilities asks for (default all, as NVIDIA's). Where
+NVIDIA's hook binary is on the node (nvidia-cdi-hook or nvidia-ctk), the
+spec carries NVIDIA's hooks (soname links, CUDA forward compatibility, ld
+cache update); without it every name of a library is a bind mount of its
+own and those hooks are missing (--cdi-hooks forces either).
 
 Save it where the container runtime reads specs, e.g.
   gpulet cdi generate --output=/etc/cdi/nvidia.yaml
@@ -83,6 +87,7 @@ then run containers with --device nvidia.com/gpu=0.`,
 		},
 	}
 	cfg.BackendFlags(cmd.Flags(), "nvml")
+	cfg.CDIDriverFlags(cmd.Flags())
 	cmd.Flags().StringVarP(&output, "output", "o", "", "file to write the spec to (default stdout)")
 	cmd.Flags().StringVar(&format, "format", "", "yaml or json (default: json for a .json --output, yaml otherwise)")
 	cmd.Flags().StringSliceVar(&naming, "device-name-strategy", []string{cdispec.NameByIndex, cdispec.NameByUUID}, "names every device gets: index, uuid (comma-separated)")

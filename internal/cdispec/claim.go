@@ -45,7 +45,8 @@ func BuildClaim(node *inventory.Node, o Options, devices []ClaimDevice) (*specs.
 		if err != nil {
 			return nil, err
 		}
-		raw.Devices = append(raw.Devices, specs.Device{Name: d.Name, ContainerEdits: specs.ContainerEdits{DeviceNodes: nodes}})
+		raw.Devices = append(raw.Devices, specs.Device{Name: d.Name,
+			ContainerEdits: specs.ContainerEdits{DeviceNodes: nodes, Hooks: deviceHooks(o, driverRoot(o), d.UUID)}})
 	}
 	return finish(raw, node, o)
 }

@@ -53,6 +53,11 @@ type Options struct {
 	// Driver, if set, holds the driver files mounted into every container
 	// (see FindDriver); nil leaves that to the node.
 	Driver *Driver
+	// Capabilities select the driver files (NVIDIA_DRIVER_CAPABILITIES
+	// semantics); the zero value gives every file, as NVIDIA's specs do.
+	Capabilities Capabilities
+	// Hooks, if set, adds NVIDIA's hooks (hook mode); nil is hook-free.
+	Hooks *Hooks
 }
 
 // Build returns the spec of every GPU and MIG instance of node: one device
@@ -70,6 +75,7 @@ func Build(node *inventory.Node, o Options) (*specs.Spec, error) {
 	}
 	raw := &specs.Spec{Kind: o.Kind}
 	var all []*specs.DeviceNode
+	var allHooks []*specs.Hook
 	seen := map[string]bool{}
 	addNodes := func(nodes []*specs.DeviceNode) {
 		for _, d := range nodes {
@@ -92,10 +98,11 @@ func Build(node *inventory.Node, o Options) (*specs.Spec, error) {
 				own[i] = &c
 			}
 			raw.Devices = append(raw.Devices, specs.Device{
-				Name: name, ContainerEdits: specs.ContainerEdits{DeviceNodes: own},
+				Name: name, ContainerEdits: specs.ContainerEdits{DeviceNodes: own, Hooks: deviceHooks(o, driverRoot(o), uuid)},
 			})
 		}
 		addNodes(nodes)
+		allHooks = append(allHooks, deviceHooks(o, driverRoot(o), uuid)...)
 	}
 	for _, g := range node.GPUs {
 		gpu := devNode(node.DevRoot, "nvidia"+strconv.Itoa(g.Minor))
@@ -113,7 +120,7 @@ func Build(node *inventory.Node, o Options) (*specs.Spec, error) {
 	if len(raw.Devices) == 0 {
 		return nil, errors.New("the node has no GPUs to describe")
 	}
-	raw.Devices = append(raw.Devices, specs.Device{Name: AllDevice, ContainerEdits: specs.ContainerEdits{DeviceNodes: all}})
+	raw.Devices = append(raw.Devices, specs.Device{Name: AllDevice, ContainerEdits: specs.ContainerEdits{DeviceNodes: all, Hooks: allHooks}})
 
 	return finish(raw, node, o)
 }
@@ -132,9 +139,10 @@ func finish(raw *specs.Spec, node *inventory.Node, o Options) (*specs.Spec, erro
 		Env:         []string{"NVIDIA_VISIBLE_DEVICES=void"},
 		DeviceNodes: ctl,
 	}
-	if o.Driver != nil {
-		raw.ContainerEdits.Mounts = o.Driver.Mounts()
-	}
+	mounts, hooks, env := driverEdits(o)
+	raw.ContainerEdits.Mounts = mounts
+	raw.ContainerEdits.Hooks = hooks
+	raw.ContainerEdits.Env = append(env, raw.ContainerEdits.Env...)
 	v, err := specs.MinimumRequiredVersion(raw)
 	if err != nil {
 		return nil, fmt.Errorf("CDI spec version: %w", err)
@@ -144,6 +152,13 @@ func finish(raw *specs.Spec, node *inventory.Node, o Options) (*specs.Spec, erro
 		return nil, err
 	}
 	return raw, nil
+}
+
+func driverRoot(o Options) string {
+	if o.Driver == nil {
+		return ""
+	}
+	return o.Driver.Root
 }
 
 // migNodes are the device nodes of MIG instance m of GPU g: its parent's

@@ -243,18 +243,24 @@ func TestDriverMounts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Hook-free: the files at their own paths, the sonames the node has
+	// and libcuda.so (which NVIDIA's hook would link) as mounts of the file.
 	var got []string
-	for _, m := range d.Mounts() {
+	for _, m := range mountsOf(t, d, cdispec.Options{}) {
 		got = append(got, m.ContainerPath+"<-"+strings.TrimPrefix(m.HostPath, root))
 		if !slices.Contains(m.Options, "ro") {
 			t.Errorf("%s is mounted writable", m.ContainerPath)
 		}
 	}
 	want := []string{
+		"/usr/local/nvidia/lib64/libcuda.so.580.159.04<-/usr/local/nvidia/lib64/libcuda.so.580.159.04",
 		"/usr/local/nvidia/lib64/libcuda.so.1<-/usr/local/nvidia/lib64/libcuda.so.580.159.04",
-		"/usr/local/nvidia/lib64/libnvidia-ml.so.1<-/usr/local/nvidia/lib64/libnvidia-ml.so.580.159.04",
+		"/usr/local/nvidia/lib64/libcuda.so<-/usr/local/nvidia/lib64/libcuda.so.580.159.04",
 		"/usr/local/nvidia/lib64/libnvidia-gpucomp.so.580.159.04<-/usr/local/nvidia/lib64/libnvidia-gpucomp.so.580.159.04",
+		"/usr/local/nvidia/lib64/libnvidia-ml.so.580.159.04<-/usr/local/nvidia/lib64/libnvidia-ml.so.580.159.04",
+		"/usr/local/nvidia/lib64/libnvidia-ml.so.1<-/usr/local/nvidia/lib64/libnvidia-ml.so.580.159.04",
 		"/usr/local/nvidia/bin/nvidia-smi<-/usr/local/nvidia/bin/nvidia-smi",
+		"/var/run/nvidia-container-devices/void<-/dev/null",
 	}
 	if !slices.Equal(got, want) {
 		t.Errorf("mounts\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
@@ -266,8 +272,8 @@ func TestDriverMounts(t *testing.T) {
 	}
 	assertLoads(t, s)
 
-	if _, err := cdispec.FindDriver(t.TempDir(), "580.159.04"); err == nil || !strings.Contains(err.Error(), "libcuda.so.1") {
-		t.Errorf("empty driver root: err %v, want one naming libcuda.so.1", err)
+	if _, err := cdispec.FindDriver(t.TempDir(), "580.159.04"); err == nil || !strings.Contains(err.Error(), "libcuda.so.580.159.04") {
+		t.Errorf("empty driver root: err %v, want one naming libcuda.so.580.159.04", err)
 	}
 }
 

@@ -59,7 +59,16 @@ type Writer struct {
 	MIGMinorsPath string
 	// DriverRoot, if set, is searched for driver files at each build.
 	DriverRoot string
-	Log        *slog.Logger
+	// Capabilities select the driver files every container gets, in
+	// NVIDIA_DRIVER_CAPABILITIES syntax; "" gives all, as NVIDIA's do.
+	Capabilities string
+	// HookMode is HookModeAuto (hooks where NVIDIA's hook binary is on the
+	// node), HookModeOn or HookModeOff; "" is auto.
+	HookMode string
+	// HookPath is the hook binary's host path; "" looks for it where
+	// NVIDIA's toolkit installs it (HookCandidates).
+	HookPath string
+	Log      *slog.Logger
 
 	last []byte
 }
@@ -100,9 +109,63 @@ func (w *Writer) resolve(node *inventory.Node) (Options, error) {
 		}
 		if len(d.Files) > 0 {
 			o.Driver = d
+			o.Capabilities = AllCapabilities()
+			if w.Capabilities != "" {
+				if o.Capabilities, err = ParseCapabilities(w.Capabilities); err != nil {
+					return o, err
+				}
+			}
+			h, err := ResolveHooks(w.HookMode, w.HookPath)
+			if err != nil {
+				return o, err
+			}
+			o.Hooks = h
 		}
 	}
 	return o, nil
+}
+
+// Hook modes (--cdi-hooks).
+const (
+	HookModeAuto = "auto"
+	HookModeOn   = "on"
+	HookModeOff  = "off"
+)
+
+// HookCandidates are where NVIDIA's container toolkit installs its hook
+// binary (packages, then the GPU operator's toolkit container), newest
+// CLI first.
+var HookCandidates = []string{
+	"/usr/bin/nvidia-cdi-hook", "/usr/local/nvidia/toolkit/nvidia-cdi-hook",
+	"/usr/bin/nvidia-ctk", "/usr/local/nvidia/toolkit/nvidia-ctk",
+}
+
+// ResolveHooks picks the spec's mode: on uses path (default
+// DefaultHookPath) whether or not gpulet sees it; off is hook-free; auto
+// uses hooks when path, or else one of HookCandidates, is an executable
+// file as gpulet sees the filesystem.
+func ResolveHooks(mode, path string) (*Hooks, error) {
+	switch mode {
+	case HookModeOff:
+		return nil, nil
+	case HookModeOn:
+		if path == "" {
+			path = DefaultHookPath
+		}
+		return &Hooks{Path: path}, nil
+	case HookModeAuto, "":
+		candidates := HookCandidates
+		if path != "" {
+			candidates = []string{path}
+		}
+		for _, c := range candidates {
+			if st, err := os.Stat(c); err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0 {
+				return &Hooks{Path: c}, nil
+			}
+		}
+		return nil, nil
+	}
+	return nil, fmt.Errorf("CDI hook mode %q is not one of auto, on, off", mode)
 }
 
 // Write builds the spec of node and writes it unless it is unchanged.
@@ -113,9 +176,13 @@ func (w *Writer) Write(node *inventory.Node) error {
 		w.log().Warn("no GPUs; CDI spec left as it is", "dir", w.Dir)
 		return nil
 	}
-	raw, err := w.Build(node)
+	o, err := w.resolve(node)
 	if err != nil {
 		return err
+	}
+	raw, err := Build(node, o)
+	if err != nil {
+		return fmt.Errorf("build CDI spec: %w", err)
 	}
 	data, err := json.Marshal(raw)
 	if err != nil {
@@ -129,7 +196,7 @@ func (w *Writer) Write(node *inventory.Node) error {
 		return err
 	}
 	w.last = data
-	w.log().Info("CDI spec written", "path", path, "kind", raw.Kind, "devices", len(raw.Devices))
+	w.log().Info("CDI spec written", append(LogAttrs(o), "path", path, "kind", raw.Kind, "devices", len(raw.Devices))...)
 	return nil
 }
 
@@ -155,6 +222,25 @@ func (w *Writer) Follow(ctx context.Context, store *inventory.Store) {
 			w.log().Error("CDI spec not rewritten; it keeps the previous devices", "err", err)
 		}
 	}
+}
+
+// LogAttrs describe a spec's driver part for a log line: its mode,
+// capabilities and number of driver files, and in hook-free mode what that
+// mode lacks.
+func LogAttrs(o Options) []any {
+	args := []any{"mode", o.Mode()}
+	if o.Driver == nil {
+		return append(args, "driverFiles", 0)
+	}
+	caps := o.Capabilities
+	if caps.isZero() {
+		caps = AllCapabilities()
+	}
+	args = append(args, "capabilities", caps.String(), "driverFiles", len(o.Driver.Select(caps)))
+	if o.Hooks == nil {
+		args = append(args, "lacks", HookFreeLacks)
+	}
+	return args
 }
 
 func (w *Writer) log() *slog.Logger {

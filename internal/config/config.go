@@ -75,6 +75,13 @@ type Config struct {
 
 	// CDISpecDir is where `gpulet run` writes its CDI spec (cdi-* strategies).
 	CDISpecDir string
+	// CDIDriverCapabilities select the driver files of the CDI specs
+	// (NVIDIA_DRIVER_CAPABILITIES syntax; default all).
+	CDIDriverCapabilities string
+	// CDIHooks is auto, on or off: NVIDIA's hooks in the CDI specs.
+	CDIHooks string
+	// CDIHookPath is NVIDIA's hook binary on the host ("" looks for it).
+	CDIHookPath string
 
 	DisableHealthChecks string
 	HealthQuietPeriod   time.Duration
@@ -124,6 +131,9 @@ var settings = []setting{
 		return listValue(f.Flags.Plugin.DeviceListStrategy)
 	}},
 	{"cdi-spec-dir", []string{"GPULET_CDI_SPEC_DIR"}, func(f *File) (string, bool) { return str(f.Gpulet.CDISpecDir) }},
+	{"cdi-driver-capabilities", []string{"GPULET_CDI_DRIVER_CAPABILITIES"}, func(f *File) (string, bool) { return str(f.Gpulet.CDIDriverCapabilities) }},
+	{"cdi-hooks", []string{"GPULET_CDI_HOOKS"}, func(f *File) (string, bool) { return str(f.Gpulet.CDIHooks) }},
+	{"nvidia-cdi-hook-path", []string{"NVIDIA_CDI_HOOK_PATH", "NVIDIA_CTK_PATH"}, func(f *File) (string, bool) { return str(f.Flags.Plugin.NvidiaCTKPath) }},
 	{"device-id-strategy", []string{"DEVICE_ID_STRATEGY"}, func(f *File) (string, bool) { return str(f.Flags.Plugin.DeviceIDStrategy) }},
 	{"shared-devices-allocation-policy", []string{"SHARED_DEVICES_ALLOCATION_POLICY"}, func(f *File) (string, bool) {
 		return str(f.Flags.Plugin.SharedDevicesAllocationPolicy)
@@ -250,6 +260,15 @@ func (c *Config) RunFlags(fs *pflag.FlagSet) {
 // device-list strategies (run) and checks (doctor).
 func (c *Config) CDIFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.CDISpecDir, "cdi-spec-dir", DefaultCDISpecDir, "folder gpulet writes its CDI spec to with a cdi-* device-list strategy; the container runtime must read it [env GPULET_CDI_SPEC_DIR]")
+	c.CDIDriverFlags(fs)
+}
+
+// CDIDriverFlags add the settings of the driver part of every CDI spec
+// gpulet makes (the device plugin's, the DRA claims', cdi generate's).
+func (c *Config) CDIDriverFlags(fs *pflag.FlagSet) {
+	fs.StringVar(&c.CDIDriverCapabilities, "cdi-driver-capabilities", "all", "driver files the CDI specs mount, as NVIDIA_DRIVER_CAPABILITIES names them: all, or some of compute,utility,video,graphics,display,ngx [env GPULET_CDI_DRIVER_CAPABILITIES]")
+	fs.StringVar(&c.CDIHooks, "cdi-hooks", "auto", "NVIDIA's hooks in the CDI specs (symlinks, CUDA forward compatibility, ld cache): auto (when the hook binary is on the node), on, off (hook-free bind mounts) [env GPULET_CDI_HOOKS]")
+	fs.StringVar(&c.CDIHookPath, "nvidia-cdi-hook-path", "", "host path of nvidia-cdi-hook (or nvidia-ctk) the runtime runs (default: the first of /usr/bin/nvidia-cdi-hook, /usr/local/nvidia/toolkit/nvidia-cdi-hook, /usr/bin/nvidia-ctk found) [env NVIDIA_CDI_HOOK_PATH]")
 }
 
 // Defaults of the metrics settings (metrics.DefaultAddress,

@@ -121,12 +121,15 @@ func TestNVIDIADocumentedExamples(t *testing.T) {
 		{"testdata/nvidia-mps.yaml", SharingMPS, 10, "", true, nil},
 		{"testdata/nvidia-every-field.yaml", SharingMPS, 4, "nvidia.com/gpu.shared", false,
 			[]string{"flags.gdrcopyEnabled", "flags.gdsEnabled", "flags.mofedEnabled", "flags.gfd.oneshot", "flags.gfd.sleepInterval",
-				"cdiAnnotationPrefix", "nvidiaCTKPath", "containerDriverRoot", "imex", "resources.gpus", "resources.mig",
+				"cdiAnnotationPrefix", "containerDriverRoot", "imex", "resources.gpus", "resources.mig",
 				"sharing.timeSlicing (ignored: sharing.mps", "restartOnDeviceUnhealthy"}},
 	} {
 		c, err := parse(t, []string{"--config-file=" + tc.file}, nil)
 		if err != nil {
 			t.Fatalf("%s: %v", tc.file, err)
+		}
+		if tc.file == "testdata/nvidia-every-field.yaml" && c.CDIHookPath != "/usr/bin/nvidia-ctk" {
+			t.Errorf("%s: flags.plugin.nvidiaCTKPath gives hook path %q, want /usr/bin/nvidia-ctk", tc.file, c.CDIHookPath)
 		}
 		sh := c.Sharing
 		if sh.Strategy != tc.strategy || len(sh.Resources) == 0 || sh.Resources[0].Replicas != tc.replicas ||

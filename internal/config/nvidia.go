@@ -35,7 +35,10 @@ type File struct {
 		SimRoot          *string `json:"simRoot,omitempty"`
 		DevicePluginPath *string `json:"devicePluginPath,omitempty"`
 		CDISpecDir       *string `json:"cdiSpecDir,omitempty"`
-		ResourceName     *string `json:"resourceName,omitempty"`
+		// CDIDriverCapabilities and CDIHooks: --cdi-driver-capabilities, --cdi-hooks.
+		CDIDriverCapabilities *string `json:"cdiDriverCapabilities,omitempty"`
+		CDIHooks              *string `json:"cdiHooks,omitempty"`
+		ResourceName          *string `json:"resourceName,omitempty"`
 		// MPSControl is the nvidia-cuda-mps-control binary gpulet runs.
 		MPSControl *string `json:"mpsControl,omitempty"`
 		Health     struct {
@@ -358,7 +361,6 @@ func (f *File) Notes() []string {
 	note(fl.MOFEDEnabled != nil && *fl.MOFEDEnabled, "flags.mofedEnabled")
 	out = append(out, f.gfdNotes()...) // labels.go: the gfd fields gpulet does not act on
 	note(fl.Plugin.CDIAnnotationPrefix != nil, "flags.plugin.cdiAnnotationPrefix (gpulet uses cdi.k8s.io/)")
-	note(fl.Plugin.NvidiaCTKPath != nil, "flags.plugin.nvidiaCTKPath (gpulet's CDI spec has no nvidia-ctk hooks)")
 	note(fl.Plugin.ContainerDriverRoot != nil, "flags.plugin.containerDriverRoot")
 	note(len(f.IMEX.ChannelIDs) > 0 || f.IMEX.Required != nil, "imex (gpulet injects no IMEX channels)")
 	note(len(f.Resources.GPUs) > 0, "resources.gpus (ignored, as NVIDIA's plugin ignores it: GPUs keep --resource-name)")

@@ -12,17 +12,21 @@ import (
 )
 
 // NewCDIWriter is a spec writer for the node behind backend, writing to
-// --cdi-spec-dir: with the simulator's own mig-minors and no driver to mount,
-// else with the driver's files found under the driver root.
+// --cdi-spec-dir: with the driver's files found under the driver root (the
+// simulator's own stand-in root and mig-minors on a simulated node), for the
+// capabilities and hook mode the settings ask.
 func NewCDIWriter(cfg *config.Config, backend hardware.Backend, opts cdispec.Options, log *slog.Logger) *cdispec.Writer {
-	w := &cdispec.Writer{Dir: cfg.CDISpecDir, Options: opts, Log: log}
+	w := &cdispec.Writer{Dir: cfg.CDISpecDir, Options: opts, Log: log,
+		DriverRoot: cfg.DriverRoot, Capabilities: cfg.CDIDriverCapabilities, HookMode: cfg.CDIHooks, HookPath: cfg.CDIHookPath}
 	if w.Dir == "" {
 		w.Dir = cdispec.DefaultDir
 	}
 	if p := MIGMinorsPath(backend); p != "" {
 		w.MIGMinorsPath = p
-	} else {
-		w.DriverRoot = cfg.DriverRoot
+	}
+	// The simulator has a driver root of its own (stand-in files).
+	if b, ok := backend.(hardware.DriverRooted); ok {
+		w.DriverRoot = b.DriverRoot()
 	}
 	return w
 }

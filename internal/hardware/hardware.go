@@ -70,6 +70,12 @@ type MIGMinors interface {
 	MIGMinorsPath() string
 }
 
+// DriverRooted is a Backend with a driver root of its own (the simulator's
+// stand-in driver files); without it --nvidia-driver-root applies.
+type DriverRooted interface {
+	DriverRoot() string
+}
+
 // EventKind says what happened to a device.
 type EventKind string
 

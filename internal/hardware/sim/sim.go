@@ -16,6 +16,7 @@ import (
 	"github.com/fsnotify/fsnotify"
 	"golang.org/x/sys/unix"
 
+	"github.com/gpulet/gpulet/internal/cdispec"
 	"github.com/gpulet/gpulet/internal/hardware"
 	"github.com/gpulet/gpulet/internal/inventory"
 )
@@ -68,14 +69,25 @@ func New(profile *Profile, root string) (*Backend, error) {
 	if err := createMIGCaps(root, node); err != nil {
 		return nil, err
 	}
+	if node.DriverVersion != "" {
+		if _, err := cdispec.WriteStandInDriver(filepath.Join(root, "driver"), node.DriverVersion, nil); err != nil {
+			return nil, fmt.Errorf("simulated driver root: %w", err)
+		}
+	}
 	return &Backend{root: root, full: node}, nil
 }
+
+// DriverRoot is the simulated node's driver root: stand-in files of the
+// profile's driver version laid out as an NVIDIA driver installs them
+// (cdispec.WriteStandInDriver), which CDI specs mount as a real node's.
+func (b *Backend) DriverRoot() string { return filepath.Join(b.root, "driver") }
 
 // The daemon finds what only the simulator does through these interfaces.
 var (
 	_ hardware.FaultInjector = (*Backend)(nil)
 	_ hardware.MPSControlled = (*Backend)(nil)
 	_ hardware.MIGMinors     = (*Backend)(nil)
+	_ hardware.DriverRooted  = (*Backend)(nil)
 )
 
 // Publish writes root/node.json, the node this simulator serves, so that
