@@ -289,7 +289,7 @@ func nodeFeatureRBAC(t *testing.T, byKind map[string][]byte) (rbacv1.Role, rbacv
 
 // checkNodeFeatureRBAC holds NFD mode's Role to what gpulet does with
 // NodeFeatures (publish.NodeFeatureTarget, RemoveNodeFeature) and its pod
-// (publish.DaemonSetOwner), in its own namespace only, and the DaemonSet to
+// (kube.DaemonSetOwner), in its own namespace only, and the DaemonSet to
 // the downward-API variables gpulet reads.
 func checkNodeFeatureRBAC(t *testing.T, r rbacv1.Role, b rbacv1.RoleBinding, sa corev1.ServiceAccount, ds *appsv1.DaemonSet) {
 	t.Helper()

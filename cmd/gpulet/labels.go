@@ -11,6 +11,7 @@ import (
 
 	"github.com/gpulet/gpulet/internal/config"
 	"github.com/gpulet/gpulet/internal/daemon"
+	"github.com/gpulet/gpulet/internal/kube"
 	"github.com/gpulet/gpulet/internal/labels"
 	"github.com/gpulet/gpulet/internal/labels/publish"
 )
@@ -81,7 +82,7 @@ func removeLabels(cmd *cobra.Command, cfg *config.Config, kubeconfig string) err
 	if cfg.Labels.NodeFeatureAPI {
 		return removeNodeFeature(cmd, cfg, kubeconfig)
 	}
-	client, err := publish.Client(kubeconfig)
+	client, err := kube.Client(kubeconfig)
 	if err != nil {
 		return err
 	}
@@ -98,7 +99,7 @@ func removeLabels(cmd *cobra.Command, cfg *config.Config, kubeconfig string) err
 }
 
 func removeLabelsEverywhere(cmd *cobra.Command, kubeconfig string) error {
-	client, err := publish.Client(kubeconfig)
+	client, err := kube.Client(kubeconfig)
 	if err != nil {
 		return err
 	}
@@ -113,11 +114,11 @@ func removeLabelsEverywhere(cmd *cobra.Command, kubeconfig string) error {
 }
 
 func removeNodeFeature(cmd *cobra.Command, cfg *config.Config, kubeconfig string) error {
-	ns, err := publish.Namespace(cfg.Labels.Namespace, "")
+	ns, err := kube.Namespace(cfg.Labels.Namespace, "")
 	if err != nil {
 		return err
 	}
-	client, err := publish.DynamicClient(kubeconfig)
+	client, err := kube.DynamicClient(kubeconfig)
 	if err != nil {
 		return err
 	}

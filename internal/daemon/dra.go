@@ -11,7 +11,6 @@ import (
 	"github.com/gpulet/gpulet/internal/dra"
 	"github.com/gpulet/gpulet/internal/hardware"
 	"github.com/gpulet/gpulet/internal/inventory"
-	"github.com/gpulet/gpulet/internal/labels/publish"
 )
 
 // DRAOwns returns which GPUs DRA owns under cfg, checked against node: all
@@ -90,12 +89,12 @@ func (g *gpulet) draDriver() component {
 		name: "DRA driver",
 		start: func(ctx context.Context) error {
 			log := g.log.With("component", "dra")
-			client, err := publish.Client("")
+			client, err := g.kubeClient()
 			if err != nil {
 				return fmt.Errorf("DRA needs the Kubernetes API: %w", err)
 			}
 			o := dra.Options{
-				NodeName: g.cfg.Labels.NodeName, Client: client, Store: g.draStore,
+				NodeName: Identity(g.cfg).Node, Client: client, Store: g.draStore,
 				CDI: DRACDIWriter(g.cfg, g.backend, log), PluginDir: g.cfg.DRA.PluginDir, RegistrarDir: g.cfg.DRA.RegistrarDir,
 				Log: log,
 			}

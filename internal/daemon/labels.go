@@ -11,6 +11,7 @@ import (
 
 	"github.com/gpulet/gpulet/internal/config"
 	"github.com/gpulet/gpulet/internal/inventory"
+	"github.com/gpulet/gpulet/internal/kube"
 	"github.com/gpulet/gpulet/internal/labels"
 	"github.com/gpulet/gpulet/internal/labels/publish"
 )
@@ -29,12 +30,12 @@ func (g *gpulet) labelPublisher() component {
 				}
 				return err
 			}
-			client, err := publish.Client("")
+			client, err := g.kubeClient()
 			if err != nil {
 				return err
 			}
 			log := g.log.With("component", "labels")
-			target, err := labelTarget(ctx, g.cfg, client, func() (dynamic.Interface, error) { return publish.DynamicClient("") }, log)
+			target, err := labelTarget(ctx, g.cfg, client, func() (dynamic.Interface, error) { return kube.DynamicClient("") }, log)
 			if err != nil {
 				return err
 			}
@@ -60,10 +61,11 @@ func (g *gpulet) labelPublisher() component {
 // in gpulet's namespace, owned by gpulet's DaemonSet when the pod's can be
 // read (else the object outlives an uninstall: `gpulet labels --remove`).
 func labelTarget(ctx context.Context, cfg *config.Config, client kubernetes.Interface, newDynamic func() (dynamic.Interface, error), log *slog.Logger) (publish.Target, error) {
+	id := Identity(cfg)
 	if !cfg.Labels.NodeFeatureAPI {
-		return publish.NodeTarget{Client: client, Node: cfg.Labels.NodeName}, nil
+		return publish.NodeTarget{Client: client, Node: id.Node}, nil
 	}
-	ns, err := publish.Namespace(cfg.Labels.Namespace, "")
+	ns, err := kube.Namespace(id.Namespace, "")
 	if err != nil {
 		return nil, err
 	}
@@ -71,21 +73,26 @@ func labelTarget(ctx context.Context, cfg *config.Config, client kubernetes.Inte
 	if err != nil {
 		return nil, err
 	}
-	t := &publish.NodeFeatureTarget{Client: dyn, Namespace: ns, Node: cfg.Labels.NodeName}
+	t := &publish.NodeFeatureTarget{Client: dyn, Namespace: ns, Node: id.Node}
 	switch {
-	case cfg.Labels.PodName == "":
+	case id.Pod == "":
 		log.Warn("the NodeFeature gets no owner, so uninstalling gpulet will not delete it: set POD_NAME (downward API metadata.name)")
 	default:
 		octx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		t.Owner, err = publish.DaemonSetOwner(octx, client, ns, cfg.Labels.PodName)
+		t.Owner, err = kube.DaemonSetOwner(octx, client, ns, id.Pod)
 		cancel()
 		if err != nil {
 			log.Warn("the NodeFeature gets no owner, so uninstalling gpulet will not delete it", "err", err)
 		} else if t.Owner == nil {
-			log.Info("gpulet's pod has no DaemonSet: the NodeFeature gets no owner", "pod", cfg.Labels.PodName)
+			log.Info("gpulet's pod has no DaemonSet: the NodeFeature gets no owner", "pod", id.Pod)
 		}
 	}
 	return t, nil
+}
+
+// Identity is who gpulet is in the cluster, from the settings.
+func Identity(c *config.Config) kube.Identity {
+	return kube.Identity{Node: c.Labels.NodeName, Pod: c.Labels.PodName, Namespace: c.Labels.Namespace}
 }
 
 // LabelOptions are the options of labels.Compute from the settings.

@@ -11,16 +11,13 @@ import (
 	"context"
 	"fmt"
 	"maps"
-	"os"
 	"reflect"
-	"strings"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/kubernetes"
 
 	"github.com/gpulet/gpulet/internal/labels"
 )
@@ -35,62 +32,10 @@ const (
 	// nodeFeaturePrefix is GFD's: its object is nvidia-features-for-<node>,
 	// so gpulet replacing GFD takes over the same object.
 	nodeFeaturePrefix = "nvidia-features-for-"
-	// ServiceAccountNamespaceFile holds the pod's namespace.
-	ServiceAccountNamespaceFile = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 )
 
 // NodeFeatureName is the name of node's NodeFeature object, as GFD names it.
 func NodeFeatureName(node string) string { return nodeFeaturePrefix + node }
-
-// DynamicClient returns a dynamic client from kubeconfig, or from the pod's
-// service account when kubeconfig is "".
-func DynamicClient(kubeconfig string) (dynamic.Interface, error) {
-	cfg, err := restConfig(kubeconfig)
-	if err != nil {
-		return nil, err
-	}
-	c, err := dynamic.NewForConfig(cfg)
-	if err != nil {
-		return nil, fmt.Errorf("create Kubernetes dynamic client: %w", err)
-	}
-	return c, nil
-}
-
-// Namespace is configured when set (--namespace, POD_NAMESPACE, ...), else
-// the namespace of the pod's service account read from file (""
-// means ServiceAccountNamespaceFile).
-func Namespace(configured, file string) (string, error) {
-	if configured != "" {
-		return configured, nil
-	}
-	if file == "" {
-		file = ServiceAccountNamespaceFile
-	}
-	b, err := os.ReadFile(file)
-	if ns := strings.TrimSpace(string(b)); err == nil && ns != "" {
-		return ns, nil
-	}
-	return "", fmt.Errorf("the NodeFeature's namespace is unknown: set POD_NAMESPACE (downward API metadata.namespace) or --namespace (no service account namespace in %s)", file)
-}
-
-// DaemonSetOwner is the owner reference to the DaemonSet that runs pod, for
-// the NodeFeature: the garbage collector deletes the object when the
-// DaemonSet is deleted (gpulet uninstalled), not when a pod restarts. It
-// reads the pod (RBAC: get pods in its namespace); nil when the pod has no
-// DaemonSet.
-func DaemonSetOwner(ctx context.Context, c kubernetes.Interface, namespace, pod string) (*metav1.OwnerReference, error) {
-	p, err := c.CoreV1().Pods(namespace).Get(ctx, pod, metav1.GetOptions{})
-	if err != nil {
-		return nil, fmt.Errorf("read pod %s/%s for its DaemonSet (gpulet's service account needs get on pods in its namespace): %w", namespace, pod, err)
-	}
-	for _, o := range p.OwnerReferences {
-		if o.Kind == "DaemonSet" {
-			controller := true
-			return &metav1.OwnerReference{APIVersion: o.APIVersion, Kind: o.Kind, Name: o.Name, UID: o.UID, Controller: &controller}, nil
-		}
-	}
-	return nil, nil
-}
 
 // NodeFeatureTarget publishes the labels as node's NodeFeature object in
 // Namespace.
@@ -99,7 +44,7 @@ type NodeFeatureTarget struct {
 	Namespace string
 	Node      string
 	// Owner, when set, is the object's only owner reference (the DaemonSet:
-	// DaemonSetOwner). Nil leaves the object's owner references as they are.
+	// kube.DaemonSetOwner). Nil leaves the object's owner references as they are.
 	Owner *metav1.OwnerReference
 }
 

@@ -3,21 +3,16 @@ package publish
 import (
 	"context"
 	"errors"
-	"os"
-	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/types"
 	dynamicfake "k8s.io/client-go/dynamic/fake"
-	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 	"sigs.k8s.io/yaml"
 
@@ -278,44 +273,6 @@ func TestNodeFeatureErrorsSayWhat(t *testing.T) {
 	tg.Client = c
 	if _, err := tg.Sync(context.Background(), labels.Labels{"nvidia.com/gpu.count": "8"}); err == nil || !strings.Contains(err.Error(), "is Node Feature Discovery installed") {
 		t.Errorf("err = %v, want NFD named", err)
-	}
-}
-
-func TestDaemonSetOwner(t *testing.T) {
-	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "gpulet-abcde", Namespace: ns, UID: "pod-uid", OwnerReferences: []metav1.OwnerReference{
-		{APIVersion: "apps/v1", Kind: "DaemonSet", Name: "gpulet", UID: types.UID("ds-uid"), Controller: ptr(true), BlockOwnerDeletion: ptr(true)}}}}
-	bare := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "bare", Namespace: ns}}
-	c := fake.NewClientset(pod, bare)
-	got, err := DaemonSetOwner(context.Background(), c, ns, "gpulet-abcde")
-	if err != nil || !reflect.DeepEqual(got, dsOwner) {
-		t.Errorf("DaemonSetOwner = %+v, %v; want %+v", got, err, dsOwner)
-	}
-	if got, err := DaemonSetOwner(context.Background(), c, ns, "bare"); err != nil || got != nil {
-		t.Errorf("a pod without DaemonSet: %+v, %v", got, err)
-	}
-	if _, err := DaemonSetOwner(context.Background(), c, ns, "gone"); err == nil || !strings.Contains(err.Error(), "get on pods") {
-		t.Errorf("a missing pod: err = %v", err)
-	}
-}
-
-func TestNamespace(t *testing.T) {
-	dir := t.TempDir()
-	file := filepath.Join(dir, "namespace")
-	if err := os.WriteFile(file, []byte("gpu-resources\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	for _, tt := range []struct {
-		configured, file, want string
-		err                    bool
-	}{
-		{"from-env", file, "from-env", false},
-		{"", file, "gpu-resources", false},
-		{"", filepath.Join(dir, "missing"), "", true},
-	} {
-		got, err := Namespace(tt.configured, tt.file)
-		if got != tt.want || (err != nil) != tt.err {
-			t.Errorf("Namespace(%q, %q) = %q, %v", tt.configured, tt.file, got, err)
-		}
 	}
 }
 

@@ -25,8 +25,6 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/gpulet/gpulet/internal/inventory"
 	"github.com/gpulet/gpulet/internal/labels"
@@ -34,32 +32,6 @@ import (
 
 // OwnedAnnotation lists, comma-separated, the label keys gpulet last wrote.
 const OwnedAnnotation = "gpulet.io/labels"
-
-// Client returns a Kubernetes client from kubeconfig, or from the pod's
-// service account when kubeconfig is "".
-func Client(kubeconfig string) (kubernetes.Interface, error) {
-	cfg, err := restConfig(kubeconfig)
-	if err != nil {
-		return nil, err
-	}
-	c, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		return nil, fmt.Errorf("create Kubernetes client: %w", err)
-	}
-	return c, nil
-}
-
-func restConfig(kubeconfig string) (*rest.Config, error) {
-	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
-	if err != nil {
-		if kubeconfig == "" {
-			return nil, fmt.Errorf("no in-cluster Kubernetes config (not running in a pod?); pass --kubeconfig: %w", err)
-		}
-		return nil, fmt.Errorf("load kubeconfig %s: %w", kubeconfig, err)
-	}
-	cfg.UserAgent = "gpulet"
-	return cfg, nil
-}
 
 func owned(annotations map[string]string) []string {
 	v := annotations[OwnedAnnotation]
