@@ -11,6 +11,7 @@ help:
 	@echo "make demo        run gpulet on a simulated GPU node against kubelet's own device manager"
 	@echo "make test        every test (unit tests with -race, then kubelet's device manager against gpulet)"
 	@echo "make bench       benchmarks (results: docs/benchmarks.md)"
+	@echo "make bench-sbs   gpulet against NVIDIA's plugin (+GFD) on NVIDIA's mock NVML, side by side (root)"
 	@echo "make e2e         the seed walkthrough on a real single-node Kubernetes (root, several minutes)"
 	@echo "make build       _output/gpulet (cgo, NVML-capable)"
 	@echo "make image       _output/gpulet-image.tar: the release image, built without Docker"
@@ -117,3 +118,14 @@ test-kubelet: build
 	$(CURDIR)/_output/devicemanager.test -test.v -test.count=1 -test.timeout=10m $(TEST_KUBELET_FLAGS) || rc=$$?; \
 	$(CURDIR)/_output/devicemanager.test -test.run='^$$' -test.bench='$(TEST_KUBELET_BENCH)' -test.benchtime=20x -test.timeout=10m || rc=$$?; \
 	exit $$rc
+
+.PHONY: bench-sbs
+# gpulet against NVIDIA's device plugin (and plugin + GFD) on the same mock NVML (H100 profile),
+# alternating, printing medians of start → registered, re-registration, kill -9 → back, RSS and
+# idle CPU (tools/benchsbs; results in docs/benchmarks.md). Root: each process runs in a private
+# mount namespace. BENCH_SBS_FLAGS adds flags (e.g. -runs=5 -idle=60s -only=gpulet,nvidia).
+BENCH_SBS_FLAGS ?=
+bench-sbs: build-release
+	$(GO) build -o _output/benchsbs ./tools/benchsbs
+	GPULET_NVML_MOCK=$$(hack/nvml-mock.sh) GPULET_NVIDIA_BIN=$$(test/e2e/lib/gobins.sh nvidia) \
+	_output/benchsbs -gpulet=_output/gpulet-release $(BENCH_SBS_FLAGS)

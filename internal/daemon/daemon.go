@@ -95,11 +95,15 @@ type gpulet struct {
 	kube        kubernetes.Interface // kubeClient: shared by DRA and the label publisher
 }
 
+// newKubeClient makes a Kubernetes client; a test counts the clients a
+// plain device plugin makes (none).
+var newKubeClient = kube.Client
+
 // kubeClient is the Kubernetes client of the pod's service account, made
 // once for every component that needs the API.
 func (g *gpulet) kubeClient() (kubernetes.Interface, error) {
 	if g.kube == nil {
-		c, err := kube.Client("")
+		c, err := newKubeClient("")
 		if err != nil {
 			return nil, err
 		}
