@@ -36,6 +36,8 @@ build-static:
 vet:
 	@test -z "$$(gofmt -l cmd internal deploy tools hack 2>/dev/null)" || { gofmt -l cmd internal deploy tools hack; echo "gofmt needed"; exit 1; }
 	$(GO) vet ./...
+	hack/layers.sh
+	hack/shellcheck.sh
 
 # go.mod/go.sum must be what `go mod tidy` writes: a dependency used
 # directly is not marked indirect, and no go.sum line is missing or stale.

@@ -545,7 +545,7 @@ scenario_cdi() {
 		fail "$p's container changed across the gpulet restart"
 	local devs
 	devs=$(retry_output 60 K exec "$p" -- sh -c 'ls /dev' | sed -n 's/^nvidia\([0-9][0-9]*\)$/\1/p' | sort -n)
-	[[ $devs == "$(pod_minors "$p")" ]] || fail "$p sees /dev/nvidia[$(echo $devs)] after the gpulet restart, had [$(echo $(pod_minors "$p"))]"
+	[[ $devs == "$(pod_minors "$p")" ]] || fail "$p sees /dev/nvidia[$(echo $devs)] after the gpulet restart, had [$(pod_minors "$p" | xargs)]"
 	"$W/nsrun" test -s "$spec" || fail "the CDI spec is gone after the gpulet restart"
 	log "after the gpulet restart: $p still runs in the same container with the same devices"
 	release "$p"
@@ -1127,6 +1127,7 @@ run_scenarios() {
 			diag_tail || true
 			cleanup_workloads
 		fi
+		# shellcheck disable=SC2034 # read by run.sh's interrupt handler
 		CURRENT_SCENARIO=
 		log "=== scenario $id: $status ($(secs_since "$t0")s)"
 		record "$id" "$status" "$(secs_since "$t0")" "$desc"

@@ -2,10 +2,12 @@
 # Shared helpers for the gpulet end-to-end test. Sourced, never executed.
 
 E2E_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck disable=SC2034 # used by the scripts that source this file
 REPO_ROOT=$(cd "$E2E_DIR/../.." && pwd)
 E2E_CACHE=${GPULET_E2E_CACHE:-/var/cache/gpulet-e2e}
 export GPULET_E2E_CACHE=$E2E_CACHE
 
+# shellcheck disable=SC2034 # used by the scripts that source this file
 if [[ -t 1 ]]; then
 	C_RED=$'\e[31m' C_GREEN=$'\e[32m' C_YELLOW=$'\e[33m' C_BOLD=$'\e[1m' C_OFF=$'\e[0m'
 else

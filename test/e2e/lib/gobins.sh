@@ -21,7 +21,7 @@ cache=${GPULET_E2E_CACHE:-/var/cache/gpulet-e2e}
 
 log() { echo "[gobins:$set_name $(date +%T)] $*" >&2; }
 
-tags= cgo=0
+tags='' cgo=0
 case $set_name in
 k8s)
 	mod="$here/../k8sbins" main=k8s.io/kubernetes
@@ -105,6 +105,7 @@ touch "$tmp/bin/.complete"
 rm -rf "$dest"; mv "$tmp" "$dest"
 trap - EXIT
 # Keep this build and the most recent other one (another branch may pin another version).
+# shellcheck disable=SC2010 # by time, newest first; the names are v<version>[.tmp.N]/
 ls -1dt "$cache/$set_name"/v*/ 2>/dev/null | grep -v '\.tmp\.' | tail -n +3 | xargs -r rm -rf
 log "built in $((SECONDS - start))s"
 echo "$dest/bin"
