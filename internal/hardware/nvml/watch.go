@@ -339,10 +339,15 @@ func (b *Backend) sweep(uuids []string, st *sweepState, send func(hardware.Event
 	for _, u := range uuids {
 		h, err := call(b, "DeviceGetHandleByUUID", func() (nvml.Device, nvml.Return) { return b.lib.DeviceGetHandleByUUID(u) })
 		var count uint64
+		noECC := false
 		if err == nil {
 			count, err = call(b, "GetTotalEccErrors", func() (uint64, nvml.Return) {
 				return h.GetTotalEccErrors(nvml.MEMORY_ERROR_TYPE_UNCORRECTED, nvml.VOLATILE_ECC)
 			})
+			if unsupported(err) { // ECC off: a memory query still tells a lost GPU
+				noECC = true
+				_, err = call(b, "GetMemoryInfo", h.GetMemoryInfo)
+			}
 		}
 		switch {
 		case hung(err) != nil:
@@ -356,9 +361,12 @@ func (b *Backend) sweep(uuids []string, st *sweepState, send func(hardware.Event
 			}
 			continue
 		case err != nil:
-			continue // ECC counters unsupported (ECC off), or a transient failure
+			continue // a transient failure
 		}
 		delete(st.lost, u)
+		if noECC {
+			continue
+		}
 		last, seen := st.ecc[u]
 		st.ecc[u] = count
 		if count < last {

@@ -410,15 +410,27 @@ func TestWatchSweep(t *testing.T) {
 	ecc := map[int]uint64{}
 	lost := map[int]bool{}
 	reads := map[int]int{}
+	eccOff, memLost := map[int]bool{}, map[int]bool{}
 	for i, d := range f.devs {
 		d.GetTotalEccErrorsFunc = func(nvml.MemoryErrorType, nvml.EccCounterType) (uint64, nvml.Return) {
 			mu.Lock()
 			defer mu.Unlock()
 			reads[i]++
-			if lost[i] {
+			switch {
+			case eccOff[i]:
+				return 0, nvml.ERROR_NOT_SUPPORTED
+			case lost[i]:
 				return 0, nvml.ERROR_GPU_IS_LOST
 			}
 			return ecc[i], nvml.SUCCESS
+		}
+		d.GetMemoryInfoFunc = func() (nvml.Memory, nvml.Return) {
+			mu.Lock()
+			defer mu.Unlock()
+			if memLost[i] {
+				return nvml.Memory{}, nvml.ERROR_GPU_IS_LOST
+			}
+			return nvml.Memory{Total: 80 << 30}, nvml.SUCCESS
 		}
 	}
 	set := func(f func()) {
@@ -474,5 +486,10 @@ func TestWatchSweep(t *testing.T) {
 	}
 	if got[hardware.EventECCDoubleBit] != f.devs[3].UUID || got[hardware.EventXID] != f.devs[2].UUID {
 		t.Errorf("after a reset, got %v, want ECC on GPU 3 and lost on GPU 2 reported again", got)
+	}
+	// A GPU with ECC off: its memory query tells it is lost.
+	set(func() { eccOff[5], memLost[5] = true, true })
+	if ev := w.next(t); ev.Kind != hardware.EventXID || ev.XID != 79 || ev.UUID != f.devs[5].UUID {
+		t.Errorf("got %+v, want XID 79 (lost) on GPU 5, whose ECC is off", ev)
 	}
 }
