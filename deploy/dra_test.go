@@ -11,6 +11,7 @@ import (
 	batchv1 "k8s.io/api/batch/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	resourcev1 "k8s.io/api/resource/v1"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/yaml"
 
 	"github.com/gpulet/gpulet/internal/config"
@@ -101,6 +102,9 @@ func TestDRADeviceClassesSelectGpuletsDevices(t *testing.T) {
 			dc, ok := classes[tc.class]
 			if !ok || len(dc.Spec.Selectors) != 1 {
 				t.Fatalf("no DeviceClass %s with one selector", tc.class)
+			}
+			if want := map[string]string{"gpu.nvidia.com": "nvidia.com/gpu"}[tc.class]; ptr.Deref(dc.Spec.ExtendedResourceName, "") != want {
+				t.Errorf("%s: extendedResourceName %v, want %q (NVIDIA's)", tc.class, dc.Spec.ExtendedResourceName, want)
 			}
 			n := 0
 			for _, d := range publishedFor(t, tc.profile) {

@@ -25,6 +25,7 @@ SCENARIOS=(
 	"labels|GFD's labels and accelerator=nvidia on the node; survive a gpulet restart unwritten; follow a sharing change; admission refuses other keys and nodes|ds"
 	"metrics|/metrics: dcgm-exporter series per GPU, a pod's GPUs attributed then released, an XID counted; /readyz and Ready follow the driver down and up|ds"
 	"dra|DRA (gpu.nvidia.com): slices from gpulet, claims get exactly their GPUs, CEL selectors, no sharing, an NVLink pair, a gpulet restart, a fault withdraws a GPU|ds"
+	"dra-ext|DRA extendedResourceName: nvidia.com/gpu: 2 on a DRA-owned node runs with exactly 2 GPUs of a claim; with --dra-devices=0,1 the device plugin serves nvidia.com/gpu and DRA's GPUs are claims-only|ds"
 	"mig|MIG sim profile, mig-strategy=mixed: capacity per MIG resource; a mig-1g.10gb.me pod gets one MIG device and its caps nodes; back to 8 GPUs|ds"
 )
 SCENARIO_IDS=()
@@ -744,6 +745,66 @@ check_dra_pod() {
 	echo "$devs"
 }
 
+no_plugin_gpus() { local a; a=$(K get node "$NODE_NAME" -o 'jsonpath={.status.allocatable.nvidia\.com/gpu}'); [[ -z $a || $a == 0 ]] || { echo "Allocatable nvidia.com/gpu is $a"; return 1; }; }
+
+# dra_on: the operator's DRA steps (README): the classes, the driver's RBAC, the DaemonSet patch;
+# waits until gpulet publishes all GPUs and the device plugin advertises none.
+dra_on() {
+	K apply -f "$DEPLOY_DIR/dra-deviceclasses.yaml" -f "$DEPLOY_DIR/gpulet-dra-rbac.yaml" >/dev/null
+	K -n "$GPU_NS" patch ds "$DS_NAME" --patch-file "$DEPLOY_DIR/gpulet-dra-daemonset-patch.yaml" >/dev/null
+	wait_until 120 "DaemonSet rolled out with DRA" ds_rolled || fail "gpulet did not roll out with DRA"
+	wait_until 60 "8 devices in gpulet's ResourceSlice" slice_count_is "$SIM_GPUS" || fail "no ResourceSlice with $SIM_GPUS devices"
+	wait_until 60 "the device plugin advertises no GPU DRA owns" no_plugin_gpus || fail "a GPU is offered by both the device plugin and DRA"
+}
+
+# ext_claim POD: the ResourceClaim the scheduler made for POD's extended resources (DRA), or nothing.
+ext_claim() { K get pod "$1" -o 'jsonpath={.status.extendedResourceClaimStatus.resourceClaimName}'; }
+
+scenario_dra_ext() {
+	local p c devs minors got q
+	trap 'dra_restore || echo "could not restore the DaemonSet without DRA" >&2' EXIT
+	dra_on
+	# A plain nvidia.com/gpu pod, as written for the device plugin, on a node whose GPUs are all DRA's.
+	sed -e 's/__NAME__/ext-two/' -e 's/__GPUS__/2/' "$MANIFESTS/gpu-hold-job.yaml" | K apply -f - >/dev/null
+	wait_until 90 "ext-two Running" job_pod_running ext-two || fail "a pod asking nvidia.com/gpu: 2 did not run on a DRA-owned node"
+	p=$(job_pod ext-two)
+	c=$(ext_claim "$p")
+	[[ -n $c ]] || fail "pod $p has no extendedResourceClaimStatus: not served through DRA"
+	devs=$(K get resourceclaim "$c" -o json | jq -r --arg d "$DRA_DRIVER" '.status.allocation.devices.results[] | select(.driver == $d) | .device' | sort)
+	[[ $(wc -l <<<"$devs") == 2 ]] || fail "the extended-resource claim $c holds [$(echo $devs)], want 2 devices"
+	minors=$(sed -n 's/^gpu-\([0-9][0-9]*\)$/\1/p' <<<"$devs" | sort -n)
+	got=$(pod_minors "$p")
+	[[ $got == "$minors" ]] || fail "pod $p sees /dev/nvidia[$(echo $got)], its claim $c holds [$(echo $devs)]"
+	log "nvidia.com/gpu: 2 through DRA: claim $c, $(echo $devs), pod sees /dev/nvidia$(echo $got | sed 's/ /, \/dev\/nvidia/g')"
+	release "$p"
+	wait_until 60 "ext-two COMPLETIONS 1/1" job_complete ext-two || fail "ext-two did not complete"
+	K delete job ext-two --wait=true >/dev/null
+
+	# DRA owns GPUs 0 and 1 only: the device plugin advertises the other 6, so the scheduler serves
+	# nvidia.com/gpu from the device plugin on this node and never from DRA's two.
+	K -n "$GPU_NS" set env ds/"$DS_NAME" GPULET_DRA_DEVICES=0,1 >/dev/null
+	wait_until 120 "DaemonSet rolled out with --dra-devices=0,1" ds_rolled || fail "gpulet did not roll out with GPULET_DRA_DEVICES=0,1"
+	wait_until 60 "2 devices in the slice" slice_count_is 2 || fail "the slice does not hold exactly DRA's 2 GPUs"
+	wait_until 60 "Allocatable nvidia.com/gpu 6" node_gpus_are 6/6 || fail "the device plugin does not advertise the other 6 GPUs"
+	sed -e 's/__NAME__/ext-one/' -e 's/__GPUS__/1/' "$MANIFESTS/gpu-hold-job.yaml" | K apply -f - >/dev/null
+	wait_until 90 "ext-one Running" job_pod_running ext-one || fail "a pod asking nvidia.com/gpu: 1 did not run with 6 GPUs in the device plugin"
+	p=$(job_pod ext-one)
+	[[ -z $(ext_claim "$p") ]] || fail "pod $p was served through DRA although the device plugin advertises nvidia.com/gpu"
+	check_pod_devices "$p" 1
+	got=$(pod_minors "$p")
+	slice_devices | jq -r .name | grep -qx "gpu-$got" && fail "pod $p got DRA's gpu-$got from the device plugin"
+	log "with --dra-devices=0,1: nvidia.com/gpu: 1 served by the device plugin (/dev/nvidia$got); slice: $(slice_devices | jq -r .name | tr '\n' ' ')"
+	# 7 > the device plugin's 6: Pending, not made up from DRA's GPUs.
+	sed -e 's/__NAME__/ext-seven/' -e 's/__GPUS__/7/' "$MANIFESTS/gpu-hold-job.yaml" | K apply -f - >/dev/null
+	pending_insufficient() {
+		q=$(job_pod ext-seven) && [[ -n $q ]] || return 1
+		K get pod "$q" -o 'jsonpath={.status.conditions[?(@.type=="PodScheduled")].reason}' | grep -qx Unschedulable
+	}
+	wait_until 60 "ext-seven unschedulable" pending_insufficient || fail "a pod asking 7 GPUs was not left Pending"
+	log "nvidia.com/gpu: 7 with 6 in the device plugin and 2 in DRA: $(K get pod "$q" -o 'jsonpath={.status.conditions[?(@.type=="PodScheduled")].message}')"
+	release "$p"
+}
+
 dra_restore() {
 	K delete jobs -l app=gpulet-e2e --ignore-not-found --wait=true >/dev/null 2>&1 || true
 	K delete resourceclaimtemplates --all --ignore-not-found >/dev/null 2>&1 || true
@@ -763,7 +824,6 @@ scenario_dra() {
 	wait_until 120 "DaemonSet rolled out with DRA" ds_rolled || fail "gpulet did not roll out with DRA"
 	wait_until 60 "8 devices in gpulet's ResourceSlice" slice_count_is "$SIM_GPUS" || fail "no ResourceSlice with $SIM_GPUS devices"
 	timing "DRA patch applied -> ResourceSlice with 8 GPUs (API server)" "$(secs_since "$t0")"
-	no_plugin_gpus() { local a; a=$(K get node "$NODE_NAME" -o 'jsonpath={.status.allocatable.nvidia\.com/gpu}'); [[ -z $a || $a == 0 ]] || { echo "Allocatable nvidia.com/gpu is $a"; return 1; }; }
 	wait_until 60 "the device plugin advertises no GPU DRA owns" no_plugin_gpus || fail "a GPU is offered by both the device plugin and DRA"
 	slice_devices | jq -r 'select(.name == "gpu-0") | "gpu-0: " + ([.attributes | to_entries[] | "\(.key)=\(.value | to_entries[0].value)"] | join(", ")) + "; memory " + .capacity.memory.value' | sed 's/^/    /'
 	# -s: jq 1.6's -e judges the last input only, which may not be gpu-0.
