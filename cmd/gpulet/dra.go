@@ -32,8 +32,9 @@ func newDRASliceCmd() *cobra.Command {
 		Long: `Slice reads the node as 'gpulet run --dra' does and prints the ResourceSlice
 its DRA driver (gpu.nvidia.com) would publish: one device per GPU or MIG
 instance with NVIDIA's names, attributes and capacities, plus gpulet's NUMA
-and NVLink attributes. All GPUs are shown healthy as probed now; the daemon
-withdraws unhealthy ones. A node with more than 128 devices is published as
+and NVLink attributes. A GPU a probe finds unhealthy now carries a NoSchedule
+taint (gpulet.io/unhealthy: a probe does not tell which XID; the daemon's
+event watch publishes NVIDIA's gpu.nvidia.com/xid=<XID>). A node with more than 128 devices is published as
 several slices; this prints them as one.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {

@@ -220,7 +220,15 @@ func (d *Driver) plan(c *resourceapi.ResourceClaim, inUse map[string]string) (pr
 		byName[e.Name] = e
 	}
 	pc := preparedClaim{State: statePrepareStarted, Namespace: c.Namespace, Name: c.Name}
-	for _, r := range d.claimResults(c) {
+	results := d.claimResults(c)
+	var configs []opaqueConfig
+	if len(results) > 0 {
+		var err error
+		if configs, err = decodeConfigs(c.Status.Allocation.Devices.Config); err != nil {
+			return pc, fmt.Errorf("claim configuration: %w", err)
+		}
+	}
+	for _, r := range results {
 		if r.Pool != d.pool {
 			return pc, fmt.Errorf("device %s is allocated from pool %q, but this node's pool is %q", r.Device, r.Pool, d.pool)
 		}
@@ -228,8 +236,16 @@ func (d *Driver) plan(c *resourceapi.ResourceClaim, inUse map[string]string) (pr
 		if !ok {
 			return pc, fmt.Errorf("device %s is not on this node (any more); delete the pod so its claim is allocated again", r.Device)
 		}
-		if !snap.Healthy(e.UUID) || (e.Parent != "" && !snap.Healthy(e.Parent)) {
-			return pc, fmt.Errorf("device %s (%s) is unhealthy; delete the pod so its claim is allocated again", r.Device, e.UUID)
+		if t := untolerated(Taints(snap, e.UUID, e.Parent), r.Tolerations); t != nil {
+			return pc, fmt.Errorf("device %s (%s) is unhealthy (taint %s=%s:%s) and the claim does not tolerate it; delete the pod so its claim is allocated again",
+				r.Device, e.UUID, t.Key, t.Value, t.Effect)
+		}
+		cfg, err := configFor(configs, r.Request, e.MIG >= 0)
+		if err == nil {
+			err = cfg.supported()
+		}
+		if err != nil {
+			return pc, fmt.Errorf("device %s, request %s: %w", r.Device, r.Request, err)
 		}
 		admin := r.AdminAccess != nil && *r.AdminAccess
 		if owner, busy := inUse[e.UUID]; busy && !admin && owner != string(c.UID) {

@@ -6,10 +6,13 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	resourceapi "k8s.io/api/resource/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/dynamic-resource-allocation/deviceattribute"
+	"k8s.io/dynamic-resource-allocation/resourceclaim"
 
 	"github.com/gpulet/gpulet/internal/inventory"
 )
@@ -82,32 +85,101 @@ func catalog(node *inventory.Node) []entry {
 // GPUName is NVIDIA's name for a whole GPU: gpu-<minor>.
 func GPUName(g inventory.GPU) string { return "gpu-" + strconv.Itoa(g.Minor) }
 
-var notDNS = regexp.MustCompile(`[^a-z0-9-]+`)
+var notDNS = regexp.MustCompile(`[^a-z0-9-]`)
 
-// MIGName names a MIG instance gpu-<minor>-mig-<profile>-<gi>-<ci>. NVIDIA's
-// driver uses the same shape with the GPU-instance profile ID and placement
-// start in the last two places; gpulet's inventory has the GI and CI IDs
-// instead, which are as unique on a node.
+// MIGName names a MIG instance as NVIDIA's driver does:
+// gpu-<minor>-mig-<profile>-<GPU-instance profile ID>-<placement start>,
+// the profile lower-cased without dots and each other character outside
+// [a-z0-9-] turned into a dash (1g.10gb+me: 1g10gb-me). Where the
+// backend could not read the GPU instance's profile (no privilege), the
+// GPU-instance and compute-instance IDs take the last two places: as
+// unique on the node, but not NVIDIA's names.
 func MIGName(g inventory.GPU, m inventory.MIGDevice) string {
 	p := strings.Trim(notDNS.ReplaceAllString(strings.ToLower(strings.ReplaceAll(m.Profile, ".", "")), "-"), "-")
+	if gp := m.GIProfile; gp != nil {
+		return fmt.Sprintf("gpu-%d-mig-%s-%d-%d", g.Minor, p, gp.ID, gp.PlacementStart)
+	}
 	return fmt.Sprintf("gpu-%d-mig-%s-%d-%d", g.Minor, p, m.GI, m.CI)
 }
 
+// Taint keys on unhealthy devices. The first two are NVIDIA's (its DRA
+// driver's device health): an XID, the XID number as the value; a GPU
+// lost. gpulet's own key marks a device unhealthy for another reason
+// (an uncorrectable ECC error, a failed row remap, the driver gone).
+const (
+	TaintKeyXID       = DriverName + "/xid"
+	TaintKeyGPULost   = DriverName + "/gpu-lost"
+	TaintKeyUnhealthy = "gpulet.io/unhealthy"
+)
+
+// xidGPULost is the XID of a GPU fallen off the bus.
+const xidGPULost = 79
+
 // Devices returns the devices to publish from snap: every device of the
-// catalog that is healthy (a MIG instance also needs a healthy parent). An
-// unhealthy device is withdrawn rather than tainted: it works on every
-// cluster version, and the scheduler cannot hand it out.
+// catalog, an unhealthy one (or a MIG instance of an unhealthy GPU) with a
+// NoSchedule taint saying why (Taints). The scheduler then gives it only
+// to claims that tolerate the taint (diagnostics, draining), and the taint
+// goes when the device recovers.
 func Devices(snap inventory.Snapshot, o DeviceOptions) []resourceapi.Device {
 	node := snap.Node
 	domains := nvlinkDomains(node)
 	var out []resourceapi.Device
 	for _, e := range catalog(node) {
-		if !snap.Healthy(e.UUID) || (e.Parent != "" && !snap.Healthy(e.Parent)) {
-			continue
-		}
-		out = append(out, device(node, e, domains, o))
+		d := device(node, e, domains, o)
+		d.Taints = Taints(snap, e.UUID, e.Parent)
+		out = append(out, d)
 	}
 	return out
+}
+
+// Taints are the taints of the device uuid (with its parent GPU, for a
+// MIG instance) by its health in snap; nil when healthy. An XID gives
+// NVIDIA's xid taint (gpu-lost for XID 79, a GPU off the bus); gpulet
+// marks a device unhealthy only for XIDs that are not the application's,
+// so the effect is always NoSchedule (NVIDIA uses None for application
+// XIDs, which gpulet ignores).
+func Taints(snap inventory.Snapshot, uuid, parent string) []resourceapi.DeviceTaint {
+	var out []resourceapi.DeviceTaint
+	seen := map[resourceapi.DeviceTaint]bool{}
+	for _, id := range []string{uuid, parent} {
+		h, ok := snap.Health[id]
+		if id == "" || !ok || h.Healthy {
+			continue
+		}
+		t := resourceapi.DeviceTaint{Key: TaintKeyUnhealthy, Effect: resourceapi.DeviceTaintEffectNoSchedule}
+		switch {
+		case h.XID == xidGPULost:
+			t.Key = TaintKeyGPULost
+		case h.XID != 0:
+			t.Key, t.Value = TaintKeyXID, strconv.FormatUint(h.XID, 10)
+		}
+		if seen[t] {
+			continue
+		}
+		seen[t] = true
+		if !h.Since.IsZero() {
+			// Seconds: what the API server keeps, so the published slice
+			// compares equal to the one read back.
+			at := metav1.NewTime(h.Since.Truncate(time.Second))
+			t.TimeAdded = &at
+		}
+		out = append(out, t)
+	}
+	return out
+}
+
+// untolerated returns the first taint of taints with a scheduling effect
+// that tolerations do not tolerate, or nil.
+func untolerated(taints []resourceapi.DeviceTaint, tolerations []resourceapi.DeviceToleration) *resourceapi.DeviceTaint {
+	for i, t := range taints {
+		if t.Effect == resourceapi.DeviceTaintEffectNone {
+			continue
+		}
+		if !slices.ContainsFunc(tolerations, func(tl resourceapi.DeviceToleration) bool { return resourceclaim.ToleratesTaint(tl, t) }) {
+			return &taints[i]
+		}
+	}
+	return nil
 }
 
 func device(node *inventory.Node, e entry, domains map[int]int, o DeviceOptions) resourceapi.Device {
@@ -116,8 +188,12 @@ func device(node *inventory.Node, e entry, domains map[int]int, o DeviceOptions)
 		"uuid":        str(e.UUID),
 		"productName": str(g.Name),
 	}
-	if g.Architecture != "" {
-		attrs["architecture"] = str(g.Architecture)
+	for name, v := range map[resourceapi.QualifiedName]string{
+		"architecture": g.Architecture, "brand": g.Brand, "addressingMode": g.AddressingMode,
+	} {
+		if v != "" {
+			attrs[name] = str(v)
+		}
 	}
 	for name, v := range map[resourceapi.QualifiedName]string{
 		"cudaComputeCapability": g.ComputeCapability,
@@ -154,18 +230,30 @@ func device(node *inventory.Node, e entry, domains map[int]int, o DeviceOptions)
 		attrs["parentUUID"] = str(g.UUID)
 		attrs["profile"] = str(m.Profile)
 		capacity["memory"] = bytes(m.MemoryBytes)
-		if a := m.Attributes; a != nil {
-			// NVIDIA's capacity names for the GPU-instance profile's engines.
-			for name, v := range map[resourceapi.QualifiedName]int{
-				"multiprocessors": a.Multiprocessors, "copyEngines": a.CopyEngines,
-				"decoders": a.Decoders, "encoders": a.Encoders,
-				"jpegEngines": a.JPEGs, "ofaEngines": a.OFAs,
-			} {
-				capacity[name] = resourceapi.DeviceCapacity{Value: *resource.NewQuantity(int64(v), resource.DecimalSI)}
+		// NVIDIA's capacity names for the GPU-instance profile's engines,
+		// from the profile itself (a compute instance may have fewer
+		// multiprocessors than its GPU instance), and one memorySlice<N>
+		// per memory slice the instance occupies.
+		if gp := m.GIProfile; gp != nil {
+			capacity["memory"] = bytes(gp.MemoryBytes)
+			engines(capacity, gp.Multiprocessors, gp.CopyEngines, gp.Decoders, gp.Encoders, gp.JPEGs, gp.OFAs)
+			for i := gp.PlacementStart; i < gp.PlacementStart+gp.PlacementSize; i++ {
+				capacity[resourceapi.QualifiedName(fmt.Sprintf("memorySlice%d", i))] =
+					resourceapi.DeviceCapacity{Value: *resource.NewQuantity(1, resource.BinarySI)}
 			}
+		} else if a := m.Attributes; a != nil {
+			engines(capacity, a.Multiprocessors, a.CopyEngines, a.Decoders, a.Encoders, a.JPEGs, a.OFAs)
 		}
 	}
 	return resourceapi.Device{Name: e.Name, Attributes: attrs, Capacity: capacity}
+}
+
+func engines(c map[resourceapi.QualifiedName]resourceapi.DeviceCapacity, sms, ce, dec, enc, jpeg, ofa int) {
+	for name, v := range map[resourceapi.QualifiedName]int{
+		"multiprocessors": sms, "copyEngines": ce, "decoders": dec, "encoders": enc, "jpegEngines": jpeg, "ofaEngines": ofa,
+	} {
+		c[name] = resourceapi.DeviceCapacity{Value: *resource.NewQuantity(int64(v), resource.DecimalSI)}
+	}
 }
 
 func str(s string) resourceapi.DeviceAttribute { return resourceapi.DeviceAttribute{StringValue: &s} }

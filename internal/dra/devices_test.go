@@ -2,6 +2,8 @@ package dra
 
 import (
 	"encoding/json"
+	"strconv"
+	"strings"
 	"testing"
 
 	resourceapi "k8s.io/api/resource/v1"
@@ -84,14 +86,14 @@ func TestDevicesMIG(t *testing.T) {
 		attr map[resourceapi.QualifiedName]string
 		caps map[resourceapi.QualifiedName]int64
 	}{
-		{0, "gpu-0-mig-1g5gb-1-0", map[resourceapi.QualifiedName]string{
-			"type": "mig", "profile": "1g.5gb", "parentUUID": node.GPUs[0].UUID, "uuid": node.GPUs[0].MIGDevices[0].UUID,
+		{0, "gpu-0-mig-1g5gb-19-0", map[resourceapi.QualifiedName]string{
+			"type": "mig", "brand": "Nvidia", "profile": "1g.5gb", "parentUUID": node.GPUs[0].UUID, "uuid": node.GPUs[0].MIGDevices[0].UUID,
 			"productName": "NVIDIA A100-SXM4-40GB", "driverVersion": "v535.104.5", "cudaDriverVersion": "v12.2.0",
 			"resource.kubernetes.io/numaNode": "0", "gpulet.io/nvlinkDomain": "<none>", "resource.kubernetes.io/pcieRoot": "<none>",
-		}, map[resourceapi.QualifiedName]int64{"memory": 4864 << 20, "multiprocessors": 14, "copyEngines": 1, "jpegEngines": 0}},
-		{13, "gpu-1-mig-1g5gb-7-0", map[resourceapi.QualifiedName]string{
+		}, map[resourceapi.QualifiedName]int64{"memory": 4864 << 20, "multiprocessors": 14, "copyEngines": 1, "jpegEngines": 0, "memorySlice0": 1}},
+		{13, "gpu-1-mig-1g5gb-19-6", map[resourceapi.QualifiedName]string{
 			"type": "mig", "parentUUID": node.GPUs[1].UUID, "resource.kubernetes.io/numaNode": "1",
-		}, map[resourceapi.QualifiedName]int64{"memory": 4864 << 20}},
+		}, map[resourceapi.QualifiedName]int64{"memory": 4864 << 20, "memorySlice6": 1}},
 	}
 	for _, tc := range tests {
 		d := devs[tc.dev]
@@ -108,22 +110,70 @@ func TestDevicesMIG(t *testing.T) {
 				t.Errorf("%s: capacity %s = %v, want %d", d.Name, k, c.Value.String(), v)
 			}
 		}
+		for k := range d.Capacity {
+			if strings.HasPrefix(string(k), "memorySlice") && k != "memorySlice"+resourceapi.QualifiedName(strconv.Itoa(tc.dev%7)) {
+				t.Errorf("%s: capacity %s: a 1g instance placed at %d occupies one slice", d.Name, k, tc.dev%7)
+			}
+		}
+	}
+}
+
+// NVIDIA sizes a MIG device by its GPU-instance profile: a compute
+// instance of a 3g instance still shows the 3g's multiprocessors and its
+// four memory slices; without the profile (no privilege to read GPU
+// instances) the name falls back to the GI and CI IDs.
+func TestDevicesMIGProfile(t *testing.T) {
+	gpu := inventory.GPU{UUID: "GPU-a", Minor: 3, Name: "NVIDIA H100 80GB HBM3", MemoryBytes: 80 << 30, NUMANode: -1, MIGEnabled: true,
+		MIGDevices: []inventory.MIGDevice{
+			{UUID: "MIG-a", Profile: "1c.3g.40gb", GI: 2, CI: 0, MemoryBytes: 40 << 30,
+				Attributes: &inventory.MIGAttributes{Multiprocessors: 16, CopyEngines: 3},
+				GIProfile:  &inventory.MIGGIProfile{ID: 9, PlacementStart: 4, PlacementSize: 4, MemoryBytes: 40 << 30, Multiprocessors: 60, CopyEngines: 3}},
+			{UUID: "MIG-b", Profile: "1g.10gb+me", GI: 9, CI: 0, MemoryBytes: 10 << 30},
+		}}
+	node := &inventory.Node{GPUs: []inventory.GPU{gpu}, Links: [][]inventory.Link{{{}}}}
+	devs := Devices(inventory.NewStore(node).Snapshot(), DeviceOptions{})
+	if len(devs) != 2 || devs[0].Name != "gpu-3-mig-1c3g40gb-9-4" || devs[1].Name != "gpu-3-mig-1g10gb-me-9-0" {
+		t.Fatalf("names %v", []string{devs[0].Name, devs[1].Name})
+	}
+	want := map[resourceapi.QualifiedName]int64{"multiprocessors": 60, "copyEngines": 3, "memory": 40 << 30,
+		"memorySlice4": 1, "memorySlice5": 1, "memorySlice6": 1, "memorySlice7": 1}
+	if len(devs[0].Capacity) != len(want)+4 { // + decoders, encoders, jpegEngines, ofaEngines
+		t.Errorf("capacities %v", devs[0].Capacity)
+	}
+	for k, v := range want {
+		if c := devs[0].Capacity[k]; c.Value.Value() != v {
+			t.Errorf("%s = %s, want %d", k, c.Value.String(), v)
+		}
+	}
+	if _, ok := devs[1].Capacity["multiprocessors"]; ok || len(devs[1].Capacity) != 1 {
+		t.Errorf("an instance without attributes or profile: capacities %v, want memory only", devs[1].Capacity)
 	}
 }
 
 func TestDevicesHealth(t *testing.T) {
 	node, _ := simNode(t, migProfile)
 	store := inventory.NewStore(node)
-	store.SetHealth(node.GPUs[0].MIGDevices[2].UUID, inventory.Health{Reason: "XID 48"})
-	store.SetHealth(node.GPUs[1].UUID, inventory.Health{Reason: "XID 79"})
+	store.SetHealth(node.GPUs[0].MIGDevices[2].UUID, inventory.Health{Reason: "XID 48", XID: 48})
+	store.SetHealth(node.GPUs[1].UUID, inventory.Health{Reason: "XID 79", XID: 79})
 	devs := Devices(store.Snapshot(), DeviceOptions{})
-	if len(devs) != 6 {
-		t.Fatalf("%d devices, want 6: one instance of GPU 0 and all of GPU 1 withdrawn", len(devs))
+	if len(devs) != 14 {
+		t.Fatalf("%d devices, want all 14: unhealthy ones stay, tainted", len(devs))
 	}
+	tainted := 0
 	for _, d := range devs {
-		if d.Name == "gpu-0-mig-1g5gb-3-0" || attrString(d, "parentUUID") == node.GPUs[1].UUID {
-			t.Errorf("unhealthy device %s published", d.Name)
+		want := d.Name == "gpu-0-mig-1g5gb-19-2" || attrString(d, "parentUUID") == node.GPUs[1].UUID
+		if got := len(d.Taints) == 1 && d.Taints[0].Effect == resourceapi.DeviceTaintEffectNoSchedule; got != want {
+			t.Errorf("%s: taints %+v, want tainted %v", d.Name, d.Taints, want)
 		}
+		if len(d.Taints) > 0 {
+			tainted++
+		}
+	}
+	if tainted != 8 {
+		t.Errorf("%d tainted, want 8 (one instance of GPU 0, all 7 of GPU 1)", tainted)
+	}
+	if k := devs[7].Taints[0].Key; k != TaintKeyGPULost {
+		t.Errorf("a MIG instance of a GPU with XID 79 has taint %s, want %s", k, TaintKeyGPULost)
 	}
 }
 

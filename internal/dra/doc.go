@@ -5,7 +5,7 @@
 // written for that driver work unchanged; prepares allocated claims by
 // writing one CDI spec per claim; checkpoints prepared claims so a restart
 // neither loses nor repeats one; and feeds gpulet's health into both the
-// published slices (an unhealthy device is withdrawn) and the kubelet's
+// published slices (an unhealthy device is tainted) and the kubelet's
 // DRAResourceHealth stream.
 //
 // It reads the inventory store it is given and nothing else: which GPUs are

@@ -256,7 +256,7 @@ func TestPrepareUnprepareGRPC(t *testing.T) {
 
 func TestPrepareMIG(t *testing.T) {
 	r := newRig(t, migProfile)
-	c := r.claim("mig", "gpu-1-mig-1g5gb-2-0")
+	c := r.claim("mig", "gpu-1-mig-1g5gb-19-1")
 	ids, msg := r.prepare(c)
 	if msg != "" || len(ids) != 1 {
 		t.Fatalf("%v %q", ids, msg)
@@ -265,7 +265,7 @@ func TestPrepareMIG(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{`"/dev/nvidia1"`, `"/dev/nvidia-caps/nvidia-cap`, `"name":"uid-mig-gpu-1-mig-1g5gb-2-0"`} {
+	for _, want := range []string{`"/dev/nvidia1"`, `"/dev/nvidia-caps/nvidia-cap`, `"name":"uid-mig-gpu-1-mig-1g5gb-19-1"`} {
 		if !strings.Contains(string(spec), want) {
 			t.Errorf("spec lacks %s:\n%s", want, spec)
 		}
@@ -321,20 +321,65 @@ func TestCheckpointCorrupt(t *testing.T) {
 	}
 }
 
-func TestHealthWithdrawsAndRestores(t *testing.T) {
+// publishedTaints waits until the published device name has taints that
+// match want (key=value:effect, sorted), and returns them.
+func publishedTaints(t testing.TB, client kubernetes.Interface, name string, want []string) {
+	t.Helper()
+	var got []string
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		list, err := client.ResourceV1().ResourceSlices().List(context.Background(), metav1.ListOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = nil
+		for _, sl := range list.Items {
+			for _, d := range sl.Spec.Devices {
+				if d.Name == name {
+					for _, tn := range d.Taints {
+						got = append(got, tn.Key+"="+tn.Value+":"+string(tn.Effect))
+					}
+				}
+			}
+		}
+		slices.Sort(got)
+		if slices.Equal(got, want) {
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Fatalf("device %s has taints %v, want %v", name, got, want)
+}
+
+// A fault taints the device in the slice (NVIDIA's keys): a claim that
+// does not tolerate it is refused, one that does gets it; recovery removes
+// the taint.
+func TestHealthTaintsAndRestores(t *testing.T) {
 	r := newRig(t, "dgx-h100")
 	all := gpuNames(8)
 	sliceDevices(t, r.client, all)
 	bad := r.node.GPUs[5].UUID
 
-	r.store.SetHealth(bad, inventory.Health{Reason: "XID 48 (double-bit ECC)", XID: 48})
-	sliceDevices(t, r.client, slices.DeleteFunc(slices.Clone(all), func(s string) bool { return s == "gpu-5" }))
-	if _, msg := r.prepare(r.claim("late", "gpu-5")); msg == "" {
-		t.Error("an unhealthy GPU was prepared")
+	r.store.SetHealth(bad, inventory.Health{Reason: "XID 48 (double-bit ECC)", XID: 48, Since: time.Now()})
+	publishedTaints(t, r.client, "gpu-5", []string{"gpu.nvidia.com/xid=48:NoSchedule"})
+	sliceDevices(t, r.client, all) // still published
+	if _, msg := r.prepare(r.claim("late", "gpu-5")); !strings.Contains(msg, "gpu.nvidia.com/xid=48:NoSchedule") {
+		t.Errorf("a claim not tolerating the taint: %q, want a refusal naming the taint", msg)
+	}
+	tol := r.claim("diag", "gpu-5")
+	tol.Status.Allocation.Devices.Results[0].Tolerations = []resourceapi.DeviceToleration{
+		{Key: TaintKeyXID, Operator: resourceapi.DeviceTolerationOpExists, Effect: resourceapi.DeviceTaintEffectNoSchedule}}
+	if _, err := r.client.ResourceV1().ResourceClaims("default").UpdateStatus(context.Background(), tol, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if ids, msg := r.prepare(tol); msg != "" || len(ids) != 1 {
+		t.Errorf("a claim tolerating the taint: %v %q", ids, msg)
 	}
 
 	r.store.SetHealth(bad, inventory.Health{Healthy: true})
-	sliceDevices(t, r.client, all)
+	publishedTaints(t, r.client, "gpu-5", nil)
+	r.store.SetHealth(r.node.GPUs[2].UUID, inventory.Health{Reason: "XID 79", XID: 79})
+	publishedTaints(t, r.client, "gpu-2", []string{"gpu.nvidia.com/gpu-lost=:NoSchedule"})
 }
 
 func TestHealthStream(t *testing.T) {

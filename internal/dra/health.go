@@ -33,7 +33,7 @@ func (d *Driver) WatchHealthStatus(ctx context.Context, reports chan<- kubeletpl
 	}
 }
 
-// healthReport covers every device of the catalog, published or withdrawn:
+// healthReport covers every device of the catalog, tainted or not:
 // a pod may still hold a device that became unhealthy.
 func (d *Driver) healthReport(snap inventory.Snapshot) kubeletplugin.DeviceHealthReport {
 	now := time.Now()

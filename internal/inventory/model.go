@@ -82,6 +82,26 @@ type MIGDevice struct {
 	// does not know them (the NVML backend fills them, the simulator only
 	// when its profile lists them). Node labels about MIG profiles need them.
 	Attributes *MIGAttributes `json:"attributes,omitempty"`
+	// GIProfile is the instance's GPU-instance profile and placement, as
+	// NVML's GPU-instance info gives them; nil when unknown (reading GPU
+	// instances may need privileges). NVIDIA's DRA driver names and sizes
+	// MIG devices by it.
+	GIProfile *MIGGIProfile `json:"giProfile,omitempty"`
+}
+
+// MIGGIProfile is a MIG instance's GPU-instance profile (nvmlGpuInstanceProfileInfo)
+// and where the instance sits on its GPU (nvmlGpuInstancePlacement).
+type MIGGIProfile struct {
+	ID              int    `json:"id"`             // the profile's ID on this GPU
+	PlacementStart  int    `json:"placementStart"` // first memory slice
+	PlacementSize   int    `json:"placementSize"`  // memory slices
+	MemoryBytes     uint64 `json:"memoryBytes"`
+	Multiprocessors int    `json:"multiprocessors"`
+	CopyEngines     int    `json:"copyEngines"`
+	Decoders        int    `json:"decoders"`
+	Encoders        int    `json:"encoders"`
+	JPEGs           int    `json:"jpegs"`
+	OFAs            int    `json:"ofas"`
 }
 
 // MIGAttributes are what NVML reports for a MIG instance (nvmlDeviceAttributes).
@@ -99,11 +119,17 @@ type MIGAttributes struct {
 // GPU is one physical GPU as discovered. It carries no health: that is live
 // state the Store keeps beside it.
 type GPU struct {
-	UUID              string      `json:"uuid"`
-	Index             int         `json:"index"`
-	Minor             int         `json:"minor"` // N of /dev/nvidiaN
-	Name              string      `json:"name"`
-	Architecture      string      `json:"architecture,omitempty"`
+	UUID         string `json:"uuid"`
+	Index        int    `json:"index"`
+	Minor        int    `json:"minor"` // N of /dev/nvidiaN
+	Name         string `json:"name"`
+	Architecture string `json:"architecture,omitempty"`
+	// Brand is NVML's brand as NVIDIA's tools spell it (Nvidia, Tesla,
+	// GeForce, ...); empty when unknown.
+	Brand string `json:"brand,omitempty"`
+	// AddressingMode is NVML's memory addressing mode (HMM, ATS, None);
+	// empty where the platform does not support the query.
+	AddressingMode    string      `json:"addressingMode,omitempty"`
 	MemoryBytes       uint64      `json:"memoryBytes"`
 	ComputeCapability string      `json:"computeCapability"`
 	PCIBusID          string      `json:"pciBusID"`

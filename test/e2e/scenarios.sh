@@ -24,7 +24,7 @@ SCENARIOS=(
 	"cdi|cdi-cri and cdi-annotations: containerd injects exactly the pod's GPUs from gpulet's CDI spec; a gpulet restart changes nothing|ds"
 	"labels|GFD's labels and accelerator=nvidia on the node; survive a gpulet restart unwritten; follow a sharing change; admission refuses other keys and nodes|ds"
 	"metrics|/metrics: dcgm-exporter series per GPU, a pod's GPUs attributed then released, an XID counted; /readyz and Ready follow the driver down and up|ds"
-	"dra|DRA (gpu.nvidia.com): slices from gpulet, claims get exactly their GPUs, CEL selectors, no sharing, an NVLink pair, a gpulet restart, a fault withdraws a GPU|ds"
+	"dra|DRA (gpu.nvidia.com): slices from gpulet, claims get exactly their GPUs, CEL selectors, no sharing, an NVLink pair, a gpulet restart, a fault taints a GPU (a tolerating claim may have it)|ds"
 	"dra-ext|DRA extendedResourceName: nvidia.com/gpu: 2 on a DRA-owned node runs with exactly 2 GPUs of a claim; with --dra-devices=0,1 the device plugin serves nvidia.com/gpu and DRA's GPUs are claims-only|ds"
 	"mig|MIG sim profile, mig-strategy=mixed: capacity per MIG resource; a mig-1g.10gb.me pod gets one MIG device and its caps nodes; back to 8 GPUs|ds"
 )
@@ -908,19 +908,47 @@ scenario_dra() {
 	[[ $(check_dra_pod "$p1" 1) == "$d1" ]] || fail "$p1's claim changed across the gpulet restart"
 	log "after the gpulet restart: $p1 keeps its container and $d1"
 
-	# A fault withdraws the GPU from the slice; a new claim cannot get it; it comes back when cleared.
-	local bad idx
+	# A fault taints the GPU in the slice (NVIDIA's key); a new plain claim gets another GPU; a claim
+	# that tolerates the taint can have the faulted one; a clear removes the taint.
+	local bad idx buuid t0f
 	bad=$(printf '%s\n' gpu-0 gpu-1 gpu-2 gpu-3 gpu-4 gpu-5 gpu-6 gpu-7 | grep -vxF -f <(printf '%s\n' $d1 $d2 $d) | head -n1)
 	idx=$(awk -v m="${bad#gpu-}" '$3 == m { print $1 }' "$W/inventory.txt")
+	buuid=$(awk -v m="${bad#gpu-}" '$3 == m { print $2 }' "$W/inventory.txt")
+	device_taints() { slice_devices | jq -r --arg n "$1" 'select(.name == $n) | [.taints[]? | "\(.key)=\(.value // ""):\(.effect)"] | join(",")'; }
+	taints_are() { local got; got=$(device_taints "$1") && [[ $got == "$2" ]] || { echo "$1 taints [$got], want [$2]"; return 1; }; }
+	t0f=$(now_ms)
 	gpulet_node sim fault --sim-root="$SIM_ROOT" --gpu="$idx" --xid=48 >/dev/null || fail "gpulet sim fault failed"
-	wait_until 60 "$bad withdrawn" slice_lacks "$bad" || fail "a faulted GPU stayed published"
+	wait_until 60 "$bad tainted gpu.nvidia.com/xid=48:NoSchedule" taints_are "$bad" "gpu.nvidia.com/xid=48:NoSchedule" || fail "a faulted GPU was not tainted"
+	timing "DRA fault -> device taint on the API server" "$(secs_since "$t0f")"
+	slice_count_is "$SIM_GPUS" >/dev/null || fail "the faulted GPU was withdrawn instead of tainted"
 	sed -e 's/__NAME__/dra-after-fault/' -e 's/__TEMPLATE__/one-gpu/' "$MANIFESTS/dra-hold-job.yaml" | K apply -f - >/dev/null
 	wait_until 90 "dra-after-fault Running" job_pod_running dra-after-fault || fail "a one-GPU claim did not run during the fault"
 	q=$(check_dra_pod "$(job_pod dra-after-fault)" 1)
-	[[ $q != "$bad" ]] || fail "the faulted $bad was given to a new claim"
-	log "$bad faulted and withdrawn; a new claim got $q"
+	[[ $q != "$bad" ]] || fail "the faulted $bad was given to a claim that does not tolerate its taint"
+	cat <<-EOF | K apply -f - >/dev/null
+		apiVersion: resource.k8s.io/v1
+		kind: ResourceClaimTemplate
+		metadata: {name: tolerate-xid}
+		spec:
+		  spec:
+		    devices:
+		      requests:
+		      - name: gpu
+		        exactly:
+		          deviceClassName: gpu.nvidia.com
+		          selectors:
+		          - cel: {expression: "device.attributes['gpu.nvidia.com'].uuid == '$buuid'"}
+		          tolerations:
+		          - {key: gpu.nvidia.com/xid, operator: Exists, effect: NoSchedule}
+	EOF
+	sed -e 's/__NAME__/dra-tolerate/' -e 's/__TEMPLATE__/tolerate-xid/' "$MANIFESTS/dra-hold-job.yaml" | K apply -f - >/dev/null
+	wait_until 90 "dra-tolerate Running" job_pod_running dra-tolerate || fail "a claim tolerating the taint did not get the faulted GPU"
+	[[ $(check_dra_pod "$(job_pod dra-tolerate)" 1) == "$bad" ]] || fail "the tolerating claim did not get $bad"
+	log "$bad faulted and tainted (gpu.nvidia.com/xid=48:NoSchedule); a plain claim got $q, a tolerating claim got $bad"
+	release "$(job_pod dra-tolerate)"
 	gpulet_node sim clear --sim-root="$SIM_ROOT" --gpu="$idx" >/dev/null || fail "gpulet sim clear failed"
-	wait_until 60 "8 devices again" slice_count_is "$SIM_GPUS" || fail "the GPU did not come back after the fault was cleared"
+	wait_until 60 "$bad untainted" taints_are "$bad" "" || fail "the taint stayed after the fault was cleared"
+	wait_until 60 "dra-tolerate COMPLETIONS 1/1" job_complete dra-tolerate || fail "dra-tolerate did not complete"
 
 	for q in dra-a dra-b dra-pair dra-after-fault; do release "$(job_pod "$q")"; done
 	for q in dra-a dra-b dra-pair dra-after-fault; do

@@ -114,6 +114,24 @@ func (b *Backend) gpu(i int, h nvml.Device) (inventory.GPU, error) {
 	} else if err == nil {
 		g.Architecture = archName(a)
 	}
+	brand, err := call(b, "GetBrand", h.GetBrand)
+	if hung(err) != nil {
+		return g, err
+	} else if err == nil {
+		g.Brand = brandName(brand)
+	}
+	// The addressing-mode query is newer than some drivers: only where
+	// the library has it (as NVIDIA's go-nvlib checks), best effort.
+	if ext, ok := b.lib.(interface{ Extensions() nvml.ExtendedInterface }); ok {
+		if ext.Extensions().LookupSymbol("nvmlDeviceGetAddressingMode") == nil {
+			am, err := call(b, "GetAddressingMode", h.GetAddressingMode)
+			if hung(err) != nil {
+				return g, err
+			} else if err == nil {
+				g.AddressingMode = addressingModeName(am.Value)
+			}
+		}
+	}
 	mode, err := call(b, "GetMigMode", func() (int, nvml.Return) {
 		cur, _, ret := h.GetMigMode()
 		return cur, ret
@@ -226,6 +244,33 @@ func (b *Backend) sysfsNUMA(bus string) int {
 		return -1
 	}
 	return v
+}
+
+// brandName spells NVML's brand as NVIDIA's go-nvlib does (the value of
+// the brand attribute NVIDIA's DRA driver publishes); "" when unknown.
+func brandName(b nvml.BrandType) string {
+	names := map[nvml.BrandType]string{
+		nvml.BRAND_UNKNOWN: "Unknown", nvml.BRAND_QUADRO: "Quadro", nvml.BRAND_TESLA: "Tesla", nvml.BRAND_NVS: "NVS",
+		nvml.BRAND_GRID: "Grid", nvml.BRAND_GEFORCE: "GeForce", nvml.BRAND_TITAN: "Titan",
+		nvml.BRAND_NVIDIA_VAPPS: "NvidiaVApps", nvml.BRAND_NVIDIA_VPC: "NvidiaVPC", nvml.BRAND_NVIDIA_VCS: "NvidiaVCS",
+		nvml.BRAND_NVIDIA_VWS: "NvidiaVWS", nvml.BRAND_NVIDIA_CLOUD_GAMING: "NvidiaCloudGaming",
+		nvml.BRAND_QUADRO_RTX: "QuadroRTX", nvml.BRAND_NVIDIA_RTX: "NvidiaRTX", nvml.BRAND_NVIDIA: "Nvidia",
+		nvml.BRAND_GEFORCE_RTX: "GeForceRTX", nvml.BRAND_TITAN_RTX: "TitanRTX",
+	}
+	return names[b]
+}
+
+// addressingModeName spells NVML's addressing mode as go-nvlib does.
+func addressingModeName(v uint32) string {
+	switch nvml.DeviceAddressingModeType(v) {
+	case nvml.DEVICE_ADDRESSING_MODE_ATS:
+		return "ATS"
+	case nvml.DEVICE_ADDRESSING_MODE_HMM:
+		return "HMM"
+	case nvml.DEVICE_ADDRESSING_MODE_NONE:
+		return "None"
+	}
+	return ""
 }
 
 func archName(a nvml.DeviceArchitecture) string {

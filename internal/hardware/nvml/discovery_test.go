@@ -40,6 +40,7 @@ func TestDiscoverDGXH100(t *testing.T) {
 			UUID: d.UUID, Index: i, Minor: (i * 3) % 8, Name: "NVIDIA H100 80GB HBM3", Architecture: "Hopper",
 			MemoryBytes: 80 << 30, ComputeCapability: "9.0", PCIBusID: fmt.Sprintf("00000000:%02X:00.0", dgxBus[i]),
 			NUMANode: i / 4, Serial: fmt.Sprintf("165212300%04d", i), MIGCapable: true,
+			Brand: brandName(d.Config.Brand), AddressingMode: "None",
 		}
 		if !reflect.DeepEqual(g, want) {
 			t.Errorf("GPU %d:\n got %+v\nwant %+v", i, g, want)

@@ -16,7 +16,7 @@ func (b *Backend) migDevices(h nvml.Device, gpuMemory uint64) ([]inventory.MIGDe
 		return nil, err
 	}
 	var out []inventory.MIGDevice
-	var giProfiles map[uint32]int // GPU instance profile ID -> GPU_INSTANCE_PROFILE_* index
+	var giProfiles map[uint32]giProfile // by GPU instance profile ID
 	for i := 0; i < max; i++ {
 		m, err := call(b, "GetMigDeviceHandleByIndex", func() (nvml.Device, nvml.Return) { return h.GetMigDeviceHandleByIndex(i) })
 		if isReturn(err, nvml.ERROR_NOT_FOUND) || isReturn(err, nvml.ERROR_INVALID_ARGUMENT) {
@@ -44,10 +44,11 @@ func (b *Backend) migDevices(h nvml.Device, gpuMemory uint64) ([]inventory.MIGDe
 				return nil, err
 			}
 		}
-		suffix, err := b.migSuffix(h, d.GI, giProfiles)
+		suffix, gip, err := b.migGIProfile(h, d.GI, giProfiles)
 		if err != nil {
 			return nil, err
 		}
+		d.GIProfile = gip
 		d.MemoryBytes = attr.MemorySizeMB << 20
 		d.Attributes = &inventory.MIGAttributes{ // for node labels (internal/labels)
 			Multiprocessors: int(attr.MultiprocessorCount), GISlices: int(attr.GpuInstanceSliceCount),
@@ -61,11 +62,18 @@ func (b *Backend) migDevices(h nvml.Device, gpuMemory uint64) ([]inventory.MIGDe
 	return out, nil
 }
 
-// giProfileIndex maps the GPU's GPU-instance profile IDs to the profile
-// constants (GPU_INSTANCE_PROFILE_1_SLICE_REV1...) that say which attributes
-// (+me, +gfx, -me) a profile has. The two differ on real GPUs.
-func (b *Backend) giProfileIndex(h nvml.Device) (map[uint32]int, error) {
-	ids := map[uint32]int{}
+// giProfile is one GPU-instance profile of a GPU: the profile constant
+// (GPU_INSTANCE_PROFILE_1_SLICE_REV1...) that says which attributes (+me,
+// +gfx, -me) it has, and NVML's info on it.
+type giProfile struct {
+	index int
+	info  nvml.GpuInstanceProfileInfo
+}
+
+// giProfileIndex maps the GPU's GPU-instance profile IDs to their profile
+// constants and infos. IDs and constants differ on real GPUs.
+func (b *Backend) giProfileIndex(h nvml.Device) (map[uint32]giProfile, error) {
+	ids := map[uint32]giProfile{}
 	for p := 0; p < nvml.GPU_INSTANCE_PROFILE_COUNT; p++ {
 		info, err := call(b, "GetGpuInstanceProfileInfo", func() (nvml.GpuInstanceProfileInfo, nvml.Return) {
 			return h.GetGpuInstanceProfileInfo(p)
@@ -76,39 +84,51 @@ func (b *Backend) giProfileIndex(h nvml.Device) (map[uint32]int, error) {
 			}
 			continue
 		}
-		ids[info.Id] = p
+		ids[info.Id] = giProfile{index: p, info: info}
 	}
 	return ids, nil
 }
 
-// migSuffix finds the attribute suffix of MIG instance gi's profile. It is
-// best effort: reading GPU instances may need privileges gpulet lacks, and
-// then the plain name (1g.10gb) is used.
-func (b *Backend) migSuffix(h nvml.Device, gi int, giProfiles map[uint32]int) (string, error) {
+// migGIProfile finds the attribute suffix of MIG instance gi's profile,
+// and the profile and placement. It is best effort: reading GPU instances
+// may need privileges gpulet lacks, and then the plain name (1g.10gb) is
+// used and the profile is unknown (nil).
+func (b *Backend) migGIProfile(h nvml.Device, gi int, giProfiles map[uint32]giProfile) (string, *inventory.MIGGIProfile, error) {
 	inst, err := call(b, "GetGpuInstanceById", func() (nvml.GpuInstance, nvml.Return) { return h.GetGpuInstanceById(gi) })
 	if err != nil {
-		return "", hung(err)
+		return "", nil, hung(err)
 	}
 	info, err := call(b, "GpuInstance GetInfo", inst.GetInfo)
 	if err != nil {
-		return "", hung(err)
+		return "", nil, hung(err)
 	}
 	p, ok := giProfiles[info.ProfileId]
 	if !ok {
-		return "", nil
+		return "", nil, nil
 	}
+	gip := &inventory.MIGGIProfile{
+		ID: int(p.info.Id), PlacementStart: int(info.Placement.Start), PlacementSize: int(info.Placement.Size),
+		MemoryBytes: p.info.MemorySizeMB << 20, Multiprocessors: int(p.info.MultiprocessorCount),
+		CopyEngines: int(p.info.CopyEngineCount), Decoders: int(p.info.DecoderCount), Encoders: int(p.info.EncoderCount),
+		JPEGs: int(p.info.JpegCount), OFAs: int(p.info.OfaCount),
+	}
+	return migSuffix(p.index), gip, nil
+}
+
+// migSuffix is the attribute suffix of a GPU_INSTANCE_PROFILE_* constant.
+func migSuffix(p int) string {
 	switch p {
 	case nvml.GPU_INSTANCE_PROFILE_1_SLICE_REV1, nvml.GPU_INSTANCE_PROFILE_2_SLICE_REV1:
-		return "+me", nil
+		return "+me"
 	case nvml.GPU_INSTANCE_PROFILE_1_SLICE_ALL_ME, nvml.GPU_INSTANCE_PROFILE_2_SLICE_ALL_ME:
-		return "+me.all", nil
+		return "+me.all"
 	case nvml.GPU_INSTANCE_PROFILE_1_SLICE_GFX, nvml.GPU_INSTANCE_PROFILE_2_SLICE_GFX,
 		nvml.GPU_INSTANCE_PROFILE_3_SLICE_GFX, nvml.GPU_INSTANCE_PROFILE_4_SLICE_GFX:
-		return "+gfx", nil
+		return "+gfx"
 	case nvml.GPU_INSTANCE_PROFILE_1_SLICE_NO_ME, nvml.GPU_INSTANCE_PROFILE_2_SLICE_NO_ME:
-		return "-me", nil
+		return "-me"
 	}
-	return "", nil
+	return ""
 }
 
 // migProfile names a MIG instance the way nvidia-smi and NVIDIA's device

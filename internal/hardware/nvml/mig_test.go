@@ -157,6 +157,16 @@ func TestDiscoverMIG(t *testing.T) {
 			t.Errorf("MIG %s: attributes %+v do not match its profile", m.Profile, m.Attributes)
 		}
 		got[i].Attributes = nil
+		// The GPU-instance profile (ID and engines) and placement come
+		// from the GPU instance, as NVIDIA's DRA driver reads them (the mock
+		// places every instance at 0).
+		slot := h100Slots[m.Index]
+		info, _ := f.devs[0].GetGpuInstanceProfileInfo(slot.giProfile)
+		if gp := m.GIProfile; gp == nil || gp.ID != slot.giProfile+19 || gp.Multiprocessors != int(info.MultiprocessorCount) ||
+			gp.MemoryBytes != info.MemorySizeMB<<20 {
+			t.Errorf("MIG %s: GI profile %+v, want ID %d, %d multiprocessors, %d MiB", m.Profile, gp, slot.giProfile+19, info.MultiprocessorCount, info.MemorySizeMB)
+		}
+		got[i].GIProfile = nil
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("GPU 0 MIG devices:\n got %+v\nwant %+v", got, want)
@@ -164,7 +174,7 @@ func TestDiscoverMIG(t *testing.T) {
 	if g := n.GPUs[1]; g.MIGCapable || g.MIGEnabled || len(g.MIGDevices) != 0 {
 		t.Errorf("GPU 1 without MIG support: MIGCapable %v MIGEnabled %v %d MIG devices", g.MIGCapable, g.MIGEnabled, len(g.MIGDevices))
 	}
-	if g := n.GPUs[2]; len(g.MIGDevices) != 1 || g.MIGDevices[0].Profile != "1g.10gb" {
+	if g := n.GPUs[2]; len(g.MIGDevices) != 1 || g.MIGDevices[0].Profile != "1g.10gb" || g.MIGDevices[0].GIProfile != nil {
 		t.Errorf("GPU 2 MIG devices = %+v, want one 1g.10gb", g.MIGDevices)
 	}
 	if err := n.Validate(); err != nil {

@@ -83,6 +83,9 @@ func newFixture(t *testing.T, srv *server.Server) *fixture {
 		d.GetPciInfoFunc = func() (nvml.PciInfo, nvml.Return) { return pci, nvml.SUCCESS }
 		d.GetNumaNodeIdFunc = func() (int, nvml.Return) { return i / 4, nvml.SUCCESS }
 		d.GetSerialFunc = func() (string, nvml.Return) { return fmt.Sprintf("165212300%04d", i), nvml.SUCCESS }
+		d.GetAddressingModeFunc = func() (nvml.DeviceAddressingMode, nvml.Return) {
+			return nvml.DeviceAddressingMode{Value: uint32(nvml.DEVICE_ADDRESSING_MODE_NONE)}, nvml.SUCCESS
+		}
 		d.GetNvLinkStateFunc = func(int) (nvml.EnableState, nvml.Return) { return 0, nvml.ERROR_NOT_SUPPORTED }
 		d.GetTopologyCommonAncestorFunc = func(o nvml.Device) (nvml.GpuTopologyLevel, nvml.Return) {
 			return pcieLevel(i, o.(*server.Device).Index), nvml.SUCCESS

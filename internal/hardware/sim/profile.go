@@ -44,9 +44,15 @@ type Profile struct {
 
 // GPUSpec is one simulated GPU (or the template for all of them).
 type GPUSpec struct {
-	UUID              string   `json:"uuid,omitempty"`
-	Name              string   `json:"name"`
-	Architecture      string   `json:"architecture,omitempty"`
+	UUID         string `json:"uuid,omitempty"`
+	Name         string `json:"name"`
+	Architecture string `json:"architecture,omitempty"`
+	// Brand is NVML's brand as NVIDIA's tools spell it; default Nvidia,
+	// what data-centre GPUs report (an H200: BRAND_NVIDIA).
+	Brand string `json:"brand,omitempty"`
+	// AddressingMode is NVML's addressing mode (HMM, ATS, None); empty:
+	// the platform does not support the query.
+	AddressingMode    string   `json:"addressingMode,omitempty"`
 	MemoryMiB         uint64   `json:"memoryMiB"`
 	ComputeCapability string   `json:"computeCapability"`
 	PCIBusID          string   `json:"pciBusID,omitempty"`
@@ -76,6 +82,13 @@ type MIGInstanceSpec struct {
 	CI        int    `json:"ci,omitempty"`
 	// Index is the NVML MIG handle index; default: the position in the list.
 	Index *int `json:"index,omitempty"`
+	// GIProfileID and PlacementStart are the GPU-instance profile's ID and
+	// the instance's first memory slice; default: the IDs an A100 or H100
+	// gives the profile (1g 19, 1g+me 20, 1g with two slices of memory 15,
+	// 2g 14, 3g 9, 4g 5, 7g 0), placed one after the other, each aligned
+	// to its size.
+	GIProfileID    *int `json:"giProfileId,omitempty"`
+	PlacementStart *int `json:"placementStart,omitempty"`
 }
 
 // BuiltinProfiles lists the names of the embedded profiles.
@@ -169,6 +182,8 @@ func (p *Profile) Node() (*inventory.Node, error) {
 			Minor:             i,
 			Name:              s.Name,
 			Architecture:      s.Architecture,
+			Brand:             s.Brand,
+			AddressingMode:    s.AddressingMode,
 			MemoryBytes:       s.MemoryMiB << 20,
 			ComputeCapability: s.ComputeCapability,
 			PCIBusID:          s.PCIBusID,
@@ -176,6 +191,9 @@ func (p *Profile) Node() (*inventory.Node, error) {
 			Serial:            s.Serial,
 			MIGCapable:        s.MIGCapable || s.MIG != nil,
 			PCIClass:          pciClass3D, // data-centre GPUs are 3D controllers (compute mode)
+		}
+		if g.Brand == "" {
+			g.Brand = "Nvidia"
 		}
 		if g.UUID == "" {
 			g.UUID = stableUUID("GPU", p.Name, i)
@@ -228,6 +246,7 @@ func (p *Profile) migDevices(i int, s GPUSpec) ([]inventory.MIGDevice, error) {
 		}
 	}
 	var out []inventory.MIGDevice
+	next := 0 // the first free memory slice
 	for k, in := range list {
 		idx := k
 		if in.Index != nil {
@@ -242,6 +261,20 @@ func (p *Profile) migDevices(i int, s GPUSpec) ([]inventory.MIGDevice, error) {
 					p.Name, i, k, in.MemoryMiB, s.MemoryMiB, want, in.Profile)
 			}
 		}
+		id, size := giProfileOf(in.Profile, in.MemoryMiB, s.MemoryMiB)
+		if in.GIProfileID != nil {
+			id = *in.GIProfileID
+		}
+		start := (next + size - 1) / size * size
+		if in.PlacementStart != nil {
+			start = *in.PlacementStart
+		}
+		next = start + size
+		gip := &inventory.MIGGIProfile{ID: id, PlacementStart: start, PlacementSize: size, MemoryBytes: in.MemoryMiB << 20}
+		if a := m.Attributes; a != nil {
+			gip.Multiprocessors, gip.CopyEngines, gip.Decoders, gip.Encoders, gip.JPEGs, gip.OFAs =
+				a.Multiprocessors, a.CopyEngines, a.Decoders, a.Encoders, a.JPEGs, a.OFAs
+		}
 		out = append(out, inventory.MIGDevice{
 			UUID:        stableUUID("MIG", fmt.Sprintf("%s/%d", p.Name, i), k),
 			Index:       idx,
@@ -250,10 +283,41 @@ func (p *Profile) migDevices(i int, s GPUSpec) ([]inventory.MIGDevice, error) {
 			CI:          in.CI,
 			MemoryBytes: in.MemoryMiB << 20,
 			Attributes:  m.Attributes,
+			GIProfile:   gip,
 		})
 	}
 	return out, nil
 }
+
+// giProfileOf is the GPU-instance profile ID and placement size (memory
+// slices) an A100 or H100 gives a MIG profile name; other shapes get ID
+// 100+slices and one memory slice per compute slice.
+func giProfileOf(profile string, memMiB, gpuMiB uint64) (id, size int) {
+	m := profileSlices.FindStringSubmatch(profile)
+	if m == nil {
+		return 100, 1
+	}
+	g, _ := strconv.Atoi(m[1])
+	switch {
+	case g == 1 && strings.HasSuffix(profile, "+me"):
+		return 20, 1
+	case g == 1 && gpuMiB > 0 && memMiB*8 > gpuMiB+gpuMiB/16:
+		return 15, 2 // one compute slice, two memory slices (1g.20gb)
+	case g == 1:
+		return 19, 1
+	case g == 2:
+		return 14, 2
+	case g == 3:
+		return 9, 4
+	case g == 4:
+		return 5, 4
+	case g == 7:
+		return 0, 8
+	}
+	return 100 + g, g
+}
+
+var profileSlices = regexp.MustCompile(`^(?:[0-9]+c\.)?([0-9]+)g\.`)
 
 // profileGB reads the memory size of a profile name (18 of 1g.18gb+me).
 func profileGB(profile string) (uint64, bool) {

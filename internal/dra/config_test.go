@@ -1,0 +1,149 @@
+package dra
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	resourceapi "k8s.io/api/resource/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"sigs.k8s.io/yaml"
+)
+
+func opaque(driver, params string) resourceapi.DeviceAllocationConfiguration {
+	js, err := yaml.YAMLToJSON([]byte(params))
+	if err != nil {
+		panic(err)
+	}
+	return resourceapi.DeviceAllocationConfiguration{Source: resourceapi.AllocationConfigSourceClaim, DeviceConfiguration: resourceapi.DeviceConfiguration{
+		Opaque: &resourceapi.OpaqueDeviceConfiguration{Driver: driver, Parameters: runtime.RawExtension{Raw: js}},
+	}}
+}
+
+// Decoding is strict and validates as NVIDIA's driver does; gpulet then
+// applies what it can and refuses the rest with a reason.
+func TestDeviceConfigs(t *testing.T) {
+	const hdr = "apiVersion: resource.nvidia.com/v1beta1\n"
+	tests := []struct {
+		name    string
+		configs []resourceapi.DeviceAllocationConfiguration
+		mig     bool
+		wantErr string // "" = applied
+	}{
+		{"no config", nil, false, ""},
+		{"empty GpuConfig", []resourceapi.DeviceAllocationConfiguration{opaque(DriverName, hdr+"kind: GpuConfig")}, false, ""},
+		{"another driver's config is ignored", []resourceapi.DeviceAllocationConfiguration{opaque("nic.example.com", "anything: [1]")}, false, ""},
+		{"not opaque", []resourceapi.DeviceAllocationConfiguration{{Source: resourceapi.AllocationConfigSourceClaim}}, false, "only opaque parameters"},
+		{"unknown field", []resourceapi.DeviceAllocationConfiguration{opaque(DriverName, hdr+"kind: GpuConfig\nsharin: {}")}, false, "unknown field"},
+		{"unknown kind", []resourceapi.DeviceAllocationConfiguration{opaque(DriverName, hdr+"kind: VfioDeviceConfig")}, false, "kind"},
+		{"wrong version", []resourceapi.DeviceAllocationConfiguration{opaque(DriverName, "apiVersion: resource.nvidia.com/v1alpha1\nkind: GpuConfig")}, false, "apiVersion"},
+		{"unknown strategy", []resourceapi.DeviceAllocationConfiguration{opaque(DriverName, hdr+"kind: GpuConfig\nsharing: {strategy: Exclusive}")}, false, "unknown GPU sharing strategy"},
+		{"unknown interval", []resourceapi.DeviceAllocationConfiguration{opaque(DriverName, hdr+"kind: GpuConfig\nsharing: {strategy: TimeSlicing, timeSlicingConfig: {interval: Forever}}")}, false, "unknown time-slice interval"},
+		{"TimeSlicing with an MPS config", []resourceapi.DeviceAllocationConfiguration{opaque(DriverName, hdr+"kind: GpuConfig\nsharing: {strategy: TimeSlicing, mpsConfig: {}}")}, false, "cannot use mpsConfig"},
+		{"thread percentage over 100", []resourceapi.DeviceAllocationConfiguration{opaque(DriverName, hdr+"kind: GpuConfig\nsharing: {strategy: MPS, mpsConfig: {defaultActiveThreadPercentage: 101}}")}, false, "between 0 and 100"},
+		{"pinned limit below 1Mi", []resourceapi.DeviceAllocationConfiguration{opaque(DriverName, hdr+"kind: GpuConfig\nsharing: {strategy: MPS, mpsConfig: {defaultPinnedDeviceMemoryLimit: 10Ki}}")}, false, "invalid limit"},
+		{"TimeSlicing defaults to the Default interval: applied", []resourceapi.DeviceAllocationConfiguration{opaque(DriverName, hdr+"kind: GpuConfig\nsharing: {strategy: TimeSlicing}")}, false, ""},
+		{"TimeSlicing Long: refused", []resourceapi.DeviceAllocationConfiguration{opaque(DriverName, hdr+"kind: GpuConfig\nsharing: {strategy: TimeSlicing, timeSlicingConfig: {interval: Long}}")}, false, "does not set time-slice intervals"},
+		{"MPS: refused", []resourceapi.DeviceAllocationConfiguration{opaque(DriverName, hdr+"kind: GpuConfig\nsharing: {strategy: MPS}")}, false, "MPS control daemons"},
+		{"a GpuConfig for all requests does not touch a MIG device", []resourceapi.DeviceAllocationConfiguration{opaque(DriverName, hdr+"kind: GpuConfig\nsharing: {strategy: MPS}")}, true, ""},
+		{"a GpuConfig naming a MIG request", func() []resourceapi.DeviceAllocationConfiguration {
+			c := opaque(DriverName, hdr+"kind: GpuConfig")
+			c.Requests = []string{"gpu"}
+			return []resourceapi.DeviceAllocationConfiguration{c}
+		}(), true, "cannot apply GpuConfig"},
+		{"the claim's config overrides the class's", func() []resourceapi.DeviceAllocationConfiguration {
+			claim := opaque(DriverName, hdr+"kind: GpuConfig")
+			class := opaque(DriverName, hdr+"kind: GpuConfig\nsharing: {strategy: MPS}")
+			class.Source = resourceapi.AllocationConfigSourceClass
+			return []resourceapi.DeviceAllocationConfiguration{claim, class}
+		}(), false, ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			err := applyConfig(tc.configs, "gpu", tc.mig)
+			if (err == nil) != (tc.wantErr == "") || (err != nil && !strings.Contains(err.Error(), tc.wantErr)) {
+				t.Fatalf("error %v, want %q", err, tc.wantErr)
+			}
+		})
+	}
+}
+
+func applyConfig(configs []resourceapi.DeviceAllocationConfiguration, request string, mig bool) error {
+	cs, err := decodeConfigs(configs)
+	if err != nil {
+		return err
+	}
+	c, err := configFor(cs, request, mig)
+	if err != nil {
+		return err
+	}
+	return c.supported()
+}
+
+// NVIDIA's quickstart claims (testdata/quickstart, unchanged): each
+// request's configuration is applied or refused with the expected reason.
+func TestQuickstartClaims(t *testing.T) {
+	want := map[string]map[string]string{ // file → request → error substring ("" = runs)
+		"gpu-test1.yaml":    {"gpu": ""},
+		"gpu-test2.yaml":    {"gpu": ""},
+		"gpu-test3.yaml":    {"gpu": ""},
+		"gpu-test4.yaml":    {"mig-1g-5gb-0": "", "mig-1g-5gb-1": "", "mig-2g-10gb": "", "mig-3g-20gb": ""},
+		"gpu-test5.yaml":    {"ts-gpu": "does not set time-slice intervals", "mps-gpu": "MPS control daemons"},
+		"gpu-test6.yaml":    {"gpu": "does not set time-slice intervals"},
+		"gpu-test-mps.yaml": {"mps-gpu": "MPS control daemons"},
+	}
+	for file, reqs := range want {
+		t.Run(file, func(t *testing.T) {
+			data, err := os.ReadFile(filepath.Join("testdata", "quickstart", file))
+			if err != nil {
+				t.Fatal(err)
+			}
+			seen := 0
+			for _, doc := range strings.Split(string(data), "\n---") {
+				var head struct{ Kind string }
+				if yaml.Unmarshal([]byte(doc), &head) != nil {
+					continue
+				}
+				var spec resourceapi.DeviceClaim
+				switch head.Kind {
+				case "ResourceClaim":
+					var c resourceapi.ResourceClaim
+					if err := yaml.UnmarshalStrict([]byte(doc), &c); err != nil {
+						t.Fatal(err)
+					}
+					spec = c.Spec.Devices
+				case "ResourceClaimTemplate":
+					var c resourceapi.ResourceClaimTemplate
+					if err := yaml.UnmarshalStrict([]byte(doc), &c); err != nil {
+						t.Fatal(err)
+					}
+					spec = c.Spec.Spec.Devices
+				default:
+					continue
+				}
+				// What the scheduler copies into the allocation: the
+				// claim's configs, marked as the claim's.
+				var configs []resourceapi.DeviceAllocationConfiguration
+				for _, c := range spec.Config {
+					configs = append(configs, resourceapi.DeviceAllocationConfiguration{
+						Source: resourceapi.AllocationConfigSourceClaim, Requests: c.Requests, DeviceConfiguration: c.DeviceConfiguration})
+				}
+				for _, r := range spec.Requests {
+					wantErr, ok := reqs[r.Name]
+					if !ok || r.Exactly == nil {
+						t.Fatalf("request %s not expected", r.Name)
+					}
+					seen++
+					err := applyConfig(configs, r.Name, r.Exactly.DeviceClassName == "mig.nvidia.com")
+					if (err == nil) != (wantErr == "") || (err != nil && !strings.Contains(err.Error(), wantErr)) {
+						t.Errorf("request %s: error %v, want %q", r.Name, err, wantErr)
+					}
+				}
+			}
+			if seen != len(reqs) {
+				t.Errorf("%d requests checked, want %d", seen, len(reqs))
+			}
+		})
+	}
+}
