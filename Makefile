@@ -53,7 +53,7 @@ $(HELM):
 
 # NVIDIA's mock NVML (hack/nvml-mock.sh) and NVIDIA's own device plugin and GFD (gobins.sh nvidia),
 # built once and cached; tests that run gpulet's NVML backend or NVIDIA's binaries find them through
-# GPULET_NVML_MOCK and GPULET_NVIDIA_BIN, and skip without them (plain `go test`).
+# GPULET_NVML_MOCK, GPULET_NVIDIA_BIN and GPULET_NVIDIA_CTK_BIN (nvidia-ctk), and skip without them (plain `go test`).
 .PHONY: nvml-mock nvidia-bins
 nvml-mock:
 	@hack/nvml-mock.sh
@@ -62,7 +62,8 @@ nvidia-bins:
 
 unit: vet tidy-check $(HELM)
 	GPULET_NVML_MOCK=$$(hack/nvml-mock.sh) && GPULET_NVIDIA_BIN=$$(test/e2e/lib/gobins.sh nvidia) && \
-	export GPULET_NVML_MOCK GPULET_NVIDIA_BIN && \
+	GPULET_NVIDIA_CTK_BIN=$$(test/e2e/lib/gobins.sh ctk) && \
+	export GPULET_NVML_MOCK GPULET_NVIDIA_BIN GPULET_NVIDIA_CTK_BIN && \
 	HELM=$(HELM) $(GO) test -race -count=1 ./...
 
 test: unit test-kubelet

@@ -6,9 +6,11 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/gpulet/gpulet/internal/cdispec"
 	"github.com/gpulet/gpulet/internal/config"
 	"github.com/gpulet/gpulet/internal/daemon"
 	"github.com/gpulet/gpulet/internal/doctor"
+	"github.com/gpulet/gpulet/internal/hardware"
 	"github.com/gpulet/gpulet/internal/hardware/backends"
 	"github.com/gpulet/gpulet/internal/plugin"
 )
@@ -32,6 +34,9 @@ func newDoctorCmd() *cobra.Command {
 				CDI: doctor.CDIInput{
 					Strategies: cfg.DeviceListStrategy, IDStrategy: cfg.DeviceIDStrategy,
 					SpecDir: cfg.CDISpecDir, Resources: daemon.ResourcesConfig(cfg),
+					Writer: func(b hardware.Backend) *cdispec.Writer {
+						return daemon.NewCDIWriter(cfg, b, cdispec.Options{Kind: cdispec.PluginKind}, log)
+					},
 				},
 			})
 			failed := false

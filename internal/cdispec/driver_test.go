@@ -94,13 +94,13 @@ func TestCapabilitiesSelectDriverFiles(t *testing.T) {
 			[]string{"libnvidia-ml.so." + standInVersion, "libnvcuvid.so." + standInVersion, "libGLX_nvidia.so." + standInVersion}},
 		{"compute,utility,video", []string{"libnvcuvid.so." + standInVersion, "libnvidia-encode.so." + standInVersion,
 			"libnvidia-opticalflow.so." + standInVersion, "libvdpau_nvidia.so." + standInVersion, "libcuda.so." + standInVersion},
-			[]string{"libnvidia-glcore.so." + standInVersion, "libnvidia-sandboxutils.so." + standInVersion}},
+			[]string{"libnvidia-glcore.so." + standInVersion, "libnvidia-gtk3.so." + standInVersion}},
 		{"graphics", []string{"libnvidia-glcore.so." + standInVersion, "libEGL_nvidia.so." + standInVersion, "nvidia_icd.json",
 			"10_nvidia.json", "libnvidia-egl-gbm.so.1.1.1"},
 			[]string{"libcuda.so." + standInVersion, "nvidia_drv.so", "nvidia-xconfig"}},
 		{"display", []string{"nvidia_drv.so", "libglxserver_nvidia.so." + standInVersion, "nvidia-xconfig", "libnvidia-glcore.so." + standInVersion}, nil},
 		{"ngx", []string{"libnvidia-ngx.so." + standInVersion}, []string{"libcuda.so." + standInVersion}},
-		{"all", []string{"libnvidia-sandboxutils.so." + standInVersion, "libnvidia-nvvm70.so.4", "libcuda.so." + standInVersion,
+		{"all", []string{"libnvidia-gtk3.so." + standInVersion, "libnvidia-nvvm70.so.4", "libcuda.so." + standInVersion,
 			"libnvidia-ngx.so." + standInVersion, "nvidia_drv.so"}, nil},
 	} {
 		c, err := cdispec.ParseCapabilities(tc.caps)

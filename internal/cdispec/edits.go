@@ -36,8 +36,8 @@ const (
 // HookFreeLacks says what a container does not get from a hook-free spec
 // that NVIDIA's hooks would give it; for the log and `gpulet doctor`.
 const HookFreeLacks = "no CUDA forward compatibility (enable-cuda-compat), no ld cache update in the container " +
-	"(update-ldcache: libraries load only where the image's loader already looks, e.g. /usr/lib/x86_64-linux-gnu " +
-	"on Debian/Ubuntu images but not /usr/lib64 images), no disable-device-node-modification, no " +
+	"(update-ldcache: libraries load only from folders the image's loader already searches, e.g. the host's " +
+	"/usr/lib/x86_64-linux-gnu is searched by Debian and Ubuntu images, not by RHEL-based ones), no disable-device-node-modification, no " +
 	"update-application-profile and no per-GPU apply-cuda-memory-limits"
 
 func (h *Hooks) hook(when string, name string, args ...string) *specs.Hook {

@@ -54,7 +54,7 @@ var standInLibs = []struct{ dir, file, soname string }{
 	// ngx
 	{"", "libnvidia-ngx.so.V", "libnvidia-ngx.so.1"},
 	// no capability list names these: NVIDIA's specs mount them all the same
-	{"", "libnvidia-sandboxutils.so.V", "libnvidia-sandboxutils.so.1"},
+	{"", "libnvidia-gtk3.so.V", ""}, // named by libnvidia-container as not needed
 	{"", "libnvidia-nvvm70.so.4", ""},
 }
 

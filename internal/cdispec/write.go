@@ -87,6 +87,10 @@ func (w *Writer) Build(node *inventory.Node) (*specs.Spec, error) {
 	return raw, nil
 }
 
+// Resolved returns the writer's options completed for node, as its next
+// spec will be built: driver files found, capabilities and hook mode chosen.
+func (w *Writer) Resolved(node *inventory.Node) (Options, error) { return w.resolve(node) }
+
 // resolve returns the writer's options completed for node: MIG minors read
 // and driver files looked up now.
 func (w *Writer) resolve(node *inventory.Node) (Options, error) {

@@ -8,6 +8,7 @@ import (
 	"tags.cncf.io/container-device-interface/pkg/cdi"
 
 	"github.com/gpulet/gpulet/internal/cdispec"
+	"github.com/gpulet/gpulet/internal/hardware"
 	"github.com/gpulet/gpulet/internal/inventory"
 	"github.com/gpulet/gpulet/internal/plugin"
 	"github.com/gpulet/gpulet/internal/resources"
@@ -24,6 +25,40 @@ type CDIInput struct {
 	Resources  resources.Config
 	// SpecDirs are the folders the runtime reads; default cdi.DefaultSpecDirs.
 	SpecDirs []string
+	// Writer returns the writer of gpulet's specs for the backend (the
+	// driver files, capabilities and hook mode they get); nil skips that
+	// check.
+	Writer func(hardware.Backend) *cdispec.Writer
+}
+
+// cdiDriver says what the driver part of gpulet's CDI specs gives a
+// container: which mode, how many files for which capabilities, and in
+// hook-free mode what that mode lacks.
+func cdiDriver(backend hardware.Backend, node *inventory.Node, in CDIInput) Finding {
+	const check = "CDI driver files"
+	if in.Writer == nil || backend == nil || node == nil {
+		return Finding{check, Skip, "skipped: no GPUs discovered", ""}
+	}
+	w := in.Writer(backend)
+	o, err := w.Resolved(node)
+	if err != nil {
+		return Finding{check, Fail, err.Error(), "fix --cdi-driver-capabilities, --cdi-hooks or --nvidia-cdi-hook-path"}
+	}
+	if o.Driver == nil {
+		return Finding{check, Warn, fmt.Sprintf("no driver files under %s: containers get the device nodes only", w.DriverRoot),
+			"set --nvidia-driver-root (NVIDIA_DRIVER_ROOT) to the root the driver is installed under, as gpulet sees it"}
+	}
+	caps := o.Capabilities
+	files := o.Driver.Select(caps)
+	detail := fmt.Sprintf("%d driver files under %s for capabilities %s", len(files), o.Driver.Root, caps.String())
+	if len(o.Driver.Missing) > 0 {
+		detail += "; missing " + strings.Join(o.Driver.Missing, ", ")
+	}
+	if o.Hooks != nil {
+		return Finding{check, OK, detail + "; hook mode (" + o.Hooks.Path + "): NVIDIA's hooks link sonames, enable CUDA forward compatibility and update the container's ld cache", ""}
+	}
+	return Finding{check, Warn, detail + "; hook-free mode (every library name is a bind mount): " + cdispec.HookFreeLacks,
+		"for NVIDIA's hooks install NVIDIA's container toolkit on the node and let gpulet see nvidia-cdi-hook at its host path, or force them with --cdi-hooks=on --nvidia-cdi-hook-path=<host path>"}
 }
 
 // cdiSpec checks that every device gpulet advertises resolves, as the

@@ -89,6 +89,7 @@ func Run(ctx context.Context, in Input) []Finding {
 		}
 	}
 	add(cdiSpec(node, in.CDI))
+	add(cdiDriver(backend, node, in.CDI))
 	out = append(out, kubelet(ctx, in)...)
 	return out
 }
