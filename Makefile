@@ -68,6 +68,12 @@ unit: vet tidy-check $(HELM)
 
 test: unit test-kubelet
 
+# The inner loop: every package's tests without -race, without the tests
+# that build binaries or take long (-short). `make test` stays the full suite.
+.PHONY: test-short
+test-short:
+	$(GO) test -short -count=1 ./...
+
 # Short fuzzing of every parser and request handler.
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParseProfile -fuzztime 20s ./internal/hardware/sim

@@ -74,7 +74,7 @@ func TestCDIGenerateResolvesIndexUUIDAndAll(t *testing.T) {
 	}
 
 	// JSON on stdout parses back as the same devices.
-	out, err := exec.Command(gpuletBin, "cdi", "generate", "--backend=sim", "--sim-profile=dgx-h100", "--sim-root="+simRoot, "--format=json").Output()
+	out, err := exec.Command(binary(t), "cdi", "generate", "--backend=sim", "--sim-profile=dgx-h100", "--sim-root="+simRoot, "--format=json").Output()
 	if err != nil {
 		t.Fatal(err)
 	}

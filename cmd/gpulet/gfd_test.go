@@ -97,7 +97,7 @@ func TestLabelsMatchGFDOnMock(t *testing.T) {
 				t.Fatal(err)
 			}
 			want := parseLabelFile(t, string(data))
-			cmd := exec.Command(gpuletBin, "labels", "--backend=nvml")
+			cmd := exec.Command(binary(t), "labels", "--backend=nvml")
 			cmd.Env = env
 			cmd.Stderr = &strings.Builder{}
 			gl, err := cmd.Output()

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"os"
 	"os/exec"
@@ -19,10 +20,15 @@ import (
 	"github.com/gpulet/gpulet/internal/plugin/plugintest"
 )
 
-// gpuletBin is the real binary, built once for every test here.
+// gpuletBin is the real binary, built once for every test here; none
+// with -short (the inner loop builds no binaries), see binary.
 var gpuletBin string
 
 func TestMain(m *testing.M) {
+	flag.Parse()
+	if testing.Short() {
+		os.Exit(m.Run())
+	}
 	dir, err := os.MkdirTemp("", "gpulet-bin-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -40,9 +46,18 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+// binary is the gpulet binary; a test that runs it is skipped with -short.
+func binary(t testing.TB) string {
+	t.Helper()
+	if gpuletBin == "" {
+		t.Skip("-short: runs the gpulet binary, which -short does not build")
+	}
+	return gpuletBin
+}
+
 func gpulet(t testing.TB, args ...string) (string, error) {
 	t.Helper()
-	out, err := exec.Command(gpuletBin, args...).CombinedOutput()
+	out, err := exec.Command(binary(t), args...).CombinedOutput()
 	return string(out), err
 }
 
@@ -70,7 +85,7 @@ func startDaemon(t testing.TB, profile string, extra ...string) *runningDaemon {
 	d := &runningDaemon{dir: dir, kubelet: k, simRoot: filepath.Join(dir, "sim"), log: &strings.Builder{}}
 	args := append([]string{"run", "--backend=sim", "--sim-profile=" + profile, "--sim-root=" + d.simRoot,
 		"--device-plugin-path=" + dir, "--metrics-address=127.0.0.1:0"}, extra...)
-	d.cmd = exec.Command(gpuletBin, args...)
+	d.cmd = exec.Command(binary(t), args...)
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -218,7 +233,7 @@ func TestFaultsSurviveADaemonRestart(t *testing.T) {
 	d.cmd.Process.Kill()
 	d.cmd.Wait()
 	// A new daemon on the same sim root sees the GPU as broken as it was.
-	d2 := exec.Command(gpuletBin, "run", "--backend=sim", "--sim-profile=pcie-4x-l4", "--sim-root="+d.simRoot, "--device-plugin-path="+d.dir)
+	d2 := exec.Command(binary(t), "run", "--backend=sim", "--sim-profile=pcie-4x-l4", "--sim-root="+d.simRoot, "--device-plugin-path="+d.dir)
 	var log strings.Builder
 	d2.Stderr = &log
 	if err := d2.Start(); err != nil {
@@ -291,7 +306,7 @@ func TestClearErrors(t *testing.T) {
 		{[]string{"sim", "clear", "--sim-root=" + t.TempDir(), "--gpu=0"}, nil, "gpulet run --backend=sim"},
 	}
 	for _, tc := range cases {
-		cmd := exec.Command(gpuletBin, tc.args...)
+		cmd := exec.Command(binary(t), tc.args...)
 		cmd.Env = append(os.Environ(), tc.env...)
 		out, err := cmd.CombinedOutput()
 		if err == nil || !strings.Contains(string(out), tc.want) {
@@ -301,7 +316,7 @@ func TestClearErrors(t *testing.T) {
 }
 
 func TestStaysUpWithoutGPUsWhenAsked(t *testing.T) {
-	cmd := exec.Command(gpuletBin, "run", "--backend=nvml", "--device-plugin-path="+t.TempDir(), "--metrics-address=127.0.0.1:0")
+	cmd := exec.Command(binary(t), "run", "--backend=nvml", "--device-plugin-path="+t.TempDir(), "--metrics-address=127.0.0.1:0")
 	cmd.Env = append(os.Environ(), "FAIL_ON_INIT_ERROR=false")
 	var log strings.Builder
 	cmd.Stderr = &log
@@ -329,7 +344,7 @@ func TestStaysUpWithoutGPUsWhenAsked(t *testing.T) {
 func TestExitsWithoutGPUs(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, gpuletBin, "run", "--backend=nvml", "--nvidia-driver-root="+t.TempDir(),
+	cmd := exec.CommandContext(ctx, binary(t), "run", "--backend=nvml", "--nvidia-driver-root="+t.TempDir(),
 		"--device-plugin-path="+t.TempDir(), "--metrics-address=127.0.0.1:0")
 	cmd.Env = append(os.Environ(), "LD_LIBRARY_PATH=")
 	out, err := cmd.CombinedOutput()

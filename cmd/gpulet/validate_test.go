@@ -14,7 +14,7 @@ import (
 // runValidate runs the real binary's validate with exactly env.
 func runValidate(t *testing.T, env []string, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
-	cmd := exec.Command(gpuletBin, append([]string{"validate"}, args...)...)
+	cmd := exec.Command(binary(t), append([]string{"validate"}, args...)...)
 	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH")}, env...)
 	var o, e bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &o, &e
