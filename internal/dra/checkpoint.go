@@ -55,11 +55,14 @@ type checkpoint struct {
 }
 
 type preparedClaim struct {
-	State     claimState       `json:"state"`
-	Namespace string           `json:"namespace"`
-	Name      string           `json:"name"`
-	SpecFile  string           `json:"specFile,omitempty"`
-	Devices   []preparedDevice `json:"devices"`
+	State     claimState `json:"state"`
+	Namespace string     `json:"namespace"`
+	Name      string     `json:"name"`
+	SpecFile  string     `json:"specFile,omitempty"`
+	// ForeignSpec is the spec NVIDIA's DRA driver wrote for a claim gpulet
+	// adopted from it; removed with the claim.
+	ForeignSpec string           `json:"foreignSpec,omitempty"`
+	Devices     []preparedDevice `json:"devices"`
 }
 
 type preparedDevice struct {

@@ -61,6 +61,20 @@ func (d *Driver) commit(next *checkpoint) error {
 	return nil
 }
 
+// removeSpecs removes a claim's CDI spec, and NVIDIA's for a claim adopted
+// from its driver; a spec already gone is no error.
+func (d *Driver) removeSpecs(uid string, pc preparedClaim) error {
+	if err := d.o.CDI.RemoveClaim(uid); err != nil {
+		return err
+	}
+	if pc.ForeignSpec != "" {
+		if err := os.Remove(pc.ForeignSpec); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("remove NVIDIA's CDI spec %s: %w", pc.ForeignSpec, err)
+		}
+	}
+	return nil
+}
+
 // repair makes the loaded checkpoint true for this boot before anything is
 // served: records of an earlier boot are dropped, and every claim a crash
 // left half prepared or half unprepared is rolled back (its spec removed,
@@ -76,7 +90,7 @@ func (d *Driver) repair(bootID string) error {
 		if !rebooted && pc.State == statePrepareCompleted {
 			continue
 		}
-		if err := d.o.CDI.RemoveClaim(uid); err != nil {
+		if err := d.removeSpecs(uid, pc); err != nil {
 			return fmt.Errorf("roll back DRA claim %s/%s (%s): %w", pc.Namespace, pc.Name, pc.State, err)
 		}
 		delete(next.Claims, uid)
@@ -86,11 +100,21 @@ func (d *Driver) repair(bootID string) error {
 		}
 		d.log.Info("DRA claim dropped", "claim", pc.Namespace+"/"+pc.Name, "uid", uid, "state", pc.State, "why", reason)
 	}
-	if next.BootID == d.cp.BootID && len(next.Claims) == len(d.cp.Claims) {
+	nvidia, err := d.adoptNVIDIA(next, bootID)
+	if err != nil {
+		return err
+	}
+	if nvidia == "" && next.BootID == d.cp.BootID && len(next.Claims) == len(d.cp.Claims) {
 		return nil
 	}
 	if err := d.commit(next); err != nil {
 		return fmt.Errorf("DRA checkpoint %s: %w", d.cpPath, err)
+	}
+	if nvidia != "" {
+		// Saved as gpulet's: NVIDIA's file is not read again.
+		if err := os.Rename(nvidia, nvidia+nvidiaAdoptedSuffix); err != nil {
+			return fmt.Errorf("move NVIDIA's DRA checkpoint aside: %w", err)
+		}
 	}
 	return nil
 }
@@ -126,7 +150,7 @@ func (d *Driver) PrepareResourceClaims(ctx context.Context, claims []*resourceap
 			continue
 		} else if ok {
 			// Half prepared (or half unprepared) before: start over.
-			if err := d.o.CDI.RemoveClaim(uid); err != nil {
+			if err := d.removeSpecs(uid, pc); err != nil {
 				fail(c, fmt.Errorf("roll back the earlier attempt: %w", err))
 				continue
 			}
@@ -344,7 +368,7 @@ func (d *Driver) UnprepareResourceClaims(ctx context.Context, claims []kubeletpl
 	next = d.cp.clone()
 	var removed []kubeletplugin.NamespacedObject
 	for _, c := range todo {
-		if err := d.o.CDI.RemoveClaim(string(c.UID)); err != nil {
+		if err := d.removeSpecs(string(c.UID), next.Claims[string(c.UID)]); err != nil {
 			out[c.UID] = err
 			continue
 		}
