@@ -126,7 +126,8 @@ func newGpulet(cfg *config.Config, open Opener, log *slog.Logger, version string
 			return nil, err
 		}
 	}
-	g.exp = metrics.New(metrics.Options{Version: version, PodResourcesSocket: cfg.PodResourcesSocket, Log: log.With("component", "metrics")})
+	// Hostname is the node's name (NODE_NAME), as dcgm-exporter labels it; the pod's hostname is its own name.
+	g.exp = metrics.New(metrics.Options{Version: version, Hostname: cfg.Labels.NodeName, PodResourcesSocket: cfg.PodResourcesSocket, Log: log.With("component", "metrics")})
 	return g, nil
 }
 

@@ -2,6 +2,8 @@ package metrics
 
 import (
 	"strconv"
+	"strings"
+	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -96,7 +98,7 @@ func (c deviceCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		// dcgm-exporter reports the last XID per GPU, 0 when none.
 		for _, o := range ownersOr(last.owners[g.UUID]) {
-			ch <- prometheus.MustNewConstMetric(xidDesc, prometheus.GaugeValue, float64(lastXID[g.UUID]), withOwner(base, o)...)
+			constMetric(ch, xidDesc, prometheus.GaugeValue, float64(lastXID[g.UUID]), withOwner(base, o)...)
 		}
 	}
 }
@@ -106,9 +108,9 @@ func (c deviceCollector) device(ch chan<- prometheus.Metric, snap inventory.Snap
 	idUUID := base[1] // dcgm-exporter labels a MIG instance with its GPU's UUID and GPU_I_ID
 	h, unhealthy := snap.Health[uuid]
 	unhealthy = unhealthy && !h.Healthy
-	ch <- prometheus.MustNewConstMetric(healthyDesc, prometheus.GaugeValue, b2f(!unhealthy), gpu, idUUID, gi)
+	constMetric(ch, healthyDesc, prometheus.GaugeValue, b2f(!unhealthy), gpu, idUUID, gi)
 	if unhealthy {
-		ch <- prometheus.MustNewConstMetric(unhealthyDesc, prometheus.GaugeValue, 1, gpu, idUUID, gi, strconv.FormatUint(h.XID, 10), h.Reason)
+		constMetric(ch, unhealthyDesc, prometheus.GaugeValue, 1, gpu, idUUID, gi, strconv.FormatUint(h.XID, 10), h.Reason)
 	}
 	s, ok := last.samples[uuid]
 	if !ok {
@@ -121,8 +123,23 @@ func (c deviceCollector) device(ch chan<- prometheus.Metric, snap inventory.Snap
 		}
 		v := f.value(s)
 		for _, o := range owners {
-			ch <- prometheus.MustNewConstMetric(f.desc, f.typ, v, withOwner(base, o)...)
+			constMetric(ch, f.desc, f.typ, v, withOwner(base, o)...)
 		}
+	}
+}
+
+// constMetric sends one series. Label values come from the driver and the
+// kubelet (names, reasons, pods): bytes that are not UTF-8 are replaced
+// (U+FFFD) rather than letting the client library panic on them, and a
+// series it still refuses is left out of this scrape.
+func constMetric(ch chan<- prometheus.Metric, desc *prometheus.Desc, typ prometheus.ValueType, v float64, lvs ...string) {
+	for i, l := range lvs {
+		if !utf8.ValidString(l) {
+			lvs[i] = strings.ToValidUTF8(l, "\uFFFD")
+		}
+	}
+	if m, err := prometheus.NewConstMetric(desc, typ, v, lvs...); err == nil {
+		ch <- m
 	}
 }
 

@@ -41,20 +41,27 @@ type Source struct {
 // Options configure an Exporter.
 type Options struct {
 	Version  string
-	Hostname string        // default os.Hostname
+	Hostname string        // the node's name, dcgm-exporter's Hostname label (NODE_NAME); default os.Hostname
 	Interval time.Duration // telemetry sampling; default 5s
 	// SampleTimeout bounds one sweep of the devices; default Interval.
 	SampleTimeout time.Duration
 	// PodResourcesSocket is the kubelet's PodResources socket; empty turns
 	// pod attribution off.
 	PodResourcesSocket string
-	Log                *slog.Logger
+	// OwnersGrace is how long the last pod attribution is kept while the
+	// kubelet's PodResources API fails (a kubelet restart should not blank
+	// the labels); past it the series carry no pod, rather than pods that
+	// may be gone. Default 3×Interval.
+	OwnersGrace time.Duration
+	Log         *slog.Logger
 }
 
 // sampled is one sweep's results, replaced whole.
 type sampled struct {
 	samples map[string]hardware.Sample // by device UUID
 	owners  map[string][]podresources.Owner
+	// ownersAt is when the kubelet last answered with owners.
+	ownersAt time.Time
 }
 
 // Exporter collects gpulet's metrics and answers the probes.
@@ -97,6 +104,9 @@ func New(opts Options) *Exporter {
 	}
 	if opts.SampleTimeout <= 0 {
 		opts.SampleTimeout = opts.Interval
+	}
+	if opts.OwnersGrace <= 0 {
+		opts.OwnersGrace = 3 * opts.Interval
 	}
 	if opts.Hostname == "" {
 		opts.Hostname, _ = os.Hostname()
@@ -257,6 +267,9 @@ func (e *Exporter) HealthChanged(_ string, h inventory.Health) {
 }
 
 // DriverCall records one guarded driver call.
+// Hostname is the value of the series' Hostname label.
+func (e *Exporter) Hostname() string { return e.opts.Hostname }
+
 func (e *Exporter) DriverCall(what string, took time.Duration, timedOut bool) {
 	e.callSeconds.WithLabelValues(what).Observe(took.Seconds())
 	if timedOut {
@@ -322,12 +335,14 @@ func (e *Exporter) SampleOnce(ctx context.Context, pods *podresources.Client) er
 			e.podErrors.Inc()
 			podErr = err
 		} else {
-			next.owners = podresources.ByDevice(asg, adv)
+			next.owners, next.ownersAt = podresources.ByDevice(asg, adv), start
 		}
 	}
-	if next.owners == nil && podErr != nil {
-		if prev := e.last.Load(); prev != nil {
-			next.owners = prev.owners // a kubelet restart should not blank the labels
+	if podErr != nil {
+		// A kubelet restart should not blank the labels, but owners older
+		// than the grace may be pods long gone.
+		if prev := e.last.Load(); prev != nil && start.Sub(prev.ownersAt) <= e.opts.OwnersGrace {
+			next.owners, next.ownersAt = prev.owners, prev.ownersAt
 		}
 	}
 	if ua, ok := src.Backend.(hardware.UsageAware); ok {

@@ -460,3 +460,77 @@ func TestSampleFieldsToSeries(t *testing.T) {
 		})
 	}
 }
+
+// While the kubelet's PodResources API fails, the last attribution is kept
+// for OwnersGrace only: past it the series name no pod that may be gone.
+func TestPodAttributionDropsStaleOwners(t *testing.T) {
+	for _, tt := range []struct {
+		grace time.Duration
+		want  string // the held GPU's owner after the kubelet stops answering
+	}{
+		{time.Hour, "ml/train-0/trainer"},
+		{time.Nanosecond, "//"},
+	} {
+		e, _, store := simNode(t, "pcie-4x-l4", Options{OwnersGrace: tt.grace})
+		uuid := store.Snapshot().Node.GPUs[1].UUID
+		stub := podresourcestest.Start(t, podresourcestest.Pod{Namespace: "ml", Name: "train-0",
+			Containers: map[string]map[string][]string{"trainer": {"nvidia.com/gpu": {uuid}}}})
+		c, err := podresources.Dial(stub.Socket)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := e.SampleOnce(context.Background(), c); err != nil {
+			t.Fatal(err)
+		}
+		owner := func() string {
+			for _, m := range gather(t, e)["DCGM_FI_DEV_GPU_UTIL"].GetMetric() {
+				if l := labels(m); l["UUID"] == uuid {
+					return l["namespace"] + "/" + l["pod"] + "/" + l["container"]
+				}
+			}
+			return "no series"
+		}
+		if got := owner(); got != "ml/train-0/trainer" {
+			t.Fatalf("owner %q before the failure", got)
+		}
+		c.Close() // every List fails from now on
+		for range 2 {
+			if err := e.SampleOnce(context.Background(), c); err == nil {
+				t.Fatal("SampleOnce on a closed PodResources client reported no error")
+			}
+		}
+		if got := owner(); got != tt.want {
+			t.Errorf("grace %v: owner %q while PodResources fails, want %q", tt.grace, got, tt.want)
+		}
+	}
+}
+
+// Label values that are not UTF-8 (a driver's product name, a reason) do
+// not panic the scrape: they are served with U+FFFD in their place.
+func TestNonUTF8LabelValues(t *testing.T) {
+	e, _, store := simNode(t, "pcie-4x-l4", Options{Hostname: "node-\xff"})
+	node := *store.Snapshot().Node
+	node.GPUs = append([]inventory.GPU(nil), node.GPUs...)
+	node.GPUs[0].Name = "NVIDIA L4 \xc3\x28"
+	store.SetNode(&node)
+	store.SetHealth(node.GPUs[0].UUID, inventory.Health{Reason: "XID \xfe 79"})
+	if err := e.SampleOnce(context.Background(), nil); err != nil {
+		t.Fatal(err)
+	}
+	mfs := gather(t, e)
+	var seen bool
+	for _, m := range mfs["DCGM_FI_DEV_GPU_UTIL"].GetMetric() {
+		if l := labels(m); l["UUID"] == node.GPUs[0].UUID {
+			seen = true
+			if l["modelName"] != "NVIDIA L4 \uFFFD(" || l["Hostname"] != "node-\uFFFD" {
+				t.Errorf("labels %v", l)
+			}
+		}
+	}
+	if !seen {
+		t.Error("the GPU with a non-UTF-8 name has no series")
+	}
+	if len(mfs["gpulet_device_unhealthy_info"].GetMetric()) == 0 {
+		t.Error("the non-UTF-8 reason dropped the unhealthy series")
+	}
+}

@@ -1,0 +1,20 @@
+package daemon
+
+import (
+	"log/slog"
+	"testing"
+
+	"github.com/gpulet/gpulet/internal/config"
+)
+
+// The metrics' Hostname label is the node's name (NODE_NAME), as
+// dcgm-exporter's, not the pod's hostname (its own name).
+func TestMetricsHostnameIsTheNodeName(t *testing.T) {
+	g, err := newGpulet(&config.Config{Labels: config.LabelConfig{NodeName: "gpu-node-7"}}, slog.New(slog.DiscardHandler), "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := g.exp.Hostname(); got != "gpu-node-7" {
+		t.Errorf("Hostname label %q, want the node name gpu-node-7", got)
+	}
+}
