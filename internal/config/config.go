@@ -403,6 +403,9 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("device-discovery-strategy: %w", err))
 		}
 	}
+	if c.Replicas < 0 || c.Replicas > MaxReplicas {
+		errs = append(errs, fmt.Errorf("replicas=%d: want 0 (no sharing) up to %d", c.Replicas, MaxReplicas))
+	}
 	if c.HealthQuietPeriod < 0 {
 		errs = append(errs, fmt.Errorf("health-quiet-period must not be negative"))
 	}

@@ -52,6 +52,8 @@ func TestNVIDIAValidation(t *testing.T) {
 	}
 	cases := []struct{ file, want string }{
 		{ts("name: nvidia.com/gpu\n      replicas: 1"), "replicas must be >= 2"},
+		{ts("name: nvidia.com/gpu\n      replicas: 1025"), "replicas must be <= 1024"},
+		{ts("name: nvidia.com/gpu\n      replicas: 2147483647"), "replicas must be <= 1024"},
 		{ts("name: nvidia.com/gpu"), "no replicas specified"},
 		{ts("replicas: 2"), "no resource name specified"},
 		{ts("name: nvidia.com/GPU\n      replicas: 2"), "lower-case"},
@@ -245,4 +247,24 @@ func FuzzParseFile(f *testing.F) {
 			}
 		}
 	})
+}
+
+// --replicas (GPULET_REPLICAS) is bounded like the file's replicas: one
+// setting must not make millions of device entries.
+func TestReplicasBound(t *testing.T) {
+	for _, tt := range []struct {
+		args []string
+		env  map[string]string
+		ok   bool
+	}{
+		{[]string{"--replicas=1024"}, nil, true},
+		{[]string{"--replicas=1025"}, nil, false},
+		{[]string{"--replicas=-1"}, nil, false},
+		{nil, map[string]string{"GPULET_REPLICAS": "100000000"}, false},
+	} {
+		_, err := parse(t, tt.args, tt.env)
+		if (err == nil) != tt.ok || (err != nil && !strings.Contains(err.Error(), "up to 1024")) {
+			t.Errorf("%v %v: err %v, want ok %v", tt.args, tt.env, err, tt.ok)
+		}
+	}
 }

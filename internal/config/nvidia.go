@@ -281,12 +281,21 @@ func (r *replicated) check(section string) error {
 		if *e.Replicas < 2 {
 			return fmt.Errorf("%s.replicas=%d: the number of replicas must be >= 2", where, *e.Replicas)
 		}
+		if *e.Replicas > MaxReplicas {
+			return fmt.Errorf("%s.replicas=%d: the number of replicas must be <= %d", where, *e.Replicas, MaxReplicas)
+		}
 		if _, err := parseDevices(e.Devices); err != nil {
 			return fmt.Errorf("%s.%w", where, err)
 		}
 	}
 	return nil
 }
+
+// MaxReplicas bounds sharing replicas: gpulet, the kubelet and the
+// scheduler keep one device entry per GPU and replica, so one config line
+// must not be able to ask for millions. 1024 containers a GPU is far past
+// any real time-slicing or MPS use.
+const MaxReplicas = 1024
 
 // Check applies NVIDIA's validation to the file, and refuses what gpulet
 // cannot honour where a pod would silently get something else.
