@@ -14,6 +14,14 @@ import (
 // not every filesystem syncs folders). The folder must exist. On error path
 // is left as it was and no temporary file remains.
 func Write(path string, data []byte, perm os.FileMode) error {
+	return WriteChecked(path, data, perm, nil)
+}
+
+// WriteChecked is Write with check run on the temporary file (its path)
+// before the rename: an error from it leaves path as it was, and no
+// temporary file. The temporary name starts with a dot and ends in digits,
+// so folder scanners that look for an extension (a CDI cache) skip it.
+func WriteChecked(path string, data []byte, perm os.FileMode, check func(tmp string) error) error {
 	dir := filepath.Dir(path)
 	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*")
 	if err != nil {
@@ -29,6 +37,9 @@ func Write(path string, data []byte, perm os.FileMode) error {
 	}
 	if cerr := tmp.Close(); err == nil {
 		err = cerr
+	}
+	if err == nil && check != nil {
+		err = check(tmp.Name())
 	}
 	if err == nil {
 		err = os.Rename(tmp.Name(), path)

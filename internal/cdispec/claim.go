@@ -95,12 +95,11 @@ func (w *Writer) WriteClaim(node *inventory.Node, claimUID string, devices []Cla
 	if err := os.MkdirAll(w.Dir, 0o755); err != nil {
 		return "", fmt.Errorf("create CDI spec folder: %w; pass --cdi-spec-dir to write elsewhere", err)
 	}
-	name := ClaimSpecFile(raw.Kind, claimUID)
-	cache, _ := cdi.NewCache(cdi.WithSpecDirs(w.Dir), cdi.WithAutoRefresh(false))
-	if err := cache.WriteSpec(raw, name); err != nil {
-		return "", fmt.Errorf("write CDI spec %s: %w", filepath.Join(w.Dir, name), err)
+	path := filepath.Join(w.Dir, ClaimSpecFile(raw.Kind, claimUID))
+	if err := writeSpec(path, raw); err != nil {
+		return "", err
 	}
-	return filepath.Join(w.Dir, name), nil
+	return path, nil
 }
 
 // RemoveClaim deletes a claim's spec; a spec already gone is no error.

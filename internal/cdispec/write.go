@@ -13,6 +13,7 @@ import (
 	"tags.cncf.io/container-device-interface/pkg/cdi"
 	specs "tags.cncf.io/container-device-interface/specs-go"
 
+	"github.com/gpulet/gpulet/internal/atomicfile"
 	"github.com/gpulet/gpulet/internal/inventory"
 )
 
@@ -39,12 +40,30 @@ func Write(dir string, raw *specs.Spec) (string, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", fmt.Errorf("create CDI spec folder: %w; pass --cdi-spec-dir to write elsewhere", err)
 	}
-	// A cache of dir alone: WriteSpec writes to its highest-priority folder.
-	cache, _ := cdi.NewCache(cdi.WithSpecDirs(dir), cdi.WithAutoRefresh(false))
-	if err := cache.WriteSpec(raw, name); err != nil {
-		return "", fmt.Errorf("write CDI spec %s: %w", filepath.Join(dir, name), err)
+	path := filepath.Join(dir, name)
+	if err := writeSpec(path, raw); err != nil {
+		return "", err
 	}
-	return filepath.Join(dir, name), nil
+	return path, nil
+}
+
+// writeSpec validates raw with the CDI library (reading back the very
+// bytes it installs) and replaces path with them atomically. Not the
+// library's WriteSpec: that leaves its spec.*.tmp behind when the write
+// fails (a full /var/run tmpfs), one more on every retry or crash-loop.
+func writeSpec(path string, raw *specs.Spec) error {
+	data, err := json.Marshal(raw)
+	if err != nil {
+		return fmt.Errorf("encode CDI spec %s: %w", path, err)
+	}
+	err = atomicfile.WriteChecked(path, data, 0o644, func(tmp string) error {
+		_, err := cdi.ReadSpec(tmp, 0)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("write CDI spec %s: %w", path, err)
+	}
+	return nil
 }
 
 // Writer keeps the spec of gpulet's devices in step with the inventory.
