@@ -1,11 +1,17 @@
 package main
 
 import (
+	"context"
+	"errors"
+	"log/slog"
+
 	"github.com/spf13/cobra"
 
 	"github.com/gpulet/gpulet/internal/config"
 	"github.com/gpulet/gpulet/internal/daemon"
 	"github.com/gpulet/gpulet/internal/hardware/backends"
+	"github.com/gpulet/gpulet/internal/metrics"
+	"github.com/gpulet/gpulet/internal/mps"
 )
 
 func newRunCmd() *cobra.Command {
@@ -34,9 +40,29 @@ otherwise.`,
 				"device_plugin_path", cfg.DevicePluginPath, "device_list_strategy", cfg.DeviceListStrategy,
 				"device_id_strategy", cfg.DeviceIDStrategy, "pass_device_specs", cfg.PassDeviceSpecs,
 				"shared_devices_allocation_policy", cfg.SharedDevicesAllocationPolicy)
-			return daemon.RunWithVersion(cmd.Context(), cfg, backends.Opener(cfg, log), log, version)
+			err := daemon.RunWithVersion(cmd.Context(), cfg, backends.Opener(cfg, log), log, version)
+			var refused *mps.HostError
+			if errors.As(err, &refused) && cfg.MetricsAddress != "" {
+				return waitRefused(cmd.Context(), cfg, log, err)
+			}
+			return err
 		},
 	}
 	cfg.RunFlags(cmd.Flags())
 	return cmd
+}
+
+// waitRefused keeps a gpulet whose settings cannot work here (MPS sharing
+// without the host's MPS folders and binary) up and unready with the reason
+// on /readyz and in its log, serving nothing, until it is stopped: exiting
+// would only crash-loop, as no restart changes the pod's mounts.
+func waitRefused(ctx context.Context, cfg *config.Config, log *slog.Logger, why error) error {
+	log.Error("gpulet refuses these settings and serves nothing until its pod is changed", "err", why)
+	exp := metrics.New(metrics.Options{Version: version, Hostname: cfg.Labels.NodeName, Log: log.With("component", "metrics")})
+	exp.SetRefused(why)
+	lis, err := metrics.Listen(cfg.MetricsAddress)
+	if err != nil {
+		return errors.Join(why, err)
+	}
+	return exp.Serve(ctx, lis)
 }

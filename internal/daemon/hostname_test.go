@@ -10,7 +10,7 @@ import (
 // The metrics' Hostname label is the node's name (NODE_NAME), as
 // dcgm-exporter's, not the pod's hostname (its own name).
 func TestMetricsHostnameIsTheNodeName(t *testing.T) {
-	g, err := newGpulet(&config.Config{Labels: config.LabelConfig{NodeName: "gpu-node-7"}}, slog.New(slog.DiscardHandler), "test")
+	g, err := newGpulet(&config.Config{Labels: config.LabelConfig{NodeName: "gpu-node-7"}}, nil, slog.New(slog.DiscardHandler), "test")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -92,6 +92,8 @@ func startMPS(ctx context.Context, cfg *config.Config, backend hardware.Backend,
 	if c, ok := backend.(hardware.MPSControlled); ok {
 		control = c.MPSControl()
 		log.Info("MPS control daemons are the backend's own", "backend", backend.Name())
+	} else if err := mps.CheckHost(cfg.MPSRoot, cfg.MPSControl, "", ""); err != nil {
+		return nil, err // *mps.HostError: `gpulet run` waits with the reason instead of crash-looping
 	}
 	m := &mps.Manager{Root: cfg.MPSRoot, Control: control, Log: log.With("component", "mps")}
 	if err := m.Start(ctx, mpsGPUs(snap, rc)); err != nil {

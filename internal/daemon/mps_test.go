@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"os"
@@ -9,9 +10,11 @@ import (
 	"testing"
 
 	"github.com/gpulet/gpulet/internal/config"
+	"github.com/gpulet/gpulet/internal/hardware"
 	"github.com/gpulet/gpulet/internal/hardware/backends"
 	"github.com/gpulet/gpulet/internal/hardware/sim"
 	"github.com/gpulet/gpulet/internal/inventory"
+	"github.com/gpulet/gpulet/internal/mps"
 )
 
 // TestStartMPSOnSimulatedNode: an mps config starts one (simulated) daemon
@@ -60,5 +63,38 @@ func TestStartMPSOnSimulatedNode(t *testing.T) {
 	if err := checkShares(cfg, snap, log); err == nil ||
 		!strings.Contains(err.Error(), "more devices than") {
 		t.Errorf("count over the node: %v", err)
+	}
+}
+
+// onlyBackend hides the simulator's fault injector: startMPS takes it for a
+// real node and the real control binary.
+type onlyBackend struct{ hardware.Backend }
+
+// TestStartMPSRefusesWithoutTheHostSetup: on a real node, MPS sharing in a
+// container without the control binary (or the host's MPS folders) is
+// refused before any daemon starts, with a *mps.HostError (`gpulet run`
+// then waits with the reason instead of crash-looping).
+func TestStartMPSRefusesWithoutTheHostSetup(t *testing.T) {
+	cfg := &config.Config{Backend: "sim", SimProfile: "pcie-4x-l4", SimRoot: t.TempDir(), MPSRoot: t.TempDir(),
+		MPSControl: "gpulet-test-no-such-mps-control", ResourceName: "nvidia.com/gpu", MIGStrategy: "none",
+		Sharing: config.Sharing{Strategy: config.SharingMPS, Resources: []config.SharedResource{
+			{Name: "nvidia.com/gpu", Replicas: 4}}}}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	backend, err := backends.Open(cfg, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer backend.Close()
+	node, err := backend.Discover(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := startMPS(context.Background(), cfg, onlyBackend{backend}, inventory.NewStore(node).Snapshot(), log)
+	var he *mps.HostError
+	if m != nil || !errors.As(err, &he) || !strings.Contains(err.Error(), "gpulet-test-no-such-mps-control") {
+		t.Fatalf("manager %v, err %v; want a HostError naming the missing binary", m, err)
+	}
+	if entries, _ := os.ReadDir(cfg.MPSRoot); len(entries) != 0 {
+		t.Errorf("a refused start wrote %d entries into the MPS root", len(entries))
 	}
 }

@@ -75,6 +75,8 @@ type Exporter struct {
 	// idle: no driver since start and gpulet waits for one (fail-on-init-error
 	// false): nothing is served, so nothing can be unready.
 	idle atomic.Bool
+	// refused: SetRefused's reason.
+	refused atomic.Pointer[error]
 
 	mu         sync.Mutex
 	registered map[string]bool   // resource → last registration succeeded
@@ -191,10 +193,18 @@ func (e *Exporter) SetDriverUp(up bool) {
 // after it was seen is different: SetDriverUp(false) makes gpulet unready.
 func (e *Exporter) SetIdle() { e.idle.Store(true) }
 
+// SetRefused makes gpulet unready for good with why: it refused its
+// settings (a setup no restart fixes) and waits for new ones, so /healthz
+// still answers and the kubelet does not restart it into a crash-loop.
+func (e *Exporter) SetRefused(why error) { e.refused.Store(&why) }
+
 // Ready says why gpulet should not receive traffic, or nil: the driver
 // answers, the inventory is there, and every advertised resource is
 // registered with the kubelet.
 func (e *Exporter) Ready() error {
+	if r := e.refused.Load(); r != nil {
+		return *r
+	}
 	src := e.src.Load()
 	if src == nil && e.idle.Load() {
 		return nil
