@@ -3,12 +3,16 @@ package dra
 import (
 	"context"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	resourceapi "k8s.io/api/resource/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
+
+	"github.com/gpulet/gpulet/internal/inventory"
 )
 
 func reportPercentiles(b *testing.B, name string, lat []time.Duration) {
@@ -73,4 +77,80 @@ func BenchmarkStartToSlicesPublished(b *testing.B) {
 		b.StartTimer()
 	}
 	reportPercentiles(b, "publish", lat)
+}
+
+// Prepare and Unprepare of a one-GPU claim carrying NVIDIA's GpuConfig, as
+// the kubelet calls them: TimeSlicing (interval Default, applied) and MPS
+// (refused at Prepare, so only Prepare is timed).
+func BenchmarkPrepareWithConfig(b *testing.B) {
+	const hdr = "apiVersion: resource.nvidia.com/v1beta1\nkind: GpuConfig\n"
+	for _, bc := range []struct{ name, params string }{
+		{"TimeSlicing", hdr + "sharing: {strategy: TimeSlicing, timeSlicingConfig: {interval: Default}}"},
+		{"MPS-refused", hdr + "sharing: {strategy: MPS, mpsConfig: {defaultActiveThreadPercentage: 50, defaultPinnedDeviceMemoryLimit: 10Gi}}"},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			r := newRig(b, "dgx-h100")
+			c := r.claim("cfg", "gpu-4")
+			c.Status.Allocation.Devices.Config = []resourceapi.DeviceAllocationConfiguration{opaque(DriverName, bc.params)}
+			if _, err := r.client.ResourceV1().ResourceClaims("default").UpdateStatus(context.Background(), c, metav1.UpdateOptions{}); err != nil {
+				b.Fatal(err)
+			}
+			refused := strings.HasSuffix(bc.name, "refused")
+			var prep []time.Duration
+			b.ResetTimer()
+			for b.Loop() {
+				t0 := time.Now()
+				_, msg := r.prepare(c)
+				prep = append(prep, time.Since(t0))
+				if (msg != "") != refused {
+					b.Fatalf("prepare: %q", msg)
+				}
+				if !refused {
+					if msg := r.unprepare(c); msg != "" {
+						b.Fatal(msg)
+					}
+				}
+			}
+			reportPercentiles(b, "prepare", prep)
+		})
+	}
+}
+
+// From a fault recorded in the inventory to the device's taint in the
+// (fake) API server's ResourceSlice.
+func BenchmarkFaultToTaint(b *testing.B) {
+	r := newRig(b, "dgx-h100")
+	sliceDevices(b, r.client, gpuNames(8))
+	uuid := r.node.GPUs[6].UUID
+	tainted := func() bool {
+		list, err := r.client.ResourceV1().ResourceSlices().List(context.Background(), metav1.ListOptions{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, s := range list.Items {
+			for _, d := range s.Spec.Devices {
+				if d.Name == "gpu-6" {
+					return len(d.Taints) > 0
+				}
+			}
+		}
+		return false
+	}
+	var lat []time.Duration
+	b.ResetTimer()
+	for b.Loop() {
+		t0 := time.Now()
+		r.store.SetHealth(uuid, inventory.Health{Reason: "XID 48", XID: 48, Since: t0})
+		for !tainted() {
+			time.Sleep(100 * time.Microsecond)
+		}
+		lat = append(lat, time.Since(t0))
+		b.StopTimer()
+		r.store.SetHealth(uuid, inventory.Health{Healthy: true})
+		for tainted() {
+			time.Sleep(100 * time.Microsecond)
+		}
+		b.StartTimer()
+	}
+	reportPercentiles(b, "taint", lat)
 }
