@@ -18,6 +18,7 @@ import (
 	"tags.cncf.io/container-device-interface/pkg/cdi"
 
 	"github.com/gpulet/gpulet/internal/plugin"
+	"github.com/gpulet/gpulet/internal/waittest"
 )
 
 // injected resolves names with the CDI library as a runtime does and
@@ -154,17 +155,10 @@ func TestRunWritesTheCDISpecAllocateNames(t *testing.T) {
 		t.Fatalf("gpulet sim remove: %v\n%s", err, out)
 	}
 	gone := "k8s.device-plugin.nvidia.com/gpu=" + node.GPUs[7].UUID
-	deadline := time.Now().Add(20 * time.Second)
-	for {
+	waittest.UntilSays(t, 20*time.Second, "the spec stops resolving the removed GPU", func() (bool, string) {
 		list, _ := gpulet(t, "cdi", "list", "--spec-dirs="+cdiDir)
-		if !strings.Contains(list, gone) && strings.Contains(list, names[0]) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("spec still resolves the removed GPU:\n%s", list)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return !strings.Contains(list, gone) && strings.Contains(list, names[0]), list
+	})
 
 	d.cmd.Process.Signal(syscall.SIGTERM)
 	if err := d.cmd.Wait(); err != nil {

@@ -20,6 +20,7 @@ import (
 	"github.com/gpulet/gpulet/internal/hardware/backends"
 	"github.com/gpulet/gpulet/internal/hardware/sim"
 	"github.com/gpulet/gpulet/internal/validate"
+	"github.com/gpulet/gpulet/internal/waittest"
 )
 
 // syncBuffer is a bytes.Buffer several goroutines write to.
@@ -181,14 +182,14 @@ func TestHoldSeesThePluginStop(t *testing.T) {
 	go func() {
 		done <- run(ctx, []string{"allocate", "--dir", dir, "--hold", "--json-out", jsonOut, "--timeout", "20s"}, &stdout, &stderr)
 	}()
-	waitFor(t, "the allocation file", func() bool { _, err := os.Stat(jsonOut); return err == nil })
+	waittest.Until(t, 15*time.Second, "the allocation file", func() bool { _, err := os.Stat(jsonOut); return err == nil })
 	if err := stopGpulet(); err != nil {
 		t.Fatalf("gpulet run returned %v", err)
 	}
 	if _, err := os.Stat(filepath.Join(dir, "gpulet-nvidia-com-gpu.sock")); !os.IsNotExist(err) {
 		t.Errorf("plugin socket still there after gpulet stopped: %v", err)
 	}
-	waitFor(t, "the stream to end", func() bool { return strings.Contains(stderr.String(), "ListAndWatch stream ended") })
+	waittest.Until(t, 15*time.Second, "the stream to end", func() bool { return strings.Contains(stderr.String(), "ListAndWatch stream ended") })
 	term()
 	select {
 	case code := <-done:
@@ -210,17 +211,6 @@ func squeeze(s string) string {
 		lines[i] = strings.Join(strings.Fields(l), " ")
 	}
 	return strings.Join(lines, "\n")
-}
-
-func waitFor(t *testing.T, what string, ok func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for !ok() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 func TestUsage(t *testing.T) {

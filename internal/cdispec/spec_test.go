@@ -18,6 +18,7 @@ import (
 
 	"github.com/gpulet/gpulet/internal/cdispec"
 	"github.com/gpulet/gpulet/internal/hardware/sim"
+	"github.com/gpulet/gpulet/internal/hardware/sim/simtest"
 	"github.com/gpulet/gpulet/internal/inventory"
 )
 
@@ -25,14 +26,7 @@ import (
 // nvidia-caps live under a temporary root.
 func simNode(t *testing.T, p *sim.Profile) (*inventory.Node, *sim.Backend) {
 	t.Helper()
-	b, err := sim.New(p, t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	n, err := b.Discover(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
+	b, n := simtest.BackendOf(t, p)
 	return n, b
 }
 

@@ -12,6 +12,7 @@ import (
 	"github.com/gpulet/gpulet/internal/hardware/sim"
 	"github.com/gpulet/gpulet/internal/inventory"
 	"github.com/gpulet/gpulet/internal/resources"
+	"github.com/gpulet/gpulet/internal/waittest"
 )
 
 func TestDRADefaultsAreTheLayersOwn(t *testing.T) {
@@ -122,22 +123,17 @@ func TestNoGPUInBothDevicePluginAndDRA(t *testing.T) {
 			if tc.wantPlugin > 0 && tc.wantDRA > 0 {
 				victim := draStore.Snapshot().Node.GPUs[0].UUID
 				store.SetHealth(victim, inventory.Health{Reason: "XID 48"})
-				waitFor(t, func() bool { return !draStore.Snapshot().Healthy(victim) })
-				if len(dra.Devices(draStore.Snapshot(), dra.DeviceOptions{})) != tc.wantDRA-1 {
-					t.Error("an unhealthy GPU is still in DRA's devices")
+				waittest.Until(t, 5*time.Second, "DRA's view sees the GPU unhealthy", func() bool { return !draStore.Snapshot().Healthy(victim) })
+				tainted := 0
+				for _, d := range dra.Devices(draStore.Snapshot(), dra.DeviceOptions{}) {
+					if len(d.Taints) > 0 {
+						tainted++
+					}
+				}
+				if tainted != 1 {
+					t.Errorf("%d of DRA's devices are tainted, want the unhealthy GPU's only", tainted)
 				}
 			}
 		})
-	}
-}
-
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met within 5s")
-		}
-		time.Sleep(time.Millisecond)
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/gpulet/gpulet/internal/hardware/backends"
 	"github.com/gpulet/gpulet/internal/hardware/sim"
 	"github.com/gpulet/gpulet/internal/plugin/plugintest"
+	"github.com/gpulet/gpulet/internal/waittest"
 )
 
 func freeAddr(t *testing.T) string {
@@ -34,22 +35,6 @@ func get(addr, path string) (int, string) {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(b)
-}
-
-// eventually polls cond for up to 15s.
-func eventually(t *testing.T, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	var last string
-	for time.Now().Before(deadline) {
-		ok, msg := cond()
-		if ok {
-			return
-		}
-		last = msg
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatalf("%s: not reached; last: %s", what, last)
 }
 
 // TestDriverDownAndUp: gpulet starts while the simulated driver is down
@@ -89,30 +74,30 @@ func TestDriverDownAndUp(t *testing.T) {
 		}
 	}()
 
-	eventually(t, "healthz while waiting", func() (bool, string) { c, b := get(addr, "/healthz"); return c == 200, b })
+	waittest.UntilSays(t, 15*time.Second, "healthz while waiting", func() (bool, string) { c, b := get(addr, "/healthz"); return c == 200, b })
 	// No driver since start: idle, serving nothing, and ready so that a
 	// node without GPUs does not hold up a DaemonSet rollout.
-	eventually(t, "ready while idle without a driver", func() (bool, string) { c, b := get(addr, "/readyz"); return c == 200, b })
+	waittest.UntilSays(t, 15*time.Second, "ready while idle without a driver", func() (bool, string) { c, b := get(addr, "/readyz"); return c == 200, b })
 	if _, err := kubelet.WaitRegistration(100 * time.Millisecond); err == nil {
 		t.Fatal("gpulet registered a resource with the kubelet before any driver answered")
 	}
 	setDriver(false)
-	eventually(t, "ready once the driver is up", func() (bool, string) { c, b := get(addr, "/readyz"); return c == 200, b })
+	waittest.UntilSays(t, 15*time.Second, "ready once the driver is up", func() (bool, string) { c, b := get(addr, "/readyz"); return c == 200, b })
 	scrape := func() string { _, b := get(addr, "/metrics"); return b }
-	eventually(t, "4 healthy GPUs", func() (bool, string) {
+	waittest.UntilSays(t, 15*time.Second, "4 healthy GPUs", func() (bool, string) {
 		s := scrape()
 		return strings.Count(s, "gpulet_device_healthy{") == 4 && !strings.Contains(s, "} 0\ngpulet_device_healthy") && strings.Contains(s, "gpulet_driver_up 1"), s
 	})
 
 	setDriver(true)
-	eventually(t, "not ready after the driver went", func() (bool, string) { c, b := get(addr, "/readyz"); return c == 503, b })
-	eventually(t, "every GPU unhealthy", func() (bool, string) {
+	waittest.UntilSays(t, 15*time.Second, "not ready after the driver went", func() (bool, string) { c, b := get(addr, "/readyz"); return c == 503, b })
+	waittest.UntilSays(t, 15*time.Second, "every GPU unhealthy", func() (bool, string) {
 		s := scrape()
 		return strings.Count(s, `reason="GPU driver not available"`) == 4 && strings.Contains(s, "gpulet_driver_up 0"), s
 	})
 	setDriver(false)
-	eventually(t, "ready again", func() (bool, string) { c, b := get(addr, "/readyz"); return c == 200, b })
-	eventually(t, "healthy again", func() (bool, string) {
+	waittest.UntilSays(t, 15*time.Second, "ready again", func() (bool, string) { c, b := get(addr, "/readyz"); return c == 200, b })
+	waittest.UntilSays(t, 15*time.Second, "healthy again", func() (bool, string) {
 		s := scrape()
 		return !strings.Contains(s, "gpulet_device_unhealthy_info{") && strings.Contains(s, "gpulet_driver_up 1"), s
 	})

@@ -16,6 +16,7 @@ import (
 	"github.com/gpulet/gpulet/internal/hardware/backends"
 	"github.com/gpulet/gpulet/internal/hardware/sim"
 	"github.com/gpulet/gpulet/internal/plugin/plugintest"
+	"github.com/gpulet/gpulet/internal/waittest"
 )
 
 // TestRunLeavesNoGoroutine starts gpulet on the simulator with every
@@ -52,7 +53,7 @@ func TestRunLeavesNoGoroutine(t *testing.T) {
 		<-done
 		t.Fatal(err)
 	}
-	eventually(t, "ready", func() (bool, string) { c, b := get(addr, "/readyz"); return c == 200, b })
+	waittest.UntilSays(t, 15*time.Second, "ready", func() (bool, string) { c, b := get(addr, "/readyz"); return c == 200, b })
 	http.DefaultClient.CloseIdleConnections()
 	if specs, _ := filepath.Glob(filepath.Join(cfg.CDISpecDir, "*")); len(specs) == 0 {
 		t.Error("no CDI spec written")

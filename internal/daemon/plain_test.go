@@ -17,6 +17,7 @@ import (
 	"github.com/gpulet/gpulet/internal/config"
 	"github.com/gpulet/gpulet/internal/hardware/backends"
 	"github.com/gpulet/gpulet/internal/plugin/plugintest"
+	"github.com/gpulet/gpulet/internal/waittest"
 )
 
 // kubeFrames are the code that only node labels, DRA or a Kubernetes client
@@ -125,7 +126,7 @@ func TestPlainPluginStartsNoKubernetesClient(t *testing.T) {
 				}
 				return
 			}
-			eventually(t, "the labeller runs", func() (bool, string) {
+			waittest.UntilSays(t, 15*time.Second, "the labeller runs", func() (bool, string) {
 				g := kubeGoroutines(t, before)
 				return len(g) > 0 && made.Load() == 1, strings.Join(g, "\n\n")
 			})

@@ -1,10 +1,9 @@
 package dra
 
 import (
-	"context"
 	"testing"
 
-	"github.com/gpulet/gpulet/internal/hardware/sim"
+	"github.com/gpulet/gpulet/internal/hardware/sim/simtest"
 	"github.com/gpulet/gpulet/internal/inventory"
 )
 
@@ -32,24 +31,6 @@ nvlinks:
 // the simulator's MIG minors file.
 func simNode(t testing.TB, profile string) (*inventory.Node, string) {
 	t.Helper()
-	var p *sim.Profile
-	var err error
-	if len(profile) > 20 {
-		p, err = sim.ParseProfile([]byte(profile))
-	} else {
-		p, err = sim.LoadProfile(profile)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	root := t.TempDir()
-	b, err := sim.New(p, root)
-	if err != nil {
-		t.Fatal(err)
-	}
-	node, err := b.Discover(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
+	b, node := simtest.Backend(t, profile)
 	return node, b.MIGMinorsPath()
 }

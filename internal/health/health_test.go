@@ -11,6 +11,7 @@ import (
 
 	"github.com/gpulet/gpulet/internal/hardware"
 	"github.com/gpulet/gpulet/internal/inventory"
+	"github.com/gpulet/gpulet/internal/waittest"
 )
 
 func TestPolicyTable(t *testing.T) {
@@ -147,33 +148,22 @@ func startMonitor(t *testing.T, quiet time.Duration, disabled bool) (*fakeBacken
 	return fb, store, logs
 }
 
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for: %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-}
-
 func TestMonitorProbesBackAfterQuietPeriod(t *testing.T) {
 	fb, store, logs := startMonitor(t, 100*time.Millisecond, false)
 	fb.setBroken("GPU-a", true)
 	fb.events <- hardware.Event{Kind: hardware.EventUnhealthy, UUID: "GPU-a", Reason: "thermal"}
-	eventually(t, "GPU-a unhealthy", func() bool { return !store.Snapshot().Healthy("GPU-a") })
+	waittest.Until(t, 5*time.Second, "GPU-a unhealthy", func() bool { return !store.Snapshot().Healthy("GPU-a") })
 	if !store.Snapshot().Healthy("GPU-b") {
 		t.Error("a fault on one GPU took another")
 	}
 	// Still broken: probes fail, the GPU stays unhealthy.
-	eventually(t, "a failing probe", func() bool { fb.mu.Lock(); defer fb.mu.Unlock(); return fb.probes > 0 })
+	waittest.Until(t, 5*time.Second, "a failing probe", func() bool { fb.mu.Lock(); defer fb.mu.Unlock(); return fb.probes > 0 })
 	if store.Snapshot().Healthy("GPU-a") {
 		t.Fatal("recovered although the probe fails")
 	}
 	// The condition clears: after the quiet period the probe passes.
 	fb.setBroken("GPU-a", false)
-	eventually(t, "GPU-a healthy again", func() bool { return store.Snapshot().Healthy("GPU-a") })
+	waittest.Until(t, 5*time.Second, "GPU-a healthy again", func() bool { return store.Snapshot().Healthy("GPU-a") })
 	if !strings.Contains(logs.String(), "device recovered") {
 		t.Errorf("recovery not logged:\n%s", logs)
 	}
@@ -191,7 +181,7 @@ func TestMonitorHoldsResetClassFaultsUntilReset(t *testing.T) {
 	} {
 		fb, store, logs := startMonitor(t, 20*time.Millisecond, false)
 		fb.events <- ev
-		eventually(t, "GPU-a unhealthy", func() bool { return !store.Snapshot().Healthy("GPU-a") })
+		waittest.Until(t, 5*time.Second, "GPU-a unhealthy", func() bool { return !store.Snapshot().Healthy("GPU-a") })
 		h := store.Snapshot().Health["GPU-a"]
 		if !strings.Contains(h.Reason, "reset the GPU, then restart gpulet") {
 			t.Errorf("%v: reason %q does not say what to do", ev, h.Reason)
@@ -202,11 +192,11 @@ func TestMonitorHoldsResetClassFaultsUntilReset(t *testing.T) {
 			t.Fatalf("%v: a passing probe brought back a GPU that needs a reset", ev)
 		}
 		fb.events <- hardware.Event{Kind: hardware.EventHealthy, UUID: "GPU-a", Reason: "injected fault cleared"}
-		eventually(t, "healthy after reset", func() bool { return store.Snapshot().Healthy("GPU-a") })
+		waittest.Until(t, 5*time.Second, "healthy after reset", func() bool { return store.Snapshot().Healthy("GPU-a") })
 		// Held no more: a later transient fault is probed back again.
 		fb.events <- hardware.Event{Kind: hardware.EventUnhealthy, UUID: "GPU-a", Reason: "x"}
-		eventually(t, "unhealthy", func() bool { return !store.Snapshot().Healthy("GPU-a") })
-		eventually(t, "probed back", func() bool { return store.Snapshot().Healthy("GPU-a") })
+		waittest.Until(t, 5*time.Second, "unhealthy", func() bool { return !store.Snapshot().Healthy("GPU-a") })
+		waittest.Until(t, 5*time.Second, "probed back", func() bool { return store.Snapshot().Healthy("GPU-a") })
 		if !strings.Contains(logs.String(), "held until reset") {
 			t.Errorf("log does not say the GPU is held:\n%s", logs)
 		}
@@ -218,7 +208,7 @@ func TestMonitorIgnoresApplicationXIDsAndUnattributedEvents(t *testing.T) {
 	fb.events <- hardware.Event{Kind: hardware.EventXID, UUID: "GPU-a", XID: 13}
 	fb.events <- hardware.Event{Kind: hardware.EventXID, XID: 48} // no device
 	fb.events <- hardware.Event{Kind: hardware.EventXID, UUID: "GPU-b", XID: 79}
-	eventually(t, "GPU-b lost", func() bool { return !store.Snapshot().Healthy("GPU-b") })
+	waittest.Until(t, 5*time.Second, "GPU-b lost", func() bool { return !store.Snapshot().Healthy("GPU-b") })
 	s := store.Snapshot()
 	if !s.Healthy("GPU-a") || len(s.Health) != 1 {
 		t.Errorf("health %+v: an application XID or an unattributed event took a GPU", s.Health)
@@ -231,13 +221,13 @@ func TestMonitorIgnoresApplicationXIDsAndUnattributedEvents(t *testing.T) {
 func TestMonitorHealthyEventAndDisabledChecks(t *testing.T) {
 	fb, store, _ := startMonitor(t, time.Hour, false)
 	fb.events <- hardware.Event{Kind: hardware.EventUnhealthy, UUID: "GPU-a", Reason: "fan"}
-	eventually(t, "unhealthy", func() bool { return !store.Snapshot().Healthy("GPU-a") })
+	waittest.Until(t, 5*time.Second, "unhealthy", func() bool { return !store.Snapshot().Healthy("GPU-a") })
 	fb.events <- hardware.Event{Kind: hardware.EventHealthy, UUID: "GPU-a"}
-	eventually(t, "healthy", func() bool { return store.Snapshot().Healthy("GPU-a") })
+	waittest.Until(t, 5*time.Second, "healthy", func() bool { return store.Snapshot().Healthy("GPU-a") })
 
 	fb2, store2, logs := startMonitor(t, time.Hour, true)
 	fb2.events <- hardware.Event{Kind: hardware.EventXID, UUID: "GPU-a", XID: 48}
-	eventually(t, "the disabled fault logged", func() bool { return strings.Contains(logs.String(), "health checks are disabled") })
+	waittest.Until(t, 5*time.Second, "the disabled fault logged", func() bool { return strings.Contains(logs.String(), "health checks are disabled") })
 	if !store2.Snapshot().Healthy("GPU-a") {
 		t.Error("health checks disabled, yet a GPU went unhealthy")
 	}
@@ -246,12 +236,12 @@ func TestMonitorHealthyEventAndDisabledChecks(t *testing.T) {
 func TestMonitorRediscoversOnChange(t *testing.T) {
 	fb, store, _ := startMonitor(t, time.Hour, false)
 	fb.events <- hardware.Event{Kind: hardware.EventUnhealthy, UUID: "GPU-b", Reason: "x"}
-	eventually(t, "unhealthy", func() bool { return !store.Snapshot().Healthy("GPU-b") })
+	waittest.Until(t, 5*time.Second, "unhealthy", func() bool { return !store.Snapshot().Healthy("GPU-b") })
 	fb.mu.Lock()
 	fb.node = &inventory.Node{GPUs: []inventory.GPU{{UUID: "GPU-a"}}}
 	fb.mu.Unlock()
 	fb.events <- hardware.Event{Kind: hardware.EventChanged}
-	eventually(t, "one GPU left", func() bool { return len(store.Snapshot().Node.GPUs) == 1 })
+	waittest.Until(t, 5*time.Second, "one GPU left", func() bool { return len(store.Snapshot().Node.GPUs) == 1 })
 	if len(store.Snapshot().Health) != 0 {
 		t.Error("health of a vanished GPU kept")
 	}

@@ -10,23 +10,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gpulet/gpulet/internal/hardware/sim"
+	"github.com/gpulet/gpulet/internal/hardware/sim/simtest"
 	"github.com/gpulet/gpulet/internal/inventory"
 	"github.com/gpulet/gpulet/internal/resources"
 )
-
-func simNode(t *testing.T, profile string) *inventory.Node {
-	t.Helper()
-	p, err := sim.LoadProfile(profile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	n, err := p.Node()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return n
-}
 
 var fixedNow = func() time.Time { return time.Unix(1724632719, 0) }
 
@@ -44,7 +31,7 @@ var h100Attrs = &inventory.MIGAttributes{Multiprocessors: 16, GISlices: 1, CISli
 
 // migNode is a DGX H100 with every GPU split into profile instances.
 func migNode(t *testing.T, perGPU int, profile string, memMiB uint64) *inventory.Node {
-	n := simNode(t, "dgx-h100")
+	n := simtest.Node(t, "dgx-h100")
 	for i := range n.GPUs {
 		g := &n.GPUs[i]
 		g.MIGEnabled = true
@@ -58,7 +45,7 @@ func migNode(t *testing.T, perGPU int, profile string, memMiB uint64) *inventory
 }
 
 func TestComputeH200(t *testing.T) {
-	snap := inventory.NewStore(simNode(t, "h200")).Snapshot()
+	snap := inventory.NewStore(simtest.Node(t, "h200")).Snapshot()
 	got, err := Compute(snap, Options{MachineTypeFile: machineFile(t, "Standard_ND96isr_H200_v5 \n"), Now: fixedNow,
 		Extra: map[string]string{"accelerator": "nvidia"}, SysfsRoot: pciTree(t, map[string][]byte{"0000:07:00.0": pciConfig(nil)})})
 	if err != nil {
@@ -122,55 +109,55 @@ func TestResourceLabels(t *testing.T) {
 	}{
 		{
 			name: "dgx-h100 whole GPUs",
-			node: func(t *testing.T) *inventory.Node { return simNode(t, "dgx-h100") },
+			node: func(t *testing.T) *inventory.Node { return simtest.Node(t, "dgx-h100") },
 			want: Labels{"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3", "nvidia.com/gpu.count": "8",
 				"nvidia.com/gpu.replicas": "1", "nvidia.com/gpu.sharing-strategy": "none", "nvidia.com/gpu.memory": "81559"},
 			absent: []string{"nvidia.com/mig.strategy"},
 		},
 		{
 			name: "time-slicing under the usual name adds -SHARED",
-			node: func(t *testing.T) *inventory.Node { return simNode(t, "dgx-h100") },
+			node: func(t *testing.T) *inventory.Node { return simtest.Node(t, "dgx-h100") },
 			cfg:  resources.Config{Replicas: 4},
 			want: Labels{"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3-SHARED", "nvidia.com/gpu.count": "8",
 				"nvidia.com/gpu.replicas": "4", "nvidia.com/gpu.sharing-strategy": "time-slicing"},
 		},
 		{
 			name: "renameByDefault: no -SHARED, replicas still 4 (GFD #732)",
-			node: func(t *testing.T) *inventory.Node { return simNode(t, "dgx-h100") },
+			node: func(t *testing.T) *inventory.Node { return simtest.Node(t, "dgx-h100") },
 			cfg:  resources.Config{Replicas: 4, RenameByDefault: true},
 			want: Labels{"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3", "nvidia.com/gpu.replicas": "4",
 				"nvidia.com/gpu.sharing-strategy": "time-slicing"},
 		},
 		{
 			name: "rename: no -SHARED",
-			node: func(t *testing.T) *inventory.Node { return simNode(t, "dgx-h100") },
+			node: func(t *testing.T) *inventory.Node { return simtest.Node(t, "dgx-h100") },
 			cfg:  resources.Config{Replicas: 2, SharedName: "nvidia.com/shared-gpu"},
 			want: Labels{"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3", "nvidia.com/gpu.replicas": "2"},
 		},
 		{
 			name: "the config file's time-slicing entry for nvidia.com/gpu",
-			node: func(t *testing.T) *inventory.Node { return simNode(t, "dgx-h100") },
+			node: func(t *testing.T) *inventory.Node { return simtest.Node(t, "dgx-h100") },
 			cfg:  resources.Config{Shares: []resources.Share{{Name: "nvidia.com/gpu", Replicas: 10}}},
 			want: Labels{"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3-SHARED", "nvidia.com/gpu.replicas": "10",
 				"nvidia.com/gpu.sharing-strategy": "time-slicing", "nvidia.com/mps.capable": "false"},
 		},
 		{
 			name: "the config file's MPS entry, renamed",
-			node: func(t *testing.T) *inventory.Node { return simNode(t, "dgx-h100") },
+			node: func(t *testing.T) *inventory.Node { return simtest.Node(t, "dgx-h100") },
 			cfg:  resources.Config{MPS: true, Shares: []resources.Share{{Name: "nvidia.com/gpu", Rename: "nvidia.com/gpu.mps", Replicas: 4}}},
 			want: Labels{"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3", "nvidia.com/gpu.replicas": "4",
 				"nvidia.com/gpu.sharing-strategy": "mps", "nvidia.com/mps.capable": "true"},
 		},
 		{
 			name: "a sharing entry for another resource leaves whole GPUs unshared",
-			node: func(t *testing.T) *inventory.Node { return simNode(t, "dgx-h100") },
+			node: func(t *testing.T) *inventory.Node { return simtest.Node(t, "dgx-h100") },
 			cfg:  resources.Config{Shares: []resources.Share{{Name: "nvidia.com/mig-1g.10gb", Replicas: 4}}},
 			want: Labels{"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3", "nvidia.com/gpu.replicas": "1",
 				"nvidia.com/gpu.sharing-strategy": "none"},
 		},
 		{
 			name: "replicas 1 is not sharing",
-			node: func(t *testing.T) *inventory.Node { return simNode(t, "dgx-h100") },
+			node: func(t *testing.T) *inventory.Node { return simtest.Node(t, "dgx-h100") },
 			cfg:  resources.Config{Replicas: 1},
 			want: Labels{"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3", "nvidia.com/gpu.replicas": "1",
 				"nvidia.com/gpu.sharing-strategy": "none"},
@@ -236,13 +223,13 @@ func TestResourceLabels(t *testing.T) {
 		},
 		{
 			name: "V100 family and compute capability",
-			node: func(t *testing.T) *inventory.Node { return simNode(t, "dgx1-v100") },
+			node: func(t *testing.T) *inventory.Node { return simtest.Node(t, "dgx1-v100") },
 			want: Labels{"nvidia.com/gpu.family": "volta", "nvidia.com/gpu.compute.major": "7", "nvidia.com/gpu.compute.minor": "0",
 				"nvidia.com/mig.capable": "false"},
 		},
 		{
 			name: "L4 is ada-lovelace",
-			node: func(t *testing.T) *inventory.Node { return simNode(t, "pcie-4x-l4") },
+			node: func(t *testing.T) *inventory.Node { return simtest.Node(t, "pcie-4x-l4") },
 			want: Labels{"nvidia.com/gpu.family": "ada-lovelace", "nvidia.com/gpu.count": "4"},
 		},
 	}
@@ -312,7 +299,7 @@ func TestGPUMode(t *testing.T) {
 }
 
 func TestOptions(t *testing.T) {
-	snap := inventory.NewStore(simNode(t, "h200")).Snapshot()
+	snap := inventory.NewStore(simtest.Node(t, "h200")).Snapshot()
 	tests := []struct {
 		name    string
 		opts    Options

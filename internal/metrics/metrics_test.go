@@ -18,6 +18,7 @@ import (
 
 	"github.com/gpulet/gpulet/internal/hardware"
 	"github.com/gpulet/gpulet/internal/hardware/sim"
+	"github.com/gpulet/gpulet/internal/hardware/sim/simtest"
 	"github.com/gpulet/gpulet/internal/inventory"
 	"github.com/gpulet/gpulet/internal/podresources"
 	"github.com/gpulet/gpulet/internal/podresources/podresourcestest"
@@ -27,18 +28,7 @@ import (
 // simNode starts a simulated node of profile and an exporter attached to it.
 func simNode(t testing.TB, profile string, opts Options) (*Exporter, *sim.Backend, *inventory.Store) {
 	t.Helper()
-	p, err := sim.LoadProfile(profile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := sim.New(p, t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	node, err := b.Discover(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
+	b, node := simtest.Backend(t, profile)
 	store := inventory.NewStore(node)
 	if opts.Hostname == "" {
 		opts.Hostname = "node-1"

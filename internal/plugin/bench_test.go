@@ -9,6 +9,7 @@ import (
 
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 
+	"github.com/gpulet/gpulet/internal/hardware/sim/simtest"
 	"github.com/gpulet/gpulet/internal/inventory"
 	"github.com/gpulet/gpulet/internal/resources"
 )
@@ -32,7 +33,7 @@ func BenchmarkAllocate(b *testing.B) {
 		replicas int
 	}{{8, 0}, {1024, 128}} {
 		b.Run(fmt.Sprintf("devices=%d", tc.devices), func(b *testing.B) {
-			node := simNode(b, "dgx-h100")
+			node := simtest.Node(b, "dgx-h100")
 			h := startHarness(b, node, Options{
 				DeviceListStrategies: []string{StrategyEnvvar, StrategyCDIAnnotations, StrategyCDICRI},
 				PassDeviceSpecs:      true,
@@ -65,7 +66,7 @@ func BenchmarkAllocate(b *testing.B) {
 // BenchmarkListAndWatchUpdate measures the time from a health change in the
 // inventory to the kubelet's stream receiving the new device list.
 func BenchmarkListAndWatchUpdate(b *testing.B) {
-	node := simNode(b, "dgx-h100")
+	node := simtest.Node(b, "dgx-h100")
 	h := startHarness(b, node, Options{}, resources.Config{})
 	reg := h.kubelet.waitRegistration(b, 5*time.Second)
 	stream, err := dial(b, h.dir, reg.Endpoint).ListAndWatch(context.Background(), &pluginapi.Empty{})
@@ -109,7 +110,7 @@ func devHealth(resp *pluginapi.ListAndWatchResponse, id string) bool {
 // BenchmarkReRegisterAfterKubeletRestart measures the time from a new
 // kubelet.sock appearing to gpulet's registration arriving on it.
 func BenchmarkReRegisterAfterKubeletRestart(b *testing.B) {
-	h := startHarness(b, simNode(b, "dgx-h100"), Options{Poll: time.Hour}, resources.Config{})
+	h := startHarness(b, simtest.Node(b, "dgx-h100"), Options{Poll: time.Hour}, resources.Config{})
 	h.kubelet.waitRegistration(b, 5*time.Second)
 	k := h.kubelet
 	samples := make([]time.Duration, 0, b.N)

@@ -12,6 +12,7 @@ import (
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 
 	"github.com/gpulet/gpulet/internal/allocator"
+	"github.com/gpulet/gpulet/internal/hardware/sim/simtest"
 	"github.com/gpulet/gpulet/internal/inventory"
 	"github.com/gpulet/gpulet/internal/resources"
 )
@@ -20,7 +21,7 @@ import (
 // they answer with exactly the requested devices or InvalidArgument, never
 // panic.
 func FuzzAllocate(f *testing.F) {
-	node := simNode(f, "dgx-h100")
+	node := simtest.Node(f, "dgx-h100")
 	store := inventory.NewStore(node)
 	store.SetHealth(node.GPUs[7].UUID, inventory.Health{Reason: "XID 48"})
 	rs := resources.Build(store.Snapshot(), resources.Config{Replicas: 2})
@@ -66,7 +67,7 @@ func FuzzAllocate(f *testing.F) {
 // offered devices including every must-include one. A token "#n" in a list
 // names device n, so the fuzzer reaches valid requests.
 func FuzzGetPreferredAllocation(f *testing.F) {
-	node := simNode(f, "pcie-4x-l4")
+	node := simtest.Node(f, "pcie-4x-l4")
 	rs := resources.Build(inventory.NewStore(node).Snapshot(), resources.Config{Replicas: 4})
 	res := rs[0]
 	s := NewServer(&Options{PluginDir: f.TempDir(), Placement: placement(allocator.PolicyDistributed), Log: discardLog()}, res)

@@ -5,14 +5,12 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 
-	"github.com/gpulet/gpulet/internal/hardware/sim"
 	"github.com/gpulet/gpulet/internal/inventory"
 	"github.com/gpulet/gpulet/internal/plugin/plugintest"
 	"github.com/gpulet/gpulet/internal/resources"
@@ -54,25 +52,6 @@ func dial(t testing.TB, dir, endpoint string) pluginapi.DevicePluginClient {
 }
 
 func discardLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
-
-// simNode is a simulated node of a built-in profile with its device nodes
-// under a temporary folder.
-func simNode(t testing.TB, profile string) *inventory.Node {
-	t.Helper()
-	p, err := sim.LoadProfile(profile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	n, err := p.Node()
-	if err != nil {
-		t.Fatal(err)
-	}
-	n.DevRoot = filepath.Join(t.TempDir(), "dev")
-	if err := sim.CreateDeviceNodes(n); err != nil {
-		t.Fatal(err)
-	}
-	return n
-}
 
 // harness runs a Manager over a store against a stub kubelet.
 type harness struct {

@@ -12,6 +12,7 @@ import (
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 
 	"github.com/gpulet/gpulet/internal/allocator"
+	"github.com/gpulet/gpulet/internal/hardware/sim/simtest"
 	"github.com/gpulet/gpulet/internal/inventory"
 	"github.com/gpulet/gpulet/internal/resources"
 )
@@ -21,7 +22,7 @@ import (
 // (GPUs 0-3) and nvidia.com/mig-1g.10gb (28 instances).
 func mixedNode(t testing.TB) *inventory.Node {
 	t.Helper()
-	n := simNode(t, "dgx-h100")
+	n := simtest.Node(t, "dgx-h100")
 	for gi := 4; gi < 8; gi++ {
 		g := &n.GPUs[gi]
 		g.MIGEnabled = true

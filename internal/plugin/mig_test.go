@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/gpulet/gpulet/internal/cdispec"
+	"github.com/gpulet/gpulet/internal/hardware/sim/simtest"
 	"github.com/gpulet/gpulet/internal/inventory"
 	"github.com/gpulet/gpulet/internal/resources"
 )
@@ -35,7 +36,7 @@ func migMinorsFile(t *testing.T, gpus int) string {
 // CDI spec does (<gpu>:<NVML MIG index>, gaps kept) and passes the same
 // device nodes: its GPU and its GI and CI caps.
 func TestMIGAllocateMatchesCDISpec(t *testing.T) {
-	node := simNode(t, "dgx-h100-mig-mixed")
+	node := simtest.Node(t, "dgx-h100-mig-mixed")
 	// NVML indexes with gaps on GPU 5: slots 1 and 3 are empty.
 	for i, idx := range []int{0, 2, 4, 5} {
 		node.GPUs[5].MIGDevices[i].Index = idx
@@ -99,7 +100,7 @@ func TestMIGAllocateMatchesCDISpec(t *testing.T) {
 }
 
 func TestMIGAllocateWithoutCaps(t *testing.T) {
-	node := simNode(t, "dgx-h100-mig-mixed")
+	node := simtest.Node(t, "dgx-h100-mig-mixed")
 	res := resources.Build(inventory.Snapshot{Node: node}, resources.Config{MIGStrategy: resources.MIGMixed})
 	var mig resources.Resource
 	for _, r := range res {

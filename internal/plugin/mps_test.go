@@ -8,6 +8,7 @@ import (
 
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 
+	"github.com/gpulet/gpulet/internal/hardware/sim/simtest"
 	"github.com/gpulet/gpulet/internal/mps"
 	"github.com/gpulet/gpulet/internal/resources"
 )
@@ -28,7 +29,7 @@ func (f fakeMPS) Access(_ context.Context, uuid string) (mps.Access, error) {
 // device left by a devices subset does not; replicas of two GPUs in one
 // container are refused; a dead daemon fails the allocation.
 func TestAllocateMPSReplicas(t *testing.T) {
-	node := simNode(t, "pcie-4x-l4")
+	node := simtest.Node(t, "pcie-4x-l4")
 	cfg := resources.Config{MPS: true, Shares: []resources.Share{{Name: "nvidia.com/gpu", Replicas: 4, Devices: resources.Selector{Count: 2}}}}
 	h := startHarness(t, node, Options{MPS: fakeMPS{}}, cfg)
 	h.kubelet.waitRegistration(t, 5*time.Second)

@@ -11,6 +11,7 @@ import (
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 
 	"github.com/gpulet/gpulet/internal/allocator"
+	"github.com/gpulet/gpulet/internal/hardware/sim/simtest"
 	"github.com/gpulet/gpulet/internal/inventory"
 	"github.com/gpulet/gpulet/internal/resources"
 )
@@ -41,7 +42,7 @@ type fakeKubelet struct {
 }
 
 func newFakeKubelet(t *testing.T, policy allocator.Policy, replicas int) *fakeKubelet {
-	node := simNode(t, "pcie-4x-l4")
+	node := simtest.Node(t, "pcie-4x-l4")
 	h := startHarness(t, node, Options{Placement: placement(policy)}, resources.Config{Replicas: replicas})
 	h.kubelet.waitRegistration(t, 5*time.Second)
 	k := &fakeKubelet{t: t, client: dial(t, h.dir, endpoint), node: node}
@@ -195,7 +196,7 @@ func TestGetPreferredAllocationRefusesBadInput(t *testing.T) {
 // TestGetPreferredAllocationNeverAnswersUnofferedDevices: a placer answer
 // that is not a valid choice is replaced by one in ID order.
 func TestGetPreferredAllocationNeverAnswersUnofferedDevices(t *testing.T) {
-	node := simNode(t, "dgx-h100")
+	node := simtest.Node(t, "dgx-h100")
 	bad := map[string]placerFunc{
 		"unoffered": func(_ context.Context, avail, _ []string, n int) ([]string, error) {
 			return append([]string{node.GPUs[7].UUID}, avail[:n-1]...), nil

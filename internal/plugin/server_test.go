@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 
+	"github.com/gpulet/gpulet/internal/hardware/sim/simtest"
 	"github.com/gpulet/gpulet/internal/inventory"
 	"github.com/gpulet/gpulet/internal/plugin/plugintest"
 	"github.com/gpulet/gpulet/internal/resources"
@@ -22,7 +23,7 @@ import (
 const endpoint = "gpulet-nvidia-com-gpu.sock"
 
 func TestRegistersResourceWithKubelet(t *testing.T) {
-	h := startHarness(t, simNode(t, "dgx-h100"), Options{Placement: func(*resources.Resource) (Placer, error) { return nil, nil }}, resources.Config{})
+	h := startHarness(t, simtest.Node(t, "dgx-h100"), Options{Placement: func(*resources.Resource) (Placer, error) { return nil, nil }}, resources.Config{})
 	r := h.kubelet.waitRegistration(t, 5*time.Second)
 	if r.ResourceName != "nvidia.com/gpu" || r.Endpoint != endpoint || r.Version != pluginapi.Version {
 		t.Fatalf("registration = %+v", r)
@@ -37,7 +38,7 @@ func TestRegistersResourceWithKubelet(t *testing.T) {
 }
 
 func TestListAndWatchStreamsHealthAndDeviceChanges(t *testing.T) {
-	node := simNode(t, "dgx-h100")
+	node := simtest.Node(t, "dgx-h100")
 	h := startHarness(t, node, Options{}, resources.Config{})
 	h.kubelet.waitRegistration(t, 5*time.Second)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -105,7 +106,7 @@ func countHealthy(m map[string]string) int {
 }
 
 func TestListAndWatchReportsNUMATopology(t *testing.T) {
-	node := simNode(t, "dgx-h100")
+	node := simtest.Node(t, "dgx-h100")
 	h := startHarness(t, node, Options{}, resources.Config{})
 	h.kubelet.waitRegistration(t, 5*time.Second)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -130,7 +131,7 @@ func TestListAndWatchReportsNUMATopology(t *testing.T) {
 }
 
 func TestAllocateStrategies(t *testing.T) {
-	node := simNode(t, "dgx-h100")
+	node := simtest.Node(t, "dgx-h100")
 	g0, g5 := node.GPUs[0], node.GPUs[5]
 	ids := []string{g5.UUID, g0.UUID}
 	cases := []struct {
@@ -246,7 +247,7 @@ func TestAllocateStrategies(t *testing.T) {
 }
 
 func TestAllocateRejectsUnknownAndUnhealthyDevices(t *testing.T) {
-	node := simNode(t, "dgx-h100")
+	node := simtest.Node(t, "dgx-h100")
 	h := startHarness(t, node, Options{}, resources.Config{})
 	h.kubelet.waitRegistration(t, 5*time.Second)
 	bad := node.GPUs[2].UUID
@@ -296,7 +297,7 @@ func checkInvalid(t *testing.T, call string, err error, want []string) {
 }
 
 func TestTimeSlicedReplicasShareTheirGPU(t *testing.T) {
-	node := simNode(t, "pcie-4x-l4")
+	node := simtest.Node(t, "pcie-4x-l4")
 	h := startHarness(t, node, Options{PassDeviceSpecs: true}, resources.Config{Replicas: 3, RenameByDefault: true})
 	r := h.kubelet.waitRegistration(t, 5*time.Second)
 	if r.ResourceName != "nvidia.com/gpu.shared" {
@@ -339,7 +340,7 @@ func TestTimeSlicedReplicasShareTheirGPU(t *testing.T) {
 }
 
 func TestGetPreferredAllocationUsesPlacerAndFallsBack(t *testing.T) {
-	node := simNode(t, "dgx-h100")
+	node := simtest.Node(t, "dgx-h100")
 	var calls int
 	placer := placerFunc(func(_ context.Context, available, must []string, size int) ([]string, error) {
 		calls++
@@ -391,7 +392,7 @@ func (f placerFunc) Preferred(ctx context.Context, a, m []string, n int) ([]stri
 
 func TestReRegistersWhenKubeletRestarts(t *testing.T) {
 	// Polling off: re-registration must come from watching kubelet.sock.
-	h := startHarness(t, simNode(t, "h200"), Options{Poll: time.Hour}, resources.Config{})
+	h := startHarness(t, simtest.Node(t, "h200"), Options{Poll: time.Hour}, resources.Config{})
 	h.kubelet.waitRegistration(t, 5*time.Second)
 	k := h.kubelet
 	// Many quick restarts: kubelet.sock appears at bind(), a moment before
@@ -411,7 +412,7 @@ func TestReRegistersWhenKubeletRestarts(t *testing.T) {
 }
 
 func TestReRegistersWhenPluginSocketIsDeleted(t *testing.T) {
-	h := startHarness(t, simNode(t, "h200"), Options{}, resources.Config{})
+	h := startHarness(t, simtest.Node(t, "h200"), Options{}, resources.Config{})
 	h.kubelet.waitRegistration(t, 5*time.Second)
 	// The kubelet removes every plugin socket when it starts.
 	if err := os.Remove(filepath.Join(h.dir, endpoint)); err != nil {
@@ -424,7 +425,7 @@ func TestReRegistersWhenPluginSocketIsDeleted(t *testing.T) {
 }
 
 func TestReRegistersWhenListAndWatchStreamEnds(t *testing.T) {
-	h := startHarness(t, simNode(t, "h200"), Options{}, resources.Config{})
+	h := startHarness(t, simtest.Node(t, "h200"), Options{}, resources.Config{})
 	h.kubelet.waitRegistration(t, 5*time.Second)
 	ctx, cancel := context.WithCancel(context.Background())
 	stream, err := dial(t, h.dir, endpoint).ListAndWatch(ctx, &pluginapi.Empty{})
@@ -444,7 +445,7 @@ func TestWaitsForAbsentKubeletThenRegisters(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer os.RemoveAll(dir)
-	node := simNode(t, "h200")
+	node := simtest.Node(t, "h200")
 	store := inventory.NewStore(node)
 	var logs strings.Builder
 	opts := &Options{PluginDir: dir, DeviceListStrategies: []string{StrategyEnvvar}, DeviceIDStrategy: IDStrategyUUID,
@@ -481,7 +482,7 @@ func TestRegistersOncePerKubelet(t *testing.T) {
 	defer os.RemoveAll(dir)
 	os.WriteFile(filepath.Join(dir, endpoint), nil, 0o600) // left by a SIGKILLed gpulet
 	k := startKubelet(t, dir)
-	store := inventory.NewStore(simNode(t, "h200"))
+	store := inventory.NewStore(simtest.Node(t, "h200"))
 	mgr := &Manager{Store: store, Opts: &Options{PluginDir: dir, DeviceListStrategies: []string{StrategyEnvvar},
 		DeviceIDStrategy: IDStrategyUUID, Log: discardLog(), Poll: 20 * time.Millisecond}}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -533,7 +534,7 @@ func TestRecoversFromAlreadyConnectedRefusal(t *testing.T) {
 		}
 		return nil
 	}
-	mgr := &Manager{Store: inventory.NewStore(simNode(t, "h200")), Opts: &Options{PluginDir: dir,
+	mgr := &Manager{Store: inventory.NewStore(simtest.Node(t, "h200")), Opts: &Options{PluginDir: dir,
 		DeviceListStrategies: []string{StrategyEnvvar}, DeviceIDStrategy: IDStrategyUUID, Log: discardLog(), Poll: time.Hour}}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

@@ -18,6 +18,7 @@ import (
 
 	"github.com/gpulet/gpulet/internal/inventory"
 	"github.com/gpulet/gpulet/internal/labels"
+	"github.com/gpulet/gpulet/internal/waittest"
 )
 
 const ns = "gpu-resources"
@@ -306,14 +307,14 @@ func TestPublisherNodeFeature(t *testing.T) {
 		return v
 	}
 	stop := start()
-	eventually(t, "the NodeFeature created", func() bool { return count() == "2" })
+	waittest.Until(t, 2*time.Second, "the NodeFeature created", func() bool { return count() == "2" })
 	store.SetHealth("GPU-0", inventory.Health{Reason: "XID 48"})
 	store.SetNode(&inventory.Node{GPUs: []inventory.GPU{{UUID: "GPU-0"}}})
-	eventually(t, "the NodeFeature updated", func() bool { return count() == "1" })
+	waittest.Until(t, 2*time.Second, "the NodeFeature updated", func() bool { return count() == "1" })
 	stop()
 	c.ClearActions()
 	stop = start()
-	eventually(t, "the restarted publisher reads the NodeFeature", func() bool { return len(c.Actions()) > 0 })
+	waittest.Until(t, 2*time.Second, "the restarted publisher reads the NodeFeature", func() bool { return len(c.Actions()) > 0 })
 	time.Sleep(100 * time.Millisecond)
 	stop()
 	if w := writes(c); len(w) != 0 {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/gpulet/gpulet/internal/inventory"
 	"github.com/gpulet/gpulet/internal/labels"
+	"github.com/gpulet/gpulet/internal/waittest"
 )
 
 const nodeName = "gpu-node-1"
@@ -269,22 +270,10 @@ func (h *publisherHarness) stop() {
 
 func itoa(i int) string { b, _ := json.Marshal(i); return string(b) }
 
-// eventually waits up to 2s for cond.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(2 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 func TestPublisherWritesOnlyOnChange(t *testing.T) {
 	c := newClient(map[string]string{"team": "ml"}, nil)
 	h := startPublisher(t, c)
-	eventually(t, "first labelling", func() bool { return len(patches(c)) == 1 })
+	waittest.Until(t, 2*time.Second, "first labelling", func() bool { return len(patches(c)) == 1 })
 
 	// Health changes and idle time: labels do not depend on them, no writes
 	// and not even a read of the node.
@@ -298,7 +287,7 @@ func TestPublisherWritesOnlyOnChange(t *testing.T) {
 
 	// A GPU disappears: labels follow within the debounce.
 	h.store.SetNode(&inventory.Node{GPUs: []inventory.GPU{{UUID: "GPU-0"}}})
-	eventually(t, "relabel after change", func() bool { return nodeOf(t, c).Labels["nvidia.com/gpu.count"] == "1" })
+	waittest.Until(t, 2*time.Second, "relabel after change", func() bool { return nodeOf(t, c).Labels["nvidia.com/gpu.count"] == "1" })
 	if n := len(patches(c)); n != 1 {
 		t.Errorf("%d patches for one change, want 1", n)
 	}
@@ -308,7 +297,7 @@ func TestPublisherWritesOnlyOnChange(t *testing.T) {
 	h.extra = "nvidia"
 	h.mu.Unlock()
 	h.pub.Kick()
-	eventually(t, "relabel after kick", func() bool { return nodeOf(t, c).Labels["accelerator"] == "nvidia" })
+	waittest.Until(t, 2*time.Second, "relabel after kick", func() bool { return nodeOf(t, c).Labels["accelerator"] == "nvidia" })
 
 	// Stopping (SIGTERM) leaves the labels in place.
 	h.stop()
@@ -321,11 +310,11 @@ func TestPublisherWritesOnlyOnChange(t *testing.T) {
 func TestPublisherRestartDoesNotWrite(t *testing.T) {
 	c := newClient(nil, nil)
 	h := startPublisher(t, c)
-	eventually(t, "first labelling", func() bool { return len(patches(c)) == 1 })
+	waittest.Until(t, 2*time.Second, "first labelling", func() bool { return len(patches(c)) == 1 })
 	h.stop()
 	c.ClearActions()
 	h2 := startPublisher(t, c)
-	eventually(t, "the restarted publisher reads the node", func() bool { return len(c.Actions()) > 0 })
+	waittest.Until(t, 2*time.Second, "the restarted publisher reads the node", func() bool { return len(c.Actions()) > 0 })
 	time.Sleep(100 * time.Millisecond)
 	if n := len(patches(c)); n != 0 {
 		t.Errorf("%d patches after a restart with the same GPUs, want 0", n)
@@ -347,7 +336,7 @@ func TestPublisherRetriesFailedWrites(t *testing.T) {
 		return false, nil, nil
 	})
 	startPublisher(t, c)
-	eventually(t, "labels after retries", func() bool { return nodeOf(t, c).Labels["nvidia.com/gpu.count"] == "2" })
+	waittest.Until(t, 2*time.Second, "labels after retries", func() bool { return nodeOf(t, c).Labels["nvidia.com/gpu.count"] == "2" })
 	if n := len(patches(c)); n != 3 {
 		t.Errorf("%d patch attempts, want 3 (2 failed, 1 succeeded)", n)
 	}
