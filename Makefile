@@ -5,7 +5,7 @@ LDFLAGS := -X main.version=$(VERSION)
 # go-nvml's header marks old NVML calls deprecated; the warnings are noise.
 export CGO_CFLAGS ?= -Wno-deprecated-declarations
 
-.PHONY: help build build-release image build-static test unit vet tidy-check fuzz bench demo e2e clean
+.PHONY: help build build-release build-lean image build-static test unit vet tidy-check fuzz bench demo e2e clean
 
 help:
 	@echo "make demo        run gpulet on a simulated GPU node against kubelet's own device manager"
@@ -16,6 +16,7 @@ help:
 	@echo "make build       _output/gpulet (cgo, NVML-capable)"
 	@echo "make image       _output/gpulet-image.tar: the release image, built without Docker"
 	@echo "make build-static _output/gpulet-static (no cgo: simulator only)"
+	@echo "make build-lean  _output/gpulet-lean: device plugin, metrics, health, CDI, MPS; no Kubernetes API (labels, DRA)"
 
 build:
 	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o _output/gpulet ./cmd/gpulet
@@ -29,6 +30,12 @@ image: build-release
 # The binary of the image: cgo (NVML and libcuda are loaded with dlopen), stripped as the Dockerfile's.
 build-release:
 	CGO_ENABLED=1 $(GO) build -trimpath -ldflags "-s -w $(LDFLAGS)" -o _output/gpulet-release ./cmd/gpulet
+
+# gpulet without the Kubernetes API (tag nokube): the device plugin with metrics, health, CDI and MPS,
+# but no node labels, DRA, `labels --remove` or `dra`; no client-go, API scheme or DRA helper is
+# linked, so it starts faster and uses less memory than NVIDIA's plugin (docs/benchmarks.md).
+build-lean:
+	CGO_ENABLED=1 $(GO) build -tags nokube -trimpath -ldflags "-s -w $(LDFLAGS)" -o _output/gpulet-lean ./cmd/gpulet
 
 build-static:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o _output/gpulet-static ./cmd/gpulet

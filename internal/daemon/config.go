@@ -113,3 +113,11 @@ func HealthDisabled(c *config.Config) bool {
 	_, all, _ := health.ParseXIDList(c.DisableHealthChecks)
 	return all
 }
+
+// LabelOptions are the options of labels.Compute from the settings.
+func LabelOptions(c *config.Config) labels.Options {
+	return labels.Options{
+		Resources: ResourcesConfig(c), MachineTypeFile: c.Labels.MachineTypeFile,
+		NoTimestamp: c.Labels.NoTimestamp, Extra: c.Labels.Extra,
+	}
+}

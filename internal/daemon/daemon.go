@@ -14,14 +14,11 @@ import (
 	"net"
 	"time"
 
-	"k8s.io/client-go/kubernetes"
-
 	"github.com/gpulet/gpulet/internal/allocator"
 	"github.com/gpulet/gpulet/internal/config"
 	"github.com/gpulet/gpulet/internal/hardware"
 	"github.com/gpulet/gpulet/internal/health"
 	"github.com/gpulet/gpulet/internal/inventory"
-	"github.com/gpulet/gpulet/internal/kube"
 	"github.com/gpulet/gpulet/internal/metrics"
 	"github.com/gpulet/gpulet/internal/mps"
 	"github.com/gpulet/gpulet/internal/plugin"
@@ -87,29 +84,12 @@ type gpulet struct {
 	placement allocator.Policy
 	start     time.Time
 
-	backend     hardware.Backend     // hardware
-	store       *inventory.Store     // hardware: every GPU
-	pluginStore *inventory.Store     // split: the GPUs the device plugin serves
-	draStore    *inventory.Store     // split: the GPUs DRA owns (nil without --dra)
-	mps         *mps.Manager         // mps: nil without MPS sharing
-	kube        kubernetes.Interface // kubeClient: shared by DRA and the label publisher
-}
-
-// newKubeClient makes a Kubernetes client; a test counts the clients a
-// plain device plugin makes (none).
-var newKubeClient = kube.Client
-
-// kubeClient is the Kubernetes client of the pod's service account, made
-// once for every component that needs the API.
-func (g *gpulet) kubeClient() (kubernetes.Interface, error) {
-	if g.kube == nil {
-		c, err := newKubeClient("")
-		if err != nil {
-			return nil, err
-		}
-		g.kube = c
-	}
-	return g.kube, nil
+	backend     hardware.Backend // hardware
+	store       *inventory.Store // hardware: every GPU
+	pluginStore *inventory.Store // split: the GPUs the device plugin serves
+	draStore    *inventory.Store // split: the GPUs DRA owns (nil without --dra)
+	mps         *mps.Manager     // mps: nil without MPS sharing
+	kube        kubeState        // kubeclient.go: the client DRA and the label publisher share
 }
 
 // newGpulet checks what can be checked before anything starts.

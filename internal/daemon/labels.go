@@ -1,3 +1,5 @@
+//go:build !nokube
+
 package daemon
 
 import (
@@ -93,12 +95,4 @@ func labelTarget(ctx context.Context, cfg *config.Config, client kubernetes.Inte
 // Identity is who gpulet is in the cluster, from the settings.
 func Identity(c *config.Config) kube.Identity {
 	return kube.Identity{Node: c.Labels.NodeName, Pod: c.Labels.PodName, Namespace: c.Labels.Namespace}
-}
-
-// LabelOptions are the options of labels.Compute from the settings.
-func LabelOptions(c *config.Config) labels.Options {
-	return labels.Options{
-		Resources: ResourcesConfig(c), MachineTypeFile: c.Labels.MachineTypeFile,
-		NoTimestamp: c.Labels.NoTimestamp, Extra: c.Labels.Extra,
-	}
 }

@@ -1,4 +1,4 @@
-//go:build cgo && linux
+//go:build cgo && linux && !nokube
 
 package nvml
 
@@ -11,7 +11,9 @@ import (
 var _ hardware.PCIeRootResolver = (*Backend)(nil)
 
 // PCIeRoot reads a GPU's root complex from the host's /sys, as NVIDIA's
-// DRA driver does: NVML's bus IDs are the host's.
+// DRA driver does: NVML's bus IDs are the host's. Only DRA uses it, so a
+// build without the Kubernetes API (tag nokube) leaves it out, and with it
+// the DRA library and the core API types it links.
 func (b *Backend) PCIeRoot(busID string) (string, bool) {
 	a, err := deviceattribute.GetPCIeRootAttributeByPCIBusID(busID)
 	if err != nil || a.Value.StringValue == nil {
