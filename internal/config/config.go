@@ -46,7 +46,10 @@ type Config struct {
 	DriverRoot string
 	DevRoot    string
 
-	DevicePluginPath   string
+	DevicePluginPath string
+	// TakeOver registers even while another device plugin serves the
+	// same resource; by default gpulet holds back and reports it.
+	TakeOver           bool
 	DeviceListStrategy []string
 	DeviceIDStrategy   string
 	PassDeviceSpecs    bool
@@ -127,6 +130,7 @@ var settings = []setting{
 	{"nvidia-driver-root", []string{"NVIDIA_DRIVER_ROOT"}, func(f *File) (string, bool) { return str(f.Flags.NvidiaDriverRoot) }},
 	{"dev-root", []string{"NVIDIA_DEV_ROOT"}, func(f *File) (string, bool) { return str(f.Flags.NvidiaDevRoot) }},
 	{"device-plugin-path", []string{"GPULET_DEVICE_PLUGIN_PATH"}, func(f *File) (string, bool) { return str(f.Gpulet.DevicePluginPath) }},
+	{"take-over", []string{"GPULET_TAKE_OVER"}, func(f *File) (string, bool) { return boolean(f.Gpulet.TakeOver) }},
 	{"device-list-strategy", []string{"DEVICE_LIST_STRATEGY"}, func(f *File) (string, bool) {
 		return listValue(f.Flags.Plugin.DeviceListStrategy)
 	}},
@@ -241,6 +245,7 @@ func nvidiaAliases(_ *pflag.FlagSet, name string) pflag.NormalizedName {
 func (c *Config) RunFlags(fs *pflag.FlagSet) {
 	c.BackendFlags(fs, "nvml")
 	fs.StringVar(&c.DevicePluginPath, "device-plugin-path", "/var/lib/kubelet/device-plugins/", "kubelet device-plugin folder (kubelet.sock and plugin sockets) [env GPULET_DEVICE_PLUGIN_PATH]")
+	fs.BoolVar(&c.TakeOver, "take-over", false, "register the device plugin's resources even while another device plugin (NVIDIA's) serves them, to migrate without losing capacity; by default gpulet holds back and reports the conflict [env GPULET_TAKE_OVER] [config gpulet.takeOver]")
 	fs.StringSliceVar(&c.DeviceListStrategy, "device-list-strategy", []string{DefaultDeviceListStrategy}, "how devices reach a container: envvar, volume-mounts, cdi-annotations, cdi-cri (comma-separated) [env DEVICE_LIST_STRATEGY]")
 	fs.StringVar(&c.DeviceIDStrategy, "device-id-strategy", DefaultDeviceIDStrategy, "how devices are named to the container: uuid or index [env DEVICE_ID_STRATEGY]")
 	fs.StringVar(&c.SharedDevicesAllocationPolicy, "shared-devices-allocation-policy", DefaultSharedDevicesPolicy, "how time-sliced replicas and MIG instances are placed on their GPUs: distributed (fewest in use first, a request over distinct GPUs) or packed (most in use first) [env SHARED_DEVICES_ALLOCATION_POLICY]")

@@ -268,3 +268,33 @@ func TestReplicasBound(t *testing.T) {
 		}
 	}
 }
+
+// take-over: off by default; flag, GPULET_TAKE_OVER and gpulet.takeOver
+// turn it on, in the usual precedence.
+func TestTakeOverSetting(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "c.yaml")
+	if err := os.WriteFile(file, []byte("version: v1\ngpulet:\n  takeOver: true\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		args []string
+		env  map[string]string
+		want bool
+	}{
+		{"default", nil, nil, false},
+		{"flag", []string{"--take-over"}, nil, true},
+		{"env", nil, map[string]string{"GPULET_TAKE_OVER": "true"}, true},
+		{"file", []string{"--config-file=" + file}, nil, true},
+		{"env over file", []string{"--config-file=" + file}, map[string]string{"GPULET_TAKE_OVER": "false"}, false},
+		{"flag over env", []string{"--take-over=false"}, map[string]string{"GPULET_TAKE_OVER": "true"}, false},
+	} {
+		c, err := parse(t, tc.args, tc.env)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if c.TakeOver != tc.want {
+			t.Errorf("%s: TakeOver = %v, want %v", tc.name, c.TakeOver, tc.want)
+		}
+	}
+}

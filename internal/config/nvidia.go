@@ -34,7 +34,10 @@ type File struct {
 		SimProfile       *string `json:"simProfile,omitempty"`
 		SimRoot          *string `json:"simRoot,omitempty"`
 		DevicePluginPath *string `json:"devicePluginPath,omitempty"`
-		CDISpecDir       *string `json:"cdiSpecDir,omitempty"`
+		// TakeOver registers the device plugin's resources even while
+		// another plugin serves them (migrations).
+		TakeOver   *bool   `json:"takeOver,omitempty"`
+		CDISpecDir *string `json:"cdiSpecDir,omitempty"`
 		// CDIDriverCapabilities and CDIHooks: --cdi-driver-capabilities, --cdi-hooks.
 		CDIDriverCapabilities *string `json:"cdiDriverCapabilities,omitempty"`
 		CDIHooks              *string `json:"cdiHooks,omitempty"`

@@ -236,11 +236,18 @@ func (g *gpulet) devicePlugin() component {
 					Placement:            PlacementFor(g.placement),
 					Log:                  g.log.With("component", "deviceplugin"),
 					Observer:             g.exp,
+					TakeOver:             g.cfg.TakeOver,
 				},
 			}
 			if g.mps != nil {
 				mgr.Opts.MPS = g.mps
 			}
+			conflicts := newConflictReporter(g.cfg, g.exp, g.kubeClient, mgr.Opts.Log) // conflict.go
+			mgr.Opts.OnConflict = conflicts.report
+			eventsDone := make(chan struct{})
+			ectx, cancel := context.WithCancel(ctx)
+			go func() { defer close(eventsDone); conflicts.run(ectx) }()
+			defer func() { cancel(); <-eventsDone }()
 			return mgr.Run(ctx)
 		},
 	}

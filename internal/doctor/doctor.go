@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -133,6 +134,7 @@ func kubelet(ctx context.Context, in Input) []Finding {
 		name = resources.DefaultResourceName
 	}
 	endpoint := plugin.SocketName(name)
+	out = append(out, pluginSockets(ctx, in.PluginDir, name, endpoint)...)
 	if _, err := os.Stat(filepath.Join(in.PluginDir, endpoint)); err != nil {
 		return append(out, Finding{"gpulet plugin", Fail, "no " + endpoint + " in " + in.PluginDir,
 			"`gpulet run` is not running here (kubectl -n gpu-resources get pods -o wide), or it serves another resource name"})
@@ -169,6 +171,63 @@ func kubelet(ctx context.Context, in Input) []Finding {
 		f.Fix = "the gpulet log names the XID and reason (`device unhealthy`); gpulet re-probes after --health-quiet-period"
 	}
 	return append(out, f)
+}
+
+// pluginSockets lists every device-plugin socket in dir with the resource
+// it serves, and flags another live plugin serving gpulet's resource (or
+// two serving one resource): the kubelet would then take whichever
+// registered last, and capacity could flip at each kubelet restart.
+func pluginSockets(ctx context.Context, dir, resource, own string) []Finding {
+	peers, err := plugin.ScanPeers(ctx, dir, 2*time.Second)
+	if err != nil {
+		return []Finding{{"device-plugin sockets", Warn, err.Error(), ""}}
+	}
+	ents, _ := os.ReadDir(dir)
+	var lines []string
+	for _, e := range ents {
+		if e.Type()&os.ModeSocket != 0 && plugin.IsOwnSocket(e.Name()) {
+			what := "gpulet"
+			if e.Name() == own {
+				what = "gpulet: " + resource
+			}
+			lines = append(lines, e.Name()+" ("+what+")")
+		}
+	}
+	byResource := map[string][]string{}
+	for _, p := range peers {
+		lines = append(lines, p.String())
+		if p.Live && p.Resource != "" {
+			byResource[p.Resource] = append(byResource[p.Resource], p.Socket)
+		}
+	}
+	if reg, err := plugin.RegisteredResources(dir); err == nil && len(reg) > 0 {
+		var names []string
+		for r, ids := range reg {
+			names = append(names, fmt.Sprintf("%s (%d devices)", r, len(ids)))
+		}
+		sort.Strings(names)
+		lines = append(lines, "kubelet checkpoint: "+strings.Join(names, ", "))
+	}
+	out := []Finding{{"device-plugin sockets", OK, strings.Join(lines, "; "), ""}}
+	if len(lines) == 0 {
+		out[0].Detail = "none besides kubelet.sock"
+	}
+	var conflicts []string
+	for r, socks := range byResource {
+		switch {
+		case r == resource:
+			conflicts = append(conflicts, fmt.Sprintf("%s is served by %s as well as gpulet", r, strings.Join(socks, ", ")))
+		case len(socks) > 1:
+			conflicts = append(conflicts, fmt.Sprintf("%s is served by %s", r, strings.Join(socks, " and ")))
+		}
+	}
+	if len(conflicts) > 0 {
+		sort.Strings(conflicts)
+		c := plugin.Conflict{Resource: resource}
+		out = append(out, Finding{"device-plugin conflict", Fail, strings.Join(conflicts, "; ") +
+			": the kubelet takes whichever registered last, so capacity and device IDs can change at every kubelet restart", c.Advice()})
+	}
+	return out
 }
 
 // Print writes findings as a table; it reports whether any check failed.

@@ -6,11 +6,15 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc"
+	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 
 	"github.com/gpulet/gpulet/internal/hardware"
 	"github.com/gpulet/gpulet/internal/hardware/sim"
@@ -112,5 +116,63 @@ func TestStaleSocket(t *testing.T) {
 	fs := Run(context.Background(), Input{Open: func() (hardware.Backend, error) { return b, nil }, PluginDir: dir})
 	if f := find(t, fs, "gpulet plugin"); f.Status != Fail || !strings.Contains(f.Fix, "stale socket") {
 		t.Errorf("stale socket finding %+v", f)
+	}
+}
+
+// peer serves GetDevicePluginOptions on dir/name, as NVIDIA's plugin does.
+type peer struct {
+	pluginapi.UnimplementedDevicePluginServer
+}
+
+func (peer) GetDevicePluginOptions(context.Context, *pluginapi.Empty) (*pluginapi.DevicePluginOptions, error) {
+	return &pluginapi.DevicePluginOptions{}, nil
+}
+
+func servePeer(t *testing.T, dir, name string) {
+	t.Helper()
+	lis, err := net.Listen("unix", filepath.Join(dir, name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	pluginapi.RegisterDevicePluginServer(srv, peer{})
+	go func() { _ = srv.Serve(lis) }()
+	t.Cleanup(srv.Stop)
+}
+
+// Every socket in the folder is listed with its resource; NVIDIA's plugin
+// serving gpulet's resource is a conflict, a left-behind socket is not.
+func TestListsPluginSocketsAndFlagsAConflict(t *testing.T) {
+	dir, _ := os.MkdirTemp("", "gpulet-doc-")
+	defer os.RemoveAll(dir)
+	k, err := plugintest.StartKubelet(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer k.Stop()
+	root := t.TempDir()
+	p, _ := sim.LoadProfile("h200")
+	b, _ := sim.New(p, root)
+	run := func() []Finding {
+		return Run(context.Background(), Input{Open: func() (hardware.Backend, error) { return b, nil }, PluginDir: dir})
+	}
+	servePeer(t, dir, "vendor-fpga.sock")
+	servePeer(t, dir, "nvidia-mig-1g.10gb.sock")
+	fs := run()
+	f := find(t, fs, "device-plugin sockets")
+	for _, want := range []string{"vendor-fpga.sock (an unknown resource; answers)", "nvidia-mig-1g.10gb.sock (nvidia.com/mig-1g.10gb; answers)"} {
+		if !strings.Contains(f.Detail, want) {
+			t.Errorf("sockets finding %q lacks %q", f.Detail, want)
+		}
+	}
+	for _, f := range fs {
+		if f.Check == "device-plugin conflict" {
+			t.Errorf("conflict flagged with no other plugin serving nvidia.com/gpu: %+v", f)
+		}
+	}
+	servePeer(t, dir, "nvidia-gpu.sock")
+	f = find(t, run(), "device-plugin conflict")
+	if f.Status != Fail || !strings.Contains(f.Detail, "nvidia.com/gpu is served by nvidia-gpu.sock") || !strings.Contains(f.Fix, "take-over") {
+		t.Errorf("conflict finding %+v", f)
 	}
 }

@@ -79,8 +79,11 @@ type Exporter struct {
 	refused atomic.Pointer[error]
 
 	mu         sync.Mutex
-	registered map[string]bool   // resource → last registration succeeded
-	lastXID    map[string]uint64 // GPU UUID → last XID (DCGM_FI_DEV_XID_ERRORS)
+	registered map[string]bool // resource → last registration succeeded
+	// conflicts: resource → why another device plugin keeps gpulet from
+	// serving it (held back); absent when none or when taking over.
+	conflicts map[string]string
+	lastXID   map[string]uint64 // GPU UUID → last XID (DCGM_FI_DEV_XID_ERRORS)
 
 	transitions   *prometheus.CounterVec
 	xidEvents     *prometheus.CounterVec
@@ -88,6 +91,7 @@ type Exporter struct {
 	allocDevices  *prometheus.CounterVec
 	registrations *prometheus.CounterVec
 	lawUpdates    *prometheus.CounterVec
+	conflictG     *prometheus.GaugeVec
 	callSeconds   *prometheus.HistogramVec
 	callTimeouts  *prometheus.CounterVec
 	sweepSeconds  prometheus.Histogram
@@ -116,7 +120,7 @@ func New(opts Options) *Exporter {
 	if opts.Log == nil {
 		opts.Log = slog.New(slog.DiscardHandler)
 	}
-	e := &Exporter{opts: opts, reg: prometheus.NewRegistry(), registered: map[string]bool{}, lastXID: map[string]uint64{}}
+	e := &Exporter{opts: opts, reg: prometheus.NewRegistry(), registered: map[string]bool{}, lastXID: map[string]uint64{}, conflicts: map[string]string{}}
 	f := prometheusFactory{e.reg}
 	e.transitions = f.counterVec("gpulet_health_transitions_total", "Device health changes, by new state and the XID that caused them (0: none).", "to", "xid")
 	e.xidEvents = f.counterVec("gpulet_xid_events_total", "XID events reported by the driver, whatever the policy did with them.", "xid")
@@ -124,6 +128,10 @@ func New(opts Options) *Exporter {
 	e.allocDevices = f.counterVec("gpulet_allocated_devices_total", "Devices handed to containers by Allocate.", "resource")
 	e.registrations = f.counterVec("gpulet_kubelet_registrations_total", "Registrations with the kubelet, by result (success, error).", "resource", "result")
 	e.lawUpdates = f.counterVec("gpulet_list_and_watch_updates_total", "Device lists sent to the kubelet on ListAndWatch streams.", "resource")
+	e.conflictG = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "gpulet_device_plugin_conflict",
+		Help: "1 while another device plugin serves a resource gpulet advertises: the other endpoint, how gpulet saw it (socket, checkpoint, stream-replaced), and whether gpulet holds back or takes over."},
+		[]string{"resource", "endpoint", "signal", "action"})
+	e.reg.MustRegister(e.conflictG)
 	e.callSeconds = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name: "gpulet_nvml_call_duration_seconds", Help: "Latency of guarded NVML calls.",
 		Buckets: []float64{.0001, .0005, .001, .005, .01, .05, .1, .5, 1, 5},
@@ -222,6 +230,9 @@ func (e *Exporter) Ready() error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	for _, r := range src.Advertised(snap) {
+		if why, ok := e.conflicts[r.Name]; ok {
+			return fmt.Errorf("degraded: %s", why)
+		}
 		if !e.registered[r.Name] {
 			return fmt.Errorf("%s not registered with the kubelet", r.Name)
 		}
@@ -241,6 +252,26 @@ func (e *Exporter) Registration(resource string, err error) {
 	e.mu.Lock()
 	e.registered[resource] = err == nil
 	e.mu.Unlock()
+}
+
+// Conflict records another device plugin serving resource (endpoint and
+// signal say which and how it was seen); heldBack says gpulet does not serve
+// it then, which makes /readyz degraded with reason. An empty endpoint
+// clears it.
+func (e *Exporter) Conflict(resource, endpoint, signal string, heldBack bool, reason string) {
+	e.conflictG.DeletePartialMatch(prometheus.Labels{"resource": resource})
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	delete(e.conflicts, resource)
+	if endpoint == "" {
+		return
+	}
+	action := "take-over"
+	if heldBack {
+		action = "hold-back"
+		e.conflicts[resource] = reason
+	}
+	e.conflictG.WithLabelValues(resource, endpoint, signal, action).Set(1)
 }
 
 // ListAndWatchSent records a device list sent to the kubelet.

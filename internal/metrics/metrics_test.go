@@ -524,3 +524,46 @@ func TestNonUTF8LabelValues(t *testing.T) {
 		t.Error("the non-UTF-8 reason dropped the unhealthy series")
 	}
 }
+
+// Another device plugin serving gpulet's resource: held back, /readyz is
+// degraded with the reason and the conflict gauge names the endpoint;
+// taking over, gpulet is ready and the gauge says so; cleared, no series.
+func TestDevicePluginConflict(t *testing.T) {
+	e, _, _ := simNode(t, "pcie-4x-l4", Options{})
+	srv := httptest.NewServer(e.Handler())
+	defer srv.Close()
+	readyz := func() (int, string) {
+		resp, err := http.Get(srv.URL + "/readyz")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(body)
+	}
+	gauge := func() map[string]string {
+		for _, m := range gather(t, e)["gpulet_device_plugin_conflict"].GetMetric() {
+			return labels(m)
+		}
+		return nil
+	}
+	e.Registration("nvidia.com/gpu", nil)
+	e.Conflict("nvidia.com/gpu", "nvidia-gpu.sock", "socket", true, "nvidia.com/gpu is also served by nvidia-gpu.sock")
+	if c, body := readyz(); c != 503 || !strings.Contains(body, "degraded: nvidia.com/gpu is also served by nvidia-gpu.sock") {
+		t.Errorf("/readyz held back = %d %q, want 503 degraded with the reason", c, body)
+	}
+	if l := gauge(); l["endpoint"] != "nvidia-gpu.sock" || l["action"] != "hold-back" || l["signal"] != "socket" {
+		t.Errorf("gpulet_device_plugin_conflict labels %v", l)
+	}
+	e.Conflict("nvidia.com/gpu", "nvidia-gpu.sock", "socket", false, "taking over")
+	if c, _ := readyz(); c != 200 {
+		t.Errorf("/readyz taking over = %d, want 200", c)
+	}
+	if l := gauge(); l["action"] != "take-over" {
+		t.Errorf("gpulet_device_plugin_conflict labels %v, want action take-over", l)
+	}
+	e.Conflict("nvidia.com/gpu", "", "", false, "")
+	if l := gauge(); l != nil {
+		t.Errorf("conflict cleared but the gauge still has %v", l)
+	}
+}

@@ -66,7 +66,31 @@ type Options struct {
 	// Observer, when set, is told about registrations, device lists sent
 	// and allocations (metrics).
 	Observer Observer
+	// TakeOver registers and keeps the resource even while another device
+	// plugin serves it (a migration); by default gpulet holds back.
+	TakeOver bool
+	// OnConflict, when set, is told when another plugin is found serving a
+	// resource (c set) and when that ends (c nil). Called from the server's
+	// own goroutine; it must not block for long.
+	OnConflict func(resource string, c *Conflict)
 }
+
+// Conflict handling timings.
+const (
+	// peerSettle is how long after another plugin's socket appears it is
+	// probed: the file exists from bind(), a moment before it answers.
+	peerSettle = 300 * time.Millisecond
+	// peerRecheck is how often a held-back server looks again (doubling up
+	// to peerRecheckMax), and the backstop scan while registered.
+	peerRecheck    = time.Second
+	peerRecheckMax = 5 * time.Minute
+	peerBackstop   = 30 * time.Second
+	// takeOverDelay is how long a taking-over server waits, after the
+	// kubelet restarted or another plugin registered, before it registers
+	// (again): long enough to be the last registrant, which the kubelet's
+	// device manager makes the one that serves allocations.
+	takeOverDelay = 2 * time.Second
+)
 
 // Observer is told what the servers do; implementations must be fast and
 // safe for concurrent use.
@@ -100,8 +124,13 @@ type Server struct {
 	streams      int
 	lastRegister time.Time
 	stopping     bool
+	// served counts the gRPC servers gpulet stopped itself: a stream that
+	// ends because of that was not ended by the kubelet.
+	served int
 
 	resync chan struct{}
+	// conflict is the conflict last reported (nil: none); owned by Run.
+	conflict *Conflict
 }
 
 // NewServer returns the server of one resource, not yet serving. It keeps
@@ -163,9 +192,9 @@ func (s *Server) GetDevicePluginOptions(context.Context, *pluginapi.Empty) (*plu
 func (s *Server) ListAndWatch(_ *pluginapi.Empty, stream pluginapi.DevicePlugin_ListAndWatchServer) error {
 	s.mu.Lock()
 	s.streams++
-	started := time.Now()
+	started, gen := time.Now(), s.served
 	s.mu.Unlock()
-	defer s.streamEnded(started)
+	defer s.streamEnded(started, gen)
 	for {
 		res, changed := s.current()
 		if err := stream.Send(&pluginapi.ListAndWatchResponse{Devices: apiDevices(res)}); err != nil {
@@ -185,13 +214,14 @@ func (s *Server) ListAndWatch(_ *pluginapi.Empty, stream pluginapi.DevicePlugin_
 // streamEnded re-registers when the kubelet dropped the stream of our
 // current registration and opened no other: without a stream the kubelet
 // will soon count our devices as gone.
-func (s *Server) streamEnded(started time.Time) {
+func (s *Server) streamEnded(started time.Time, gen int) {
 	s.mu.Lock()
 	s.streams--
 	current := !started.Before(s.lastRegister)
+	ours := gen != s.served
 	s.mu.Unlock()
-	if !current {
-		return // the kubelet replaced an old registration's stream
+	if !current || ours {
+		return // the kubelet replaced an old registration's stream, or gpulet stopped serving it
 	}
 	time.AfterFunc(20*time.Millisecond, func() {
 		s.mu.Lock()
@@ -444,30 +474,93 @@ func (s *Server) Run(ctx context.Context) error {
 			return wait.Backoff{Duration: first, Factor: 2, Cap: 5 * time.Second, Steps: math.MaxInt32}
 		}
 		backoff = retries(50 * time.Millisecond)
+		// Another plugin serving our resource (peers.go): peers fires
+		// the next look at the folder's other sockets; notBefore holds a
+		// taking-over registration back until the other plugin has
+		// registered; clearing waits for a second look that finds nothing.
+		peers        = time.NewTimer(time.Hour)
+		peerBackoff  = peerRecheck
+		notBefore    time.Time
+		clearPending bool
 	)
 	retry.Stop()
+	peers.Stop()
 	stopServing := func() {
 		if srv != nil {
+			s.mu.Lock()
+			s.served++
+			s.mu.Unlock()
 			srv.Stop()
 			srv = nil
 		}
 	}
-	defer func() {
-		s.mu.Lock()
-		s.stopping = true
-		s.mu.Unlock()
+	withdraw := func() {
 		stopServing()
 		if served != nil {
 			if fi, err := os.Lstat(s.socket); err == nil && os.SameFile(fi, served) {
 				os.Remove(s.socket)
 			}
+			served = nil
 		}
+		registered = false
+	}
+	defer func() {
+		s.mu.Lock()
+		s.stopping = true
+		s.mu.Unlock()
+		withdraw()
 		s.log.Info("device plugin stopped")
 	}()
+	holding := func() bool { return s.conflict != nil && !s.conflict.TakingOver }
+
+	// checkPeers looks for another plugin serving our resource; replaced
+	// says the kubelet ended our stream while it kept running. Held back,
+	// gpulet stops serving so the kubelet drops its endpoint, and looks
+	// again with backoff; taking over, it registers (again) once the other
+	// plugin has had time to register.
+	checkPeers := func(replaced bool) {
+		c := s.findConflict(ctx, replaced)
+		if c == nil && s.conflict != nil && !clearPending {
+			// The other plugin may be between its socket's removal and
+			// its new one (it restarts when the kubelet does).
+			clearPending = true
+			peers.Reset(peerRecheck)
+			return
+		}
+		clearPending = false
+		if c != nil {
+			c.TakingOver = s.opts.TakeOver
+		}
+		old := s.conflict
+		fresh := s.setConflict(c)
+		switch {
+		case c == nil:
+			if old != nil && old.Signal != "stream-replaced" {
+				peerBackoff = peerRecheck
+			}
+		case c.TakingOver:
+			if fresh || replaced {
+				registered = false
+				notBefore = time.Now().Add(takeOverDelay)
+				retry.Reset(takeOverDelay)
+			}
+		default:
+			withdraw()
+			peers.Reset(peerBackoff)
+			peerBackoff = min(peerBackoff*2, peerRecheckMax)
+		}
+	}
 
 	// reconcile serves on our socket and registers if the kubelet does not
 	// know it; force registers again even so (the kubelet dropped our stream).
 	reconcile := func(force bool) {
+		if holding() {
+			return
+		}
+		if wait := time.Until(notBefore); wait > 0 {
+			retry.Reset(wait)
+			return
+		}
 		fi, err := os.Lstat(s.socket)
 		if err != nil || !sameFile(fi, served) {
 			stopServing()
@@ -514,25 +607,61 @@ func (s *Server) Run(ctx context.Context) error {
 		waitingLogged = false
 		backoff = retries(50 * time.Millisecond)
 	}
+	checkPeers(false)
+	if s.conflict != nil && s.conflict.TakingOver {
+		// The other plugin registered before us: registering now makes
+		// gpulet the last registrant.
+		notBefore = time.Time{}
+	}
 	reconcile(false)
 
 	poll := time.NewTicker(s.opts.Poll)
 	defer poll.Stop()
+	backstop := time.NewTicker(peerBackstop)
+	defer backstop.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-s.resync:
+			if kubeletSeen != nil && s.kubeletAnswers(kubeletSeen) {
+				// The kubelet ended our stream and kept running: another
+				// registration replaced ours. Re-register at most once
+				// now; again only with backoff.
+				s.mu.Lock()
+				lasted := time.Since(s.lastRegister)
+				s.mu.Unlock()
+				if lasted > time.Minute {
+					peerBackoff = peerRecheck
+				}
+				checkPeers(true)
+				if s.conflict != nil {
+					continue
+				}
+			}
 			reconcile(true)
 		case <-retry.C:
 			reconcile(false)
+		case <-peers.C:
+			checkPeers(false)
+			reconcile(false)
+		case <-backstop.C:
+			if !holding() {
+				checkPeers(false)
+				reconcile(false)
+			}
 		case ev := <-w.Events:
+			name := filepath.Base(ev.Name)
 			switch {
 			case ev.Name == s.opts.kubeletSocket() && ev.Op.Has(fsnotify.Create):
 				s.log.Info("kubelet.sock created (kubelet restarted); registering again")
 				// The file appears at bind(), a moment before listen(): a
 				// refused first try is retried within milliseconds.
 				backoff = retries(5 * time.Millisecond)
+				if s.conflict != nil && s.conflict.TakingOver {
+					// The other plugin registers again too: be last.
+					notBefore = time.Now().Add(takeOverDelay)
+				}
 				// Not forced: the retry timer may already have registered
 				// with this very kubelet.sock.
 				reconcile(false)
@@ -540,6 +669,10 @@ func (s *Server) Run(ctx context.Context) error {
 				// Our own stale-socket removal at start also lands here;
 				// reconcile tells the two apart by the socket's inode.
 				reconcile(false)
+			case ev.Name != s.opts.kubeletSocket() && !IsOwnSocket(name) && strings.HasSuffix(name, ".sock") &&
+				(ev.Op.Has(fsnotify.Create) || ev.Op.Has(fsnotify.Remove)):
+				// Another plugin came or went: look once it answers.
+				peers.Reset(peerSettle)
 			}
 		case err := <-w.Errors:
 			s.log.Warn("inotify error; relying on polling", "err", err)
@@ -548,6 +681,35 @@ func (s *Server) Run(ctx context.Context) error {
 			reconcile(false)
 		}
 	}
+}
+
+// setConflict records c as the current conflict (nil: none) and tells
+// OnConflict when that changed; it reports whether c is a new conflict.
+func (s *Server) setConflict(c *Conflict) bool {
+	old := s.conflict
+	if (old == nil && c == nil) || (old != nil && c != nil && *old == *c) {
+		return false
+	}
+	s.conflict = c
+	if s.opts.OnConflict != nil {
+		s.opts.OnConflict(s.name, c)
+	}
+	return c != nil
+}
+
+// kubeletAnswers reports whether the kubelet we registered with still
+// serves kubelet.sock: then a stream it ended was ended on purpose.
+func (s *Server) kubeletAnswers(seen os.FileInfo) bool {
+	fi, err := os.Stat(s.opts.kubeletSocket())
+	if err != nil || !sameFile(fi, seen) {
+		return false
+	}
+	c, err := net.DialTimeout("unix", s.opts.kubeletSocket(), 200*time.Millisecond)
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
 }
 
 // sameFile reports whether two stats are of one file. A new socket can get

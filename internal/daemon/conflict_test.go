@@ -1,0 +1,51 @@
+package daemon
+
+import (
+	"context"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes/fake"
+
+	"github.com/gpulet/gpulet/internal/metrics"
+	"github.com/gpulet/gpulet/internal/plugin"
+)
+
+// A conflict becomes a Warning Event on the Node naming the other endpoint
+// and what to do; a cleared one posts nothing.
+func TestConflictPostsANodeEvent(t *testing.T) {
+	client := fake.NewClientset()
+	r := &conflictReporter{log: slog.New(slog.DiscardHandler), exp: metrics.New(metrics.Options{}), client: client,
+		node: "gpu-node-1", events: make(chan *corev1.Event, 16)}
+	r.report("nvidia.com/gpu", &plugin.Conflict{Resource: "nvidia.com/gpu", Endpoint: "nvidia-gpu.sock", Signal: "socket"})
+	r.report("nvidia.com/gpu", nil)
+	if n := len(r.events); n != 1 {
+		t.Fatalf("%d Events queued, want 1 (none for the cleared conflict)", n)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); r.run(ctx) }()
+	defer func() { cancel(); <-done }()
+	var evs []corev1.Event
+	deadline := time.Now().Add(5 * time.Second)
+	for len(evs) == 0 {
+		l, err := client.CoreV1().Events(metav1.NamespaceDefault).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		evs = l.Items
+		if time.Now().After(deadline) {
+			t.Fatal("no Event posted within 5s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	ev := evs[0]
+	if ev.InvolvedObject.Kind != "Node" || ev.InvolvedObject.Name != "gpu-node-1" || ev.Reason != ConflictEventReason ||
+		ev.Type != corev1.EventTypeWarning || !strings.Contains(ev.Message, "nvidia-gpu.sock") || !strings.Contains(ev.Message, "take-over") {
+		t.Errorf("Event %+v", ev)
+	}
+}
