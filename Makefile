@@ -130,7 +130,9 @@ gpu-check-build:
 TEST_KUBELET_BENCH ?= .
 test-kubelet: build
 	cd test/devicemanager && CGO_ENABLED=0 nice -n 10 $(GO) test -trimpath -c -o $(CURDIR)/_output/devicemanager.test .
-	cd test/devicemanager && export GPULET_BIN=$(CURDIR)/_output/gpulet; rc=0; \
+	cd test/devicemanager && export GPULET_BIN=$(CURDIR)/_output/gpulet && \
+	GPULET_NVML_MOCK=$$($(CURDIR)/hack/nvml-mock.sh) && GPULET_NVIDIA_BIN=$$($(CURDIR)/test/e2e/lib/gobins.sh nvidia) && \
+	export GPULET_NVML_MOCK GPULET_NVIDIA_BIN; rc=0; \
 	$(CURDIR)/_output/devicemanager.test -test.v -test.count=1 -test.timeout=10m $(TEST_KUBELET_FLAGS) || rc=$$?; \
 	$(CURDIR)/_output/devicemanager.test -test.run='^$$' -test.bench='$(TEST_KUBELET_BENCH)' -test.benchtime=20x -test.timeout=10m || rc=$$?; \
 	exit $$rc

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/spf13/pflag"
 	appsv1 "k8s.io/api/apps/v1"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -162,5 +163,26 @@ func TestHelmChartUninstallHook(t *testing.T) {
 		if _, ok := helmTemplate(t, args...)["Job/gpulet-remove-labels"]; ok {
 			t.Errorf("%v still renders the uninstall hook", args)
 		}
+	}
+}
+
+// takeOver=true sets GPULET_TAKE_OVER, which `gpulet run` reads as
+// --take-over; the default sets nothing (gpulet holds back).
+func TestHelmChartTakeOver(t *testing.T) {
+	var ds appsv1.DaemonSet
+	strict(t, helmTemplate(t)["DaemonSet"], &ds)
+	if v, ok := env(ds.Spec.Template.Spec.Containers[0])["GPULET_TAKE_OVER"]; ok {
+		t.Errorf("default chart sets GPULET_TAKE_OVER=%q", v)
+	}
+	strict(t, helmTemplate(t, "--set", "takeOver=true")["DaemonSet"], &ds)
+	e := env(ds.Spec.Template.Spec.Containers[0])
+	c := &config.Config{}
+	fs := pflag.NewFlagSet("run", pflag.ContinueOnError)
+	c.RunFlags(fs)
+	if err := c.Resolve(fs, func(k string) string { return e[k] }); err != nil {
+		t.Fatal(err)
+	}
+	if !c.TakeOver {
+		t.Errorf("takeOver=true renders env %v, which gpulet does not read as take-over", e)
 	}
 }

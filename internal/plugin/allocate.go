@@ -144,7 +144,10 @@ func (o *Options) containerResponse(res *resources.Resource, devs []resources.De
 		// that sets NVIDIA_VISIBLE_DEVICES=all.
 		setEnv(r, visibleDevicesEnv, "void")
 	}
-	if o.PassDeviceSpecs {
+	// With only CDI strategies the CDI spec brings the device nodes; NVIDIA's
+	// plugin then ignores passDeviceSpecs too, so the runtime is not given
+	// each node twice.
+	if o.PassDeviceSpecs && usesEnv {
 		specs, err := o.deviceSpecs(res, devs)
 		if err != nil {
 			return nil, err

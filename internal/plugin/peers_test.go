@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc"
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 
+	"github.com/gpulet/gpulet/internal/hardware/sim/simtest"
 	"github.com/gpulet/gpulet/internal/inventory"
 	"github.com/gpulet/gpulet/internal/resources"
 )
@@ -97,7 +98,7 @@ func newPeerSetup(t *testing.T) *peerSetup {
 }
 
 func (s *peerSetup) start(t *testing.T) {
-	mgr := &Manager{Opts: &s.opts, Store: inventory.NewStore(simNode(t, "h200")), Resources: resources.Config{}}
+	mgr := &Manager{Opts: &s.opts, Store: inventory.NewStore(simtest.Node(t, "h200")), Resources: resources.Config{}}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- mgr.Run(ctx) }()

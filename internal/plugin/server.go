@@ -90,6 +90,9 @@ const (
 	// (again): long enough to be the last registrant, which the kubelet's
 	// device manager makes the one that serves allocations.
 	takeOverDelay = 2 * time.Second
+	// takeOverDrop is how long a taking-over server stays off its socket
+	// before registering again, for the kubelet to drop its endpoint.
+	takeOverDrop = 200 * time.Millisecond
 )
 
 // Observer is told what the servers do; implementations must be fast and
@@ -482,6 +485,14 @@ func (s *Server) Run(ctx context.Context) error {
 		peerBackoff  = peerRecheck
 		notBefore    time.Time
 		clearPending bool
+		// peerCreated: another plugin's socket appeared since the last
+		// look (it started, or restarted with the kubelet, and registers).
+		peerCreated bool
+		// reassert: taking over, register again once notBefore has passed,
+		// from a fresh socket after the kubelet has dropped the current one
+		// (kubelet 1.37 refuses a second registration of a connected socket
+		// and then loses track of it).
+		reassert bool
 	)
 	retry.Stop()
 	peers.Stop()
@@ -533,14 +544,16 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 		old := s.conflict
 		fresh := s.setConflict(c)
+		created := peerCreated
+		peerCreated = false
 		switch {
 		case c == nil:
 			if old != nil && old.Signal != "stream-replaced" {
 				peerBackoff = peerRecheck
 			}
 		case c.TakingOver:
-			if fresh || replaced {
-				registered = false
+			if fresh || replaced || created {
+				reassert = true
 				notBefore = time.Now().Add(takeOverDelay)
 				retry.Reset(takeOverDelay)
 			}
@@ -560,6 +573,14 @@ func (s *Server) Run(ctx context.Context) error {
 		if wait := time.Until(notBefore); wait > 0 {
 			retry.Reset(wait)
 			return
+		}
+		if reassert {
+			reassert = false
+			if kfi, err := os.Stat(s.opts.kubeletSocket()); err == nil && registered && sameFile(kfi, kubeletSeen) {
+				withdraw()
+				retry.Reset(takeOverDrop)
+				return
+			}
 		}
 		fi, err := os.Lstat(s.socket)
 		if err != nil || !sameFile(fi, served) {
@@ -589,7 +610,7 @@ func (s *Server) Run(ctx context.Context) error {
 			s.log.Info("kubelet refused a second registration; serving a fresh socket and registering again", "err", err)
 			stopServing()
 			served = nil
-			retry.Reset(50 * time.Millisecond)
+			retry.Reset(max(50*time.Millisecond, backoff.Step()))
 			return
 		}
 		if err != nil {
@@ -661,6 +682,7 @@ func (s *Server) Run(ctx context.Context) error {
 				if s.conflict != nil && s.conflict.TakingOver {
 					// The other plugin registers again too: be last.
 					notBefore = time.Now().Add(takeOverDelay)
+					reassert = true
 				}
 				// Not forced: the retry timer may already have registered
 				// with this very kubelet.sock.
@@ -672,6 +694,7 @@ func (s *Server) Run(ctx context.Context) error {
 			case ev.Name != s.opts.kubeletSocket() && !IsOwnSocket(name) && strings.HasSuffix(name, ".sock") &&
 				(ev.Op.Has(fsnotify.Create) || ev.Op.Has(fsnotify.Remove)):
 				// Another plugin came or went: look once it answers.
+				peerCreated = peerCreated || ev.Op.Has(fsnotify.Create)
 				peers.Reset(peerSettle)
 			}
 		case err := <-w.Errors:

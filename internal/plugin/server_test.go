@@ -172,6 +172,14 @@ func TestAllocateStrategies(t *testing.T) {
 			annot: DefaultCDIKind + "=5," + DefaultCDIKind + "=0",
 		},
 		{
+			// NVIDIA's plugin passes no device specs when every strategy is
+			// CDI: the spec brings the nodes.
+			name: "cdi-cri ignores pass-device-specs",
+			opts: Options{DeviceListStrategies: []string{StrategyCDICRI}, DeviceIDStrategy: IDStrategyUUID, PassDeviceSpecs: true},
+			env:  map[string]string{"NVIDIA_VISIBLE_DEVICES": "void"},
+			cdi:  []string{DefaultCDIKind + "=" + g5.UUID, DefaultCDIKind + "=" + g0.UUID},
+		},
+		{
 			name: "envvar and cdi-cri with device specs",
 			opts: Options{DeviceListStrategies: []string{StrategyEnvvar, StrategyCDICRI}, DeviceIDStrategy: IDStrategyUUID, PassDeviceSpecs: true},
 			env:  map[string]string{"NVIDIA_VISIBLE_DEVICES": g5.UUID + "," + g0.UUID},

@@ -47,9 +47,11 @@ var gpuletSocket = filepath.Join(pluginapi.DevicePluginPath, gpuletSocketName)
 
 // ---------------------------------------------------------------- gpulet
 
-// gpuletProc is one `gpulet run` process on a simulated node.
+// gpuletProc is one `gpulet run` process on a simulated node, or another
+// process started by startProcess (NVIDIA's plugin).
 type gpuletProc struct {
 	tb      testing.TB
+	name    string
 	simRoot string
 	profile string
 	cmd     *exec.Cmd
@@ -65,22 +67,32 @@ type gpuletProc struct {
 // (e.g. --mig-strategy=mixed) come after the usual ones.
 func startGpulet(tb, owner testing.TB, profile, simRoot string, extra ...string) *gpuletProc {
 	tb.Helper()
-	g := &gpuletProc{tb: owner, simRoot: simRoot, profile: profile, logs: newRecorder(), done: make(chan struct{})}
-	g.cmd = exec.Command(gpuletBin, "run",
+	args := []string{"run",
 		"--backend=sim",
-		"--sim-profile="+profile,
-		"--sim-root="+simRoot,
-		"--device-plugin-path="+pluginapi.DevicePluginPath,
+		"--sim-profile=" + profile,
+		"--sim-root=" + simRoot,
+		"--device-plugin-path=" + pluginapi.DevicePluginPath,
 		"--pass-device-specs",
 		"--device-list-strategy=envvar,cdi-cri",
 		// cdi-cri makes gpulet write a CDI spec; keep it out of /var/run/cdi.
-		"--cdi-spec-dir="+filepath.Join(simRoot, "cdi"),
+		"--cdi-spec-dir=" + filepath.Join(simRoot, "cdi"),
 		// A free port: restarts may overlap the previous process.
 		"--metrics-address=127.0.0.1:0",
-	)
-	g.cmd.Args = append(g.cmd.Args, extra...)
-	// Only the flags above configure it, whatever the caller's environment holds.
-	g.cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME")}
+	}
+	g := startProcess(tb, owner, gpuletBin, append(args, extra...), nil)
+	g.simRoot, g.profile = simRoot, profile
+	return g
+}
+
+// startProcess starts bin with args and only PATH, HOME and env in its
+// environment, recording its output; gpulet and NVIDIA's plugin both run
+// through it. It lives until owner ends (SIGTERM, then SIGKILL).
+func startProcess(tb, owner testing.TB, bin string, args, env []string) *gpuletProc {
+	tb.Helper()
+	g := &gpuletProc{tb: owner, logs: newRecorder(), done: make(chan struct{})}
+	g.cmd = exec.Command(bin, args...)
+	// Only the arguments and env configure it, whatever the caller's environment holds.
+	g.cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME")}, env...)
 	g.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	stderr, err := g.cmd.StderrPipe()
 	if err != nil {
@@ -89,9 +101,10 @@ func startGpulet(tb, owner testing.TB, profile, simRoot string, extra ...string)
 	g.cmd.Stdout = g.cmd.Stderr
 	g.started = time.Now()
 	if err := g.cmd.Start(); err != nil {
-		tb.Fatalf("start gpulet: %v", err)
+		tb.Fatalf("start %s: %v", bin, err)
 	}
-	name := fmt.Sprintf("gpulet[%d]", g.cmd.Process.Pid)
+	name := fmt.Sprintf("%s[%d]", filepath.Base(bin), g.cmd.Process.Pid)
+	g.name = name
 	pipeDone := make(chan struct{})
 	go func() {
 		defer close(pipeDone)
@@ -141,7 +154,7 @@ func (g *gpuletProc) signal(sig syscall.Signal, timeout time.Duration) error {
 	case <-g.done:
 		return nil
 	case <-time.After(timeout):
-		return fmt.Errorf("gpulet (pid %d) still running %v after %v", g.pid(), timeout, sig)
+		return fmt.Errorf("%s still running %v after %v", g.name, timeout, sig)
 	}
 }
 

@@ -136,8 +136,22 @@ func enterTestNode(parentNS string) error {
 	if err := syscall.Mount("tmpfs", varLib, "tmpfs", syscall.MS_NOSUID|syscall.MS_NODEV, "mode=0755,size=64m"); err != nil {
 		return fmt.Errorf("mount tmpfs on %s in the private mount namespace: %w", varLib, err)
 	}
-	return os.MkdirAll(pluginapi.DevicePluginPath, 0o755)
+	if err := os.MkdirAll(pluginapi.DevicePluginPath, 0o755); err != nil {
+		return err
+	}
+	// NVIDIA's plugin writes its CDI spec to the fixed /var/run/cdi: a
+	// tmpfs there keeps the host's folder untouched.
+	if err := os.MkdirAll(cdiDir, 0o755); err != nil {
+		return err
+	}
+	if err := syscall.Mount("tmpfs", cdiDir, "tmpfs", syscall.MS_NOSUID|syscall.MS_NODEV, "mode=0755,size=16m"); err != nil {
+		return fmt.Errorf("mount tmpfs on %s in the private mount namespace: %w", cdiDir, err)
+	}
+	return nil
 }
+
+// cdiDir is the CDI spec folder NVIDIA's plugin writes to (not a setting).
+const cdiDir = "/var/run/cdi"
 
 // gpuletBinary returns the gpulet to test: $GPULET_BIN, or one built from
 // this repository (../../cmd/gpulet) into a temporary folder.
