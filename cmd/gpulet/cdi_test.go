@@ -86,6 +86,17 @@ func TestCDIGenerateResolvesIndexUUIDAndAll(t *testing.T) {
 	if raw.Kind != "nvidia.com/gpu" || len(raw.Devices) != 17 {
 		t.Errorf("kind %q with %d devices, want nvidia.com/gpu with 8 by index, 8 by UUID and all", raw.Kind, len(raw.Devices))
 	}
+	// The simulator's stand-in driver root is mounted as a real node's.
+	var video bool
+	for _, m := range raw.ContainerEdits.Mounts {
+		if !strings.HasPrefix(m.HostPath, filepath.Join(simRoot, "driver")+"/") && m.HostPath != "/dev/null" {
+			t.Errorf("mount %s <- %s is not from the simulated driver root", m.ContainerPath, m.HostPath)
+		}
+		video = video || m.ContainerPath == "/usr/lib/x86_64-linux-gnu/libnvcuvid.so.1"
+	}
+	if !video {
+		t.Errorf("the simulated node's spec does not mount libnvcuvid.so.1 (%d mounts)", len(raw.ContainerEdits.Mounts))
+	}
 
 	list, err := gpulet(t, "cdi", "list", "--spec-dirs="+dir)
 	if err != nil {

@@ -225,3 +225,32 @@ func TestResolveHooks(t *testing.T) {
 		}
 	}
 }
+
+// A DRA claim's spec carries the driver files of the writer's capabilities.
+func TestClaimSpecCarriesDriverFiles(t *testing.T) {
+	root := t.TempDir()
+	if _, err := cdispec.WriteStandInDriver(root, standInVersion, nil); err != nil {
+		t.Fatal(err)
+	}
+	node, _ := simNode(t, builtin(t, "h200"))
+	node.DriverVersion = standInVersion
+	dir := t.TempDir()
+	w := &cdispec.Writer{Dir: dir, Options: cdispec.Options{Kind: cdispec.ClaimKind}, DriverRoot: root,
+		Capabilities: "compute,utility,video", HookMode: cdispec.HookModeOff}
+	p, err := w.WriteClaim(node, "1234", []cdispec.ClaimDevice{{Name: "gpu-0", UUID: node.GPUs[0].UUID}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`"/usr/lib/x86_64-linux-gnu/libnvcuvid.so.1"`, `"/usr/lib/x86_64-linux-gnu/libnvidia-encode.so.1"`} {
+		if !strings.Contains(string(data), want) {
+			t.Errorf("claim spec lacks %s", want)
+		}
+	}
+	if strings.Contains(string(data), "libnvidia-glcore") {
+		t.Error("claim spec mounts graphics libraries without the graphics capability")
+	}
+}
