@@ -63,7 +63,6 @@ the labels off the Node); --namespace names it outside a pod.`,
 	}
 	cfg.BackendFlags(cmd.Flags(), "auto")
 	cfg.LabelFlags(cmd.Flags(), false)
-	cmd.Flags().StringVar(&cfg.Labels.OutputFile, "output-file", "", "write the labels to this file (atomically) instead of printing them [env GFD_OUTPUT_FILE] [config flags.gfd.outputFile]")
 	cmd.Flags().BoolVar(&remove, "remove", false, "remove the labels gpulet put on the Node --node-name, or its NodeFeature with --use-node-feature-api (uninstall)")
 	cmd.Flags().BoolVar(&allNodes, "all-nodes", false, "with --remove: remove gpulet's labels from every node that carries them (the Helm chart's uninstall hook)")
 	cmd.Flags().StringVar(&kubeconfig, "kubeconfig", os.Getenv("KUBECONFIG"), "kubeconfig for --remove (default: $KUBECONFIG, else the pod's service account)")

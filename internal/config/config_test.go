@@ -236,8 +236,12 @@ func FuzzParseFile(f *testing.F) {
 		if err != nil {
 			return
 		}
-		for _, s := range settings {
-			s.file(file) // every accessor copes with what parsed
+		tree, err := file.tree()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range Settings {
+			s.fileValue(file, tree) // every setting copes with what parsed
 		}
 		file.Notes()
 		sh := file.SharingConfig()

@@ -41,23 +41,8 @@ type draFile struct {
 	RegistrarDir *string `json:"registrarDir,omitempty"`
 }
 
-func init() {
-	settings = append(settings,
-		setting{"dra", []string{"GPULET_DRA"}, func(f *File) (string, bool) { return boolean(f.Gpulet.DRA.Enabled) }},
-		setting{"dra-devices", []string{"GPULET_DRA_DEVICES"}, func(f *File) (string, bool) { return str(f.Gpulet.DRA.Devices) }},
-		setting{"dra-plugin-dir", []string{"GPULET_DRA_PLUGIN_DIR"}, func(f *File) (string, bool) { return str(f.Gpulet.DRA.PluginDir) }},
-		setting{"dra-registrar-dir", []string{"GPULET_DRA_REGISTRAR_DIR"}, func(f *File) (string, bool) { return str(f.Gpulet.DRA.RegistrarDir) }},
-	)
-}
-
 // DRAFlags adds the DRA settings of `gpulet run`.
-func (c *Config) DRAFlags(fs *pflag.FlagSet) {
-	d := &c.DRA
-	fs.BoolVar(&d.Enabled, "dra", false, "also serve Dynamic Resource Allocation as driver gpu.nvidia.com (ResourceSlices, claims prepared through CDI) [env GPULET_DRA] [config gpulet.dra.enabled]")
-	fs.StringVar(&d.Devices, "dra-devices", DefaultDRADevices, "with --dra, the GPUs DRA owns: all, or GPU indexes (0,1,4); the device plugin advertises only the others [env GPULET_DRA_DEVICES] [config gpulet.dra.devices]")
-	fs.StringVar(&d.PluginDir, "dra-plugin-dir", DefaultDRAPluginDir, "the DRA plugin's folder: its socket and prepared-claims checkpoint [env GPULET_DRA_PLUGIN_DIR] [config gpulet.dra.pluginDir]")
-	fs.StringVar(&d.RegistrarDir, "dra-registrar-dir", DefaultDRARegistrarDir, "the kubelet's plugin registration folder [env GPULET_DRA_REGISTRAR_DIR] [config gpulet.dra.registrarDir]")
-}
+func (c *Config) DRAFlags(fs *pflag.FlagSet) { c.addFlags(fs, groupDRA) }
 
 // DRAIndexes returns the GPU indexes DRA owns, or all=true.
 func (d DRAConfig) DRAIndexes() (indexes []int, all bool, err error) {

@@ -6,8 +6,6 @@ package config
 
 import (
 	"fmt"
-	"sort"
-	"strings"
 
 	"github.com/spf13/pflag"
 )
@@ -78,47 +76,15 @@ func (f *File) gfdNotes() []string {
 	return out
 }
 
-func init() {
-	// Appended here rather than in the table of config.go to keep the
-	// label settings in one place.
-	settings = append(settings,
-		setting{"node-labels", []string{"GPULET_NODE_LABELS"}, func(f *File) (string, bool) { return str(f.Gpulet.Labels.Node) }},
-		setting{"node-name", []string{"NODE_NAME"}, func(*File) (string, bool) { return "", false }},
-		setting{"extra-labels", []string{"GPULET_EXTRA_LABELS"}, func(f *File) (string, bool) {
-			if len(f.Gpulet.Labels.Extra) == 0 {
-				return "", false
-			}
-			var parts []string
-			for k, v := range f.Gpulet.Labels.Extra {
-				parts = append(parts, k+"="+v)
-			}
-			sort.Strings(parts)
-			return strings.Join(parts, ","), true
-		}},
-		setting{"machine-type-file", []string{"GFD_MACHINE_TYPE_FILE"}, func(f *File) (string, bool) { return str(f.gfd().MachineTypeFile) }},
-		setting{"no-timestamp", []string{"GFD_NO_TIMESTAMP"}, func(f *File) (string, bool) { return boolean(f.gfd().NoTimestamp) }},
-		setting{"output-file", []string{"GFD_OUTPUT_FILE"}, func(f *File) (string, bool) { return str(f.gfd().OutputFile) }},
-		setting{"use-node-feature-api", []string{"USE_NODE_FEATURE_API"}, func(f *File) (string, bool) { return boolean(f.Flags.UseNodeFeatureAPI) }},
-		// NAMESPACE is GFD's name for it.
-		setting{"namespace", []string{"POD_NAMESPACE", "KUBERNETES_NAMESPACE", "NAMESPACE"}, func(*File) (string, bool) { return "", false }},
-		setting{"pod-name", []string{"POD_NAME"}, func(*File) (string, bool) { return "", false }},
-	)
-}
-
 // LabelFlags adds the settings that shape the node's labels. daemon adds the
-// ones about publishing them on the Node.
+// ones about publishing them on the Node, else the output file of `gpulet
+// labels`.
 func (c *Config) LabelFlags(fs *pflag.FlagSet, daemon bool) {
-	l := &c.Labels
-	fs.StringToStringVar(&l.Extra, "extra-labels", nil, "static node labels added to GFD's, key=value comma-separated, e.g. accelerator=nvidia [env GPULET_EXTRA_LABELS] [config gpulet.labels.extra]")
-	fs.StringVar(&l.MachineTypeFile, "machine-type-file", DefaultMachineTypeFile, "file holding the machine type for nvidia.com/gpu.machine [env GFD_MACHINE_TYPE_FILE] [config flags.gfd.machineTypeFile]")
-	fs.BoolVar(&l.NoTimestamp, "no-timestamp", false, "leave out nvidia.com/gfd.timestamp [env GFD_NO_TIMESTAMP] [config flags.gfd.noTimestamp]")
-	fs.StringVar(&l.NodeName, "node-name", "", "this node's Kubernetes name (the DaemonSet sets NODE_NAME from spec.nodeName) [env NODE_NAME]")
-	fs.BoolVar(&l.NodeFeatureAPI, "use-node-feature-api", false, "publish the labels as an NFD NodeFeature object (nvidia-features-for-<node>) instead of patching the Node [env USE_NODE_FEATURE_API] [config flags.useNodeFeatureAPI]")
-	fs.StringVar(&l.Namespace, "namespace", "", "namespace of the NodeFeature object (default: the service account's) [env POD_NAMESPACE, KUBERNETES_NAMESPACE, NAMESPACE]")
 	if daemon {
-		fs.StringVar(&l.NodeLabels, "node-labels", NodeLabelsAuto, "label the Node with GPU labels: auto (when in a pod with NODE_NAME), on, off [env GPULET_NODE_LABELS] [config gpulet.labels.node]")
-		fs.StringVar(&l.PodName, "pod-name", "", "gpulet's pod, to make its DaemonSet the NodeFeature's owner (downward API metadata.name) [env POD_NAME]")
+		c.addFlags(fs, groupLabels, groupLabelsRun)
+		return
 	}
+	c.addFlags(fs, groupLabels, groupLabelsFile)
 }
 
 // PublishNodeLabels decides whether the daemon labels its Node. getenv is
