@@ -1,11 +1,17 @@
 # gpulet: build, test, benchmark, demo. `make help` lists the targets.
 GO      ?= go
-VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-LDFLAGS := -X main.version=$(VERSION)
+# The release version: the git tag on HEAD (v1.2.3), else v0.0.0-<commit time>-<commit> (hack/version.sh);
+# `gpulet version`, gpulet_build_info, the image tag and the chart's appVersion carry it.
+VERSION ?= $(shell hack/version.sh)
+COMMIT  ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+# Reproducible builds: every time in the image is the commit's (mkimage.sh reads it).
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
+export SOURCE_DATE_EPOCH
+LDFLAGS := -X github.com/gpulet/gpulet/internal/version.version=$(VERSION) -X github.com/gpulet/gpulet/internal/version.commit=$(COMMIT)
 # go-nvml's header marks old NVML calls deprecated; the warnings are noise.
 export CGO_CFLAGS ?= -Wno-deprecated-declarations
 
-.PHONY: help build build-release build-lean image build-static test unit vet tidy-check fuzz bench demo e2e clean
+.PHONY: help build build-release build-release-arm64 build-lean image image-reproducible chart cross-deps build-static test unit vet tidy-check fuzz bench demo e2e clean
 
 help:
 	@echo "make demo        run gpulet on a simulated GPU node against kubelet's own device manager"
@@ -14,22 +20,39 @@ help:
 	@echo "make bench-sbs   gpulet against NVIDIA's plugin (+GFD) on NVIDIA's mock NVML, side by side (root)"
 	@echo "make e2e         the seed walkthrough on a real single-node Kubernetes (root, several minutes)"
 	@echo "make build       _output/gpulet (cgo, NVML-capable)"
-	@echo "make image       _output/gpulet-image.tar: the release image, built without Docker"
+	@echo "make image       _output/gpulet-image.tar: the release image (linux/amd64 + linux/arm64), built without Docker"
+	@echo "make image-reproducible  build the image twice (fresh Go cache, another checkout path): same digests"
+	@echo "make chart       _output/gpulet-<version>.tgz: the Helm chart, appVersion = the image tag"
 	@echo "make build-static _output/gpulet-static (no cgo: simulator only)"
 	@echo "make build-lean  _output/gpulet-lean: device plugin, metrics, health, CDI, MPS; no Kubernetes API (labels, DRA)"
 
 build:
 	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o _output/gpulet ./cmd/gpulet
 
-# The release image as a docker-archive tarball, without a Docker daemon (hack/image.sh): the cgo
-# binary on Debian 12's libc6. `docker load -i` or `ctr images import` it; make e2e deploys it.
+# The release image, without a Docker daemon (hack/image.sh, hack/mkimage.sh): an OCI image index
+# of linux/amd64 and linux/arm64, each the cgo binary on that architecture's Debian 12 libc, in a
+# tarball that `ctr images import` and `docker load -i` take; make e2e deploys its amd64 image.
 IMAGE ?= ghcr.io/gpulet/gpulet:$(VERSION)
-image: build-release
-	hack/image.sh _output/gpulet-release _output/gpulet-image.tar $(IMAGE)
+image: build-release build-release-arm64
+	hack/image.sh amd64=$(RELEASE_BIN),arm64=$(RELEASE_BIN)-arm64 _output/gpulet-image.tar $(IMAGE)
 
-# The binary of the image: cgo (NVML and libcuda are loaded with dlopen), stripped as the Dockerfile's.
+# The binaries of the image: cgo (NVML and libcuda are loaded with dlopen), stripped as the
+# Dockerfile's; arm64 with Debian's cross compiler (make cross-deps installs it).
+RELEASE_BIN ?= _output/gpulet-release
+GOFLAGS_RELEASE := -trimpath -ldflags "-s -w $(LDFLAGS)"
 build-release:
-	CGO_ENABLED=1 $(GO) build -trimpath -ldflags "-s -w $(LDFLAGS)" -o _output/gpulet-release ./cmd/gpulet
+	CGO_ENABLED=1 GOOS=linux GOARCH=amd64 $(GO) build $(GOFLAGS_RELEASE) -o $(RELEASE_BIN) ./cmd/gpulet
+build-release-arm64: cross-deps
+	CGO_ENABLED=1 GOOS=linux GOARCH=arm64 CC=aarch64-linux-gnu-gcc $(GO) build $(GOFLAGS_RELEASE) -o $(RELEASE_BIN)-arm64 ./cmd/gpulet
+
+# gcc-aarch64-linux-gnu, libc6-dev-arm64-cross and qemu-user-static (Debian 12), if missing.
+cross-deps:
+	@test/e2e/lib/deps.sh cross
+
+# Two builds of the image from this commit, the second with an empty Go build cache from a copy of
+# the checkout at another path: their digests must be the same (hack/reproducible.sh).
+image-reproducible:
+	hack/reproducible.sh
 
 # gpulet without the Kubernetes API (tag nokube): the device plugin with metrics, health, CDI and MPS,
 # but no node labels, DRA, `labels --remove` or `dra`; no client-go, API scheme or DRA helper is
@@ -58,6 +81,11 @@ HELM := $(CURDIR)/_output/bin/helm
 $(HELM):
 	GOBIN=$(CURDIR)/_output/bin CGO_ENABLED=0 $(GO) install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
 
+# The Helm chart, packaged: version and appVersion are the release version (the chart's image tag
+# defaults to appVersion, so it deploys the image `make image` tags).
+chart: $(HELM)
+	$(HELM) package deploy/helm/gpulet --version $(patsubst v%,%,$(VERSION)) --app-version $(VERSION) -d _output
+
 # NVIDIA's mock NVML (hack/nvml-mock.sh) and NVIDIA's own device plugin and GFD (gobins.sh nvidia),
 # built once and cached; tests that run gpulet's NVML backend or NVIDIA's binaries find them through
 # GPULET_NVML_MOCK, GPULET_NVIDIA_BIN and GPULET_NVIDIA_CTK_BIN (nvidia-ctk), and skip without them (plain `go test`).
@@ -67,10 +95,13 @@ nvml-mock:
 nvidia-bins:
 	@test/e2e/lib/gobins.sh nvidia
 
-unit: vet tidy-check $(HELM)
+# The arm64 release binary runs under qemu-user in cmd/gpulet's tests (GPULET_ARM64_BIN), also on
+# the mock NVML cross-built for arm64 (GPULET_NVML_MOCK_ARM64).
+unit: vet tidy-check $(HELM) build-release-arm64
 	GPULET_NVML_MOCK=$$(hack/nvml-mock.sh) && GPULET_NVIDIA_BIN=$$(test/e2e/lib/gobins.sh nvidia) && \
 	GPULET_NVIDIA_CTK_BIN=$$(test/e2e/lib/gobins.sh ctk) && \
-	export GPULET_NVML_MOCK GPULET_NVIDIA_BIN GPULET_NVIDIA_CTK_BIN && \
+	GPULET_NVML_MOCK_ARM64=$$(hack/nvml-mock.sh arm64) && GPULET_ARM64_BIN=$(CURDIR)/$(RELEASE_BIN)-arm64 && \
+	export GPULET_NVML_MOCK GPULET_NVIDIA_BIN GPULET_NVIDIA_CTK_BIN GPULET_NVML_MOCK_ARM64 GPULET_ARM64_BIN && \
 	HELM=$(HELM) $(GO) test -race -count=1 ./...
 
 test: unit test-kubelet

@@ -3,6 +3,7 @@ package deploy
 import (
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -20,6 +21,12 @@ import (
 // PATH; `make unit` installs it). CI must not skip this.
 func helmTemplate(t *testing.T, args ...string) map[string][]byte {
 	t.Helper()
+	return helmTemplateChart(t, "helm/gpulet", args...)
+}
+
+// helmBin is the real helm (HELM, else helm on PATH); it skips without one, but not in CI.
+func helmBin(t *testing.T) string {
+	t.Helper()
 	helm := os.Getenv("HELM")
 	if helm == "" {
 		helm, _ = exec.LookPath("helm")
@@ -30,7 +37,13 @@ func helmTemplate(t *testing.T, args ...string) map[string][]byte {
 		}
 		t.Skip("helm not found: set HELM or run make unit")
 	}
-	cmd := exec.Command(helm, append([]string{"template", "gpulet", "helm/gpulet", "--namespace", "gpu-resources"}, args...)...)
+	return helm
+}
+
+// helmTemplateChart renders chart (a folder or a packaged .tgz) and returns its objects by kind.
+func helmTemplateChart(t *testing.T, chart string, args ...string) map[string][]byte {
+	t.Helper()
+	cmd := exec.Command(helmBin(t), append([]string{"template", "gpulet", chart, "--namespace", "gpu-resources"}, args...)...)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("helm template %v: %v\n%s", args, err, out)
@@ -184,5 +197,34 @@ func TestHelmChartTakeOver(t *testing.T) {
 	}
 	if !c.TakeOver {
 		t.Errorf("takeOver=true renders env %v, which gpulet does not read as take-over", e)
+	}
+}
+
+// `make chart` packages the chart for a release: helm package with --version and --app-version.
+// The packaged chart carries that appVersion and deploys the image tagged with it (DaemonSet and
+// uninstall hook); the chart in the repository deploys :latest, as deploy/gpulet-daemonset.yaml.
+func TestHelmPackageCarriesTheReleaseVersion(t *testing.T) {
+	const release = "v1.7.0-rc.1"
+	dir := t.TempDir()
+	out, err := exec.Command(helmBin(t), "package", "helm/gpulet", "--version", strings.TrimPrefix(release, "v"),
+		"--app-version", release, "-d", dir).CombinedOutput()
+	if err != nil {
+		t.Fatalf("helm package: %v\n%s", err, out)
+	}
+	tgz := filepath.Join(dir, "gpulet-1.7.0-rc.1.tgz")
+	out, err = exec.Command(helmBin(t), "show", "chart", tgz).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "appVersion: "+release+"\n") {
+		t.Errorf("helm show chart: %v\n%s", err, out)
+	}
+	for chart, tag := range map[string]string{tgz: release, "helm/gpulet": "latest"} {
+		objs := helmTemplateChart(t, chart)
+		var ds appsv1.DaemonSet
+		strict(t, objs["DaemonSet"], &ds)
+		if got := ds.Spec.Template.Spec.Containers[0].Image; got != "ghcr.io/gpulet/gpulet:"+tag {
+			t.Errorf("%s: DaemonSet image %s, want tag %s", chart, got, tag)
+		}
+		if hook := string(objs["Job"]); !strings.Contains(hook, "image: \"ghcr.io/gpulet/gpulet:"+tag+"\"") {
+			t.Errorf("%s: uninstall hook Job does not run the image tagged %s:\n%s", chart, tag, hook)
+		}
 	}
 }

@@ -16,10 +16,8 @@ import (
 
 	"github.com/gpulet/gpulet/internal/config"
 	"github.com/gpulet/gpulet/internal/daemon"
+	"github.com/gpulet/gpulet/internal/version"
 )
-
-// version is set at build time with -ldflags "-X main.version=...".
-var version = "dev"
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -64,10 +62,10 @@ func newLogger(cfg *config.Config) *slog.Logger {
 func newVersionCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "version",
-		Short: "Print gpulet's version",
+		Short: "Print gpulet's version, commit, Go version and platform",
 		Args:  cobra.NoArgs,
 		Run: func(cmd *cobra.Command, _ []string) {
-			fmt.Fprintf(cmd.OutOrStdout(), "gpulet %s\n", version)
+			fmt.Fprint(cmd.OutOrStdout(), version.Get())
 		},
 	}
 }

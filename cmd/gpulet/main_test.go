@@ -72,6 +72,15 @@ type runningDaemon struct {
 
 func startDaemon(t testing.TB, profile string, extra ...string) *runningDaemon {
 	t.Helper()
+	return startGpulet(t, []string{binary(t)}, nil, func(d *runningDaemon) []string {
+		return append([]string{"--backend=sim", "--sim-profile=" + profile, "--sim-root=" + d.simRoot}, extra...)
+	})
+}
+
+// startGpulet starts `gpulet run` as argv (the binary, or qemu-user and the binary) in env (nil:
+// the test's), serving a plugintest kubelet in a folder of its own; args gives the backend's flags.
+func startGpulet(t testing.TB, argv, env []string, args func(*runningDaemon) []string) *runningDaemon {
+	t.Helper()
 	dir, err := os.MkdirTemp("", "gpulet-dp-") // short: unix socket paths are limited
 	if err != nil {
 		t.Fatal(err)
@@ -83,9 +92,9 @@ func startDaemon(t testing.TB, profile string, extra ...string) *runningDaemon {
 	}
 	t.Cleanup(k.Stop)
 	d := &runningDaemon{dir: dir, kubelet: k, simRoot: filepath.Join(dir, "sim"), log: &strings.Builder{}}
-	args := append([]string{"run", "--backend=sim", "--sim-profile=" + profile, "--sim-root=" + d.simRoot,
-		"--device-plugin-path=" + dir, "--metrics-address=127.0.0.1:0"}, extra...)
-	d.cmd = exec.Command(binary(t), args...)
+	full := append(append(argv[1:len(argv):len(argv)], "run", "--device-plugin-path="+dir, "--metrics-address=127.0.0.1:0"), args(d)...)
+	d.cmd = exec.Command(argv[0], full...)
+	d.cmd.Env = env
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -365,5 +374,10 @@ func TestVersion(t *testing.T) {
 	out, err := gpulet(t, "version")
 	if err != nil || !strings.HasPrefix(out, "gpulet ") {
 		t.Errorf("%q %v", out, err)
+	}
+	for _, want := range []string{"\ncommit: ", "\ngo: go1.", "\nplatform: linux/"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("no %q in:\n%s", want, out)
+		}
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/gpulet/gpulet/internal/hardware/backends"
 	"github.com/gpulet/gpulet/internal/metrics"
 	"github.com/gpulet/gpulet/internal/mps"
+	"github.com/gpulet/gpulet/internal/version"
 )
 
 func newRunCmd() *cobra.Command {
@@ -36,11 +37,12 @@ otherwise.`,
 			for _, n := range cfg.Notes {
 				log.Warn(n)
 			}
-			log.Info("gpulet starting", "version", version, "backend", cfg.Backend,
+			build := version.Get()
+			log.Info("gpulet starting", "version", build.Version, "commit", build.Commit, "backend", cfg.Backend,
 				"device_plugin_path", cfg.DevicePluginPath, "device_list_strategy", cfg.DeviceListStrategy,
 				"device_id_strategy", cfg.DeviceIDStrategy, "pass_device_specs", cfg.PassDeviceSpecs,
 				"shared_devices_allocation_policy", cfg.SharedDevicesAllocationPolicy)
-			err := daemon.RunWithVersion(cmd.Context(), cfg, backends.Opener(cfg, log), log, version)
+			err := daemon.RunWithVersion(cmd.Context(), cfg, backends.Opener(cfg, log), log, build)
 			var refused *mps.HostError
 			if errors.As(err, &refused) && cfg.MetricsAddress != "" {
 				return waitRefused(cmd.Context(), cfg, log, err)
@@ -58,7 +60,8 @@ otherwise.`,
 // would only crash-loop, as no restart changes the pod's mounts.
 func waitRefused(ctx context.Context, cfg *config.Config, log *slog.Logger, why error) error {
 	log.Error("gpulet refuses these settings and serves nothing until its pod is changed", "err", why)
-	exp := metrics.New(metrics.Options{Version: version, Hostname: cfg.Labels.NodeName, Log: log.With("component", "metrics")})
+	build := version.Get()
+	exp := metrics.New(metrics.Options{Version: build.Version, Commit: build.Commit, Hostname: cfg.Labels.NodeName, Log: log.With("component", "metrics")})
 	exp.SetRefused(why)
 	lis, err := metrics.Listen(cfg.MetricsAddress)
 	if err != nil {

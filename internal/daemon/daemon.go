@@ -23,6 +23,7 @@ import (
 	"github.com/gpulet/gpulet/internal/mps"
 	"github.com/gpulet/gpulet/internal/plugin"
 	"github.com/gpulet/gpulet/internal/resources"
+	"github.com/gpulet/gpulet/internal/version"
 )
 
 // Opener opens the hardware backend the settings name (package backends
@@ -49,14 +50,14 @@ func PlacementFor(policy allocator.Policy) func(*resources.Resource) (plugin.Pla
 // Run is `gpulet run` on the backend open opens: it serves until ctx ends,
 // then removes its sockets.
 func Run(ctx context.Context, cfg *config.Config, open Opener, log *slog.Logger) error {
-	return RunWithVersion(ctx, cfg, open, log, "")
+	return RunWithVersion(ctx, cfg, open, log, version.Info{})
 }
 
-// RunWithVersion is Run with the version gpulet_build_info reports. It
+// RunWithVersion is Run with the build gpulet_build_info reports. It
 // starts gpulet's components in the order components lists them, serves
 // until ctx ends or one fails, and stops them in reverse order.
-func RunWithVersion(ctx context.Context, cfg *config.Config, open Opener, log *slog.Logger, version string) error {
-	g, err := newGpulet(cfg, open, log, version)
+func RunWithVersion(ctx context.Context, cfg *config.Config, open Opener, log *slog.Logger, build version.Info) error {
+	g, err := newGpulet(cfg, open, log, build)
 	if err != nil {
 		return err
 	}
@@ -93,7 +94,7 @@ type gpulet struct {
 }
 
 // newGpulet checks what can be checked before anything starts.
-func newGpulet(cfg *config.Config, open Opener, log *slog.Logger, version string) (*gpulet, error) {
+func newGpulet(cfg *config.Config, open Opener, log *slog.Logger, build version.Info) (*gpulet, error) {
 	g := &gpulet{cfg: cfg, open: open, log: log, start: time.Now(), placement: allocator.PolicyDistributed}
 	var err error
 	if g.policy, err = HealthPolicy(cfg); err != nil {
@@ -107,7 +108,7 @@ func newGpulet(cfg *config.Config, open Opener, log *slog.Logger, version string
 		}
 	}
 	// Hostname is the node's name (NODE_NAME), as dcgm-exporter labels it; the pod's hostname is its own name.
-	g.exp = metrics.New(metrics.Options{Version: version, Hostname: cfg.Labels.NodeName, PodResourcesSocket: cfg.PodResourcesSocket, Log: log.With("component", "metrics")})
+	g.exp = metrics.New(metrics.Options{Version: build.Version, Commit: build.Commit, Hostname: cfg.Labels.NodeName, PodResourcesSocket: cfg.PodResourcesSocket, Log: log.With("component", "metrics")})
 	return g, nil
 }
 

@@ -14,6 +14,7 @@ import (
 	"github.com/gpulet/gpulet/internal/hardware/backends"
 	"github.com/gpulet/gpulet/internal/hardware/sim"
 	"github.com/gpulet/gpulet/internal/plugin/plugintest"
+	"github.com/gpulet/gpulet/internal/version"
 	"github.com/gpulet/gpulet/internal/waittest"
 )
 
@@ -65,7 +66,7 @@ func TestDriverDownAndUp(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- RunWithVersion(ctx, cfg, backends.Opener(cfg, slog.New(slog.DiscardHandler)), slog.New(slog.DiscardHandler), "test")
+		done <- RunWithVersion(ctx, cfg, backends.Opener(cfg, slog.New(slog.DiscardHandler)), slog.New(slog.DiscardHandler), version.Info{Version: "test"})
 	}()
 	defer func() {
 		cancel()

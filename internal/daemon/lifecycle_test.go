@@ -16,6 +16,7 @@ import (
 	"github.com/gpulet/gpulet/internal/hardware/backends"
 	"github.com/gpulet/gpulet/internal/hardware/sim"
 	"github.com/gpulet/gpulet/internal/plugin/plugintest"
+	"github.com/gpulet/gpulet/internal/version"
 	"github.com/gpulet/gpulet/internal/waittest"
 )
 
@@ -45,7 +46,7 @@ func TestRunLeavesNoGoroutine(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- RunWithVersion(ctx, cfg, backends.Opener(cfg, slog.New(slog.DiscardHandler)), slog.New(slog.DiscardHandler), "test")
+		done <- RunWithVersion(ctx, cfg, backends.Opener(cfg, slog.New(slog.DiscardHandler)), slog.New(slog.DiscardHandler), version.Info{Version: "test"})
 	}()
 
 	if _, err := kubelet.WaitRegistration(15 * time.Second); err != nil {

@@ -40,7 +40,8 @@ type Source struct {
 
 // Options configure an Exporter.
 type Options struct {
-	Version  string
+	Version  string // gpulet_build_info's labels
+	Commit   string
 	Hostname string        // the node's name, dcgm-exporter's Hostname label (NODE_NAME); default os.Hostname
 	Interval time.Duration // telemetry sampling; default 5s
 	// SampleTimeout bounds one sweep of the devices; default Interval.
@@ -149,8 +150,8 @@ func New(opts Options) *Exporter {
 	e.readyG = prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gpulet_ready", Help: "1 when /readyz answers 200."},
 		func() float64 { return b2f(e.Ready() == nil) })
 	build := prometheus.NewGauge(prometheus.GaugeOpts{
-		Name: "gpulet_build_info", Help: "gpulet's version and Go version; always 1.",
-		ConstLabels: prometheus.Labels{"version": opts.Version, "goversion": runtime.Version()},
+		Name: "gpulet_build_info", Help: "gpulet's version, commit and Go version; always 1.",
+		ConstLabels: prometheus.Labels{"version": opts.Version, "commit": opts.Commit, "goversion": runtime.Version()},
 	})
 	build.Set(1)
 	e.reg.MustRegister(e.callSeconds, e.sweepSeconds, e.sampleErrors, e.podErrors, e.lastSweep, e.driverUpG, e.readyG, build,

@@ -220,7 +220,7 @@ func TestScrapeNeverWaitsOnTheBackend(t *testing.T) {
 // TestGpuletSeriesAndProbes: observer calls show up as gpulet_* series;
 // /readyz follows registration and the driver.
 func TestGpuletSeriesAndProbes(t *testing.T) {
-	e, _, store := simNode(t, "pcie-4x-l4", Options{Version: "v9"})
+	e, _, store := simNode(t, "pcie-4x-l4", Options{Version: "v9", Commit: "c0ffee"})
 	uuid := store.Snapshot().Node.GPUs[1].UUID
 	srv := httptest.NewServer(e.Handler())
 	defer srv.Close()
@@ -260,7 +260,7 @@ func TestGpuletSeriesAndProbes(t *testing.T) {
 		labels map[string]string
 		value  float64
 	}{
-		{"gpulet_build_info", map[string]string{"version": "v9"}, 1},
+		{"gpulet_build_info", map[string]string{"version": "v9", "commit": "c0ffee"}, 1},
 		{"gpulet_kubelet_registrations_total", map[string]string{"resource": "nvidia.com/gpu", "result": "success"}, 1},
 		{"gpulet_list_and_watch_updates_total", map[string]string{"resource": "nvidia.com/gpu"}, 1},
 		{"gpulet_allocations_total", map[string]string{"resource": "nvidia.com/gpu"}, 1},

@@ -17,12 +17,24 @@ var Profiles = []string{"a100", "h100", "b200", "gb200", "gb300", "l40s", "t4"}
 // GPULET_NVML_MOCK (plain go test) it skips tb.
 func Dir(tb testing.TB) string {
 	tb.Helper()
-	dir := os.Getenv("GPULET_NVML_MOCK")
+	return dirFrom(tb, "GPULET_NVML_MOCK", "hack/nvml-mock.sh")
+}
+
+// DirArm64 is Dir for the mock cross-built for linux/arm64 (GPULET_NVML_MOCK_ARM64), which the
+// arm64 gpulet loads under qemu-user.
+func DirArm64(tb testing.TB) string {
+	tb.Helper()
+	return dirFrom(tb, "GPULET_NVML_MOCK_ARM64", "hack/nvml-mock.sh arm64")
+}
+
+func dirFrom(tb testing.TB, env, build string) string {
+	tb.Helper()
+	dir := os.Getenv(env)
 	if dir == "" {
-		tb.Skip("GPULET_NVML_MOCK is not set: make unit builds NVIDIA's mock NVML (hack/nvml-mock.sh) and sets it")
+		tb.Skipf("%s is not set: make unit builds NVIDIA's mock NVML (%s) and sets it", env, build)
 	}
 	if _, err := os.Stat(Library(dir)); err != nil {
-		tb.Fatalf("GPULET_NVML_MOCK=%s holds no lib/libnvidia-ml.so.1: %v", dir, err)
+		tb.Fatalf("%s=%s holds no lib/libnvidia-ml.so.1: %v", env, dir, err)
 	}
 	return dir
 }
