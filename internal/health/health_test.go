@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/gpulet/gpulet/internal/hardware"
@@ -173,34 +174,38 @@ func TestMonitorProbesBackAfterQuietPeriod(t *testing.T) {
 // bring back a GPU a reset-class fault took; the backend reporting it
 // healthy (the simulator's clear, a simulated reset) does.
 func TestMonitorHoldsResetClassFaultsUntilReset(t *testing.T) {
-	for _, ev := range []hardware.Event{
-		{Kind: hardware.EventXID, UUID: "GPU-a", XID: 48},
-		{Kind: hardware.EventXID, UUID: "GPU-a", XID: 999}, // unknown XIDs are reset-class
-		{Kind: hardware.EventECCDoubleBit, UUID: "GPU-a"},
-		{Kind: hardware.EventRowRemapFailure, UUID: "GPU-a"},
-	} {
-		fb, store, logs := startMonitor(t, 20*time.Millisecond, false)
-		fb.events <- ev
-		waittest.Until(t, 5*time.Second, "GPU-a unhealthy", func() bool { return !store.Snapshot().Healthy("GPU-a") })
-		h := store.Snapshot().Health["GPU-a"]
-		if !strings.Contains(h.Reason, "reset the GPU, then restart gpulet") {
-			t.Errorf("%v: reason %q does not say what to do", ev, h.Reason)
+	// In a synctest bubble: the quiet periods pass on the fake clock, after
+	// every re-probe due in them has run.
+	synctest.Test(t, func(t *testing.T) {
+		for _, ev := range []hardware.Event{
+			{Kind: hardware.EventXID, UUID: "GPU-a", XID: 48},
+			{Kind: hardware.EventXID, UUID: "GPU-a", XID: 999}, // unknown XIDs are reset-class
+			{Kind: hardware.EventECCDoubleBit, UUID: "GPU-a"},
+			{Kind: hardware.EventRowRemapFailure, UUID: "GPU-a"},
+		} {
+			fb, store, logs := startMonitor(t, 20*time.Millisecond, false)
+			fb.events <- ev
+			waittest.Until(t, 5*time.Second, "GPU-a unhealthy", func() bool { return !store.Snapshot().Healthy("GPU-a") })
+			h := store.Snapshot().Health["GPU-a"]
+			if !strings.Contains(h.Reason, "reset the GPU, then restart gpulet") {
+				t.Errorf("%v: reason %q does not say what to do", ev, h.Reason)
+			}
+			// Probes would pass; many quiet periods go by.
+			time.Sleep(200 * time.Millisecond)
+			if store.Snapshot().Healthy("GPU-a") {
+				t.Fatalf("%v: a passing probe brought back a GPU that needs a reset", ev)
+			}
+			fb.events <- hardware.Event{Kind: hardware.EventHealthy, UUID: "GPU-a", Reason: "injected fault cleared"}
+			waittest.Until(t, 5*time.Second, "healthy after reset", func() bool { return store.Snapshot().Healthy("GPU-a") })
+			// Held no more: a later transient fault is probed back again.
+			fb.events <- hardware.Event{Kind: hardware.EventUnhealthy, UUID: "GPU-a", Reason: "x"}
+			waittest.Until(t, 5*time.Second, "unhealthy", func() bool { return !store.Snapshot().Healthy("GPU-a") })
+			waittest.Until(t, 5*time.Second, "probed back", func() bool { return store.Snapshot().Healthy("GPU-a") })
+			if !strings.Contains(logs.String(), "held until reset") {
+				t.Errorf("log does not say the GPU is held:\n%s", logs)
+			}
 		}
-		// Probes would pass; many quiet periods go by.
-		time.Sleep(200 * time.Millisecond)
-		if store.Snapshot().Healthy("GPU-a") {
-			t.Fatalf("%v: a passing probe brought back a GPU that needs a reset", ev)
-		}
-		fb.events <- hardware.Event{Kind: hardware.EventHealthy, UUID: "GPU-a", Reason: "injected fault cleared"}
-		waittest.Until(t, 5*time.Second, "healthy after reset", func() bool { return store.Snapshot().Healthy("GPU-a") })
-		// Held no more: a later transient fault is probed back again.
-		fb.events <- hardware.Event{Kind: hardware.EventUnhealthy, UUID: "GPU-a", Reason: "x"}
-		waittest.Until(t, 5*time.Second, "unhealthy", func() bool { return !store.Snapshot().Healthy("GPU-a") })
-		waittest.Until(t, 5*time.Second, "probed back", func() bool { return store.Snapshot().Healthy("GPU-a") })
-		if !strings.Contains(logs.String(), "held until reset") {
-			t.Errorf("log does not say the GPU is held:\n%s", logs)
-		}
-	}
+	})
 }
 
 func TestMonitorIgnoresApplicationXIDsAndUnattributedEvents(t *testing.T) {

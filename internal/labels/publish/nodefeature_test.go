@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -281,47 +282,52 @@ func TestNodeFeatureErrorsSayWhat(t *testing.T) {
 // or after a restart with the same GPUs, an update on change, and the object
 // stays when gpulet stops.
 func TestPublisherNodeFeature(t *testing.T) {
-	c := newDynamic(t, foreignObjects)
-	store := inventory.NewStore(&inventory.Node{GPUs: []inventory.GPU{{UUID: "GPU-0"}, {UUID: "GPU-1", Minor: 1}}})
-	start := func() (stop func()) {
-		now := 1000
-		p := &Publisher{
-			Target: &NodeFeatureTarget{Client: c, Namespace: ns, Node: nodeName, Owner: dsOwner},
-			Store:  store, Debounce: 20 * time.Millisecond, RetryMax: 40 * time.Millisecond,
-			Compute: func(s inventory.Snapshot) (labels.Labels, error) {
-				now++
-				return labels.Labels{"nvidia.com/gpu.count": itoa(len(s.Node.GPUs)), labels.TimestampKey: itoa(now)}, nil
-			},
+	// In a synctest bubble: the quiet periods below pass on the fake clock,
+	// after every timer due in them has fired, so "nothing was written" is
+	// certain rather than likely.
+	synctest.Test(t, func(t *testing.T) {
+		c := newDynamic(t, foreignObjects)
+		store := inventory.NewStore(&inventory.Node{GPUs: []inventory.GPU{{UUID: "GPU-0"}, {UUID: "GPU-1", Minor: 1}}})
+		start := func() (stop func()) {
+			now := 1000
+			p := &Publisher{
+				Target: &NodeFeatureTarget{Client: c, Namespace: ns, Node: nodeName, Owner: dsOwner},
+				Store:  store, Debounce: 20 * time.Millisecond, RetryMax: 40 * time.Millisecond,
+				Compute: func(s inventory.Snapshot) (labels.Labels, error) {
+					now++
+					return labels.Labels{"nvidia.com/gpu.count": itoa(len(s.Node.GPUs)), labels.TimestampKey: itoa(now)}, nil
+				},
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan struct{})
+			go func() { defer close(done); _ = p.Run(ctx) }()
+			return func() { cancel(); <-done }
 		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan struct{})
-		go func() { defer close(done); _ = p.Run(ctx) }()
-		return func() { cancel(); <-done }
-	}
-	count := func() string {
-		o, err := c.Resource(NodeFeatureGVR).Namespace(ns).Get(context.Background(), NodeFeatureName(nodeName), metav1.GetOptions{})
-		if err != nil {
-			return ""
+		count := func() string {
+			o, err := c.Resource(NodeFeatureGVR).Namespace(ns).Get(context.Background(), NodeFeatureName(nodeName), metav1.GetOptions{})
+			if err != nil {
+				return ""
+			}
+			v, _, _ := unstructured.NestedString(o.Object, "spec", "labels", "nvidia.com/gpu.count")
+			return v
 		}
-		v, _, _ := unstructured.NestedString(o.Object, "spec", "labels", "nvidia.com/gpu.count")
-		return v
-	}
-	stop := start()
-	waittest.Until(t, 2*time.Second, "the NodeFeature created", func() bool { return count() == "2" })
-	store.SetHealth("GPU-0", inventory.Health{Reason: "XID 48"})
-	store.SetNode(&inventory.Node{GPUs: []inventory.GPU{{UUID: "GPU-0"}}})
-	waittest.Until(t, 2*time.Second, "the NodeFeature updated", func() bool { return count() == "1" })
-	stop()
-	c.ClearActions()
-	stop = start()
-	waittest.Until(t, 2*time.Second, "the restarted publisher reads the NodeFeature", func() bool { return len(c.Actions()) > 0 })
-	time.Sleep(100 * time.Millisecond)
-	stop()
-	if w := writes(c); len(w) != 0 {
-		t.Errorf("writes after a restart with the same GPUs: %v", w)
-	}
-	if count() != "1" {
-		t.Error("the NodeFeature is gone after gpulet stopped")
-	}
-	checkForeign(t, c)
+		stop := start()
+		waittest.Until(t, 2*time.Second, "the NodeFeature created", func() bool { return count() == "2" })
+		store.SetHealth("GPU-0", inventory.Health{Reason: "XID 48"})
+		store.SetNode(&inventory.Node{GPUs: []inventory.GPU{{UUID: "GPU-0"}}})
+		waittest.Until(t, 2*time.Second, "the NodeFeature updated", func() bool { return count() == "1" })
+		stop()
+		c.ClearActions()
+		stop = start()
+		waittest.Until(t, 2*time.Second, "the restarted publisher reads the NodeFeature", func() bool { return len(c.Actions()) > 0 })
+		time.Sleep(100 * time.Millisecond)
+		stop()
+		if w := writes(c); len(w) != 0 {
+			t.Errorf("writes after a restart with the same GPUs: %v", w)
+		}
+		if count() != "1" {
+			t.Error("the NodeFeature is gone after gpulet stopped")
+		}
+		checkForeign(t, c)
+	})
 }

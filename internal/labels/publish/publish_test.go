@@ -6,6 +6,7 @@ import (
 	"maps"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -271,55 +272,65 @@ func (h *publisherHarness) stop() {
 func itoa(i int) string { b, _ := json.Marshal(i); return string(b) }
 
 func TestPublisherWritesOnlyOnChange(t *testing.T) {
-	c := newClient(map[string]string{"team": "ml"}, nil)
-	h := startPublisher(t, c)
-	waittest.Until(t, 2*time.Second, "first labelling", func() bool { return len(patches(c)) == 1 })
+	// In a synctest bubble: the quiet periods below pass on the fake clock,
+	// after every timer due in them has fired, so "nothing was written" is
+	// certain rather than likely.
+	synctest.Test(t, func(t *testing.T) {
+		c := newClient(map[string]string{"team": "ml"}, nil)
+		h := startPublisher(t, c)
+		waittest.Until(t, 2*time.Second, "first labelling", func() bool { return len(patches(c)) == 1 })
 
-	// Health changes and idle time: labels do not depend on them, no writes
-	// and not even a read of the node.
-	c.ClearActions()
-	h.store.SetHealth("GPU-0", inventory.Health{Reason: "XID 48"})
-	h.store.SetHealth("GPU-0", inventory.Health{Healthy: true})
-	time.Sleep(200 * time.Millisecond) // 10 debounce periods
-	if n := len(c.Actions()); n != 0 {
-		t.Fatalf("%d API calls while idle, want 0: %v", n, c.Actions())
-	}
+		// Health changes and idle time: labels do not depend on them, no writes
+		// and not even a read of the node.
+		c.ClearActions()
+		h.store.SetHealth("GPU-0", inventory.Health{Reason: "XID 48"})
+		h.store.SetHealth("GPU-0", inventory.Health{Healthy: true})
+		time.Sleep(200 * time.Millisecond) // 10 debounce periods
+		if n := len(c.Actions()); n != 0 {
+			t.Fatalf("%d API calls while idle, want 0: %v", n, c.Actions())
+		}
 
-	// A GPU disappears: labels follow within the debounce.
-	h.store.SetNode(&inventory.Node{GPUs: []inventory.GPU{{UUID: "GPU-0"}}})
-	waittest.Until(t, 2*time.Second, "relabel after change", func() bool { return nodeOf(t, c).Labels["nvidia.com/gpu.count"] == "1" })
-	if n := len(patches(c)); n != 1 {
-		t.Errorf("%d patches for one change, want 1", n)
-	}
+		// A GPU disappears: labels follow within the debounce.
+		h.store.SetNode(&inventory.Node{GPUs: []inventory.GPU{{UUID: "GPU-0"}}})
+		waittest.Until(t, 2*time.Second, "relabel after change", func() bool { return nodeOf(t, c).Labels["nvidia.com/gpu.count"] == "1" })
+		if n := len(patches(c)); n != 1 {
+			t.Errorf("%d patches for one change, want 1", n)
+		}
 
-	// A config change (Kick) adds a label.
-	h.mu.Lock()
-	h.extra = "nvidia"
-	h.mu.Unlock()
-	h.pub.Kick()
-	waittest.Until(t, 2*time.Second, "relabel after kick", func() bool { return nodeOf(t, c).Labels["accelerator"] == "nvidia" })
+		// A config change (Kick) adds a label.
+		h.mu.Lock()
+		h.extra = "nvidia"
+		h.mu.Unlock()
+		h.pub.Kick()
+		waittest.Until(t, 2*time.Second, "relabel after kick", func() bool { return nodeOf(t, c).Labels["accelerator"] == "nvidia" })
 
-	// Stopping (SIGTERM) leaves the labels in place.
-	h.stop()
-	n := nodeOf(t, c)
-	if n.Labels["nvidia.com/gpu.count"] != "1" || n.Labels["team"] != "ml" || n.Labels["accelerator"] != "nvidia" {
-		t.Errorf("labels after stop = %v", n.Labels)
-	}
+		// Stopping (SIGTERM) leaves the labels in place.
+		h.stop()
+		n := nodeOf(t, c)
+		if n.Labels["nvidia.com/gpu.count"] != "1" || n.Labels["team"] != "ml" || n.Labels["accelerator"] != "nvidia" {
+			t.Errorf("labels after stop = %v", n.Labels)
+		}
+	})
 }
 
 func TestPublisherRestartDoesNotWrite(t *testing.T) {
-	c := newClient(nil, nil)
-	h := startPublisher(t, c)
-	waittest.Until(t, 2*time.Second, "first labelling", func() bool { return len(patches(c)) == 1 })
-	h.stop()
-	c.ClearActions()
-	h2 := startPublisher(t, c)
-	waittest.Until(t, 2*time.Second, "the restarted publisher reads the node", func() bool { return len(c.Actions()) > 0 })
-	time.Sleep(100 * time.Millisecond)
-	if n := len(patches(c)); n != 0 {
-		t.Errorf("%d patches after a restart with the same GPUs, want 0", n)
-	}
-	h2.stop()
+	// In a synctest bubble: the quiet periods below pass on the fake clock,
+	// after every timer due in them has fired, so "nothing was written" is
+	// certain rather than likely.
+	synctest.Test(t, func(t *testing.T) {
+		c := newClient(nil, nil)
+		h := startPublisher(t, c)
+		waittest.Until(t, 2*time.Second, "first labelling", func() bool { return len(patches(c)) == 1 })
+		h.stop()
+		c.ClearActions()
+		h2 := startPublisher(t, c)
+		waittest.Until(t, 2*time.Second, "the restarted publisher reads the node", func() bool { return len(c.Actions()) > 0 })
+		time.Sleep(100 * time.Millisecond)
+		if n := len(patches(c)); n != 0 {
+			t.Errorf("%d patches after a restart with the same GPUs, want 0", n)
+		}
+		h2.stop()
+	})
 }
 
 func TestPublisherRetriesFailedWrites(t *testing.T) {
