@@ -1,3 +1,5 @@
+//go:build !nokube
+
 package daemon
 
 import (
@@ -19,11 +21,12 @@ import (
 // and what to do; a cleared one posts nothing.
 func TestConflictPostsANodeEvent(t *testing.T) {
 	client := fake.NewClientset()
-	r := &conflictReporter{log: slog.New(slog.DiscardHandler), exp: metrics.New(metrics.Options{}), client: client,
-		node: "gpu-node-1", events: make(chan *corev1.Event, 16)}
+	r := newConflictReporter(metrics.New(metrics.Options{}), func(ctx context.Context, msg string) error {
+		return postNodeEvent(ctx, client, "gpu-node-1", msg)
+	}, slog.New(slog.DiscardHandler))
 	r.report("nvidia.com/gpu", &plugin.Conflict{Resource: "nvidia.com/gpu", Endpoint: "nvidia-gpu.sock", Signal: "socket"})
 	r.report("nvidia.com/gpu", nil)
-	if n := len(r.events); n != 1 {
+	if n := len(r.msgs); n != 1 {
 		t.Fatalf("%d Events queued, want 1 (none for the cleared conflict)", n)
 	}
 	ctx, cancel := context.WithCancel(context.Background())

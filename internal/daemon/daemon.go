@@ -243,7 +243,7 @@ func (g *gpulet) devicePlugin() component {
 			if g.mps != nil {
 				mgr.Opts.MPS = g.mps
 			}
-			conflicts := newConflictReporter(g.cfg, g.exp, g.kubeClient, mgr.Opts.Log) // conflict.go
+			conflicts := newConflictReporter(g.exp, g.conflictEvents(), mgr.Opts.Log) // conflict.go
 			mgr.Opts.OnConflict = conflicts.report
 			eventsDone := make(chan struct{})
 			ectx, cancel := context.WithCancel(ctx)
