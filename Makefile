@@ -174,7 +174,7 @@ test-kubelet: build
 # idle CPU (tools/benchsbs; results in docs/benchmarks.md). Root: each process runs in a private
 # mount namespace. BENCH_SBS_FLAGS adds flags (e.g. -runs=5 -idle=60s -only=gpulet,nvidia).
 BENCH_SBS_FLAGS ?=
-bench-sbs: build-release
+bench-sbs: build-release build-lean
 	$(GO) build -o _output/benchsbs ./tools/benchsbs
 	GPULET_NVML_MOCK=$$(hack/nvml-mock.sh) GPULET_NVIDIA_BIN=$$(test/e2e/lib/gobins.sh nvidia) \
-	_output/benchsbs -gpulet=_output/gpulet-release $(BENCH_SBS_FLAGS)
+	_output/benchsbs -gpulet=_output/gpulet-release -gpulet-lean=_output/gpulet-lean $(BENCH_SBS_FLAGS)

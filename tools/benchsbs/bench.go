@@ -21,10 +21,10 @@ import (
 )
 
 type options struct {
-	gpulet, nvidiaBin, mock, profile, only string
-	runs                                   int
-	idle                                   time.Duration
-	churn, verbose                         bool
+	gpulet, lean, nvidiaBin, mock, profile, only string
+	runs                                         int
+	idle                                         time.Duration
+	churn, verbose                               bool
 }
 
 // sample is one configuration's numbers from one run; a missing number is
@@ -41,8 +41,9 @@ type configuration struct {
 
 func configurations() []configuration {
 	return []configuration{
-		{"gpulet", "gpulet run, device plugin only (seed DaemonSet settings, labels and metrics off)", runPlain(false)},
-		{"nvidia", "NVIDIA nvidia-device-plugin (same settings)", runPlain(true)},
+		{"gpulet", "gpulet run, device plugin only (seed DaemonSet settings, labels and metrics off)", runPlain("gpulet")},
+		{"gpulet-lean", "the same with make build-lean's binary (no Kubernetes API linked)", runPlain("gpulet-lean")},
+		{"nvidia", "NVIDIA nvidia-device-plugin (same settings)", runPlain("nvidia")},
 		{"gpulet-full", "gpulet run with node labels, metrics and DRA (GPUs 0,1) on", runGpuletFull},
 		{"nvidia+gfd", "NVIDIA nvidia-device-plugin + gpu-feature-discovery, summed", runNvidiaGFD},
 	}
@@ -76,6 +77,11 @@ func bench(ctx context.Context, o options) error {
 	if o.gpulet, err = filepath.Abs(o.gpulet); err != nil {
 		return err
 	}
+	if o.lean != "" {
+		if o.lean, err = filepath.Abs(o.lean); err != nil {
+			return err
+		}
+	}
 	tmp, err := os.MkdirTemp("", "benchsbs-")
 	if err != nil {
 		return err
@@ -86,6 +92,9 @@ func bench(ctx context.Context, o options) error {
 	b := &bencher{o: o, self: self, tmp: tmp}
 	var cfgs []configuration
 	for _, c := range configurations() {
+		if c.name == "gpulet-lean" && o.lean == "" {
+			continue
+		}
 		if o.only == "" || slices.Contains(strings.Split(o.only, ","), c.name) {
 			cfgs = append(cfgs, c)
 		}

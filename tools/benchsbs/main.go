@@ -52,6 +52,7 @@ func run(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("benchsbs", flag.ContinueOnError)
 	o := options{}
 	fs.StringVar(&o.gpulet, "gpulet", "_output/gpulet-release", "gpulet binary")
+	fs.StringVar(&o.lean, "gpulet-lean", "", "gpulet built without the Kubernetes API (make build-lean), run as a plain device plugin too")
 	fs.StringVar(&o.nvidiaBin, "nvidia-bin", os.Getenv("GPULET_NVIDIA_BIN"), "folder with NVIDIA's nvidia-device-plugin and gpu-feature-discovery (test/e2e/lib/gobins.sh nvidia)")
 	fs.StringVar(&o.mock, "nvml-mock", os.Getenv("GPULET_NVML_MOCK"), "NVIDIA's mock NVML folder (hack/nvml-mock.sh)")
 	fs.StringVar(&o.profile, "profile", "h100", "mock NVML profile")

@@ -21,17 +21,20 @@ import (
 
 const devicePlugins = "/var/lib/kubelet/device-plugins" // inside the namespace
 
-func gpuletPlainArgs(o options) []string {
-	return []string{o.gpulet, "run", "--backend=nvml", "--device-plugin-path=" + devicePlugins, "--metrics-address=", "--node-labels=off"}
+func gpuletPlainArgs(bin string) []string {
+	return []string{bin, "run", "--backend=nvml", "--device-plugin-path=" + devicePlugins, "--metrics-address=", "--node-labels=off"}
 }
 
 // runPlain measures one device plugin alone: start → registered, idle,
 // re-registration after a kubelet restart, churn, kill -9 → back.
-func runPlain(nvidia bool) func(context.Context, *bencher) (sample, error) {
+func runPlain(which string) func(context.Context, *bencher) (sample, error) {
 	return func(ctx context.Context, b *bencher) (sample, error) {
-		name, argv, env := "gpulet", gpuletPlainArgs(b.o), append(b.baseEnv(), "GPULET_LOG_FORMAT=json")
-		if nvidia {
-			name, argv, env = "nvidia", []string{filepath.Join(b.o.nvidiaBin, "nvidia-device-plugin")}, b.baseEnv()
+		name, argv, env := which, gpuletPlainArgs(b.o.gpulet), append(b.baseEnv(), "GPULET_LOG_FORMAT=json")
+		switch which {
+		case "gpulet-lean":
+			argv = gpuletPlainArgs(b.o.lean)
+		case "nvidia":
+			argv, env = []string{filepath.Join(b.o.nvidiaBin, "nvidia-device-plugin")}, b.baseEnv()
 		}
 		dir, err := b.runDir(name)
 		if err != nil {
@@ -310,8 +313,10 @@ func printReport(w io.Writer, o options, cfgs []configuration, results map[strin
 	kernel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
 	fmt.Fprintf(w, "benchsbs: %d alternating runs, mock NVML profile %s, idle window %s, host %s, kernel %s, %d CPUs\n",
 		o.runs, o.profile, o.idle, host, strings.TrimSpace(string(kernel)), runtime.NumCPU())
-	if fi, err := os.Stat(o.gpulet); err == nil {
-		fmt.Fprintf(w, "gpulet binary: %s (%.1f MB)\n", o.gpulet, float64(fi.Size())/1e6)
+	for _, bin := range []string{o.gpulet, o.lean, filepath.Join(o.nvidiaBin, "nvidia-device-plugin"), filepath.Join(o.nvidiaBin, "gpu-feature-discovery")} {
+		if fi, err := os.Stat(bin); err == nil && bin != "" {
+			fmt.Fprintf(w, "binary %s: %.1f MB\n", bin, float64(fi.Size())/1e6)
+		}
 	}
 	for _, c := range cfgs {
 		fmt.Fprintf(w, "  %-12s %s\n", c.name+":", c.desc)
