@@ -22,6 +22,7 @@ SCENARIOS=(
 	"restarts|kubelet restart, gpulet pod deletion: capacity returns, running pods keep GPUs|ds"
 	"no-gpu|a pod that requests no GPU sees no GPU|ds"
 	"cdi|cdi-cri and cdi-annotations: containerd injects exactly the pod's GPUs from gpulet's CDI spec; a gpulet restart changes nothing|ds"
+	"cdi-video|a pod with NVIDIA_DRIVER_CAPABILITIES=compute,utility,video (cdi-cri) and a DRA claim's pod see the video libraries mounted from the simulated driver root|ds"
 	"labels|GFD's labels and accelerator=nvidia on the node; survive a gpulet restart unwritten; follow a sharing change; admission refuses other keys and nodes|ds"
 	"metrics|/metrics: dcgm-exporter series per GPU, a pod's GPUs attributed then released, an XID counted; /readyz and Ready follow the driver down and up|ds"
 	"dra|DRA (gpu.nvidia.com): slices from gpulet, claims get exactly their GPUs, CEL selectors, no sharing, an NVLink pair, a gpulet restart, a fault taints a GPU (a tolerating claim may have it)|ds"
@@ -33,7 +34,7 @@ SCENARIOS=(
 SCENARIO_IDS=()
 for s in "${SCENARIOS[@]}"; do SCENARIO_IDS+=("${s%%|*}"); done
 # Scenarios that run only when GPULET_E2E_ONLY names them (not yet part of the default run).
-OPT_IN_SCENARIOS="nvml upgrade"
+OPT_IN_SCENARIOS="nvml upgrade cdi-video"
 
 K() { "$W/kubectl" "$@"; }
 gpulet_node() { "$W/nsrun" "$GPULET" "$@"; } # gpulet CLI on the node (inside the cluster namespace)
@@ -569,6 +570,80 @@ scenario_cdi() {
 	# Back to the overlay's settings for whatever runs next.
 	trap - EXIT
 	set_gpulet_env DEVICE_LIST_STRATEGY=envvar PASS_DEVICE_SPECS=true
+}
+
+# render_video_job NAME gpu|claim: a Job whose pod asks NVIDIA_DRIVER_CAPABILITIES=compute,utility,video
+# and one GPU (device plugin) or the one-gpu claim (DRA), and prints what it finds at the sonames of
+# the video and compute libraries (the simulated driver's files say their own name).
+render_video_job() {
+	local res
+	if [[ $2 == claim ]]; then
+		res=$'      resourceClaims:\n      - name: gpus\n        resourceClaimTemplateName: one-gpu\n'
+		res+=$'      containers:\n      - name: main\n        resources:\n          claims:\n          - name: gpus\n'
+	else
+		res=$'      containers:\n      - name: main\n        resources:\n          limits:\n            nvidia.com/gpu: 1\n'
+	fi
+	cat <<-EOF
+		apiVersion: batch/v1
+		kind: Job
+		metadata: {name: $1, labels: {app: gpulet-e2e}}
+		spec:
+		  backoffLimit: 0
+		  template:
+		    metadata: {labels: {app: gpulet-e2e}}
+		    spec:
+		      restartPolicy: Never
+		      terminationGracePeriodSeconds: 1
+	EOF
+	printf '%s' "$res"
+	cat <<-'EOF'
+		        image: docker.io/library/busybox:e2e
+		        imagePullPolicy: IfNotPresent
+		        env: [{name: NVIDIA_DRIVER_CAPABILITIES, value: "compute,utility,video"}]
+		        command:
+		        - sh
+		        - -c
+		        - |
+		          for f in libnvcuvid.so.1 libnvidia-encode.so.1 libnvidia-opticalflow.so.1 libcuda.so.1 libnvidia-ml.so.1; do
+		            echo "lib $f: $(cat /usr/lib/x86_64-linux-gnu/$f 2>&1)"
+		          done
+	EOF
+}
+
+# check_video_pod POD: the pod read each video and compute library from the simulated driver root.
+check_video_pod() {
+	local logs f
+	logs=$(K logs "$1")
+	for f in libnvcuvid libnvidia-encode libnvidia-opticalflow libcuda libnvidia-ml; do
+		grep -qx "lib $f.so.1: simulated NVIDIA driver file $f.so.$SIM_DRIVER_VERSION" <<<"$logs" ||
+			fail "pod $1 does not see $f.so.1 from the simulated driver root; log:"$'\n'"$logs"
+	done
+	log "pod $1 (NVIDIA_DRIVER_CAPABILITIES=compute,utility,video): $(grep -c '^lib .*simulated NVIDIA driver file' <<<"$logs") libraries from the simulated driver root (libnvcuvid, libnvidia-encode, libnvidia-opticalflow, libcuda, libnvidia-ml)"
+}
+
+scenario_cdi_video() {
+	local spec=/var/run/cdi/k8s.device-plugin.nvidia.com-gpu.json p n
+	SIM_DRIVER_VERSION=$(gpulet_node list --backend=sim --sim-profile=dgx-h100 --sim-root=/var/lib/gpulet/sim -o json 2>/dev/null | jq -r '.node.driverVersion // empty')
+	[[ -n $SIM_DRIVER_VERSION ]] || SIM_DRIVER_VERSION=580.159.04
+	trap 'dra_restore; set_gpulet_env DEVICE_LIST_STRATEGY=envvar PASS_DEVICE_SPECS=true || echo "could not restore the DaemonSet" >&2' EXIT
+	set_gpulet_env DEVICE_LIST_STRATEGY=cdi-cri PASS_DEVICE_SPECS=false
+	n=$("$W/nsrun" cat "$spec" | jq '[.containerEdits.mounts[] | select(.hostPath | startswith("/var/lib/gpulet/sim/driver/"))] | length')
+	[[ $n -gt 0 ]] || fail "gpulet's CDI spec mounts nothing from the simulated driver root"
+	log "the device plugin's CDI spec mounts $n files of the simulated driver root (hook-free: no nvidia-cdi-hook on the node)"
+	render_video_job video-cdi gpu | K apply -f - >/dev/null
+	wait_until 90 "video-cdi COMPLETIONS 1/1" job_complete video-cdi || fail "the video Job did not complete with cdi-cri: $(K logs "$(job_pod video-cdi)" 2>&1)"
+	check_video_pod "$(job_pod video-cdi)"
+	K delete job video-cdi --wait=true >/dev/null
+	set_gpulet_env DEVICE_LIST_STRATEGY=envvar PASS_DEVICE_SPECS=true
+
+	# A DRA claim: its per-claim spec carries the same driver files.
+	dra_on
+	example_template one-gpu.yaml | K apply -f - >/dev/null
+	render_video_job video-claim claim | K apply -f - >/dev/null
+	wait_until 90 "video-claim COMPLETIONS 1/1" job_complete video-claim || fail "the video Job did not complete with a DRA claim: $(K logs "$(job_pod video-claim)" 2>&1)"
+	check_video_pod "$(job_pod video-claim)"
+	trap - EXIT
+	dra_restore || fail "could not restore the DaemonSet without DRA"
 }
 
 # ---------------------------------------------------------------------------------------------
