@@ -118,7 +118,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParseFile -fuzztime 20s ./internal/config
 	$(GO) test -run '^$$' -fuzz FuzzAllocate -fuzztime 20s ./internal/plugin
 	$(GO) test -run '^$$' -fuzz FuzzGetPreferredAllocation -fuzztime 20s ./internal/plugin
-	$(GO) test -run '^$$' -fuzz FuzzParseXML -fuzztime 20s ./internal/smi
+	$(GO) test -run '^$$' -fuzz FuzzParseXML -fuzztime 20s ./hack/kubeletstub/smi
 	$(GO) test -run '^$$' -fuzz FuzzPreferred -fuzztime 20s ./internal/allocator
 	$(GO) test -run '^$$' -fuzz FuzzNewTopology -fuzztime 20s ./internal/allocator
 	$(GO) test -run '^$$' -fuzz FuzzParseMIGMinors -fuzztime 20s ./internal/cdispec

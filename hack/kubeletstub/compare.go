@@ -9,8 +9,8 @@ import (
 	"os"
 	"strconv"
 
+	"github.com/gpulet/gpulet/hack/kubeletstub/smi"
 	"github.com/gpulet/gpulet/internal/inventory"
-	"github.com/gpulet/gpulet/internal/smi"
 	"github.com/gpulet/gpulet/internal/validate"
 )
 

@@ -245,7 +245,7 @@ func TestUsage(t *testing.T) {
 }
 
 func TestCompare(t *testing.T) {
-	const fixture = "../../internal/smi/testdata/nvidia-h200/"
+	const fixture = "smi/testdata/nvidia-h200/"
 	p, err := sim.LoadProfile("h200")
 	if err != nil {
 		t.Fatal(err)

@@ -98,7 +98,7 @@ func TestGPUCheckRehearsal(t *testing.T) {
 		`-DFAKECUDA_NAME_FMT="NVIDIA H200\0%d"`, `-DFAKECUDA_BUS_FMT="0000:00:06.0\0%d"`); err != nil {
 		t.Fatal(err)
 	}
-	fixtures, err := filepath.Abs("../../internal/smi/testdata/nvidia-h200")
+	fixtures, err := filepath.Abs("smi/testdata/nvidia-h200")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -35,15 +35,11 @@ type Opener func() (hardware.Backend, error)
 // list, placing shared devices (replicas, MIG instances) by policy.
 func PlacementFor(policy allocator.Policy) func(*resources.Resource) (plugin.Placer, error) {
 	return func(res *resources.Resource) (plugin.Placer, error) {
-		devs := make([]allocator.Device, len(res.Devices))
-		for i, d := range res.Devices {
-			devs[i] = allocator.Device{ID: d.ID, GPU: d.GPU, NUMA: d.NUMA}
-		}
-		topo, err := allocator.NewTopology(res.Links, devs)
+		topo, err := allocator.ForResource(res, policy)
 		if err != nil {
-			return nil, fmt.Errorf("placement for %s: %w", res.Name, err)
+			return nil, err
 		}
-		return topo.WithPolicy(policy)
+		return topo, nil
 	}
 }
 

@@ -39,14 +39,10 @@ func mixedNode(t testing.TB) *inventory.Node {
 // nvidia.com/gpu devices and 896 nvidia.com/mig-1g.10gb ones, 1,024 in all.
 var mixedShared = resources.Config{MIGStrategy: resources.MIGMixed, Replicas: 32}
 
-// allocatorPlacement is the daemon's placement (daemon.PlacementFor), which
-// this package cannot import.
+// allocatorPlacement places by links alone, as allocator.ForResource does
+// for whole GPUs.
 func allocatorPlacement(res *resources.Resource) (Placer, error) {
-	devs := make([]allocator.Device, len(res.Devices))
-	for i, d := range res.Devices {
-		devs[i] = allocator.Device{ID: d.ID, GPU: d.GPU, NUMA: d.NUMA}
-	}
-	return allocator.NewTopology(res.Links, devs)
+	return placement(allocator.PolicyTopology)(res)
 }
 
 // BenchmarkInventoryChange measures the manager's work for one health change

@@ -20,15 +20,11 @@ import (
 // which this package cannot import).
 func placement(p allocator.Policy) func(*resources.Resource) (Placer, error) {
 	return func(res *resources.Resource) (Placer, error) {
-		devs := make([]allocator.Device, len(res.Devices))
-		for i, d := range res.Devices {
-			devs[i] = allocator.Device{ID: d.ID, GPU: d.GPU, NUMA: d.NUMA}
-		}
-		topo, err := allocator.NewTopology(res.Links, devs)
+		topo, err := allocator.ForResource(res, p)
 		if err != nil {
 			return nil, err
 		}
-		return topo.WithPolicy(p)
+		return topo, nil
 	}
 }
 
