@@ -66,6 +66,7 @@ build-static:
 vet:
 	@test -z "$$(gofmt -l cmd internal deploy tools hack 2>/dev/null)" || { gofmt -l cmd internal deploy tools hack; echo "gofmt needed"; exit 1; }
 	$(GO) vet ./...
+	$(GO) vet -tags nokube ./cmd/gpulet ./internal/daemon ./internal/hardware/nvml
 	hack/layers.sh
 	hack/shellcheck.sh
 
@@ -103,6 +104,8 @@ unit: vet tidy-check $(HELM) build-release-arm64
 	GPULET_NVML_MOCK_ARM64=$$(hack/nvml-mock.sh arm64) && GPULET_ARM64_BIN=$(CURDIR)/$(RELEASE_BIN)-arm64 && \
 	export GPULET_NVML_MOCK GPULET_NVIDIA_BIN GPULET_NVIDIA_CTK_BIN GPULET_NVML_MOCK_ARM64 GPULET_ARM64_BIN && \
 	HELM=$(HELM) $(GO) test -race -count=1 ./...
+	# make build-lean's daemon (tag nokube): refuses labels and DRA, serves the device plugin.
+	$(GO) test -race -count=1 -tags nokube ./internal/daemon
 
 test: unit test-kubelet
 
