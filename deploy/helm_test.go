@@ -1,20 +1,29 @@
 package deploy
 
 import (
+	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/spf13/pflag"
 	appsv1 "k8s.io/api/apps/v1"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
 	"sigs.k8s.io/yaml"
 
 	"github.com/gpulet/gpulet/internal/config"
+	"github.com/gpulet/gpulet/internal/labels/publish"
 )
 
 // helmTemplate renders the chart with the real helm (HELM, else helm on
@@ -168,6 +177,29 @@ func TestHelmChartUninstallHook(t *testing.T) {
 	if binding.RoleRef.Name != "gpulet-uninstall" || len(binding.Subjects) != 1 || binding.Subjects[0].Name != "gpulet-uninstall" {
 		t.Errorf("uninstall binding %+v", binding)
 	}
+	// No hook object outlives the hook, succeeded or failed; helm prints
+	// the Job's log when it fails.
+	for name, data := range objs {
+		var meta struct {
+			Metadata struct{ Annotations map[string]string }
+		}
+		if err := yaml.Unmarshal(data, &meta); err != nil {
+			t.Fatal(err)
+		}
+		a := meta.Metadata.Annotations
+		if a["helm.sh/hook"] == "" || !strings.Contains(name, "/") {
+			continue
+		}
+		if got := a["helm.sh/hook-delete-policy"]; got != "before-hook-creation,hook-succeeded,hook-failed" {
+			t.Errorf("%s: hook-delete-policy %q, want before-hook-creation,hook-succeeded,hook-failed", name, got)
+		}
+	}
+	if job.Annotations["helm.sh/hook-output-log-policy"] != "hook-failed" {
+		t.Errorf("the hook Job's log is lost on failure: %v", job.Annotations)
+	}
+	if e := env(pod.Containers[0]); e["GPULET_EXTRA_LABELS"] != "accelerator=nvidia" {
+		t.Errorf("the hook's extra labels %q, want the DaemonSet's accelerator=nvidia", e["GPULET_EXTRA_LABELS"])
+	}
 	for _, args := range [][]string{
 		{"--set", "nodeLabels.removeOnUninstall=false"},
 		{"--set", "nodeLabels.nodeFeatureAPI=true"}, // NodeFeatures go with the DaemonSet
@@ -225,6 +257,79 @@ func TestHelmPackageCarriesTheReleaseVersion(t *testing.T) {
 		}
 		if hook := string(objs["Job"]); !strings.Contains(hook, "image: \"ghcr.io/gpulet/gpulet:"+tag+"\"") {
 			t.Errorf("%s: uninstall hook Job does not run the image tagged %s:\n%s", chart, tag, hook)
+		}
+	}
+}
+
+// The hook removes gpulet's labels from 5,000 nodes within its deadline: it
+// lists the nodes in pages (no Get per node) and patches each labelled one
+// once, and at publish.RemoveAllQPS those calls fit in half the Job's
+// activeDeadlineSeconds, with the time the code itself took added.
+func TestUninstallHookScalesTo5000Nodes(t *testing.T) {
+	const nodes = 5000
+	objs := helmTemplate(t)
+	var job batchv1.Job
+	strict(t, objs["Job/gpulet-remove-labels"], &job)
+	if job.Spec.ActiveDeadlineSeconds == nil {
+		t.Fatal("the hook Job has no deadline")
+	}
+	deadline := time.Duration(*job.Spec.ActiveDeadlineSeconds) * time.Second
+	extra := map[string]string{}
+	for _, kv := range strings.Split(env(job.Spec.Template.Spec.Containers[0])["GPULET_EXTRA_LABELS"], ",") {
+		k, v, _ := strings.Cut(kv, "=")
+		extra[k] = v
+	}
+
+	var in []runtime.Object
+	for i := range nodes {
+		in = append(in, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("gpu-%04d", i),
+			Labels:      map[string]string{"nvidia.com/gpu.count": "8", "accelerator": "nvidia", "kubernetes.io/hostname": "x"},
+			Annotations: map[string]string{publish.OwnedAnnotation: "accelerator,nvidia.com/gpu.count"}}})
+	}
+	in = append(in, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "cpu-0"}}) // never labelled: no patch
+	c := fake.NewSimpleClientset(in...)                                         //nolint:staticcheck // NewClientset's field tracking costs ~20 ms a patch under -race
+	// The patches are recorded, not applied: the fake's own cost is not the
+	// hook's. Each is checked below.
+	var mu sync.Mutex
+	bodies := map[string]string{}
+	c.PrependReactor("patch", "nodes", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		p := a.(k8stesting.PatchAction)
+		mu.Lock()
+		defer mu.Unlock()
+		bodies[p.GetName()] = string(p.GetPatch())
+		return true, &corev1.Node{}, nil
+	})
+	c.ClearActions()
+	start := time.Now()
+	removed, err := publish.RemoveAll(context.Background(), c, publish.Removable(extra))
+	took := time.Since(start)
+	if err != nil || len(removed) != nodes {
+		t.Fatalf("removed from %d nodes, err %v; want %d", len(removed), err, nodes)
+	}
+	calls := map[string]int{}
+	pages := 0
+	for _, a := range c.Actions() {
+		calls[a.GetVerb()]++
+		if l, ok := a.(k8stesting.ListActionImpl); ok {
+			if l.ListOptions.Limit <= 0 {
+				t.Errorf("nodes listed without a page size")
+			} else {
+				pages = (nodes + int(l.ListOptions.Limit)) / int(l.ListOptions.Limit) // what a real server pages
+			}
+		}
+	}
+	if calls["get"] != 0 || calls["list"] != 1 || calls["patch"] != nodes || len(calls) != 2 {
+		t.Errorf("calls %v, want one list, %d patches, no get", calls, nodes)
+	}
+	apiTime := time.Duration(float64(pages+calls["patch"]) / publish.RemoveAllQPS * float64(time.Second))
+	t.Logf("%d nodes: %d list pages + %d patches at %d/s = %v, code %v, deadline %v", nodes, pages, calls["patch"], publish.RemoveAllQPS, apiTime, took, deadline)
+	if apiTime+took > deadline/2 {
+		t.Errorf("%v of rate-limited calls plus %v of code does not fit half the hook's %v deadline", apiTime, took, deadline)
+	}
+	const want = `{"metadata":{"annotations":{"gpulet.io/labels":null},"labels":{"accelerator":null,"nvidia.com/gpu.count":null}}}`
+	for i := range nodes {
+		if got := bodies[fmt.Sprintf("gpu-%04d", i)]; got != want {
+			t.Fatalf("gpu-%04d patched with %s, want %s", i, got, want)
 		}
 	}
 }

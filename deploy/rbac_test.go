@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/google/cel-go/cel"
+	"github.com/google/cel-go/ext"
 	"github.com/spf13/pflag"
 	admissionv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
@@ -136,7 +137,7 @@ func TestHelmChartRBACMatchesTheManifest(t *testing.T) {
 // macros, optionals on). The API server's own CEL library (k8s.io/apiserver)
 // is too heavy a dependency for this check.
 func celEnv(t *testing.T) *cel.Env {
-	env, err := cel.NewEnv(cel.OptionalTypes(),
+	env, err := cel.NewEnv(cel.OptionalTypes(), ext.Strings(),
 		cel.Variable("object", cel.DynType), cel.Variable("oldObject", cel.DynType),
 		cel.Variable("request", cel.DynType), cel.Variable("variables", cel.MapType(cel.StringType, cel.DynType)))
 	if err != nil {
@@ -189,13 +190,23 @@ func toDyn(t *testing.T, v any) any {
 	return out
 }
 
-// admit runs the policy on an update of old to new by the given user.
-func admit(t *testing.T, vap admissionv1.ValidatingAdmissionPolicy, user string, nodeClaim []string, old, new *corev1.Node) (matched bool, denied []string) {
-	request := map[string]any{"userInfo": map[string]any{"username": user, "extra": map[string]any{}}}
-	if nodeClaim != nil {
-		request["userInfo"].(map[string]any)["extra"] = map[string]any{"authentication.kubernetes.io/node-name": toDyn(t, nodeClaim)}
+// review is one write as a ValidatingAdmissionPolicy sees it.
+type review struct {
+	op       string   // CREATE, UPDATE or DELETE
+	user     string   // request.userInfo.username
+	node     []string // the token's node-name claim; nil: none
+	old, new any      // oldObject, object (nil on CREATE, DELETE)
+}
+
+// admitReview runs the policy's match conditions, variables and validations
+// on r, as the API server does once the resource rules matched.
+func admitReview(t *testing.T, vap admissionv1.ValidatingAdmissionPolicy, r review) (matched bool, denied []string) {
+	t.Helper()
+	request := map[string]any{"operation": r.op, "userInfo": map[string]any{"username": r.user, "extra": map[string]any{}}}
+	if r.node != nil {
+		request["userInfo"].(map[string]any)["extra"] = map[string]any{"authentication.kubernetes.io/node-name": toDyn(t, r.node)}
 	}
-	vars := map[string]any{"object": toDyn(t, new), "oldObject": toDyn(t, old), "request": request}
+	vars := map[string]any{"object": toDyn(t, r.new), "oldObject": toDyn(t, r.old), "request": request}
 	for _, mc := range vap.Spec.MatchConditions {
 		if eval(t, mc.Expression, vars) != true {
 			return false, nil
@@ -212,6 +223,11 @@ func admit(t *testing.T, vap admissionv1.ValidatingAdmissionPolicy, user string,
 		}
 	}
 	return true, denied
+}
+
+// admit runs the policy on an update of old to new by the given user.
+func admit(t *testing.T, vap admissionv1.ValidatingAdmissionPolicy, user string, nodeClaim []string, old, new *corev1.Node) (matched bool, denied []string) {
+	return admitReview(t, vap, review{op: "UPDATE", user: user, node: nodeClaim, old: old, new: new})
 }
 
 func TestAdmissionPolicyCEL(t *testing.T) {
@@ -255,6 +271,18 @@ func TestAdmissionPolicyCEL(t *testing.T) {
 		{"a foreign annotation", sa, []string{"gpu-node-1"}, node(base, nil), node(base, map[string]string{"other": "x"}), true, false},
 		{"a taint", sa, []string{"gpu-node-1"}, node(base, nil), tainted, true, false},
 		{"another user is not gpulet's business", "system:node:gpu-node-1", nil, node(base, nil), tainted, false, true},
+		{"a formerly-extra label it recorded removed", sa, []string{"gpu-node-1"}, node(with(base, "team", "ml"), map[string]string{"gpulet.io/labels": "nvidia.com/gpu.count,team"}),
+			node(base, owned), true, true},
+		{"a formerly-extra label it recorded changed", sa, []string{"gpu-node-1"}, node(with(base, "team", "ml"), map[string]string{"gpulet.io/labels": "nvidia.com/gpu.count,team"}),
+			node(with(base, "team", "ai"), map[string]string{"gpulet.io/labels": "nvidia.com/gpu.count,team"}), true, false},
+		{"a recorded kubernetes.io label removed", sa, []string{"gpu-node-1"}, node(base, map[string]string{"gpulet.io/labels": "kubernetes.io/hostname"}),
+			node(with(base, "kubernetes.io/hostname", "-"), nil), true, false},
+		{"a foreign key claimed in the record", sa, []string{"gpu-node-1"}, node(base, owned),
+			node(base, map[string]string{"gpulet.io/labels": "nvidia.com/gpu.count,topology.kubernetes.io/zone"}), true, false},
+		{"a label it never recorded removed", sa, []string{"gpu-node-1"}, node(with(base, "team", "ml"), owned), node(base, owned), true, false},
+		{"an owner reference", sa, []string{"gpu-node-1"}, node(base, nil), withOwner(node(base, nil)), true, false},
+		{"a finalizer", sa, []string{"gpu-node-1"}, node(base, nil), withFinalizer(node(base, nil)), true, false},
+		{"a token bound to two nodes", sa, []string{"gpu-node-1", "gpu-node-2"}, node(base, nil), node(with(base, "nvidia.com/gpu.count", "4"), nil), true, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -267,6 +295,16 @@ func TestAdmissionPolicyCEL(t *testing.T) {
 }
 
 var anyType = reflect.TypeOf([]any{})
+
+func withOwner(n *corev1.Node) *corev1.Node {
+	n.OwnerReferences = []metav1.OwnerReference{{APIVersion: "v1", Kind: "ConfigMap", Name: "x", UID: "0000"}}
+	return n
+}
+
+func withFinalizer(n *corev1.Node) *corev1.Node {
+	n.Finalizers = []string{"example.com/hold"}
+	return n
+}
 
 func metav1ObjectMeta(name string, labels, ann map[string]string) metav1.ObjectMeta {
 	return metav1.ObjectMeta{Name: name, Labels: labels, Annotations: ann}
@@ -321,9 +359,16 @@ func checkNodeFeatureRBAC(t *testing.T, r rbacv1.Role, b rbacv1.RoleBinding, sa 
 func TestNodeFeatureRBACManifest(t *testing.T) {
 	var ds appsv1.DaemonSet
 	strict(t, docs(t, "gpulet-daemonset.yaml")[0], &ds)
-	byKind := plainByKind(t, "gpulet-rbac.yaml")
+	byKind := plainByKind(t, "gpulet-nfd-rbac.yaml")
 	r, b := nodeFeatureRBAC(t, byKind)
-	checkNodeFeatureRBAC(t, r, b, parseRBAC(t, byKind).sa, &ds)
+	var sa corev1.ServiceAccount
+	strict(t, byKind["ServiceAccount"], &sa)
+	checkNodeFeatureRBAC(t, r, b, sa, &ds)
+	for _, kind := range []string{"ClusterRole", "ClusterRoleBinding"} {
+		if _, ok := byKind[kind]; ok {
+			t.Errorf("deploy/gpulet-nfd-rbac.yaml grants a %s: NFD mode needs no cluster-wide grant", kind)
+		}
+	}
 	if e := env(ds.Spec.Template.Spec.Containers[0]); e["USE_NODE_FEATURE_API"] != "" {
 		t.Errorf("the plain DaemonSet labels the Node by default: USE_NODE_FEATURE_API=%q", e["USE_NODE_FEATURE_API"])
 	}
@@ -348,13 +393,14 @@ func TestHelmChartNodeFeatureAPI(t *testing.T) {
 	strict(t, objs["ServiceAccount"], &sa)
 	r, b := nodeFeatureRBAC(t, objs)
 	checkNodeFeatureRBAC(t, r, b, sa, &ds)
-	plain, _ := nodeFeatureRBAC(t, plainByKind(t, "gpulet-rbac.yaml"))
+	plain, _ := nodeFeatureRBAC(t, plainByKind(t, "gpulet-nfd-rbac.yaml"))
 	if mustJSON(r.Rules) != mustJSON(plain.Rules) {
 		t.Errorf("the chart's Role differs from deploy/gpulet-rbac.yaml: %s, %s", mustJSON(r.Rules), mustJSON(plain.Rules))
 	}
-	for _, kind := range []string{"ClusterRole", "ClusterRoleBinding", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"} {
-		if _, ok := objs[kind]; ok {
-			t.Errorf("nodeLabels.nodeFeatureAPI=true still renders the node-labels %s", kind)
+	for _, name := range []string{"ClusterRole/gpulet-node-labels", "ClusterRoleBinding/gpulet-node-labels",
+		"ValidatingAdmissionPolicy/gpulet-node-labels", "ValidatingAdmissionPolicyBinding/gpulet-node-labels"} {
+		if _, ok := objs[name]; ok {
+			t.Errorf("nodeLabels.nodeFeatureAPI=true still renders %s", name)
 		}
 	}
 	e := env(ds.Spec.Template.Spec.Containers[0])

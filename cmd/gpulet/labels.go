@@ -25,7 +25,8 @@ atomically, like GFD's --oneshot (point it at NFD's features.d folder).
 
 The daemon (gpulet run) keeps them on the Node itself. --remove deletes from
 the Node the labels gpulet put there (listed in its gpulet.io/labels
-annotation), for uninstalling; other labels are left alone. With
+annotation), for uninstalling, but only nvidia.com/* labels and the keys of
+--extra-labels, whatever the annotation lists; other labels are left alone. With
 --use-node-feature-api (USE_NODE_FEATURE_API, flags.useNodeFeatureAPI) the
 daemon publishes them as NFD's NodeFeature nvidia-features-for-<node> in its
 namespace instead, and --remove deletes that object (nfd-master then takes
@@ -39,7 +40,7 @@ the labels off the Node); --namespace names it outside a pod.`,
 				return fmt.Errorf("--all-nodes goes with --remove")
 			}
 			if remove && allNodes {
-				return removeLabelsEverywhere(cmd, kubeconfig)
+				return removeLabelsEverywhere(cmd, cfg, kubeconfig)
 			}
 			if remove {
 				return removeLabels(cmd, cfg, kubeconfig)

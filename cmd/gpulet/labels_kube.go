@@ -26,7 +26,7 @@ func removeLabels(cmd *cobra.Command, cfg *config.Config, kubeconfig string) err
 	if err != nil {
 		return err
 	}
-	removed, err := publish.Remove(cmd.Context(), client, cfg.Labels.NodeName)
+	removed, err := publish.Remove(cmd.Context(), client, cfg.Labels.NodeName, publish.Removable(cfg.Labels.Extra))
 	if err != nil {
 		return err
 	}
@@ -38,12 +38,12 @@ func removeLabels(cmd *cobra.Command, cfg *config.Config, kubeconfig string) err
 	return nil
 }
 
-func removeLabelsEverywhere(cmd *cobra.Command, kubeconfig string) error {
-	client, err := kube.Client(kubeconfig)
+func removeLabelsEverywhere(cmd *cobra.Command, cfg *config.Config, kubeconfig string) error {
+	client, err := kube.ClientWithRate(kubeconfig, publish.RemoveAllQPS, publish.RemoveAllBurst)
 	if err != nil {
 		return err
 	}
-	removed, err := publish.RemoveAll(cmd.Context(), client)
+	removed, err := publish.RemoveAll(cmd.Context(), client, publish.Removable(cfg.Labels.Extra))
 	for _, node := range slices.Sorted(maps.Keys(removed)) {
 		fmt.Fprintf(cmd.OutOrStdout(), "removed from node %s: %s\n", node, strings.Join(removed[node], ", "))
 	}

@@ -21,4 +21,4 @@ func newDRACmd() *cobra.Command {
 
 func removeLabels(*cobra.Command, *config.Config, string) error { return errNoKube }
 
-func removeLabelsEverywhere(*cobra.Command, string) error { return errNoKube }
+func removeLabelsEverywhere(*cobra.Command, *config.Config, string) error { return errNoKube }

@@ -44,7 +44,7 @@ func (g *gpulet) labelPublisher() component {
 			opts := LabelOptions(g.cfg)
 			opts.Log = log
 			p = &publish.Publisher{
-				Target: target, Store: g.store, Log: log,
+				Target: target, Store: g.store, Log: log, CheckPolicy: true,
 				Compute: func(s inventory.Snapshot) (labels.Labels, error) { return labels.Compute(s, opts) },
 			}
 			log.Info("labelling the node", "node", g.cfg.Labels.NodeName, "target", target.String())

@@ -32,9 +32,18 @@ type Identity struct {
 // Client returns a Kubernetes client from kubeconfig, or from the pod's
 // service account when kubeconfig is "".
 func Client(kubeconfig string) (kubernetes.Interface, error) {
+	return ClientWithRate(kubeconfig, 0, 0)
+}
+
+// ClientWithRate is Client with its own client-side rate limit (qps
+// requests a second, bursts of burst); 0 keeps client-go's defaults.
+func ClientWithRate(kubeconfig string, qps float32, burst int) (kubernetes.Interface, error) {
 	cfg, err := restConfig(kubeconfig)
 	if err != nil {
 		return nil, err
+	}
+	if qps > 0 {
+		cfg.QPS, cfg.Burst = qps, burst
 	}
 	c, err := kubernetes.NewForConfig(cfg)
 	if err != nil {

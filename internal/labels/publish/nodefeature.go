@@ -87,7 +87,7 @@ func (t *NodeFeatureTarget) explain(verb string, err error) error {
 	hint := ""
 	switch {
 	case apierrors.IsForbidden(err):
-		hint = " (gpulet's service account needs get, create, update on nodefeatures.nfd.k8s-sigs.io in its namespace: see deploy/gpulet-rbac.yaml)"
+		hint = " (gpulet's service account needs get, create, update on nodefeatures.nfd.k8s-sigs.io in its namespace: see deploy/gpulet-nfd-rbac.yaml)"
 	case apierrors.IsNotFound(err):
 		hint = " (is Node Feature Discovery installed, with its NodeFeature CRD?)"
 	}
@@ -140,6 +140,20 @@ func (t *NodeFeatureTarget) inSync(obj *unstructured.Unstructured, want labels.L
 		}
 	}
 	return true
+}
+
+// CheckPolicy makes a dry-run create of the node's NodeFeature with a label
+// the policy refuses (deploy/gpulet-nfd-rbac.yaml's gpulet-node-feature).
+func (t *NodeFeatureTarget) CheckPolicy(ctx context.Context) error {
+	obj := &unstructured.Unstructured{}
+	obj.SetAPIVersion(NodeFeatureGVR.GroupVersion().String())
+	obj.SetKind("NodeFeature")
+	obj.SetName(NodeFeatureName(t.Node))
+	obj.SetNamespace(t.Namespace)
+	t.fill(obj, labels.Labels{PolicyProbeLabel: "1"})
+	_, err := t.Client.Resource(NodeFeatureGVR).Namespace(t.Namespace).Create(ctx, obj,
+		metav1.CreateOptions{FieldManager: "gpulet", DryRun: []string{metav1.DryRunAll}})
+	return policyVerdict("create of "+t.String(), "the ValidatingAdmissionPolicy and binding of deploy/gpulet-nfd-rbac.yaml or the Helm chart", err)
 }
 
 // RemoveNodeFeature deletes node's NodeFeature object from namespace (nfd-

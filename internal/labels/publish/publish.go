@@ -12,6 +12,7 @@ package publish
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -19,8 +20,10 @@ import (
 	"math"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
@@ -101,19 +104,37 @@ func Sync(ctx context.Context, c kubernetes.Interface, node string, want labels.
 	return true, nil
 }
 
-// Remove deletes the labels gpulet owns from node, and its record of them.
-// It returns the keys removed.
-func Remove(ctx context.Context, c kubernetes.Interface, node string) ([]string, error) {
+// Removable reports whether the uninstall may take key off a node: only
+// nvidia.com/* labels and the extra labels (extra's keys), whatever gpulet's
+// annotation lists. The annotation is gpulet's to write, so it must not
+// make the uninstall (which may patch every node) strip other labels.
+func Removable(extra map[string]string) func(key string) bool {
+	return func(key string) bool {
+		_, ok := extra[key]
+		return ok || strings.HasPrefix(key, "nvidia.com/")
+	}
+}
+
+// removePatch is the patch taking the owned keys removable allows, and the
+// record, off a node with these annotations; nil when there is no record.
+func removePatch(annotations map[string]string, removable func(string) bool) ([]string, []byte, error) {
+	if _, ok := annotations[OwnedAnnotation]; !ok {
+		return nil, nil, nil
+	}
+	keys := slices.DeleteFunc(owned(annotations), func(k string) bool { return !removable(k) })
+	patch, err := mergePatch(keys, nil)
+	return keys, patch, err
+}
+
+// Remove deletes from node the labels gpulet owns that removable allows
+// (Removable), and its record of them. It returns the keys removed.
+func Remove(ctx context.Context, c kubernetes.Interface, node string, removable func(string) bool) ([]string, error) {
 	n, err := c.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("read node %s: %w", node, err)
 	}
-	keys := owned(n.Annotations)
-	if _, ok := n.Annotations[OwnedAnnotation]; !ok {
-		return nil, nil
-	}
-	patch, err := mergePatch(keys, nil)
-	if err != nil {
+	keys, patch, err := removePatch(n.Annotations, removable)
+	if patch == nil || err != nil {
 		return nil, err
 	}
 	if _, err := c.CoreV1().Nodes().Patch(ctx, node, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: "gpulet"}); err != nil {
@@ -122,26 +143,85 @@ func Remove(ctx context.Context, c kubernetes.Interface, node string) ([]string,
 	return keys, nil
 }
 
-// RemoveAll removes gpulet's labels from every node that carries its record
-// of them (uninstall: the Helm chart's pre-delete hook runs it). It returns
-// what it removed, by node.
-func RemoveAll(ctx context.Context, c kubernetes.Interface) (map[string][]string, error) {
-	nodes, err := c.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
-	if err != nil {
-		return nil, fmt.Errorf("list nodes (the uninstall needs list on nodes): %w", err)
+const (
+	// RemoveAllQPS and RemoveAllBurst are the client rate limits of the
+	// uninstall (`gpulet labels --remove --all-nodes`): 5,000 labelled nodes take 50 s,
+	// within the chart hook's deadline (templates/uninstall-hook.yaml).
+	RemoveAllQPS   = 100
+	RemoveAllBurst = 100
+	// removeAllWorkers patch at once, so the API server's latency does not
+	// add up node after node.
+	removeAllWorkers = 16
+	// removeAllPage is the List page size: nodes are read in pages, never
+	// one Get per node.
+	removeAllPage = 500
+)
+
+// RemoveAll removes gpulet's labels (those removable allows) from every
+// node that carries its record of them (uninstall: the Helm chart's
+// pre-delete hook runs it). It lists the nodes in pages and patches the
+// labelled ones from what the list says, several at once; a node that fails
+// does not stop the others. It returns what it removed, by node, and every
+// error.
+func RemoveAll(ctx context.Context, c kubernetes.Interface, removable func(string) bool) (map[string][]string, error) {
+	type job struct {
+		node  string
+		keys  []string
+		patch []byte
 	}
-	out := map[string][]string{}
-	for _, n := range nodes.Items {
-		if _, ok := n.Annotations[OwnedAnnotation]; !ok {
-			continue
-		}
-		keys, err := Remove(ctx, c, n.Name)
-		if err != nil {
-			return out, err
-		}
-		out[n.Name] = keys
+	jobs := make(chan job)
+	var (
+		mu   sync.Mutex
+		out  = map[string][]string{}
+		errs []error
+		wg   sync.WaitGroup
+	)
+	for range removeAllWorkers {
+		wg.Go(func() {
+			for j := range jobs {
+				_, err := c.CoreV1().Nodes().Patch(ctx, j.node, types.MergePatchType, j.patch, metav1.PatchOptions{FieldManager: "gpulet"})
+				mu.Lock()
+				if err != nil {
+					errs = append(errs, fmt.Errorf("remove gpulet's labels from node %s: %w", j.node, err))
+				} else {
+					out[j.node] = j.keys
+				}
+				mu.Unlock()
+			}
+		})
 	}
-	return out, nil
+	listErr := func() error {
+		defer close(jobs)
+		opts := metav1.ListOptions{Limit: removeAllPage}
+		for {
+			nodes, err := c.CoreV1().Nodes().List(ctx, opts)
+			if err != nil {
+				return fmt.Errorf("list nodes (the uninstall needs list on nodes): %w", err)
+			}
+			for _, n := range nodes.Items {
+				keys, patch, err := removePatch(n.Annotations, removable)
+				if err != nil {
+					return err
+				}
+				if patch == nil {
+					continue
+				}
+				select {
+				case jobs <- job{n.Name, keys, patch}:
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+			}
+			if opts.Continue = nodes.Continue; opts.Continue == "" {
+				return nil
+			}
+		}
+	}()
+	wg.Wait()
+	if listErr != nil {
+		errs = append([]error{listErr}, errs...)
+	}
+	return out, errors.Join(errs...)
 }
 
 // Target is where the labels go: the Node itself (NodeTarget) or NFD's
@@ -164,6 +244,40 @@ func (t NodeTarget) Sync(ctx context.Context, want labels.Labels) (bool, error) 
 
 func (t NodeTarget) String() string { return "node " + t.Node }
 
+// PolicyChecker is a Target that can tell whether the admission policy
+// narrowing gpulet's writes to its own node is in force.
+type PolicyChecker interface {
+	CheckPolicy(ctx context.Context) error
+}
+
+// PolicyProbeLabel is a label gpulet never writes and its admission
+// policies refuse: a dry-run write of it must be denied.
+const PolicyProbeLabel = "gpulet.io/policy-probe"
+
+// policyVerdict reads the answer to a dry-run write the policy must refuse:
+// nil when it was refused, an error saying what to do when it was admitted
+// (exists: the object existed, so a create was not refused by admission).
+func policyVerdict(what, apply string, err error) error {
+	switch {
+	case apierrors.IsForbidden(err) || apierrors.IsInvalid(err):
+		return nil
+	case err == nil || apierrors.IsAlreadyExists(err):
+		return fmt.Errorf("the admission policy that keeps gpulet to its own node is not in force: a dry-run %s with the label %s was admitted; "+
+			"apply %s (Kubernetes 1.30 or later), gpulet writes no labels until then", what, PolicyProbeLabel, apply)
+	default:
+		return fmt.Errorf("check gpulet's admission policy (dry-run %s): %w", what, err)
+	}
+}
+
+// CheckPolicy makes a dry-run patch of the Node with a label the policy
+// refuses (deploy/gpulet-rbac.yaml's gpulet-node-labels).
+func (t NodeTarget) CheckPolicy(ctx context.Context) error {
+	patch := []byte(`{"metadata":{"labels":{"` + PolicyProbeLabel + `":"1"}}}`)
+	_, err := t.Client.CoreV1().Nodes().Patch(ctx, t.Node, types.MergePatchType, patch,
+		metav1.PatchOptions{FieldManager: "gpulet", DryRun: []string{metav1.DryRunAll}})
+	return policyVerdict("patch of node "+t.Node, "the ValidatingAdmissionPolicy and binding of deploy/gpulet-rbac.yaml or the Helm chart", err)
+}
+
 // Publisher keeps a node's labels in step with the inventory store.
 type Publisher struct {
 	// Target is where the labels go; nil means the Node Node with Client.
@@ -178,9 +292,12 @@ type Publisher struct {
 	Debounce time.Duration
 	// RetryMax caps the back-off after a failed write (default 30s).
 	RetryMax time.Duration
-	Log      *slog.Logger
-	kick     chan struct{}
-	last     labels.Labels
+	// CheckPolicy: before each write, check that the target's admission
+	// policy is in force (PolicyChecker), and write nothing when it is not.
+	CheckPolicy bool
+	Log         *slog.Logger
+	kick        chan struct{}
+	last        labels.Labels
 }
 
 // Kick asks for the labels to be recomputed (the config changed). It never
@@ -261,6 +378,11 @@ func (p *Publisher) syncOnce(ctx context.Context) error {
 	}
 	if p.last != nil && sameBut(p.last, want, labels.TimestampKey) {
 		return nil // nothing gpulet labels on changed (e.g. health): no API call
+	}
+	if pc, ok := p.target().(PolicyChecker); ok && p.CheckPolicy {
+		if err := pc.CheckPolicy(ctx); err != nil {
+			return err
+		}
 	}
 	wrote, err := p.target().Sync(ctx, want)
 	if err != nil {

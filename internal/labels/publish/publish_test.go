@@ -3,13 +3,16 @@ package publish
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"maps"
+	"strings"
 	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes/fake"
@@ -161,7 +164,7 @@ func TestSyncPatchIsExact(t *testing.T) {
 func TestRemove(t *testing.T) {
 	c := newClient(map[string]string{"team": "ml", "nvidia.com/gpu.count": "8", "accelerator": "nvidia", "nvidia.com/gpu.present": "true"},
 		map[string]string{OwnedAnnotation: "accelerator,nvidia.com/gpu.count", "other": "y"})
-	removed, err := Remove(context.Background(), c, nodeName)
+	removed, err := Remove(context.Background(), c, nodeName, Removable(map[string]string{"accelerator": "nvidia"}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -177,7 +180,7 @@ func TestRemove(t *testing.T) {
 	}
 	// A second removal finds nothing to do and does not write.
 	c.ClearActions()
-	if removed, err := Remove(context.Background(), c, nodeName); err != nil || len(removed) != 0 || len(patches(c)) != 0 {
+	if removed, err := Remove(context.Background(), c, nodeName, Removable(nil)); err != nil || len(removed) != 0 || len(patches(c)) != 0 {
 		t.Errorf("second removal: removed %v, err %v, %d patches", removed, err, len(patches(c)))
 	}
 }
@@ -193,7 +196,7 @@ func TestRemoveAll(t *testing.T) {
 		node("gpu-2", map[string]string{"nvidia.com/gpu.count": "4", "accelerator": "nvidia"}, map[string]string{OwnedAnnotation: "accelerator,nvidia.com/gpu.count"}),
 		node("cpu-1", map[string]string{"nvidia.com/gpu.count": "0", "team": "b"}, nil),
 	)
-	removed, err := RemoveAll(context.Background(), c)
+	removed, err := RemoveAll(context.Background(), c, Removable(map[string]string{"accelerator": "nvidia"}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -218,6 +221,65 @@ func TestRemoveAll(t *testing.T) {
 	}
 }
 
+// The annotation is gpulet's to write, so whatever it lists, the uninstall
+// removes only nvidia.com/* and the extra labels.
+func TestRemoveAllOnlyGpuletsKeys(t *testing.T) {
+	hostile := map[string]string{OwnedAnnotation: "kubernetes.io/hostname,node-restriction.kubernetes.io/pool,team,accelerator,nvidia.com/gpu.count"}
+	lbls := map[string]string{"kubernetes.io/hostname": "gpu-1", "node-restriction.kubernetes.io/pool": "a", "team": "ml",
+		"accelerator": "nvidia", "nvidia.com/gpu.count": "8"}
+	for _, tt := range []struct {
+		name  string
+		extra map[string]string
+		want  map[string]string
+	}{
+		{"extra accelerator", map[string]string{"accelerator": "nvidia"},
+			map[string]string{"kubernetes.io/hostname": "gpu-1", "node-restriction.kubernetes.io/pool": "a", "team": "ml"}},
+		{"no extra labels", nil,
+			map[string]string{"kubernetes.io/hostname": "gpu-1", "node-restriction.kubernetes.io/pool": "a", "team": "ml", "accelerator": "nvidia"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c := fake.NewClientset(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "gpu-1", Labels: maps.Clone(lbls), Annotations: maps.Clone(hostile)}})
+			if _, err := RemoveAll(context.Background(), c, Removable(tt.extra)); err != nil {
+				t.Fatal(err)
+			}
+			n, err := c.CoreV1().Nodes().Get(context.Background(), "gpu-1", metav1.GetOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !maps.Equal(n.Labels, tt.want) {
+				t.Errorf("labels %v, want %v", n.Labels, tt.want)
+			}
+			if _, ok := n.Annotations[OwnedAnnotation]; ok {
+				t.Error("the record is still there")
+			}
+		})
+	}
+}
+
+// One node that cannot be patched does not stop the others; the error
+// names it.
+func TestRemoveAllGoesOnPastAFailure(t *testing.T) {
+	var objs []runtime.Object
+	for _, n := range []string{"a", "b", "c"} {
+		objs = append(objs, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n, Labels: map[string]string{"nvidia.com/gpu.count": "1"},
+			Annotations: map[string]string{OwnedAnnotation: "nvidia.com/gpu.count"}}})
+	}
+	c := fake.NewClientset(objs...)
+	c.PrependReactor("patch", "nodes", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		if a.(k8stesting.PatchAction).GetName() == "b" {
+			return true, nil, apierrors.NewForbidden(corev1.Resource("nodes"), "b", errors.New("no"))
+		}
+		return false, nil, nil
+	})
+	removed, err := RemoveAll(context.Background(), c, Removable(nil))
+	if err == nil || !strings.Contains(err.Error(), "node b") {
+		t.Errorf("err %v, want one naming node b", err)
+	}
+	if len(removed) != 2 || removed["a"] == nil || removed["c"] == nil {
+		t.Errorf("removed %v, want a and c", removed)
+	}
+}
+
 func TestSyncMissingNodeSaysWhat(t *testing.T) {
 	c := fake.NewClientset()
 	if _, err := Sync(context.Background(), c, "nope", labels.Labels{"a": "b"}); err == nil {
@@ -238,6 +300,12 @@ type publisherHarness struct {
 }
 
 func startPublisher(t *testing.T, c *fake.Clientset) *publisherHarness {
+	return startPublisherWith(t, c, func(*Publisher) {})
+}
+
+// startPublisherWith is startPublisher with mod applied to the Publisher
+// before it runs.
+func startPublisherWith(t *testing.T, c *fake.Clientset, mod func(*Publisher)) *publisherHarness {
 	h := &publisherHarness{client: c, done: make(chan error, 1)}
 	h.store = inventory.NewStore(&inventory.Node{GPUs: []inventory.GPU{{UUID: "GPU-0"}, {UUID: "GPU-1", Minor: 1}}})
 	var now int64 = 1000
@@ -254,6 +322,7 @@ func startPublisher(t *testing.T, c *fake.Clientset) *publisherHarness {
 			return l, nil
 		},
 	}
+	mod(h.pub)
 	ctx, cancel := context.WithCancel(context.Background())
 	h.cancel = cancel
 	go func() { h.done <- h.pub.Run(ctx) }()
