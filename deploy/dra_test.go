@@ -228,20 +228,14 @@ func TestDRAManifests(t *testing.T) {
 	strict(t, docs(t, "gpulet-dra-daemonset-patch.yaml")[0], &patch)
 	strict(t, plainByKind(t, "gpulet-daemonset.yaml")["DaemonSet"], &base)
 	mounts := draMounts(t, &patch)
-	for _, p := range []string{config.DefaultDRARegistrarDir, config.DefaultDRAPluginDir} {
+	// The per-claim CDI specs go into the host's CDI folder: the patch mounts
+	// it (the plain DaemonSet does not, with its envvar strategy).
+	for _, p := range []string{config.DefaultDRARegistrarDir, config.DefaultDRAPluginDir, config.DefaultCDISpecDir} {
 		if _, ok := mounts[p]; !ok {
 			t.Errorf("the DRA patch does not mount %s (has %v)", p, mounts)
 		}
 	}
-	// The per-claim CDI specs go where the DaemonSet already mounts the CDI
-	// folder; the patch must not mount it a second time (an invalid pod).
-	if _, ok := draMounts(t, &base)[config.DefaultCDISpecDir]; !ok {
-		t.Errorf("the DaemonSet does not mount %s", config.DefaultCDISpecDir)
-	}
-	merged := base.DeepCopy()
-	c := &merged.Spec.Template.Spec.Containers[0]
-	c.VolumeMounts = append(c.VolumeMounts, patch.Spec.Template.Spec.Containers[0].VolumeMounts...)
-	merged.Spec.Template.Spec.Volumes = append(merged.Spec.Template.Spec.Volumes, patch.Spec.Template.Spec.Volumes...)
+	merged := patched(t, &base, "gpulet-dra-daemonset-patch.yaml")
 	checkPodVolumes(t, "DaemonSet + DRA patch", merged)
 	if e := env(patch.Spec.Template.Spec.Containers[0]); e["GPULET_DRA"] != "true" {
 		t.Errorf("the DRA patch does not turn DRA on: %v", e)

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds gpulet's release image without a Docker daemon: per platform, the cgo binary (NVML and
 # libcuda are loaded with dlopen at run time) on the C library of Debian 12, the same content as the
-# Dockerfile's distroless base-debian12 stage needs. `make image` runs it for linux/amd64 and
+# Dockerfile's distroless base-debian12 stage needs, from one pinned Debian package per platform
+# (libc6_pins below). Like the Dockerfile's nonroot base, the image runs as UID 65532 unless the pod
+# says otherwise (the DaemonSet does). `make image` runs it for linux/amd64 and
 # linux/arm64 (an OCI image index, hack/mkimage.sh); `make e2e` deploys the amd64 image it makes.
 #
 # The C library, per platform:
@@ -21,7 +23,8 @@ installed() { [[ $(dpkg-query -W -f='${Status}' "$1" 2>/dev/null) == "install ok
 
 r=$(mktemp -d)
 trap 'rm -rf "$r"' EXIT
-roots=''
+roots='' pinned=''
+declare -A libc6_pins=([libc6]=2.36-9+deb12u14 [libc6-arm64-cross]=2.36-8cross1)
 IFS=, read -ra specs <<<"$bins"
 for spec in "${specs[@]}"; do
 	arch=amd64 bin=$spec
@@ -40,6 +43,13 @@ for spec in "${specs[@]}"; do
 	*) echo "image: unknown architecture $arch: want amd64 or arm64" >&2; exit 1 ;;
 	esac
 	installed "$pkg" || { echo "image: Debian's $pkg is not installed (test/e2e/lib/deps.sh cross installs the arm64 one)" >&2; exit 1; }
+	# The one Debian package each image takes files from, pinned: a different version is a different
+	# image. Move a pin deliberately (LIBC6_VERSION=... tries another for every architecture).
+	version=$(dpkg-query -W -f='${Version}' "$pkg")
+	pin=${LIBC6_VERSION:-${libc6_pins[$pkg]}}
+	[[ $version == "$pin" ]] ||
+		{ echo "image: Debian's $pkg here is $version, the image pins $pin (hack/image.sh libc6_pins)" >&2; exit 1; }
+	pinned+="${pinned:+,}$pkg=$version"
 	readelf -h "$bin" | grep -q "Machine: *.*$machine" || { echo "image: $bin is not a linux/$arch binary" >&2; exit 1; }
 	mkdir -p "$root"/{usr/bin,etc,tmp,usr/lib64,usr/lib/$triplet}
 	ln -s usr/lib "$root/lib" # merged /usr, as Debian 12
@@ -86,4 +96,4 @@ for spec in "${specs[@]}"; do
 	roots+="${roots:+,}$arch=$root"
 done
 "$here/mkimage.sh" "$ref" "$roots" "$out" \
-	'{"Entrypoint":["/usr/bin/gpulet"],"Cmd":["run"],"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]}'
+	"{\"Entrypoint\":[\"/usr/bin/gpulet\"],\"Cmd\":[\"run\"],\"User\":\"65532:65532\",\"Env\":[\"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\"],\"Labels\":{\"io.gpulet.base.libc6\":\"$pinned\"}}"

@@ -27,6 +27,7 @@ SCENARIOS=(
 	"metrics|/metrics: dcgm-exporter series per GPU, a pod's GPUs attributed then released, an XID counted; /readyz and Ready follow the driver down and up|ds"
 	"dra|DRA (gpu.nvidia.com): slices from gpulet, claims get exactly their GPUs, CEL selectors, no sharing, an NVLink pair, a gpulet restart, a fault taints a GPU (a tolerating claim may have it)|ds"
 	"dra-ext|DRA extendedResourceName: nvidia.com/gpu: 2 on a DRA-owned node runs with exactly 2 GPUs of a claim; with --dra-devices=0,1 the device plugin serves nvidia.com/gpu and DRA's GPUs are claims-only|ds"
+	"policy|two gpulet tokens, one per node: each may write its own node's labels, ResourceSlices and NodeFeature; everything aimed at the other node, another driver or all nodes is Forbidden by the admission policies|ds"
 	"mig|MIG sim profile, mig-strategy=mixed: capacity per MIG resource; a mig-1g.10gb.me pod gets one MIG device and its caps nodes; back to 8 GPUs|ds"
 	"nvml|--backend nvml on NVIDIA's mock NVML (H100 profile) mounted as the driver root: 8 GPUs, the seed Job gets one; an XID from nvml-mock-ctl: Allocatable 7, /metrics shows it; back to the simulator|ds"
 	"upgrade|rolling upgrade A -> B -> A (RollingUpdate) with pods holding GPUs and a prepared DRA claim: pods keep GPUs and /dev nodes, the claim stays prepared and is unprepared by the next version, capacity returns (measured), labels not rewritten, nothing held handed out again|ds"
@@ -524,10 +525,14 @@ check_cdi_pod() {
 
 scenario_cdi() {
 	local spec=/var/run/cdi/k8s.device-plugin.nvidia.com-gpu.json p cid0 n
-	# Whatever happens below, later scenarios find the overlay's settings.
-	trap 'set_gpulet_env DEVICE_LIST_STRATEGY=envvar PASS_DEVICE_SPECS=true || echo "could not restore the DaemonSet to envvar" >&2' EXIT
-	# cdi-cri: the kubelet passes CDI names to containerd in the CRI request; no device specs.
-	set_gpulet_env DEVICE_LIST_STRATEGY=cdi-cri PASS_DEVICE_SPECS=false
+	# Whatever happens below, later scenarios find the DaemonSet as deployed.
+	trap 'ds_restore || echo "could not restore the DaemonSet as deployed" >&2' EXIT
+	# cdi-cri: the kubelet passes CDI names to containerd in the CRI request; no device specs. What an
+	# operator applies: deploy/gpulet-cdi-daemonset-patch.yaml (cdi-cri and the host's /var/run/cdi,
+	# which the plain DaemonSet does not mount).
+	K -n "$GPU_NS" patch ds "$DS_NAME" --patch-file "$DEPLOY_DIR/gpulet-cdi-daemonset-patch.yaml" >/dev/null
+	wait_until 120 "DaemonSet rolled out with the CDI patch" ds_rolled || fail "gpulet did not roll out with the CDI patch"
+	set_gpulet_env PASS_DEVICE_SPECS=false
 	"$W/nsrun" test -s "$spec" || fail "gpulet wrote no CDI spec at $spec on the node"
 	n=$(gpulet_node cdi list --spec-dirs=/var/run/cdi | grep -c '^k8s.device-plugin.nvidia.com/gpu=GPU-') ||
 		fail "gpulet cdi list on the node failed"
@@ -567,9 +572,17 @@ scenario_cdi() {
 	wait_until 60 "gpu1-cdiann COMPLETIONS 1/1" job_complete gpu1-cdiann || fail "gpu1-cdiann did not complete"
 	K delete jobs -l app=gpulet-e2e --wait=true >/dev/null
 
-	# Back to the overlay's settings for whatever runs next.
+	# Back to the DaemonSet as deployed for whatever runs next.
 	trap - EXIT
-	set_gpulet_env DEVICE_LIST_STRATEGY=envvar PASS_DEVICE_SPECS=true
+	ds_restore || fail "could not restore the DaemonSet as deployed"
+}
+
+# ds_restore: the DaemonSet as deployed (deploy/ with the test overlay), by replace: a patch's fields
+# are not in apply's last-applied state.
+ds_restore() {
+	awk 'BEGIN { RS = "\n---\n" } /kind: DaemonSet/ { print; exit }' "$LOGS/gpulet-e2e.yaml" | K replace -f - >/dev/null || return 1
+	wait_until 120 "DaemonSet back as deployed" ds_rolled || return 1
+	wait_until 120 "Allocatable nvidia.com/gpu 8" gpus_8_and_stable
 }
 
 # render_video_job NAME gpu|claim: a Job whose pod asks NVIDIA_DRIVER_CAPABILITIES=compute,utility,video
@@ -1556,6 +1569,109 @@ scenario_upgrade() {
 	release "$UPGRADE_HOLD_POD"
 	wait_until 60 "up-hold COMPLETIONS 1/1" job_complete up-hold || fail "up-hold did not complete"
 }
+
+# policy: the admission policies of deploy/ on the real API server, with gpulet's own tokens.
+
+# as_allowed WHAT TOKEN CMD...: kubectl as gpulet (TOKEN) succeeds.
+as_allowed() {
+	local what=$1 t=$2 out
+	shift 2
+	out=$(K --token="$t" "$@" 2>&1) || fail "refused: $what: $out"
+	log "  allowed: $what"
+}
+# as_refused WHAT TOKEN MESSAGE CMD...: kubectl as gpulet (TOKEN) is Forbidden by the named policy
+# with MESSAGE (not by RBAC, not by validation).
+as_refused() {
+	local what=$1 t=$2 msg=$3 out
+	shift 3
+	out=$(K --token="$t" "$@" 2>&1) && fail "admitted: $what"
+	grep -q 'Forbidden\|forbidden' <<<"$out" && grep -qF "$msg" <<<"$out" ||
+		fail "$what: refused, but not by the policy ('$msg'): $out"
+	log "  Forbidden: $what"
+}
+# policy_slice NAME DRIVER NODE POOL [DEVICE]: a ResourceSlice manifest; NODE "*" is allNodes.
+policy_slice() {
+	local where="nodeName: $3"
+	[[ $3 == "*" ]] && where="allNodes: true"
+	printf 'apiVersion: resource.k8s.io/v1\nkind: ResourceSlice\nmetadata:\n  name: %s\nspec:\n  driver: %s\n  %s\n  pool: {name: %s, generation: 1, resourceSliceCount: 1}\n  devices: [{name: %s}]\n' \
+		"$1" "$2" "$where" "$4" "${5:-e2e-0}"
+}
+# policy_feature NAME NODE [LABEL]: a NodeFeature manifest in gpulet's namespace.
+policy_feature() {
+	printf 'apiVersion: nfd.k8s-sigs.io/v1alpha1\nkind: NodeFeature\nmetadata:\n  name: %s\n  namespace: %s\n  labels: {nfd.node.kubernetes.io/node-name: %s}\nspec:\n  labels: {"%s": "1"}\n' \
+		"$1" "$GPU_NS" "$2" "${3:-nvidia.com/gpu.count}"
+}
+policy_cleanup() {
+	K delete resourceslice e2e-policy-a e2e-policy-a2 e2e-policy-b --ignore-not-found >/dev/null 2>&1 || true
+	K -n "$GPU_NS" delete nodefeature nvidia-features-for-"$NODE_NAME" nvidia-features-for-"$NODE2_NAME" --ignore-not-found >/dev/null 2>&1 || true
+	K label node "$NODE_NAME" nvidia.com/e2e-probe- e2e-former- >/dev/null 2>&1 || true
+}
+
+scenario_policy() {
+	local ta tb a b ann
+	a=$NODE_NAME b=$NODE2_NAME
+	ta=$(K -n "$GPU_NS" create token gpulet --bound-object-kind=Pod --bound-object-name="$(gpulet_pod_on "$a")" --duration=10m) ||
+		fail "no token for $a's gpulet"
+	tb=$(K -n "$GPU_NS" create token gpulet --bound-object-kind=Pod --bound-object-name="$(gpulet_pod_on "$b")" --duration=10m) ||
+		fail "no token for $b's gpulet"
+	# What an operator applies for DRA and for NFD mode (the NodeFeature CRD stands in for NFD's).
+	K apply -f "$DEPLOY_DIR/gpulet-dra-rbac.yaml" -f "$DEPLOY_DIR/gpulet-nfd-rbac.yaml" -f "$MANIFESTS/nodefeature-crd.yaml" >/dev/null
+	K wait --for=condition=Established crd/nodefeatures.nfd.k8s-sigs.io --timeout=30s >/dev/null
+	trap policy_cleanup EXIT
+	# A new policy takes a moment to reach the API server's admission: wait until a write it refuses is refused.
+	policy_in_force() { ! K --token="$ta" create --dry-run=server -f - <<<"$(policy_slice e2e-policy-b gpu.nvidia.com "$b" "$b")" >/dev/null 2>&1; }
+	wait_until 30 "the ResourceSlice policy in force" policy_in_force || fail "the ResourceSlice policy is not enforced"
+	policy_feature_in_force() { ! K --token="$ta" create --dry-run=server -f - <<<"$(policy_feature nvidia-features-for-"$b" "$b")" >/dev/null 2>&1; }
+	wait_until 30 "the NodeFeature policy in force" policy_feature_in_force || fail "the NodeFeature policy is not enforced"
+
+	log "Node ($a's token):"
+	as_allowed "label $a nvidia.com/e2e-probe" "$ta" label node "$a" nvidia.com/e2e-probe=1
+	as_allowed "remove it" "$ta" label node "$a" nvidia.com/e2e-probe-
+	as_refused "label $b" "$ta" "only the node its pod runs on" label node "$b" nvidia.com/e2e-probe=1
+	as_refused "remove kubernetes.io/hostname from $a" "$ta" "only nvidia.com" label node "$a" kubernetes.io/hostname-
+	as_refused "a finalizer on $a" "$ta" "owner references or finalizers" patch node "$a" --type=merge -p '{"metadata":{"finalizers":["example.com/hold"]}}'
+	as_refused "an owner reference on $a" "$ta" "owner references or finalizers" patch node "$a" --type=merge \
+		-p '{"metadata":{"ownerReferences":[{"apiVersion":"v1","kind":"ConfigMap","name":"x","uid":"00000000-0000-0000-0000-000000000000"}]}}'
+	ann=$(K get node "$a" -o json | jq -r '.metadata.annotations["gpulet.io/labels"] // ""')
+	as_refused "claim topology.kubernetes.io/zone in gpulet.io/labels" "$ta" "may name only" \
+		annotate node "$a" --overwrite "gpulet.io/labels=$ann,topology.kubernetes.io/zone"
+	# A label gpulet recorded as its own (an extra label since dropped from the policy) may go.
+	K label node "$a" e2e-former=1 >/dev/null
+	K annotate node "$a" --overwrite "gpulet.io/labels=$ann,e2e-former" >/dev/null
+	as_allowed "remove e2e-former, which gpulet recorded as its own" "$ta" patch node "$a" --type=merge \
+		-p "{\"metadata\":{\"labels\":{\"e2e-former\":null},\"annotations\":{\"gpulet.io/labels\":\"$ann\"}}}"
+
+	log "ResourceSlices:"
+	as_allowed "create $a's slice" "$ta" create -f - <<<"$(policy_slice e2e-policy-a gpu.nvidia.com "$a" "$a")"
+	as_allowed "update $a's slice" "$ta" replace -f - <<<"$(policy_slice e2e-policy-a gpu.nvidia.com "$a" "$a" e2e-1)"
+	as_allowed "delete $a's slice" "$ta" delete resourceslice e2e-policy-a --wait=false
+	as_refused "create a slice for $b" "$ta" "only its own node's ResourceSlices" create -f - <<<"$(policy_slice e2e-policy-b gpu.nvidia.com "$b" "$b")"
+	as_refused "create a slice of $b's pool on $a" "$ta" "only its own node's ResourceSlices" create -f - <<<"$(policy_slice e2e-policy-a gpu.nvidia.com "$a" "$b")"
+	as_refused "create a slice of another driver" "$ta" "only ResourceSlices of driver gpu.nvidia.com" create -f - <<<"$(policy_slice e2e-policy-a example.com "$a" "$a")"
+	as_refused "create an allNodes slice" "$ta" "gpulet may" create -f - <<<"$(policy_slice e2e-policy-a gpu.nvidia.com "*" "$a")"
+	as_allowed "$b's gpulet creates $b's slice" "$tb" create -f - <<<"$(policy_slice e2e-policy-b gpu.nvidia.com "$b" "$b")"
+	as_refused "update $b's slice" "$ta" "only its own node's ResourceSlices" replace -f - <<<"$(policy_slice e2e-policy-b gpu.nvidia.com "$b" "$b" e2e-1)"
+	as_refused "move $b's slice to $a" "$ta" "only its own node's ResourceSlices" replace -f - <<<"$(policy_slice e2e-policy-b gpu.nvidia.com "$a" "$a")"
+	as_refused "delete $b's slice" "$ta" "only its own node's ResourceSlices" delete resourceslice e2e-policy-b --wait=false
+	K create -f - <<<"$(policy_slice e2e-policy-a2 example.com "$a" "$a")" >/dev/null
+	as_refused "delete another driver's slice on $a" "$ta" "only ResourceSlices of driver gpu.nvidia.com" delete resourceslice e2e-policy-a2 --wait=false
+	as_refused "$b's gpulet deletes nothing of $a's" "$tb" "only" delete resourceslice e2e-policy-a2 --wait=false
+
+	log "NodeFeatures:"
+	as_allowed "create $a's NodeFeature" "$ta" create -f - <<<"$(policy_feature nvidia-features-for-"$a" "$a")"
+	as_allowed "update it" "$ta" replace -f - <<<"$(policy_feature nvidia-features-for-"$a" "$a" nvidia.com/gpu.product)"
+	as_refused "a foreign label in it" "$ta" "only nvidia.com" replace -f - <<<"$(policy_feature nvidia-features-for-"$a" "$a" node-role.kubernetes.io/control-plane)"
+	as_refused "create $b's NodeFeature" "$ta" "only its own node's NodeFeature" create -f - <<<"$(policy_feature nvidia-features-for-"$b" "$b")"
+	as_refused "its own name labelled for $b" "$ta" "only its own node's NodeFeature" replace -f - <<<"$(policy_feature nvidia-features-for-"$a" "$b")"
+	as_allowed "$b's gpulet creates $b's NodeFeature" "$tb" create -f - <<<"$(policy_feature nvidia-features-for-"$b" "$b")"
+	as_refused "update $b's NodeFeature" "$ta" "only its own node's NodeFeature" replace -f - <<<"$(policy_feature nvidia-features-for-"$b" "$b" nvidia.com/gpu.product)"
+	as_refused "delete $b's NodeFeature" "$ta" "only its own node's NodeFeature" -n "$GPU_NS" delete nodefeature nvidia-features-for-"$b" --wait=false
+	as_refused "$b's gpulet deletes $a's NodeFeature" "$tb" "only its own node's NodeFeature" -n "$GPU_NS" delete nodefeature nvidia-features-for-"$a" --wait=false
+	as_allowed "delete $a's NodeFeature" "$ta" -n "$GPU_NS" delete nodefeature nvidia-features-for-"$a" --wait=false
+	policy_cleanup
+	trap - EXIT
+}
+
 
 run_scenarios() {
 	local entry id desc prereqs t0 rc p status skip
