@@ -1601,6 +1601,13 @@ policy_feature() {
 	printf 'apiVersion: nfd.k8s-sigs.io/v1alpha1\nkind: NodeFeature\nmetadata:\n  name: %s\n  namespace: %s\n  labels: {nfd.node.kubernetes.io/node-name: %s}\nspec:\n  labels: {"%s": "1"}\n' \
 		"$1" "$GPU_NS" "$2" "${3:-nvidia.com/gpu.count}"
 }
+# at_rv KIND NAME [-n NS]: stdin (a manifest) with the live object's resourceVersion, for replace
+# (custom resources refuse an update without one).
+at_rv() {
+	local rv
+	rv=$(K get "$@" -o 'jsonpath={.metadata.resourceVersion}') || return 1
+	sed "/^metadata:/a\\  resourceVersion: \"$rv\""
+}
 policy_cleanup() {
 	K delete resourceslice e2e-policy-a e2e-policy-a2 e2e-policy-b --ignore-not-found >/dev/null 2>&1 || true
 	K -n "$GPU_NS" delete nodefeature nvidia-features-for-"$NODE_NAME" nvidia-features-for-"$NODE2_NAME" --ignore-not-found >/dev/null 2>&1 || true
@@ -1643,15 +1650,15 @@ scenario_policy() {
 
 	log "ResourceSlices:"
 	as_allowed "create $a's slice" "$ta" create -f - <<<"$(policy_slice e2e-policy-a gpu.nvidia.com "$a" "$a")"
-	as_allowed "update $a's slice" "$ta" replace -f - <<<"$(policy_slice e2e-policy-a gpu.nvidia.com "$a" "$a" e2e-1)"
+	as_allowed "update $a's slice" "$ta" replace -f - <<<"$(policy_slice e2e-policy-a gpu.nvidia.com "$a" "$a" e2e-1 | at_rv resourceslice e2e-policy-a)"
 	as_allowed "delete $a's slice" "$ta" delete resourceslice e2e-policy-a --wait=false
 	as_refused "create a slice for $b" "$ta" "only its own node's ResourceSlices" create -f - <<<"$(policy_slice e2e-policy-b gpu.nvidia.com "$b" "$b")"
 	as_refused "create a slice of $b's pool on $a" "$ta" "only its own node's ResourceSlices" create -f - <<<"$(policy_slice e2e-policy-a gpu.nvidia.com "$a" "$b")"
 	as_refused "create a slice of another driver" "$ta" "only ResourceSlices of driver gpu.nvidia.com" create -f - <<<"$(policy_slice e2e-policy-a example.com "$a" "$a")"
 	as_refused "create an allNodes slice" "$ta" "gpulet may" create -f - <<<"$(policy_slice e2e-policy-a gpu.nvidia.com "*" "$a")"
 	as_allowed "$b's gpulet creates $b's slice" "$tb" create -f - <<<"$(policy_slice e2e-policy-b gpu.nvidia.com "$b" "$b")"
-	as_refused "update $b's slice" "$ta" "only its own node's ResourceSlices" replace -f - <<<"$(policy_slice e2e-policy-b gpu.nvidia.com "$b" "$b" e2e-1)"
-	as_refused "move $b's slice to $a" "$ta" "only its own node's ResourceSlices" replace -f - <<<"$(policy_slice e2e-policy-b gpu.nvidia.com "$a" "$a")"
+	as_refused "update $b's slice" "$ta" "only its own node's ResourceSlices" replace -f - <<<"$(policy_slice e2e-policy-b gpu.nvidia.com "$b" "$b" e2e-1 | at_rv resourceslice e2e-policy-b)"
+	as_refused "move $b's slice to $a" "$ta" "only its own node's ResourceSlices" replace -f - <<<"$(policy_slice e2e-policy-b gpu.nvidia.com "$a" "$a" | at_rv resourceslice e2e-policy-b)"
 	as_refused "delete $b's slice" "$ta" "only its own node's ResourceSlices" delete resourceslice e2e-policy-b --wait=false
 	K create -f - <<<"$(policy_slice e2e-policy-a2 example.com "$a" "$a")" >/dev/null
 	as_refused "delete another driver's slice on $a" "$ta" "only ResourceSlices of driver gpu.nvidia.com" delete resourceslice e2e-policy-a2 --wait=false
@@ -1659,12 +1666,12 @@ scenario_policy() {
 
 	log "NodeFeatures:"
 	as_allowed "create $a's NodeFeature" "$ta" create -f - <<<"$(policy_feature nvidia-features-for-"$a" "$a")"
-	as_allowed "update it" "$ta" replace -f - <<<"$(policy_feature nvidia-features-for-"$a" "$a" nvidia.com/gpu.product)"
-	as_refused "a foreign label in it" "$ta" "only nvidia.com" replace -f - <<<"$(policy_feature nvidia-features-for-"$a" "$a" node-role.kubernetes.io/control-plane)"
+	as_allowed "update it" "$ta" replace -f - <<<"$(policy_feature nvidia-features-for-"$a" "$a" nvidia.com/gpu.product | at_rv -n "$GPU_NS" nodefeature nvidia-features-for-"$a")"
+	as_refused "a foreign label in it" "$ta" "only nvidia.com" replace -f - <<<"$(policy_feature nvidia-features-for-"$a" "$a" node-role.kubernetes.io/control-plane | at_rv -n "$GPU_NS" nodefeature nvidia-features-for-"$a")"
 	as_refused "create $b's NodeFeature" "$ta" "only its own node's NodeFeature" create -f - <<<"$(policy_feature nvidia-features-for-"$b" "$b")"
-	as_refused "its own name labelled for $b" "$ta" "only its own node's NodeFeature" replace -f - <<<"$(policy_feature nvidia-features-for-"$a" "$b")"
+	as_refused "its own name labelled for $b" "$ta" "only its own node's NodeFeature" replace -f - <<<"$(policy_feature nvidia-features-for-"$a" "$b" | at_rv -n "$GPU_NS" nodefeature nvidia-features-for-"$a")"
 	as_allowed "$b's gpulet creates $b's NodeFeature" "$tb" create -f - <<<"$(policy_feature nvidia-features-for-"$b" "$b")"
-	as_refused "update $b's NodeFeature" "$ta" "only its own node's NodeFeature" replace -f - <<<"$(policy_feature nvidia-features-for-"$b" "$b" nvidia.com/gpu.product)"
+	as_refused "update $b's NodeFeature" "$ta" "only its own node's NodeFeature" replace -f - <<<"$(policy_feature nvidia-features-for-"$b" "$b" nvidia.com/gpu.product | at_rv -n "$GPU_NS" nodefeature nvidia-features-for-"$b")"
 	as_refused "delete $b's NodeFeature" "$ta" "only its own node's NodeFeature" -n "$GPU_NS" delete nodefeature nvidia-features-for-"$b" --wait=false
 	as_refused "$b's gpulet deletes $a's NodeFeature" "$tb" "only its own node's NodeFeature" -n "$GPU_NS" delete nodefeature nvidia-features-for-"$a" --wait=false
 	as_allowed "delete $a's NodeFeature" "$ta" -n "$GPU_NS" delete nodefeature nvidia-features-for-"$a" --wait=false
