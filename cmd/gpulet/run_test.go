@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/gpulet/gpulet/internal/config"
 	"github.com/gpulet/gpulet/internal/mps"
+	"github.com/gpulet/gpulet/internal/waittest"
 )
 
 // A gpulet that refuses its settings (MPS without the host's setup) stays
@@ -39,17 +41,10 @@ func TestWaitRefusedServesTheReason(t *testing.T) {
 		b, _ := io.ReadAll(resp.Body)
 		return resp.StatusCode, string(b), nil
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	waittest.UntilSays(t, 10*time.Second, "/healthz answers 200", func() (bool, string) {
 		code, _, err := get("/healthz")
-		if err == nil && code == http.StatusOK {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("/healthz never answered 200: %d %v", code, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return err == nil && code == http.StatusOK, fmt.Sprintf("%d %v", code, err)
+	})
 	code, body, err := get("/readyz")
 	if err != nil || code != http.StatusServiceUnavailable || !strings.Contains(body, "nvidia-cuda-mps-control is not here") {
 		t.Errorf("/readyz: %d %q %v, want 503 with the reason", code, body, err)

@@ -20,6 +20,7 @@ import (
 	"github.com/gpulet/gpulet/internal/hardware/sim"
 	"github.com/gpulet/gpulet/internal/hardware/sim/simtest"
 	"github.com/gpulet/gpulet/internal/inventory"
+	"github.com/gpulet/gpulet/internal/waittest"
 )
 
 // simNode discovers a simulated node; its device nodes, mig-minors and
@@ -342,14 +343,8 @@ func TestWriterFollowsInventory(t *testing.T) {
 		t.Errorf("a reader saw %v", v)
 	}
 	// A last rewrite may still be between its temporary file and the rename.
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+	waittest.UntilSays(t, 5*time.Second, "only the spec in its folder (no temporary files left)", func() (bool, string) {
 		entries, _ := os.ReadDir(dir)
-		if len(entries) == 1 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Errorf("spec folder holds %d files, want only the spec (no temporary files left)", len(entries))
-			break
-		}
-	}
+		return len(entries) == 1, fmt.Sprintf("%d files", len(entries))
+	})
 }

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -15,6 +16,8 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	k8stesting "k8s.io/client-go/testing"
+
+	"github.com/gpulet/gpulet/internal/waittest"
 )
 
 // The fake clients do not run admission and ignore dry-run: the reactors
@@ -98,7 +101,7 @@ func TestPublisherWritesNothingWithoutThePolicy(t *testing.T) {
 		return false, nil, nil
 	})
 	h := startPublisherWith(t, c, func(p *Publisher) { p.CheckPolicy = true })
-	eventually(t, "three policy checks", func() bool { return checks.Load() >= 3 })
+	waittest.Until(t, 5*time.Second, "three policy checks", func() bool { return checks.Load() >= 3 })
 	for _, a := range c.Actions() {
 		if a.GetVerb() == "patch" && !dryRun(a) {
 			t.Fatalf("a write without the policy: %v", a)
@@ -108,7 +111,7 @@ func TestPublisherWritesNothingWithoutThePolicy(t *testing.T) {
 		t.Fatalf("labels %v without the policy", l)
 	}
 	answer.Store(int32(policyInForce))
-	eventually(t, "labels once the policy is in force", func() bool { return nodeOf(t, c).Labels["nvidia.com/gpu.count"] == "2" })
+	waittest.Until(t, 5*time.Second, "labels once the policy is in force", func() bool { return nodeOf(t, c).Labels["nvidia.com/gpu.count"] == "2" })
 	h.stop()
 }
 
