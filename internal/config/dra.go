@@ -31,6 +31,11 @@ type DRAConfig struct {
 	Devices      string
 	PluginDir    string
 	RegistrarDir string
+	// ConsumableCapacity publishes whole GPUs as shareable by memory
+	// (allowMultipleAllocations, KEP 5075), as NVIDIA's ConsumableShares
+	// "memory" option: claims ask capacity.requests.memory and share a GPU
+	// while their sum fits.
+	ConsumableCapacity bool
 }
 
 // draFile is gpulet.dra in the config file.
@@ -39,6 +44,8 @@ type draFile struct {
 	Devices      *string `json:"devices,omitempty"`
 	PluginDir    *string `json:"pluginDir,omitempty"`
 	RegistrarDir *string `json:"registrarDir,omitempty"`
+	// ConsumableCapacity: see DRAConfig.
+	ConsumableCapacity *bool `json:"consumableCapacity,omitempty"`
 }
 
 // DRAFlags adds the DRA settings of `gpulet run`.

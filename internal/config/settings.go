@@ -183,6 +183,9 @@ var Settings = []*Setting{
 	{Flag: "dra-registrar-dir", Env: env("GPULET_DRA_REGISTRAR_DIR"), File: "gpulet.dra.registrarDir", Default: DefaultDRARegistrarDir, Group: groupDRA,
 		bind: text(func(c *Config) *string { return &c.DRA.RegistrarDir }),
 		Help: "the kubelet's plugin registration folder"},
+	{Flag: "dra-consumable-capacity", Env: env("GPULET_DRA_CONSUMABLE_CAPACITY"), File: "gpulet.dra.consumableCapacity", Default: "false", Group: groupDRA,
+		bind: boolean(func(c *Config) *bool { return &c.DRA.ConsumableCapacity }),
+		Help: "with --dra, publish whole GPUs shareable by memory (allowMultipleAllocations): claims asking capacity.requests.memory share a GPU while their sum fits; no isolation between them"},
 }
 
 func env(names ...string) []string { return names }

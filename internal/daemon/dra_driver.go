@@ -33,6 +33,7 @@ func (g *gpulet) draDriver() component {
 				Log: log,
 			}
 			o.Devices.PCIeRoot = PCIeRoot(g.backend)
+			o.Devices.ConsumableCapacity = g.cfg.DRA.ConsumableCapacity
 			return nil
 		},
 		run: func(ctx context.Context) error {

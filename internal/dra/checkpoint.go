@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strings"
 
+	"k8s.io/apimachinery/pkg/types"
+
 	"github.com/gpulet/gpulet/internal/atomicfile"
 )
 
@@ -72,6 +74,9 @@ type preparedDevice struct {
 	UUID         string   `json:"uuid"`
 	CDIDeviceIDs []string `json:"cdiDeviceIDs"`
 	AdminAccess  bool     `json:"adminAccess,omitempty"`
+	// ShareID is the scheduler's ID of this claim's share of a device
+	// published for several claims (consumable capacity).
+	ShareID *types.UID `json:"shareID,omitempty"`
 }
 
 func newCheckpoint(bootID string) *checkpoint {

@@ -165,11 +165,7 @@ func (d *Driver) PrepareResourceClaims(ctx context.Context, claims []*resourceap
 			out[c.UID] = kubeletplugin.PrepareResult{} // nothing of ours in the claim
 			continue
 		}
-		for _, p := range pc.Devices {
-			if !p.AdminAccess {
-				inUse[p.UUID] = uid
-			}
-		}
+		markInUse(inUse, uid, pc)
 		next.Claims[uid] = pc
 		todo = append(todo, c)
 	}
@@ -272,11 +268,17 @@ func (d *Driver) plan(c *resourceapi.ResourceClaim, inUse map[string]string) (pr
 			return pc, fmt.Errorf("device %s, request %s: %w", r.Device, r.Request, err)
 		}
 		admin := r.AdminAccess != nil && *r.AdminAccess
-		if owner, busy := inUse[e.UUID]; busy && !admin && owner != string(c.UID) {
+		// A share of a device published for several claims (consumable
+		// capacity) only conflicts with a claim holding it whole.
+		owner, busy := inUse[e.UUID]
+		if r.ShareID != nil {
+			owner, busy = inUse[exclusiveKey(e.UUID)]
+		}
+		if busy && !admin && owner != string(c.UID) {
 			return pc, fmt.Errorf("device %s is already prepared for claim %s; refusing to hand it out twice", r.Device, owner)
 		}
 		pc.Devices = append(pc.Devices, preparedDevice{
-			Requests: []string{r.Request}, Pool: r.Pool, Device: r.Device, UUID: e.UUID, AdminAccess: admin,
+			Requests: []string{r.Request}, Pool: r.Pool, Device: r.Device, UUID: e.UUID, AdminAccess: admin, ShareID: r.ShareID,
 			CDIDeviceIDs: []string{cdispec.ClaimDeviceID(d.o.CDI.Options.Kind, cdiName(c.UID, r.Device))},
 		})
 	}
@@ -302,28 +304,39 @@ func (d *Driver) writeSpec(uid types.UID, devs []preparedDevice) (string, error)
 func cdiName(uid types.UID, device string) string { return string(uid) + "-" + device }
 
 // inUse maps each device UUID held by a claim of cp (not through admin
-// access) to that claim's UID. A claim whose Prepare failed holds nothing:
-// its spec was removed and its record is rolled back on retry or start.
+// access) to that claim's UID, and exclusiveKey(UUID) to the claim holding
+// it whole (not a share). A claim whose Prepare failed holds nothing: its
+// spec was removed and its record is rolled back on retry or start.
 func (d *Driver) inUse(cp *checkpoint) map[string]string {
 	out := map[string]string{}
 	for uid, pc := range cp.Claims {
-		if pc.State == statePrepareStarted {
-			continue
-		}
-		for _, p := range pc.Devices {
-			if !p.AdminAccess {
-				out[p.UUID] = uid
-			}
+		if pc.State != statePrepareStarted {
+			markInUse(out, uid, pc)
 		}
 	}
 	return out
 }
 
+func markInUse(inUse map[string]string, uid string, pc preparedClaim) {
+	for _, p := range pc.Devices {
+		if p.AdminAccess {
+			continue
+		}
+		inUse[p.UUID] = uid
+		if p.ShareID == nil {
+			inUse[exclusiveKey(p.UUID)] = uid
+		}
+	}
+}
+
+// exclusiveKey is the inUse key of a device held whole.
+func exclusiveKey(uuid string) string { return "exclusive/" + uuid }
+
 func (pc preparedClaim) result() []kubeletplugin.Device {
 	out := make([]kubeletplugin.Device, 0, len(pc.Devices))
 	for _, p := range pc.Devices {
 		out = append(out, kubeletplugin.Device{
-			Requests: p.Requests, PoolName: p.Pool, DeviceName: p.Device, CDIDeviceIDs: p.CDIDeviceIDs,
+			Requests: p.Requests, PoolName: p.Pool, DeviceName: p.Device, CDIDeviceIDs: p.CDIDeviceIDs, ShareID: p.ShareID,
 		})
 	}
 	return out

@@ -54,6 +54,12 @@ type DeviceOptions struct {
 	// can (hardware.PCIeRootResolver: NVML; the simulator's bus IDs are
 	// not the host's).
 	PCIeRoot func(busID string) (string, bool)
+	// ConsumableCapacity publishes whole GPUs for several claims at once,
+	// by memory (allowMultipleAllocations with a memory request policy, as
+	// NVIDIA's ConsumableShares "memory" option): a claim asking
+	// capacity.requests.memory gets a share; without a request it gets the
+	// whole memory. MIG instances stay exclusive.
+	ConsumableCapacity bool
 }
 
 // entry is one publishable device and what it stands for.
@@ -224,6 +230,9 @@ func device(node *inventory.Node, e entry, domains map[int]int, o DeviceOptions)
 			attrs[AttrNVLinkDomain] = resourceapi.DeviceAttribute{IntValue: &v}
 		}
 		capacity["memory"] = bytes(g.MemoryBytes)
+		if o.ConsumableCapacity {
+			consumable(&capacity)
+		}
 	} else {
 		m := g.MIGDevices[e.MIG]
 		attrs["type"] = str(TypeMIG)
@@ -245,7 +254,28 @@ func device(node *inventory.Node, e entry, domains map[int]int, o DeviceOptions)
 			engines(capacity, a.Multiprocessors, a.CopyEngines, a.Decoders, a.Encoders, a.JPEGs, a.OFAs)
 		}
 	}
-	return resourceapi.Device{Name: e.Name, Attributes: attrs, Capacity: capacity}
+	d := resourceapi.Device{Name: e.Name, Attributes: attrs, Capacity: capacity}
+	if e.MIG < 0 && o.ConsumableCapacity {
+		yes := true
+		d.AllowMultipleAllocations = &yes
+	}
+	return d
+}
+
+// consumable gives the memory capacity NVIDIA's "memory" request policy:
+// whole MiB, a request of at least 1Mi in 1Mi steps up to all of it,
+// all of it by default.
+func consumable(c *map[resourceapi.QualifiedName]resourceapi.DeviceCapacity) {
+	m := (*c)["memory"]
+	step := resource.MustParse("1Mi")
+	total := resource.NewQuantity(m.Value.Value()/step.Value()*step.Value(), resource.BinarySI)
+	m.Value = total.DeepCopy()
+	def, lo, hi := total.DeepCopy(), step.DeepCopy(), total.DeepCopy()
+	m.RequestPolicy = &resourceapi.CapacityRequestPolicy{
+		Default:    &def,
+		ValidRange: &resourceapi.CapacityRequestPolicyRange{Min: &lo, Max: &hi, Step: &step},
+	}
+	(*c)["memory"] = m
 }
 
 func engines(c map[resourceapi.QualifiedName]resourceapi.DeviceCapacity, sms, ce, dec, enc, jpeg, ofa int) {
