@@ -3,16 +3,12 @@
 package daemon
 
 import (
-	"context"
 	"errors"
-	"log/slog"
 	"testing"
 	"time"
 
 	"github.com/gpulet/gpulet/internal/config"
-	"github.com/gpulet/gpulet/internal/hardware/backends"
 	"github.com/gpulet/gpulet/internal/plugin/plugintest"
-	"github.com/gpulet/gpulet/internal/version"
 )
 
 // TestNoKubeBuild: gpulet built without the Kubernetes API (make
@@ -36,25 +32,18 @@ func TestNoKubeBuild(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer kubelet.Stop()
-			cfg := &config.Config{
-				Backend: "sim", SimProfile: "pcie-4x-l4", SimRoot: t.TempDir(), DevicePluginPath: dpDir,
-				DeviceListStrategy: []string{"envvar"}, DeviceIDStrategy: "uuid", ResourceName: "nvidia.com/gpu",
-				MIGStrategy: "none", HealthQuietPeriod: time.Hour,
-				Labels: config.LabelConfig{NodeLabels: tc.nodeLabels, NodeName: "n1", NoTimestamp: true},
-				DRA:    config.DRAConfig{Enabled: tc.dra, Devices: "all", PluginDir: t.TempDir(), RegistrarDir: t.TempDir()},
-			}
-			ctx, cancel := context.WithCancel(context.Background())
-			defer cancel()
-			done := make(chan error, 1)
-			log := slog.New(slog.DiscardHandler)
-			go func() { done <- RunWithVersion(ctx, cfg, backends.Opener(cfg, log), log, version.Info{Version: "test"}) }()
+			cfg := simConfig(t, dpDir)
+			cfg.Labels = config.LabelConfig{NodeLabels: tc.nodeLabels, NodeName: "n1", NoTimestamp: true}
+			cfg.DRA = config.DRAConfig{Enabled: tc.dra, Devices: "all", PluginDir: t.TempDir(), RegistrarDir: t.TempDir()}
+			run := startRun(cfg)
 			if tc.wantErr {
 				select {
-				case err := <-done:
+				case err := <-run.done:
 					if !errors.Is(err, errNoKube) {
 						t.Errorf("Run: %v, want the no-Kubernetes-API error", err)
 					}
 				case <-time.After(30 * time.Second):
+					run.stop()
 					t.Fatal("Run did not refuse within 30s")
 				}
 				return
@@ -62,8 +51,7 @@ func TestNoKubeBuild(t *testing.T) {
 			if _, err := kubelet.WaitRegistration(30 * time.Second); err != nil {
 				t.Fatal(err)
 			}
-			cancel()
-			if err := <-done; err != nil {
+			if err := run.stop(); err != nil {
 				t.Errorf("Run: %v", err)
 			}
 		})

@@ -4,8 +4,6 @@ package daemon
 
 import (
 	"bytes"
-	"context"
-	"log/slog"
 	"regexp"
 	"runtime/pprof"
 	"strings"
@@ -17,9 +15,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/gpulet/gpulet/internal/config"
-	"github.com/gpulet/gpulet/internal/hardware/backends"
 	"github.com/gpulet/gpulet/internal/plugin/plugintest"
-	"github.com/gpulet/gpulet/internal/version"
 	"github.com/gpulet/gpulet/internal/waittest"
 )
 
@@ -99,21 +95,13 @@ func TestPlainPluginStartsNoKubernetesClient(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer kubelet.Stop()
-			cfg := &config.Config{
-				Backend: "sim", SimProfile: "pcie-4x-l4", SimRoot: t.TempDir(), DevicePluginPath: dpDir,
-				DeviceListStrategy: []string{"envvar"}, DeviceIDStrategy: "uuid", ResourceName: "nvidia.com/gpu",
-				MIGStrategy: "none", HealthQuietPeriod: time.Hour, MetricsAddress: freeAddr(t),
-				Labels: config.LabelConfig{NodeLabels: tc.nodeLabels, NodeName: tc.nodeName, NoTimestamp: true},
-			}
+			cfg := simConfig(t, dpDir)
+			cfg.MetricsAddress = freeAddr(t)
+			cfg.Labels = config.LabelConfig{NodeLabels: tc.nodeLabels, NodeName: tc.nodeName, NoTimestamp: true}
 			before := goroutines(t)
-			ctx, cancel := context.WithCancel(context.Background())
-			done := make(chan error, 1)
-			go func() {
-				done <- RunWithVersion(ctx, cfg, backends.Opener(cfg, slog.New(slog.DiscardHandler)), slog.New(slog.DiscardHandler), version.Info{Version: "test"})
-			}()
+			run := startRun(cfg)
 			defer func() {
-				cancel()
-				if err := <-done; err != nil {
+				if err := run.stop(); err != nil {
 					t.Errorf("Run: %v", err)
 				}
 			}()
