@@ -134,8 +134,8 @@ func TestHelmChartRBACMatchesTheManifest(t *testing.T) {
 }
 
 // The policy's CEL, evaluated with cel-go as the API server would (same
-// macros, optionals on). The API server's own CEL library (k8s.io/apiserver)
-// is too heavy a dependency for this check.
+// macros, optionals on, the strings extension); k8scel_test.go compiles the
+// same expressions in the API server's own environment.
 func celEnv(t *testing.T) *cel.Env {
 	env, err := cel.NewEnv(cel.OptionalTypes(), ext.Strings(),
 		cel.Variable("object", cel.DynType), cel.Variable("oldObject", cel.DynType),
