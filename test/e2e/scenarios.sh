@@ -638,8 +638,11 @@ scenario_cdi_video() {
 	local spec=/var/run/cdi/k8s.device-plugin.nvidia.com-gpu.json p n
 	SIM_DRIVER_VERSION=$(gpulet_node list --backend=sim --sim-profile=dgx-h100 --sim-root=/var/lib/gpulet/sim -o json 2>/dev/null | jq -r '.node.driverVersion // empty')
 	[[ -n $SIM_DRIVER_VERSION ]] || SIM_DRIVER_VERSION=580.159.04
-	trap 'dra_restore; set_gpulet_env DEVICE_LIST_STRATEGY=envvar PASS_DEVICE_SPECS=true || echo "could not restore the DaemonSet" >&2' EXIT
-	set_gpulet_env DEVICE_LIST_STRATEGY=cdi-cri PASS_DEVICE_SPECS=false
+	trap 'dra_restore || echo "could not restore the DaemonSet" >&2' EXIT
+	# cdi-cri and the host's /var/run/cdi (the plain DaemonSet does not mount it).
+	K -n "$GPU_NS" patch ds "$DS_NAME" --patch-file "$DEPLOY_DIR/gpulet-cdi-daemonset-patch.yaml" >/dev/null
+	wait_until 120 "DaemonSet rolled out with the CDI patch" ds_rolled || fail "gpulet did not roll out with the CDI patch"
+	set_gpulet_env PASS_DEVICE_SPECS=false
 	n=$("$W/nsrun" cat "$spec" | jq '[.containerEdits.mounts[] | select(.hostPath | startswith("/var/lib/gpulet/sim/driver/"))] | length')
 	[[ $n -gt 0 ]] || fail "gpulet's CDI spec mounts nothing from the simulated driver root"
 	log "the device plugin's CDI spec mounts $n files of the simulated driver root (hook-free: no nvidia-cdi-hook on the node)"
@@ -647,7 +650,7 @@ scenario_cdi_video() {
 	wait_until 90 "video-cdi COMPLETIONS 1/1" job_complete video-cdi || fail "the video Job did not complete with cdi-cri: $(K logs "$(job_pod video-cdi)" 2>&1)"
 	check_video_pod "$(job_pod video-cdi)"
 	K delete job video-cdi --wait=true >/dev/null
-	set_gpulet_env DEVICE_LIST_STRATEGY=envvar PASS_DEVICE_SPECS=true
+	ds_restore || fail "could not restore the DaemonSet as deployed"
 
 	# A DRA claim: its per-claim spec carries the same driver files.
 	dra_on
