@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the container images of the e2e test offline, as docker-archive tarballs that
+# Builds the container images of the e2e test offline, as OCI image layout tarballs (hack/mkimage.sh) that
 # `ctr images import` accepts (no registry, no network):
 #   pause.tar    registry.k8s.io/pause:3.10         sandbox image (test/e2e/images/pause)
 #   busybox.tar  docker.io/library/busybox:e2e      workload image (Debian's busybox-static)
