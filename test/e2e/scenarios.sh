@@ -186,8 +186,8 @@ kubelet_registrations() {
 cleanup_workloads() {
 	K delete jobs -l app=gpulet-e2e --ignore-not-found --wait=false >/dev/null 2>&1 || true
 	K delete job samples-gpu-demo --ignore-not-found --wait=false >/dev/null 2>&1 || true
-	K delete pods -l app=gpulet-e2e --ignore-not-found --grace-period=1 >/dev/null 2>&1 || true
-	K delete pods -l app=samples-gpu-demo --ignore-not-found --grace-period=1 >/dev/null 2>&1 || true
+	K delete pods -l app=gpulet-e2e --ignore-not-found --grace-period=1 --timeout=90s >/dev/null 2>&1 || true
+	K delete pods -l app=samples-gpu-demo --ignore-not-found --grace-period=1 --timeout=90s >/dev/null 2>&1 || true
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -901,7 +901,10 @@ scenario_dra_ext() {
 }
 
 dra_restore() {
+	# The pods go first, while the DRA driver still runs: the kubelet needs it to unprepare their
+	# claims, and a pod whose claim cannot be unprepared stays Terminating for good.
 	K delete jobs -l app=gpulet-e2e --ignore-not-found --wait=true >/dev/null 2>&1 || true
+	K delete pods -l app=gpulet-e2e --ignore-not-found --grace-period=1 --timeout=90s >/dev/null 2>&1 || true
 	K delete resourceclaimtemplates --all --ignore-not-found >/dev/null 2>&1 || true
 	# replace, not apply: the DRA patch's fields are not in apply's last-applied state.
 	awk 'BEGIN { RS = "\n---\n" } /kind: DaemonSet/ { print; exit }' "$LOGS/gpulet-e2e.yaml" | K replace -f - >/dev/null || return 1
