@@ -906,6 +906,7 @@ dra_restore() {
 	K delete jobs -l app=gpulet-e2e --ignore-not-found --wait=true >/dev/null 2>&1 || true
 	K delete pods -l app=gpulet-e2e --ignore-not-found --grace-period=1 --timeout=90s >/dev/null 2>&1 || true
 	K delete resourceclaimtemplates --all --ignore-not-found >/dev/null 2>&1 || true
+	gpulet_node sim clear --all --sim-root="$SIM_ROOT" >/dev/null 2>&1 || true # a fault a failed step left
 	# replace, not apply: the DRA patch's fields are not in apply's last-applied state.
 	awk 'BEGIN { RS = "\n---\n" } /kind: DaemonSet/ { print; exit }' "$LOGS/gpulet-e2e.yaml" | K replace -f - >/dev/null || return 1
 	wait_until 120 "DaemonSet back without DRA" ds_rolled || return 1
