@@ -43,6 +43,21 @@ func startPeer(t testing.TB, dir, name string) *peerPlugin {
 	return p
 }
 
+// leaveStaleSocket leaves a socket file nobody listens on, as a plugin
+// killed with SIGKILL does. (Stopping a server instead unlinks the file, at
+// a moment that depends on whether Serve had started.)
+func leaveStaleSocket(t testing.TB, path string) {
+	t.Helper()
+	lis, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lis.SetUnlinkOnClose(false)
+	if err := lis.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // stop ends it as NVIDIA's plugin ends: the server stops, the socket goes.
 func (p *peerPlugin) stop() {
 	p.srv.Stop()
@@ -122,8 +137,7 @@ func TestScanPeersNamesResourcesAndLiveness(t *testing.T) {
 	startPeer(t, dir, "nvidia-gpu.sock")
 	startPeer(t, dir, "vendor-x.sock")
 	startPeer(t, dir, endpoint) // gpulet's own: not a peer
-	dead := startPeer(t, dir, "nvidia-mig-1g.10gb.sock")
-	dead.srv.Stop() // left behind by a killed plugin
+	leaveStaleSocket(t, filepath.Join(dir, "nvidia-mig-1g.10gb.sock")) // left behind by a killed plugin
 	if err := os.WriteFile(filepath.Join(dir, "kubelet_internal_checkpoint"), []byte("{}"), 0o600); err != nil {
 		t.Fatal(err)
 	}
