@@ -136,7 +136,7 @@ func TestScanPeersNamesResourcesAndLiveness(t *testing.T) {
 	startKubelet(t, dir)
 	startPeer(t, dir, "nvidia-gpu.sock")
 	startPeer(t, dir, "vendor-x.sock")
-	startPeer(t, dir, endpoint) // gpulet's own: not a peer
+	startPeer(t, dir, endpoint)                                        // gpulet's own: not a peer
 	leaveStaleSocket(t, filepath.Join(dir, "nvidia-mig-1g.10gb.sock")) // left behind by a killed plugin
 	if err := os.WriteFile(filepath.Join(dir, "kubelet_internal_checkpoint"), []byte("{}"), 0o600); err != nil {
 		t.Fatal(err)
