@@ -1388,8 +1388,8 @@ build_info_is() { local v; v=$(build_info_version) && [[ $v == "$1" ]] || { echo
 # label_writes: who last wrote the Node's nvidia.com/ labels, and when (managedFields): a write
 # that changes nothing is not persisted, so this moves only when a label was really rewritten.
 label_writes() {
-	K get node "$NODE_NAME" -o json |
-		jq -c '[.metadata.managedFields[] | select((.fieldsV1["f:metadata"]["f:labels"] // {}) | keys | any(startswith("f:nvidia.com/"))) | {manager, operation, time}]'
+	K get node "$NODE_NAME" -o json --show-managed-fields |
+		jq -c '[.metadata.managedFields[]? | select((.fieldsV1["f:metadata"]["f:labels"] // {}) | keys | any(startswith("f:nvidia.com/"))) | {manager, operation, time}]'
 }
 claim_uid_of() { K get resourceclaim "$(K get pod "$1" -o 'jsonpath={.status.resourceClaimStatuses[0].resourceClaimName}')" -o 'jsonpath={.metadata.uid}'; }
 dra_checkpoint_claims() { "$W/nsrun" cat /var/lib/kubelet/plugins/gpu.nvidia.com/gpulet-checkpoint.json 2>/dev/null | jq -r '.claims | keys[]' 2>/dev/null || true; }
