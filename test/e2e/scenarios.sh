@@ -1418,6 +1418,8 @@ upgrade_capacity_full() { gpulet_stable || return; dp_alloc_is "$UPGRADE_DP_GPUS
 upgrade_restore() {
 	[[ -n ${UPGRADE_POLL_PID:-} ]] && kill "$UPGRADE_POLL_PID" 2>/dev/null
 	K delete jobs -l app=gpulet-e2e --ignore-not-found --wait=true >/dev/null 2>&1 || true
+	# The pods go while gpulet still serves DRA: a claim's pod ends only after its Unprepare.
+	K delete pods -l app=gpulet-e2e --ignore-not-found --grace-period=1 --wait=true --timeout=90s >/dev/null 2>&1 || true
 	K delete resourceclaimtemplates --all --ignore-not-found >/dev/null 2>&1 || true
 	awk 'BEGIN { RS = "\n---\n" } /kind: DaemonSet/ { print; exit }' "$LOGS/gpulet-e2e.yaml" | K replace -f - >/dev/null || return 1
 	wait_until 120 "DaemonSet back to the e2e image without DRA" ds_rolled || return 1
