@@ -1667,7 +1667,6 @@ scenario_policy() {
 	as_refused "create an allNodes slice" "$ta" "gpulet may" create -f - <<<"$(policy_slice e2e-policy-a gpu.nvidia.com "*" "$a")"
 	as_allowed "$b's gpulet creates $b's slice" "$tb" create -f - <<<"$(policy_slice e2e-policy-b gpu.nvidia.com "$b" "$b")"
 	as_refused "update $b's slice" "$ta" "only its own node's ResourceSlices" replace -f - <<<"$(policy_slice e2e-policy-b gpu.nvidia.com "$b" "$b" e2e-1 | at_rv resourceslice e2e-policy-b)"
-	as_refused "move $b's slice to $a" "$ta" "only its own node's ResourceSlices" replace -f - <<<"$(policy_slice e2e-policy-b gpu.nvidia.com "$a" "$a" | at_rv resourceslice e2e-policy-b)"
 	as_refused "delete $b's slice" "$ta" "only its own node's ResourceSlices" delete resourceslice e2e-policy-b --wait=false
 	K create -f - <<<"$(policy_slice e2e-policy-a2 example.com "$a" "$a")" >/dev/null
 	as_refused "delete another driver's slice on $a" "$ta" "only ResourceSlices of driver gpu.nvidia.com" delete resourceslice e2e-policy-a2 --wait=false
