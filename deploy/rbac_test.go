@@ -63,7 +63,8 @@ func checkRBAC(t *testing.T, o rbacObjects, ds *appsv1.DaemonSet, extra []string
 	if spec.ServiceAccountName != o.sa.Name || o.sa.Namespace != ds.Namespace {
 		t.Errorf("DaemonSet runs as %q, service account is %s/%s", spec.ServiceAccountName, o.sa.Namespace, o.sa.Name)
 	}
-	want := []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"get", "patch"}}}
+	want := []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"get", "patch"}},
+		{APIGroups: []string{""}, Resources: []string{"events"}, Verbs: []string{"create"}}}
 	if got, _ := json.Marshal(o.role.Rules); string(got) != mustJSON(want) {
 		t.Errorf("ClusterRole rules %s, want %s", got, mustJSON(want))
 	}

@@ -174,7 +174,7 @@ func grantsOf(t *testing.T, objs map[string][]byte, sa string) grants {
 }
 
 var (
-	nodeLabelGrant = map[string][]string{"/nodes": {"get", "patch"}}
+	nodeLabelGrant = map[string][]string{"/nodes": {"get", "patch"}, "/events": {"create"}}
 	nfdGrant       = map[string][]string{"nfd.k8s-sigs.io/nodefeatures": {"create", "delete", "get", "update"}, "/pods": {"get"}}
 	draGrant       = map[string][]string{"resource.k8s.io/resourceslices": {"create", "delete", "get", "list", "update", "watch"},
 		"resource.k8s.io/resourceclaims": {"get"}, "/nodes": {"get"}}
