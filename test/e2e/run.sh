@@ -171,6 +171,8 @@ do_gpulet() {
 	make -C "$REPO_ROOT" --no-print-directory build-release || fail "could not build gpulet (make build-release)"
 	echo "$REPO_ROOT/_output/gpulet-release" >"$W/gpulet.path"
 }
+# The Go scenarios (test/e2e/scenarios) as one test binary, run by scenarios.sh's go_scenario.
+do_e2e_test() { (cd "$REPO_ROOT" && go test -c -o "$W/e2e.test" ./test/e2e/scenarios) || fail "could not build the Go scenarios (go test -c ./test/e2e/scenarios)"; }
 do_images() { "$E2E_DIR/lib/images.sh" "$W/images" "$(cat "$W/gpulet.path")"; }
 do_cluster() {
 	BIN=$(cat "$W/bin.path") CBIN=$(cat "$W/cbin.path") IMG=$W/images
@@ -181,6 +183,7 @@ setup_step deps "Debian packages" do_deps
 setup_step k8sbins "Kubernetes binaries (cached)" do_k8sbins
 setup_step containerdbins "containerd 2 binaries (cached)" do_containerdbins
 setup_step gpulet "build gpulet" do_gpulet
+setup_step e2e-test "build the Go scenarios" do_e2e_test
 setup_step images "container images (offline)" do_images
 setup_step cluster "start the cluster" do_cluster
 

@@ -56,14 +56,6 @@ node_gpus() {
 }
 node_gpus_are() { local got; got=$(node_gpus) && [[ $got == "$1" ]] || { echo "nvidia.com/gpu capacity/allocatable is '$got', want '$1'"; return 1; }; }
 
-# describe_gpus SECTION: the nvidia.com/gpu value under SECTION (Capacity or Allocatable) of
-# `kubectl describe node`, as a user reads it.
-describe_gpus() {
-	K describe node "$NODE_NAME" | awk -v sec="$1:" '
-		/^[^ ]/ { in_sec = ($1 == sec) ; next }
-		in_sec && $1 == "nvidia.com/gpu:" { print $2; exit }'
-}
-
 # inventory: "INDEX UUID MINOR" per simulated GPU, from `gpulet list -o json` (what the node has;
 # MINOR is the N of /dev/nvidiaN).
 inventory() {
@@ -257,6 +249,26 @@ render_manifests() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# Scenarios written in Go (test/e2e/scenarios): run.sh builds their test binary ($W/e2e.test) once.
+# A scenario of SCENARIOS without a scenario_<id> function here runs there.
+
+# go_scenario ID: runs the Go scenario ID in the cluster's network namespace (the API server listens
+# on 127.0.0.1:6443 there) and the host's mount namespace (so it runs node commands through
+# $W/nsrun and $W/nsrun2, as the bash helpers do). Its timings go to $LOGS/timings.tsv.
+go_scenario() {
+	[[ -x $W/e2e.test ]] || fail "no $W/e2e.test (run.sh's setup step 'e2e-test' builds it)"
+	(
+		cd "$E2E_DIR/scenarios"
+		nsenter --target "$(cat "$W/pids/ns.pid")" --net -- env \
+			GPULET_E2E_SCENARIO="$1" GPULET_E2E_W="$W" GPULET_E2E_LOGS="$LOGS" GPULET_E2E_GPULET="$GPULET" \
+			KUBECONFIG="$W/pki/kubeconfig" GPULET_E2E_NODE="$NODE_NAME" GPULET_E2E_NODE2="$NODE2_NAME" \
+			GPULET_E2E_NAMESPACE="$GPU_NS" GPULET_E2E_DAEMONSET="$DS_NAME" GPULET_E2E_SIM_ROOT="$SIM_ROOT" \
+			GPULET_E2E_SIM_PROFILE="$SIM_PROFILE" GPULET_E2E_MANIFESTS="$MANIFESTS" GPULET_E2E_DEPLOY="$DEPLOY_DIR" \
+			"$W/e2e.test" -test.run '^TestScenarios$' -test.v -test.timeout 30m
+	)
+}
+
+# ---------------------------------------------------------------------------------------------
 # Scenarios
 
 scenario_ds() {
@@ -279,113 +291,11 @@ scenario_ds() {
 	K apply -f "$LOGS/gpulet-e2e.yaml"
 	K -n "$GPU_NS" get ds "$DS_NAME" -o json |
 		jq -r '.spec.selector.matchLabels | to_entries | map("\(.key)=\(.value)") | join(",")' >"$W/gpulet.selector"
-	wait_until 120 "DaemonSet $GPU_NS/$DS_NAME Ready" ds_ready || fail "DaemonSet not Ready"
-	timing "DaemonSet apply -> DaemonSet Ready" "$(secs_since "$t0")"
-	wait_until 120 "Allocatable nvidia.com/gpu 8" gpus_8_and_stable || fail "node does not show 8 GPUs"
-	timing "DaemonSet apply -> Allocatable 8" "$(secs_since "$t0")"
-	gpulet_stable >/dev/null || fail "the gpulet container restarted: $(gpulet_stable)"
-
+	# The checks (DaemonSet Ready on both nodes, 8 GPUs under Capacity and Allocatable): Go (ds_test.go).
+	GPULET_E2E_DEPLOYED_MS=$t0 go_scenario ds
 	K -n "$GPU_NS" get ds "$DS_NAME"
 	K describe node "$NODE_NAME" | sed -n '/^Capacity:/,/^System Info:/p' | sed '$d; s/^/    /'
-	local cap alloc
-	cap=$(describe_gpus Capacity) alloc=$(describe_gpus Allocatable)
-	log "kubectl describe node: Capacity nvidia.com/gpu: $cap, Allocatable nvidia.com/gpu: $alloc"
-	[[ $cap == "$SIM_GPUS" && $alloc == "$SIM_GPUS" ]] ||
-		fail "kubectl describe node shows Capacity $cap / Allocatable $alloc, want $SIM_GPUS / $SIM_GPUS"
-}
 
-scenario_seed_job() {
-	local pod
-	K apply -f "$MANIFESTS/samples-gpu-demo.yaml"
-	wait_until 90 "job samples-gpu-demo COMPLETIONS 1/1" job_complete samples-gpu-demo || fail "the Job did not complete"
-	K get job samples-gpu-demo
-	pod=$(K get pods --selector app=samples-gpu-demo -o 'jsonpath={.items[0].metadata.name}')
-	K get pods --selector app=samples-gpu-demo
-	K logs "$pod" | sed 's/^/    /'
-	check_pod_devices "$pod" 1
-	grep -q '^GPUs visible: 1$' <<<"$(K logs "$pod")" || fail "the Job's log does not say 'GPUs visible: 1'"
-	K delete job samples-gpu-demo --wait=true >/dev/null
-}
-
-scenario_sharing() {
-	local pa pb pc ga gb gc
-	render_hold_job gpu4-a 4 | K apply -f -
-	render_hold_job gpu4-b 4 | K apply -f -
-	wait_until 90 "gpu4-a Running" job_pod_running gpu4-a || fail "gpu4-a did not run"
-	wait_until 90 "gpu4-b Running" job_pod_running gpu4-b || fail "gpu4-b did not run"
-	pa=$(job_pod gpu4-a) pb=$(job_pod gpu4-b)
-	check_pod_devices "$pa" 4
-	check_pod_devices "$pb" 4
-	ga=$(pod_gpus "$pa") gb=$(pod_gpus "$pb")
-	log "gpu4-a: $(echo $ga)"
-	log "gpu4-b: $(echo $gb)"
-	[[ -z $(comm -12 <(echo "$ga") <(echo "$gb")) ]] || fail "gpu4-a and gpu4-b share GPU(s): $(comm -12 <(echo "$ga") <(echo "$gb"))"
-
-	# A 9th GPU does not exist: the scheduler must keep the next Job Pending.
-	render_hold_job gpu1-c 1 | K apply -f -
-	pending_insufficient() {
-		local p msg
-		p=$(job_pod gpu1-c) && [[ -n $p ]] || return 1
-		pod_phase_is "$p" Pending || return 1
-		msg=$(K describe pod "$p")
-		grep -q 'Insufficient nvidia.com/gpu' <<<"$msg" || { echo "$msg" | tail -n 5; return 1; }
-	}
-	wait_until 60 "gpu1-c Pending with Insufficient nvidia.com/gpu" pending_insufficient ||
-		fail "gpu1-c is not Pending for Insufficient nvidia.com/gpu"
-	pc=$(job_pod gpu1-c)
-	K describe pod "$pc" | sed -n '/^Events:/,$p' | sed 's/^/    /'
-	sleep 3
-	pod_phase_is "$pc" Pending >/dev/null || fail "gpu1-c left Pending while 8 GPUs were taken: $(pod_phase "$pc")"
-
-	log "releasing gpu4-a; gpu1-c must run on one of its GPUs"
-	release "$pa"
-	wait_until 60 "gpu4-a COMPLETIONS 1/1" job_complete gpu4-a || fail "gpu4-a did not complete"
-	wait_until 120 "gpu1-c Running" job_pod_running gpu1-c || fail "gpu1-c did not run after gpu4-a finished"
-	check_pod_devices "$pc" 1
-	gc=$(pod_gpus "$pc")
-	log "gpu1-c: $gc"
-	grep -qx "$gc" <<<"$ga" || fail "gpu1-c got $gc, which is not one of gpu4-a's freed GPUs"
-	pod_phase_is "$pb" Running >/dev/null || fail "gpu4-b is no longer Running"
-
-	release "$pc"; release "$pb"
-	wait_until 60 "gpu1-c COMPLETIONS 1/1" job_complete gpu1-c || fail "gpu1-c did not complete"
-	wait_until 60 "gpu4-b COMPLETIONS 1/1" job_complete gpu4-b || fail "gpu4-b did not complete"
-	K get jobs -l app=gpulet-e2e
-	K delete jobs -l app=gpulet-e2e --wait=true >/dev/null
-}
-
-scenario_fault() {
-	local t0 gpu=3 uuid p g
-	wait_until 30 "8/8 GPUs before the fault" node_gpus_are 8/8 || fail "the node does not start with 8/8"
-	uuid=$(awk -v i=$gpu '$1 == i { print $2 }' "$W/inventory.txt")
-	log "injecting Xid 48 on GPU $gpu ($uuid)"
-	t0=$(now_ms)
-	gpulet_node sim fault --sim-root="$SIM_ROOT" --gpu=$gpu --xid=48 || fail "gpulet sim fault failed"
-	wait_until 60 "Allocatable 7, Capacity 8" node_gpus_are 8/7 || fail "Allocatable did not drop to 7"
-	timing "fault injected -> Allocatable 7 (API server)" "$(secs_since "$t0")"
-	gpulet_timing "fault injected -> gpulet marks the GPU unhealthy (its log)" "$t0" "device unhealthy" "$uuid"
-	local cap alloc
-	cap=$(describe_gpus Capacity) alloc=$(describe_gpus Allocatable)
-	log "kubectl describe node: Capacity $cap, Allocatable $alloc"
-	[[ $cap == 8 && $alloc == 7 ]] || fail "kubectl describe node shows Capacity $cap / Allocatable $alloc, want 8 / 7"
-
-	# The faulty GPU is not handed out: 7 GPUs fit and exclude it.
-	render_hold_job gpu7-fault 7 | K apply -f -
-	wait_until 90 "gpu7-fault Running" job_pod_running gpu7-fault || fail "a 7-GPU Job did not run on the 7 healthy GPUs"
-	p=$(job_pod gpu7-fault)
-	check_pod_devices "$p" 7
-	g=$(pod_gpus "$p")
-	! grep -qx "$uuid" <<<"$g" || fail "the faulty GPU $uuid was allocated to $p"
-	release "$p"
-	wait_until 60 "gpu7-fault COMPLETIONS 1/1" job_complete gpu7-fault || fail "gpu7-fault did not complete"
-	K delete job gpu7-fault --wait=true >/dev/null
-
-	log "clearing the fault on GPU $gpu"
-	t0=$(now_ms)
-	gpulet_node sim clear --sim-root="$SIM_ROOT" --gpu=$gpu || fail "gpulet sim clear failed"
-	wait_until 60 "Allocatable back to 8" node_gpus_are 8/8 || fail "Allocatable did not come back to 8"
-	timing "fault cleared -> Allocatable 8 (API server)" "$(secs_since "$t0")"
-	gpulet_timing "fault cleared -> gpulet marks the GPU healthy (its log)" "$t0" "device healthy again" "$uuid"
 }
 
 scenario_restarts() {
@@ -1716,7 +1626,7 @@ run_scenarios() {
 		(
 			set -eEuo pipefail
 			trap 'echo "command failed (rc $?): $BASH_COMMAND" >&2' ERR
-			"scenario_${id//-/_}"
+			if declare -F "scenario_${id//-/_}" >/dev/null; then "scenario_${id//-/_}"; else go_scenario "$id"; fi
 		)
 		rc=$?
 		set -e
