@@ -298,92 +298,6 @@ scenario_ds() {
 
 }
 
-scenario_restarts() {
-	local hold g0 cid0 gp uid0 rc0 t0 n0 newpod
-	render_hold_job gpu2-hold 2 | K apply -f -
-	wait_until 90 "gpu2-hold Running" job_pod_running gpu2-hold || fail "gpu2-hold did not run"
-	hold=$(job_pod gpu2-hold)
-	check_pod_devices "$hold" 2
-	g0=$(pod_gpus "$hold")
-	cid0=$(K get pod "$hold" -o 'jsonpath={.status.containerStatuses[0].containerID}')
-	log "running pod $hold holds $(echo $g0)"
-
-	# keeps_gpus: the running pod was not restarted and still sees the same GPUs.
-	keeps_gpus() {
-		local cid env
-		pod_phase_is "$hold" Running >/dev/null || fail "$hold is $(pod_phase "$hold") after $1"
-		cid=$(K get pod "$hold" -o 'jsonpath={.status.containerStatuses[0].containerID}')
-		[[ $cid == "$cid0" ]] || fail "$hold's container changed after $1 ($cid0 -> $cid)"
-		# The kubelet serves exec only once it has taken the pod back (after its own restart it
-		# answers "pod does not exist" for a moment): wait for that, bounded, then check.
-		env=$(retry_output 60 K exec "$hold" -- sh -c 'echo "$NVIDIA_VISIBLE_DEVICES"') ||
-			fail "the kubelet does not serve exec into $hold after $1"
-		env=$(tr ',' '\n' <<<"$env" | sort)
-		[[ $env == "$g0" ]] || fail "$hold sees GPUs [$(echo $env)] after $1, had [$(echo $g0)]"
-		K exec "$hold" -- ls /dev >/dev/null
-		log "after $1: $hold still Running in container ${cid0:0:25}..., same GPUs"
-	}
-
-	# --- kubelet restart: gpulet re-registers by itself.
-	gp=$(gpulet_pod)
-	uid0=$(K -n "$GPU_NS" get pod "$gp" -o 'jsonpath={.metadata.uid}')
-	rc0=$(K -n "$GPU_NS" get pod "$gp" -o 'jsonpath={.status.containerStatuses[0].restartCount}')
-	n0=$(kubelet_registrations)
-	log "restarting the kubelet"
-	stop_component kubelet 20
-	t0=$(now_ms)
-	start_kubelet
-	registered_again() { (($(kubelet_registrations) > n0)) || { echo "no new nvidia.com/gpu registration in the kubelet log"; return 1; }; }
-	fresh_status() {
-		# A node status posted by the new kubelet (heartbeat after its start) showing 8/8.
-		local hb
-		hb=$(K get node "$NODE_NAME" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].lastHeartbeatTime}')
-		(($(date -d "$hb" +%s) * 1000 >= t0 - 1000)) || { echo "last heartbeat $hb is from the old kubelet"; return 1; }
-		node_ready && node_gpus_are 8/8
-	}
-	wait_until 90 "gpulet registered with the new kubelet" registered_again || fail "gpulet did not re-register after the kubelet restart"
-	wait_until 90 "node Ready with 8/8 from the new kubelet" fresh_status || fail "capacity did not return after the kubelet restart"
-	timing "kubelet restart -> Allocatable 8 (API server)" "$(secs_since "$t0")"
-	gpulet_timing "kubelet restart -> gpulet registered again (its log)" "$t0" "registered with kubelet"
-	[[ $(gpulet_pod) == "$gp" ]] || fail "the gpulet pod changed during the kubelet restart"
-	[[ $(K -n "$GPU_NS" get pod "$gp" -o 'jsonpath={.metadata.uid}') == "$uid0" ]] || fail "the gpulet pod was recreated"
-	[[ $(K -n "$GPU_NS" get pod "$gp" -o 'jsonpath={.status.containerStatuses[0].restartCount}') == "$rc0" ]] ||
-		fail "the gpulet container restarted during the kubelet restart"
-	keeps_gpus "the kubelet restart"
-
-	# --- gpulet pod deleted: the DaemonSet recreates it.
-	n0=$(kubelet_registrations)
-	K -n "$GPU_NS" logs "$gp" >"$LOGS/gpulet-$gp.log" 2>&1 || true
-	log "deleting the gpulet pod $gp (its log: $LOGS/gpulet-$gp.log)"
-	t0=$(now_ms)
-	K -n "$GPU_NS" delete pod "$gp" --wait=false
-	new_gpulet_ready() {
-		local p
-		p=$(gpulet_pod) && [[ -n $p && $p != "$gp" ]] || { echo "no new gpulet pod yet"; return 1; }
-		ds_ready
-	}
-	wait_until 120 "a new gpulet pod Ready" new_gpulet_ready || fail "the DaemonSet did not recreate gpulet"
-	newpod=$(gpulet_pod)
-	wait_until 90 "gpulet registered again" registered_again || fail "the new gpulet pod did not register"
-	wait_until 90 "Allocatable 8 after the gpulet pod was recreated" node_gpus_are 8/8 || fail "capacity did not return"
-	timing "gpulet pod deleted -> new pod Ready and Allocatable 8" "$(secs_since "$t0")"
-	log "new gpulet pod: $newpod"
-	keeps_gpus "the gpulet pod deletion"
-
-	# The kubelet still accounts the running pod's GPUs: 6 more are handed out, all different.
-	local p6 g6
-	render_hold_job gpu6-after 6 | K apply -f -
-	wait_until 90 "gpu6-after Running" job_pod_running gpu6-after || fail "a 6-GPU Job did not run next to the 2-GPU pod"
-	p6=$(job_pod gpu6-after)
-	check_pod_devices "$p6" 6
-	g6=$(pod_gpus "$p6")
-	[[ -z $(comm -12 <(echo "$g0") <(echo "$g6")) ]] || fail "GPUs of the running pod were handed out again: $(comm -12 <(echo "$g0") <(echo "$g6"))"
-	release "$p6"; release "$hold"
-	wait_until 60 "gpu6-after COMPLETIONS 1/1" job_complete gpu6-after || fail "gpu6-after did not complete"
-	wait_until 60 "gpu2-hold COMPLETIONS 1/1" job_complete gpu2-hold || fail "gpu2-hold did not complete"
-	K delete jobs -l app=gpulet-e2e --wait=true >/dev/null
-}
-
 # set_gpulet_env NAME=VALUE...: changes the gpulet DaemonSet's environment as an operator would
 # (kubectl set env: a rolling update) and waits for the new pod to be Ready with 8/8.
 set_gpulet_env() {
@@ -966,21 +880,6 @@ scenario_dra() {
 	no_claim_specs() { ! "$W/nsrun" sh -c 'ls /var/run/cdi/k8s.gpu.nvidia.com-claim_* 2>/dev/null' | grep -q .; }
 	K delete jobs -l app=gpulet-e2e --wait=true >/dev/null
 	wait_until 60 "claim CDI specs removed (Unprepare)" no_claim_specs || fail "claim CDI specs left after the pods ended: $("$W/nsrun" sh -c 'ls /var/run/cdi')"
-}
-
-scenario_no_gpu() {
-	local logs env
-	K apply -f "$MANIFESTS/no-gpu-pod.yaml"
-	wait_until 60 "pod no-gpu Succeeded" pod_phase_is no-gpu Succeeded || fail "pod no-gpu did not succeed"
-	logs=$(K logs no-gpu)
-	echo "$logs" | sed 's/^/    /'
-	env=$(sed -n 's/^NVIDIA_VISIBLE_DEVICES=//p' <<<"$logs")
-	case $env in
-	'<unset>' | '' | void | none) ;;
-	*) fail "a pod without a GPU request has NVIDIA_VISIBLE_DEVICES=$env" ;;
-	esac
-	grep -q '^dev nodes: *$' <<<"$logs" || fail "a pod without a GPU request sees GPU device nodes: $(grep '^dev nodes' <<<"$logs")"
-	K delete pod no-gpu --wait=true >/dev/null
 }
 
 # node_res NAME: "CAPACITY/ALLOCATABLE" of extended resource NAME as the API server reports it.

@@ -20,6 +20,8 @@ var scenarios = map[string]func(*S){
 	"seed-job": scenarioSeedJob,
 	"sharing":  scenarioSharing,
 	"fault":    scenarioFault,
+	"restarts": scenarioRestarts,
+	"no-gpu":   scenarioNoGPU,
 }
 
 // Env is what run.sh knows about the cluster, from the environment.

@@ -590,3 +590,137 @@ func (s *S) Kubectl(args ...string) string {
 	}
 	return out.String()
 }
+
+// KubectlErr is Kubectl that returns the failure (for reads a component may
+// refuse for a moment).
+func (s *S) KubectlErr(args ...string) (string, error) {
+	ctx, cancel := cmdCtx()
+	defer cancel()
+	cmd := exec.CommandContext(ctx, s.W+"/kubectl", args...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Run(); err != nil {
+		return out.String(), fmt.Errorf("kubectl %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(errb.String()))
+	}
+	return out.String(), nil
+}
+
+// ClusterOp runs an operation of lib/cluster-op.sh (restart-kubelet): what
+// touches the cluster's processes stays with the bash that started them.
+func (s *S) ClusterOp(op string) {
+	s.Helper()
+	ctx, cancel := cmdCtx()
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "../lib/cluster-op.sh", op)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		s.Fatalf("cluster-op.sh %s: %v\n%s", op, err, out)
+	}
+}
+
+// Pod re-reads a pod; it fails the scenario when it cannot.
+func (s *S) Pod(ns, name string) *corev1.Pod {
+	s.Helper()
+	p, err := s.Client.CoreV1().Pods(ns).Get(s.ctx, name, metav1.GetOptions{})
+	if err != nil {
+		s.Fatalf("pod %s/%s: %v", ns, name, err)
+	}
+	return p
+}
+
+// NodeReady says whether the node's Ready condition is True, and when its
+// kubelet last posted it.
+func (s *S) NodeReady(node string) (bool, time.Time, error) {
+	n, err := s.Client.CoreV1().Nodes().Get(s.ctx, node, metav1.GetOptions{})
+	if err != nil {
+		return false, time.Time{}, err
+	}
+	for _, c := range n.Status.Conditions {
+		if c.Type == corev1.NodeReady {
+			return c.Status == corev1.ConditionTrue, c.LastHeartbeatTime.Time, nil
+		}
+	}
+	return false, time.Time{}, nil
+}
+
+// KubeletRegistrations is how many times the kubelet's log (kubelet.log or
+// kubelet-node2.log of the run) says a device plugin registered
+// nvidia.com/gpu.
+func (s *S) KubeletRegistrations(logName string) int {
+	s.Helper()
+	b, err := os.ReadFile(s.Logs + "/" + logName)
+	if err != nil {
+		s.Fatal(err)
+	}
+	re := regexp.MustCompile(`registration request from device plugin with resource.*nvidia\.com/gpu|Registered client.*nvidia\.com/gpu`)
+	return len(re.FindAllIndex(b, -1))
+}
+
+// ContainerID is the pod's first container's ID ("" before it starts).
+func ContainerID(p *corev1.Pod) string {
+	if len(p.Status.ContainerStatuses) == 0 {
+		return ""
+	}
+	return p.Status.ContainerStatuses[0].ContainerID
+}
+
+// NewGpuletReady is a condition: the GPU node's gpulet pod is another than
+// old and the DaemonSet is Ready (DaemonSetReady).
+func (s *S) NewGpuletReady(old string) func() error {
+	return func() error {
+		p, err := s.GpuletPodOn(s.Node)
+		if err != nil {
+			return err
+		}
+		if p == nil || p.Name == old {
+			return fmt.Errorf("no new gpulet pod on %s yet", s.Node)
+		}
+		return s.DaemonSetReady()
+	}
+}
+
+// MustGpuletPod is the GPU node's gpulet pod.
+func (s *S) MustGpuletPod() *corev1.Pod {
+	s.Helper()
+	p, err := s.GpuletPodOn(s.Node)
+	if err != nil || p == nil {
+		s.Fatalf("no gpulet pod on %s: %v", s.Node, err)
+	}
+	return p
+}
+
+// CreatePod creates pod (default namespace unless set) and deletes it when
+// the scenario ends.
+func (s *S) CreatePod(pod *corev1.Pod) *corev1.Pod {
+	s.Helper()
+	if pod.Namespace == "" {
+		pod.Namespace = "default"
+	}
+	p, err := s.Client.CoreV1().Pods(pod.Namespace).Create(s.ctx, pod, metav1.CreateOptions{})
+	if err != nil {
+		s.Fatalf("create pod %s: %v", pod.Name, err)
+	}
+	s.Cleanup(func() { s.DeletePod(p.Namespace, p.Name) })
+	return p
+}
+
+// DeletePod deletes a pod (1 s grace) and waits (bounded) until it is gone.
+func (s *S) DeletePod(ns, name string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	grace := int64(1)
+	err := s.Client.CoreV1().Pods(ns).Delete(ctx, name, metav1.DeleteOptions{GracePeriodSeconds: &grace})
+	if apierrors.IsNotFound(err) {
+		return
+	}
+	if err != nil {
+		s.Errorf("delete pod %s: %v", name, err)
+		return
+	}
+	for ctx.Err() == nil {
+		if _, err := s.Client.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{}); apierrors.IsNotFound(err) {
+			return
+		}
+		time.Sleep(Poll)
+	}
+	s.Errorf("pod %s was not deleted within 90 s", name)
+}
