@@ -116,7 +116,7 @@ func (b *Backend) Discover(context.Context) (*inventory.Node, error) {
 	if f.DriverDown {
 		return nil, errDriverDown
 	}
-	return withoutRemoved(b.full, f), nil
+	return b.withMIG(withoutRemoved(b.full, f))
 }
 
 func withoutRemoved(full *inventory.Node, f Faults) *inventory.Node {
