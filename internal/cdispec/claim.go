@@ -29,6 +29,10 @@ const ClaimKind = "k8s.gpu.nvidia.com/claim"
 type ClaimDevice struct {
 	Name string
 	UUID string
+	// Env ("KEY=value") and Mounts are added to the device's edits: what a
+	// claim's sharing needs (MPS: the pipe folder and /dev/shm).
+	Env    []string
+	Mounts []*specs.Mount
 }
 
 // BuildClaim returns the spec of one claim's devices: for each, its
@@ -46,7 +50,7 @@ func BuildClaim(node *inventory.Node, o Options, devices []ClaimDevice) (*specs.
 			return nil, err
 		}
 		raw.Devices = append(raw.Devices, specs.Device{Name: d.Name,
-			ContainerEdits: specs.ContainerEdits{DeviceNodes: nodes, Hooks: deviceHooks(o, driverRoot(o), d.UUID)}})
+			ContainerEdits: specs.ContainerEdits{DeviceNodes: nodes, Hooks: deviceHooks(o, driverRoot(o), d.UUID), Env: d.Env, Mounts: d.Mounts}})
 	}
 	return finish(raw, node, o)
 }

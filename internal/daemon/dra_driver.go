@@ -4,9 +4,16 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"log/slog"
+	"path/filepath"
+	"strings"
 
+	"github.com/gpulet/gpulet/internal/config"
 	"github.com/gpulet/gpulet/internal/dra"
+	"github.com/gpulet/gpulet/internal/hardware"
+	"github.com/gpulet/gpulet/internal/mps"
 )
 
 // draDriver serves DRA's GPUs with --dra: ResourceSlices, and claims the
@@ -34,6 +41,7 @@ func (g *gpulet) draDriver() component {
 			}
 			o.Devices.PCIeRoot = PCIeRoot(g.backend)
 			o.Devices.ConsumableCapacity = g.cfg.DRA.ConsumableCapacity
+			o.Sharing = DRASharing(g.cfg, g.backend, log)
 			return nil
 		},
 		run: func(ctx context.Context) error {
@@ -49,4 +57,40 @@ func (g *gpulet) draDriver() component {
 			}
 		},
 	}
+}
+
+// DRASharing is what applies claims' sharing configs on this node: the
+// backend's compute policy (nvidia-smi on NVML, the simulator's record),
+// and MPS control daemons per claim with their folders in
+// <--dra-plugin-dir>/mps (a host folder the DRA DaemonSet mounts, as
+// NVIDIA's driver keeps them there), run by --mps-control or the
+// backend's stand-in. With the real binary, each MPS Prepare first checks
+// the host can serve it (mps.CheckHost: the binary, a host folder, and
+// gpulet's /dev/shm being <root>/shm).
+func DRASharing(cfg *config.Config, backend hardware.Backend, log *slog.Logger) dra.SharingControl {
+	var s dra.SharingControl
+	if p, ok := backend.(hardware.ComputePolicy); ok {
+		s.Policy = p
+	}
+	dir := cfg.DRA.PluginDir
+	if dir == "" {
+		dir = dra.DefaultPluginDir
+	}
+	root := filepath.Join(dir, "mps")
+	var control mps.Control = mps.Exec{Path: cfg.MPSControl}
+	if c, ok := backend.(hardware.MPSControlled); ok {
+		control = c.MPSControl()
+	} else {
+		s.MPSReady = func() error {
+			var he *mps.HostError
+			if err := mps.CheckHost(root, cfg.MPSControl, "", ""); errors.As(err, &he) {
+				return fmt.Errorf("gpulet cannot run MPS control daemons for claims in this container: %s", strings.Join(he.Problems, "; "))
+			} else if err != nil {
+				return err
+			}
+			return nil
+		}
+	}
+	s.MPS = &mps.Manager{Root: root, Control: control, Log: log.With("component", "mps")}
+	return s
 }

@@ -26,7 +26,8 @@ const DefaultBootIDPath = "/proc/sys/kernel/random/boot_id"
 // checkpointVersion changes when the file's meaning does; a file of another
 // version is refused rather than misread. Version 1 (no states, no boot ID)
 // is read as every claim completed, written on this boot.
-const checkpointVersion = 2
+// Version 2 (no sharing records) is read as is: its claims applied none.
+const checkpointVersion = 3
 
 // claimState is where a claim is in its two-phase Prepare or Unprepare. A
 // record is saved before the CDI spec is written or removed and again after,
@@ -65,6 +66,9 @@ type preparedClaim struct {
 	// adopted from it; removed with the claim.
 	ForeignSpec string           `json:"foreignSpec,omitempty"`
 	Devices     []preparedDevice `json:"devices"`
+	// Sharing is what the claim's configs set up (sharing.go), saved
+	// before it is applied so that it can always be undone.
+	Sharing []appliedSharing `json:"sharing,omitempty"`
 }
 
 type preparedDevice struct {
@@ -77,6 +81,8 @@ type preparedDevice struct {
 	// ShareID is the scheduler's ID of this claim's share of a device
 	// published for several claims (consumable capacity).
 	ShareID *types.UID `json:"shareID,omitempty"`
+	// MPSDaemon is the claim's MPS control daemon serving this device.
+	MPSDaemon string `json:"mpsDaemon,omitempty"`
 }
 
 func newCheckpoint(bootID string) *checkpoint {
@@ -107,7 +113,8 @@ func loadCheckpoint(path string) (*checkpoint, error) {
 		return nil, fmt.Errorf("DRA checkpoint %s is corrupt (%v); prepared claims are unknown: drain the node's DRA pods, move the file away and restart gpulet", path, err)
 	}
 	switch cp.Version {
-	case checkpointVersion:
+	case checkpointVersion, 2:
+		cp.Version = checkpointVersion
 	case 1:
 		// Written before records had states: each was completed.
 		for uid, pc := range cp.Claims {
@@ -116,7 +123,7 @@ func loadCheckpoint(path string) (*checkpoint, error) {
 		}
 		cp.Version = checkpointVersion
 	default:
-		return nil, fmt.Errorf("DRA checkpoint %s has version %d, this gpulet reads 1 and %d; use a gpulet that wrote it or drain the node's DRA pods and move the file away", path, cp.Version, checkpointVersion)
+		return nil, fmt.Errorf("DRA checkpoint %s has version %d, this gpulet reads 1 to %d; use a gpulet that wrote it or drain the node's DRA pods and move the file away", path, cp.Version, checkpointVersion)
 	}
 	if cp.Claims == nil {
 		cp.Claims = map[string]preparedClaim{}

@@ -19,6 +19,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
 	resourceapi "k8s.io/api/resource/v1"
@@ -61,6 +62,29 @@ func (d *Driver) commit(next *checkpoint) error {
 	return nil
 }
 
+// release undoes what Prepare did for the claim uid of cp: its sharing
+// (MPS daemons, compute policy; a GPU another claim of cp still holds
+// keeps its time-slice), then its CDI specs. Each step is idempotent.
+func (d *Driver) release(ctx context.Context, cp *checkpoint, uid string, pc preparedClaim) error {
+	held := func(gpu string) bool {
+		for other, o := range cp.Claims {
+			if other == uid {
+				continue
+			}
+			for _, p := range o.Devices {
+				if p.UUID == gpu {
+					return true
+				}
+			}
+		}
+		return false
+	}
+	if err := d.o.Sharing.undo(ctx, pc.Sharing, held); err != nil {
+		return fmt.Errorf("undo the claim's sharing: %w", err)
+	}
+	return d.removeSpecs(uid, pc)
+}
+
 // removeSpecs removes a claim's CDI spec, and NVIDIA's for a claim adopted
 // from its driver; a spec already gone is no error.
 func (d *Driver) removeSpecs(uid string, pc preparedClaim) error {
@@ -90,7 +114,16 @@ func (d *Driver) repair(bootID string) error {
 		if !rebooted && pc.State == statePrepareCompleted {
 			continue
 		}
-		if err := d.removeSpecs(uid, pc); err != nil {
+		if rebooted {
+			// The daemons and compute policy did not survive the reboot;
+			// undo what may be left, but a GPU gone since is no reason
+			// not to start.
+			if err := d.o.Sharing.undo(context.Background(), pc.Sharing, func(string) bool { return false }); err != nil {
+				d.log.Warn("DRA claim of an earlier boot: sharing not undone", "claim", pc.Namespace+"/"+pc.Name, "err", err)
+			}
+			pc.Sharing = nil
+		}
+		if err := d.release(context.Background(), next, uid, pc); err != nil {
 			return fmt.Errorf("roll back DRA claim %s/%s (%s): %w", pc.Namespace, pc.Name, pc.State, err)
 		}
 		delete(next.Claims, uid)
@@ -150,7 +183,7 @@ func (d *Driver) PrepareResourceClaims(ctx context.Context, claims []*resourceap
 			continue
 		} else if ok {
 			// Half prepared (or half unprepared) before: start over.
-			if err := d.removeSpecs(uid, pc); err != nil {
+			if err := d.release(ctx, next, uid, pc); err != nil {
 				fail(c, fmt.Errorf("roll back the earlier attempt: %w", err))
 				continue
 			}
@@ -194,8 +227,24 @@ func (d *Driver) PrepareResourceClaims(ctx context.Context, claims []*resourceap
 	var written []*resourceapi.ResourceClaim
 	for _, c := range todo {
 		pc := next.Claims[string(c.UID)]
+		if err := d.o.Sharing.apply(ctx, pc.Sharing); err != nil {
+			err = fmt.Errorf("apply the claim's sharing config: %w", err)
+			if uerr := d.release(ctx, next, string(c.UID), pc); uerr != nil {
+				// The record stays "started": a retry or the next start
+				// undoes it again.
+				fail(c, errors.Join(err, uerr))
+				continue
+			}
+			fail(c, err)
+			delete(next.Claims, string(c.UID))
+			continue
+		}
 		spec, err := d.writeSpec(c.UID, pc.Devices)
 		if err != nil {
+			if uerr := d.release(ctx, next, string(c.UID), pc); uerr != nil {
+				fail(c, errors.Join(err, uerr))
+				continue
+			}
 			fail(c, err)
 			delete(next.Claims, string(c.UID)) // WriteClaim leaves no spec on error
 			continue
@@ -241,7 +290,11 @@ func (d *Driver) plan(c *resourceapi.ResourceClaim, inUse map[string]string) (pr
 	}
 	pc := preparedClaim{State: statePrepareStarted, Namespace: c.Namespace, Name: c.Name}
 	results := d.claimResults(c)
-	var configs []opaqueConfig
+	var (
+		configs []opaqueConfig
+		devCfgs []*DeviceConfig // by device, as pc.Devices
+		shared  []sharedDevice
+	)
 	if len(results) > 0 {
 		var err error
 		if configs, err = decodeConfigs(c.Status.Allocation.Devices.Config); err != nil {
@@ -261,9 +314,6 @@ func (d *Driver) plan(c *resourceapi.ResourceClaim, inUse map[string]string) (pr
 				r.Device, e.UUID, t.Key, t.Value, t.Effect)
 		}
 		cfg, err := configFor(configs, r.Request, e.MIG >= 0)
-		if err == nil {
-			err = cfg.supported()
-		}
 		if err != nil {
 			return pc, fmt.Errorf("device %s, request %s: %w", r.Device, r.Request, err)
 		}
@@ -281,6 +331,45 @@ func (d *Driver) plan(c *resourceapi.ResourceClaim, inUse map[string]string) (pr
 			Requests: []string{r.Request}, Pool: r.Pool, Device: r.Device, UUID: e.UUID, AdminAccess: admin, ShareID: r.ShareID,
 			CDIDeviceIDs: []string{cdispec.ClaimDeviceID(d.o.CDI.Options.Kind, cdiName(c.UID, r.Device))},
 		})
+		gpu := e.UUID
+		if e.MIG >= 0 {
+			gpu = ""
+		}
+		devCfgs = append(devCfgs, cfg)
+		shared = append(shared, sharedDevice{UUID: e.UUID, GPU: gpu, Share: r.ShareID != nil})
+	}
+	// Each config applies once, to all the devices it is for, as NVIDIA's
+	// driver groups them (one MPS daemon for them all).
+	var order []*DeviceConfig
+	groups := map[*DeviceConfig][]int{}
+	for i, cfg := range devCfgs {
+		if _, ok := groups[cfg]; !ok {
+			order = append(order, cfg)
+		}
+		groups[cfg] = append(groups[cfg], i)
+	}
+	for _, cfg := range order {
+		var devs []sharedDevice
+		for _, i := range groups[cfg] {
+			devs = append(devs, shared[i])
+		}
+		a, err := d.o.Sharing.planSharing(string(c.UID), cfg, devs, d.o.Devices.ConsumableCapacity)
+		if err != nil {
+			var names []string
+			for _, i := range groups[cfg] {
+				names = append(names, pc.Devices[i].Device+" (request "+pc.Devices[i].Requests[0]+")")
+			}
+			return pc, fmt.Errorf("%s: %w", strings.Join(names, ", "), err)
+		}
+		if a == nil {
+			continue
+		}
+		if a.MPS != nil {
+			for _, i := range groups[cfg] {
+				pc.Devices[i].MPSDaemon = a.MPS.ID
+			}
+		}
+		pc.Sharing = append(pc.Sharing, *a)
 	}
 	return pc, nil
 }
@@ -291,10 +380,18 @@ func (d *Driver) writeSpec(uid types.UID, devs []preparedDevice) (string, error)
 	seen := map[string]bool{}
 	for _, p := range devs {
 		name := cdiName(uid, p.Device)
-		if !seen[name] { // two requests may share a device (admin access)
-			seen[name] = true
-			cd = append(cd, cdispec.ClaimDevice{Name: name, UUID: p.UUID})
+		if seen[name] { // two requests may share a device (admin access)
+			continue
 		}
+		seen[name] = true
+		dev := cdispec.ClaimDevice{Name: name, UUID: p.UUID}
+		if p.MPSDaemon != "" {
+			var err error
+			if dev.Env, dev.Mounts, err = d.o.Sharing.mpsEdits(p.MPSDaemon); err != nil {
+				return "", err
+			}
+		}
+		cd = append(cd, dev)
 	}
 	return d.o.CDI.WriteClaim(d.o.Store.Snapshot().Node, string(uid), cd)
 }
@@ -381,7 +478,7 @@ func (d *Driver) UnprepareResourceClaims(ctx context.Context, claims []kubeletpl
 	next = d.cp.clone()
 	var removed []kubeletplugin.NamespacedObject
 	for _, c := range todo {
-		if err := d.removeSpecs(string(c.UID), next.Claims[string(c.UID)]); err != nil {
+		if err := d.release(ctx, next, string(c.UID), next.Claims[string(c.UID)]); err != nil {
 			out[c.UID] = err
 			continue
 		}

@@ -12,7 +12,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strconv"
 
 	resourceapi "k8s.io/api/resource/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -207,24 +206,4 @@ func configFor(configs []opaqueConfig, request string, mig bool) (*DeviceConfig,
 		}
 	}
 	return &DeviceConfig{APIVersion: ConfigAPIVersion, Kind: kind}, nil
-}
-
-// supported says whether gpulet applies c, and if not, why, for the
-// Prepare error. No sharing, and time-slicing at the GPU's default
-// interval, need nothing beyond the claim's devices (a claim's pods share
-// its devices, time-sliced by the GPU as always). Other intervals and MPS
-// are refused: gpulet does not set them through DRA yet.
-func (c *DeviceConfig) supported() error {
-	s := c.Sharing
-	if s == nil {
-		return nil
-	}
-	if s.Strategy == StrategyTimeSlicing {
-		if s.TimeSlicingConfig == nil || s.TimeSlicingConfig.Interval == nil || *s.TimeSlicingConfig.Interval == IntervalDefault {
-			return nil
-		}
-		return fmt.Errorf("%s sharing.timeSlicingConfig.interval %s: gpulet's DRA driver does not set time-slice intervals; use interval Default (or none), or NVIDIA's DRA driver",
-			c.Kind, strconv.Quote(*s.TimeSlicingConfig.Interval))
-	}
-	return fmt.Errorf("%s sharing.strategy MPS: gpulet's DRA driver does not start MPS control daemons for claims; drop the config or use NVIDIA's DRA driver", c.Kind)
 }

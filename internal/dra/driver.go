@@ -58,7 +58,10 @@ type Options struct {
 	// API server and unprepared when their ResourceClaim is gone or was
 	// replaced. Default: DefaultCleanupInterval.
 	CleanupInterval time.Duration
-	Log             *slog.Logger
+	// Sharing applies claims' TimeSlicing and MPS configs; what it lacks
+	// is refused at Prepare.
+	Sharing SharingControl
+	Log     *slog.Logger
 }
 
 // Driver is a running DRA kubelet plugin. It implements

@@ -22,7 +22,10 @@ import (
 	drapb "k8s.io/kubelet/pkg/apis/dra/v1"
 
 	"github.com/gpulet/gpulet/internal/cdispec"
+	"github.com/gpulet/gpulet/internal/hardware/sim"
+	"github.com/gpulet/gpulet/internal/hardware/sim/simtest"
 	"github.com/gpulet/gpulet/internal/inventory"
+	"github.com/gpulet/gpulet/internal/mps"
 )
 
 const testNode = "gpu-node-1"
@@ -34,6 +37,7 @@ type rig struct {
 	client  *fake.Clientset
 	store   *inventory.Store
 	node    *inventory.Node
+	sim     *sim.Backend
 	opts    Options
 	cdiDir  string
 	driver  *Driver
@@ -43,7 +47,8 @@ type rig struct {
 
 func newRig(t testing.TB, profile string) *rig {
 	t.Helper()
-	node, migMinors := simNode(t, profile)
+	b, node := simtest.Backend(t, profile)
+	migMinors := b.MIGMinorsPath()
 	base, err := os.MkdirTemp("", "dra") // short: unix socket paths are limited to 108 bytes
 	if err != nil {
 		t.Fatal(err)
@@ -54,6 +59,7 @@ func newRig(t testing.TB, profile string) *rig {
 		client: fake.NewClientset(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: testNode, UID: "node-uid"}}),
 		store:  inventory.NewStore(node),
 		node:   node,
+		sim:    b,
 		cdiDir: filepath.Join(base, "cdi"),
 	}
 	bootID := filepath.Join(base, "boot_id")
@@ -68,7 +74,11 @@ func newRig(t testing.TB, profile string) *rig {
 		},
 		PluginDir: filepath.Join(base, "plugin"), RegistrarDir: filepath.Join(base, "registry"),
 		HealthResend: 50 * time.Millisecond,
-		Log:          slog.New(slog.DiscardHandler),
+		// As the daemon on the simulator: its compute policy and MPS
+		// control stand-ins.
+		Sharing: SharingControl{Policy: b, MPS: &mps.Manager{
+			Root: filepath.Join(base, "mps"), Control: b.MPSControl(), Log: slog.New(slog.DiscardHandler)}},
+		Log: slog.New(slog.DiscardHandler),
 	}
 	r.start()
 	t.Cleanup(r.stop)

@@ -3,7 +3,7 @@
 // everything above it (inventory, health policy, resources, servers) is shared
 // by the NVML, simulated and any future backend. What only some backends can
 // do is an optional interface here (FaultInjector, MPSControlled,
-// PCIeRootResolver, MIGMinors), found by asserting a Backend to it, never
+// ComputePolicy, PCIeRootResolver, MIGMinors), found by asserting a Backend to it, never
 // to a concrete backend type.
 package hardware
 
@@ -54,6 +54,33 @@ type MPSControl interface {
 // simulator's stand-in) instead of NVIDIA's binary.
 type MPSControlled interface {
 	MPSControl() MPSControl
+}
+
+// ComputeMode is a GPU's compute mode as nvidia-smi -c names it.
+type ComputeMode string
+
+const (
+	ComputeModeDefault          ComputeMode = "DEFAULT"
+	ComputeModeExclusiveProcess ComputeMode = "EXCLUSIVE_PROCESS"
+)
+
+// Time-slice intervals as nvidia-smi compute-policy --set-timeslice takes
+// them (NVIDIA's DRA driver's TimeSlicing intervals Default, Short, Medium
+// and Long).
+const (
+	TimeSliceDefault = 0
+	TimeSliceShort   = 1
+	TimeSliceMedium  = 2
+	TimeSliceLong    = 3
+)
+
+// ComputePolicy is a Backend that can change a whole GPU's compute mode
+// and time-slice interval, what NVIDIA's DRA driver sets for TimeSlicing
+// and MPS claims. The simulator records what it was asked; NVML runs
+// nvidia-smi as NVIDIA's driver does.
+type ComputePolicy interface {
+	SetComputeMode(ctx context.Context, uuid string, mode ComputeMode) error
+	SetTimeSlice(ctx context.Context, uuid string, interval int) error
 }
 
 // PCIeRootResolver is a Backend whose PCI bus IDs are the host's, so their

@@ -50,9 +50,9 @@ func CheckHost(root, control, mountinfo, shm string) error {
 	mp, err := mountPointOf(root, mountinfo)
 	switch {
 	case err != nil:
-		problems = append(problems, fmt.Sprintf("cannot tell where --mps-root %s is mounted from: %v", root, err))
+		problems = append(problems, fmt.Sprintf("cannot tell where the MPS root %s is mounted from: %v", root, err))
 	case mp == "/":
-		problems = append(problems, fmt.Sprintf("--mps-root %s is in gpulet's own container filesystem: mount the host's %s there", root, root))
+		problems = append(problems, fmt.Sprintf("the MPS root %s is in gpulet's own container filesystem: mount the host's %s there", root, root))
 	}
 	rootShm, errRoot := os.Stat(filepath.Join(root, "shm"))
 	devShm, errShm := os.Stat(shm)

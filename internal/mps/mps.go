@@ -11,9 +11,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -126,23 +128,30 @@ func (m *Manager) LogDir(uuid string) string { return filepath.Join(m.Root, uuid
 // server meet there, so gpulet's own /dev/shm must be this folder.
 func (m *Manager) ShmDir() string { return filepath.Join(m.Root, "shm") }
 
-func (m *Manager) env(uuid string) []string {
+func (m *Manager) env(uuid string) []string { return m.daemonEnv(uuid, []string{uuid}) }
+
+// daemonEnv is the environment of the daemon id serving the devices uuids.
+func (m *Manager) daemonEnv(id string, uuids []string) []string {
 	return []string{
-		"CUDA_VISIBLE_DEVICES=" + uuid,
-		"CUDA_MPS_PIPE_DIRECTORY=" + m.PipeDir(uuid),
-		"CUDA_MPS_LOG_DIRECTORY=" + m.LogDir(uuid),
+		"CUDA_VISIBLE_DEVICES=" + strings.Join(uuids, ","),
+		"CUDA_MPS_PIPE_DIRECTORY=" + m.PipeDir(id),
+		"CUDA_MPS_LOG_DIRECTORY=" + m.LogDir(id),
 		"PATH=" + os.Getenv("PATH"),
 	}
 }
 
 func (m *Manager) send(ctx context.Context, uuid, command string) (string, error) {
+	return m.sendEnv(ctx, m.env(uuid), command)
+}
+
+func (m *Manager) sendEnv(ctx context.Context, env []string, command string) (string, error) {
 	t := m.Timeout
 	if t == 0 {
 		t = 10 * time.Second
 	}
 	ctx, cancel := context.WithTimeout(ctx, t)
 	defer cancel()
-	return m.Control.Send(ctx, m.env(uuid), command)
+	return m.Control.Send(ctx, env, command)
 }
 
 // Start connects to or starts a daemon per GPU and sets its defaults. On
@@ -165,39 +174,60 @@ func (m *Manager) Start(ctx context.Context, gpus []GPU) error {
 }
 
 func (m *Manager) start(ctx context.Context, g GPU) error {
-	for _, dir := range []string{m.PipeDir(g.UUID), m.LogDir(g.UUID)} {
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			return fmt.Errorf("MPS folder for %s: %w; set --mps-root to a writable host folder", g.UUID, err)
-		}
-	}
-	d := &daemon{gpu: g}
-	if _, err := m.send(ctx, g.UUID, "get_default_active_thread_percentage"); err == nil {
-		m.Log.Info("MPS control daemon already running; using it", "gpu", g.UUID, "pipe", m.PipeDir(g.UUID))
-	} else {
-		if err := m.Control.Start(ctx, m.env(g.UUID)); err != nil {
-			return fmt.Errorf("start the MPS control daemon for %s: %w (is --mps-control right?)", g.UUID, err)
-		}
-		d.started = true
-		m.Log.Info("MPS control daemon started", "gpu", g.UUID, "pipe", m.PipeDir(g.UUID), "log", m.LogDir(g.UUID))
-	}
-	m.mu.Lock()
-	m.daemons[g.UUID] = d
-	m.mu.Unlock()
 	// The daemon's defaults bind new MPS servers: each client gets its
 	// replica's share unless it asks for less.
-	cmds := []string{fmt.Sprintf("set_default_active_thread_percentage %d", g.ThreadPercentage())}
+	pct := g.ThreadPercentage()
+	d := Daemon{ID: g.UUID, UUIDs: []string{g.UUID}, ActiveThreadPercentage: &pct}
 	if l := g.PinnedMemLimit(); l != "" {
 		// Device 0: the daemon sees only this GPU (CUDA_VISIBLE_DEVICES).
-		cmds = append(cmds, "set_default_device_pinned_mem_limit 0 "+l)
+		d.PinnedMemLimits = map[string]string{"0": l}
 	}
-	for _, c := range cmds {
-		if _, err := m.send(ctx, g.UUID, c); err != nil {
-			return fmt.Errorf("configure the MPS control daemon for %s: %w", g.UUID, err)
-		}
+	started, err := m.launch(ctx, d)
+	if started || err == nil {
+		m.mu.Lock()
+		m.daemons[g.UUID] = &daemon{gpu: g, started: started}
+		m.mu.Unlock()
+	}
+	if err != nil {
+		return err
 	}
 	m.Log.Info("MPS defaults set", "gpu", g.UUID, "replicas", g.Replicas,
 		"active_thread_percentage", g.ThreadPercentage(), "pinned_mem_limit", g.PinnedMemLimit())
 	return nil
+}
+
+// launch starts the daemon d unless one answers already in its folders
+// (a gpulet restart), then sets its defaults. started says whether this
+// call started it, also when setting the defaults failed.
+func (m *Manager) launch(ctx context.Context, d Daemon) (started bool, err error) {
+	for _, dir := range []string{m.PipeDir(d.ID), m.LogDir(d.ID)} {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return false, fmt.Errorf("MPS folder for %s: %w; set --mps-root to a writable host folder", d.ID, err)
+		}
+	}
+	env := m.daemonEnv(d.ID, d.UUIDs)
+	if _, err := m.sendEnv(ctx, env, "get_default_active_thread_percentage"); err == nil {
+		m.Log.Info("MPS control daemon already running; using it", "daemon", d.ID, "pipe", m.PipeDir(d.ID))
+	} else {
+		if err := m.Control.Start(ctx, env); err != nil {
+			return false, fmt.Errorf("start the MPS control daemon for %s: %w (is --mps-control right?)", d.ID, err)
+		}
+		started = true
+		m.Log.Info("MPS control daemon started", "daemon", d.ID, "devices", d.UUIDs, "pipe", m.PipeDir(d.ID), "log", m.LogDir(d.ID))
+	}
+	var cmds []string
+	if p := d.ActiveThreadPercentage; p != nil {
+		cmds = append(cmds, fmt.Sprintf("set_default_active_thread_percentage %d", *p))
+	}
+	for _, dev := range slices.Sorted(maps.Keys(d.PinnedMemLimits)) {
+		cmds = append(cmds, fmt.Sprintf("set_default_device_pinned_mem_limit %s %s", dev, d.PinnedMemLimits[dev]))
+	}
+	for _, c := range cmds {
+		if _, err := m.sendEnv(ctx, env, c); err != nil {
+			return started, fmt.Errorf("configure the MPS control daemon for %s: %w", d.ID, err)
+		}
+	}
+	return started, nil
 }
 
 // Check reports whether a GPU's daemon answers.
@@ -262,4 +292,64 @@ func (m *Manager) Stop(ctx context.Context) error {
 		m.Log.Info("MPS control daemon stopped", "gpu", uuid)
 	}
 	return errors.Join(errs...)
+}
+
+// Daemon is a control daemon of its own for a set of devices, as NVIDIA's
+// DRA driver starts one per claim: named by ID (its folders are
+// <Root>/<ID>/{pipe,log}), seeing only UUIDs (CUDA_VISIBLE_DEVICES), with
+// the defaults the claim asked for, if any.
+type Daemon struct {
+	ID    string   `json:"id"`
+	UUIDs []string `json:"uuids"`
+	// ActiveThreadPercentage, when set, is the daemon's default active
+	// thread percentage (set_default_active_thread_percentage).
+	ActiveThreadPercentage *int `json:"activeThreadPercentage,omitempty"`
+	// PinnedMemLimits are default pinned device memory limits by device
+	// (a UUID of UUIDs, or an index among them) in MPS's spelling ("1024M").
+	PinnedMemLimits map[string]string `json:"pinnedMemLimits,omitempty"`
+}
+
+// ContainerPipeDir is where a container of a claim served by its own
+// daemon finds that daemon's pipe folder (NVIDIA's DRA driver's path).
+const ContainerPipeDir = "/tmp/nvidia-mps"
+
+// StartDaemon starts d (or finds it answering, after a gpulet restart) and
+// sets its defaults. The daemon runs until StopDaemon: it serves a claim,
+// not this process, so gpulet's Stop leaves it.
+func (m *Manager) StartDaemon(ctx context.Context, d Daemon) error {
+	if err := os.MkdirAll(m.ShmDir(), 0o755); err != nil {
+		return fmt.Errorf("MPS shm folder: %w; set --mps-root to a writable host folder", err)
+	}
+	_, err := m.launch(ctx, d)
+	return err
+}
+
+// StopDaemon quits the daemon id (serving uuids) and removes its folders.
+// A daemon that does not answer is taken as gone: stopping is idempotent,
+// so an interrupted Unprepare can be repeated.
+func (m *Manager) StopDaemon(ctx context.Context, id string, uuids []string) error {
+	env := m.daemonEnv(id, uuids)
+	if _, err := m.sendEnv(ctx, env, "get_default_active_thread_percentage"); err == nil {
+		if _, err := m.sendEnv(ctx, env, "quit"); err != nil {
+			return fmt.Errorf("quit the MPS control daemon %s: %w", id, err)
+		}
+		m.Log.Info("MPS control daemon stopped", "daemon", id)
+	}
+	if err := os.RemoveAll(filepath.Join(m.Root, id)); err != nil {
+		return fmt.Errorf("remove the folders of MPS control daemon %s: %w", id, err)
+	}
+	return nil
+}
+
+// DaemonAccess is what a container served by the daemon id needs: its
+// pipe folder at ContainerPipeDir with CUDA_MPS_PIPE_DIRECTORY naming it,
+// and the shm folder as /dev/shm (what NVIDIA's DRA driver injects).
+func (m *Manager) DaemonAccess(id string) Access {
+	return Access{
+		Env: map[string]string{"CUDA_MPS_PIPE_DIRECTORY": ContainerPipeDir},
+		Mounts: []Mount{
+			{Host: m.ShmDir(), Container: "/dev/shm"},
+			{Host: m.PipeDir(id), Container: ContainerPipeDir},
+		},
+	}
 }

@@ -10,6 +10,7 @@
 package nvml
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -43,6 +44,8 @@ type Backend struct {
 	libPath string
 	sysRoot string // "/" normally; tests point it elsewhere
 	devRoot string // host folder of the nvidia* device nodes
+	// driverRoot is where the driver is installed (nvidia-smi is there).
+	driverRoot string
 
 	mu      sync.Mutex
 	stuck   map[uint64]stuckCall // NVML calls that outlived CallTimeout and have not returned
@@ -105,6 +108,7 @@ func New(opts Options) (hardware.Backend, error) {
 		b := newBackend(lib, "/")
 		b.libPath = p
 		b.devRoot = filepath.Join(opts.DevRoot, "dev")
+		b.driverRoot = opts.DriverRoot
 		err := b.do("Init", lib.Init)
 		var ne nvmlError
 		if errors.As(err, &ne) && ne.ret == nvml.ERROR_LIBRARY_NOT_FOUND {
@@ -127,4 +131,25 @@ func (b *Backend) Close() error {
 		return fmt.Errorf("NVML shutdown: %w", err)
 	}
 	return nil
+}
+
+var _ hardware.ComputePolicy = (*Backend)(nil)
+
+// SetComputeMode runs nvidia-smi (hardware.NvidiaSMI) with the NVML
+// library gpulet loaded.
+func (b *Backend) SetComputeMode(ctx context.Context, uuid string, mode hardware.ComputeMode) error {
+	return b.smi().SetComputeMode(ctx, uuid, mode)
+}
+
+// SetTimeSlice runs nvidia-smi compute-policy (hardware.NvidiaSMI).
+func (b *Backend) SetTimeSlice(ctx context.Context, uuid string, interval int) error {
+	return b.smi().SetTimeSlice(ctx, uuid, interval)
+}
+
+func (b *Backend) smi() hardware.NvidiaSMI {
+	lib := b.libPath
+	if !strings.HasPrefix(lib, "/") {
+		lib = "" // found by the loader's own search: nvidia-smi finds it too
+	}
+	return hardware.NvidiaSMI{Path: hardware.FindNvidiaSMI(b.driverRoot), Library: lib}
 }
