@@ -35,8 +35,12 @@ type S struct {
 	inv []inventory.GPU // the GPU node's inventory, read once
 }
 
+// newS: the scenario's context ends after its last Cleanup function (not
+// t.Context(), which ends before them: cleanups use the cluster too).
 func newS(t *testing.T, e *Env) *S {
-	return &S{T: t, Env: e, ctx: t.Context()}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel) // registered first, so run last
+	return &S{T: t, Env: e, ctx: ctx}
 }
 
 // Poll is how often Eventually and Consistently look (as the bash helpers did).
@@ -150,8 +154,7 @@ func (s *S) run(nsrun string, argv []string) string {
 	return out.String()
 }
 
-// cmdCtx bounds a command. Not s.ctx: the test's context ends before its
-// Cleanup functions run, and they run commands too (gpulet sim clear).
+// cmdCtx bounds a command.
 func cmdCtx() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), 3*time.Minute)
 }
@@ -329,8 +332,9 @@ func (s *S) GpuletTiming(name string, since time.Time, msg, device string) {
 // ---------------------------------------------------------------------------
 // Workloads
 
-// Manifest decodes one typed object from a file of test/e2e/manifests (or
-// of deploy/ with a "deploy/" prefix), after replacing each old with new
+// Manifest decodes the first object of type T in a file of
+// test/e2e/manifests (or of deploy/ with a "deploy/" prefix; documents
+// separated by "---"), after replacing each old with new
 // (strings.NewReplacer pairs: "__NAME__", "gpu4-a", ...).
 func Manifest[T runtime.Object](s *S, file string, oldnew ...string) T {
 	s.Helper()
@@ -338,20 +342,24 @@ func Manifest[T runtime.Object](s *S, file string, oldnew ...string) T {
 	if rest, ok := strings.CutPrefix(file, "deploy/"); ok {
 		path = s.DeployDir + "/" + rest
 	}
+	return decodeFile[T](s, path, oldnew...)
+}
+
+func decodeFile[T runtime.Object](s *S, path string, oldnew ...string) T {
+	s.Helper()
 	b, err := os.ReadFile(path)
 	if err != nil {
 		s.Fatal(err)
 	}
-	b = []byte(strings.NewReplacer(oldnew...).Replace(string(b)))
-	obj, _, err := scheme.Codecs.UniversalDeserializer().Decode(b, nil, nil)
-	if err != nil {
-		s.Fatalf("%s: %v", path, err)
+	text := strings.NewReplacer(oldnew...).Replace(string(b))
+	for doc := range strings.SplitSeq(text, "\n---\n") {
+		obj, _, err := scheme.Codecs.UniversalDeserializer().Decode([]byte(doc), nil, nil)
+		if t, ok := obj.(T); err == nil && ok {
+			return t
+		}
 	}
-	t, ok := obj.(T)
-	if !ok {
-		s.Fatalf("%s holds a %T, want %T", path, obj, *new(T))
-	}
-	return t
+	s.Fatalf("%s holds no %T", path, *new(T))
+	return *new(T)
 }
 
 // CreateJob creates job in the default namespace and deletes it (and its
