@@ -81,16 +81,8 @@ func startDaemon(t testing.TB, profile string, extra ...string) *runningDaemon {
 // the test's), serving a plugintest kubelet in a folder of its own; args gives the backend's flags.
 func startGpulet(t testing.TB, argv, env []string, args func(*runningDaemon) []string) *runningDaemon {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "gpulet-dp-") // short: unix socket paths are limited
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	k, err := plugintest.StartKubelet(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(k.Stop)
+	k := plugintest.StartKubeletT(t)
+	dir := k.Dir
 	d := &runningDaemon{dir: dir, kubelet: k, simRoot: filepath.Join(dir, "sim"), log: &strings.Builder{}}
 	full := append(append(argv[1:len(argv):len(argv)], "run", "--device-plugin-path="+dir, "--metrics-address=127.0.0.1:0"), args(d)...)
 	d.cmd = exec.Command(argv[0], full...)

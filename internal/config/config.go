@@ -97,6 +97,13 @@ type Config struct {
 	MetricsAddress     string
 	PodResourcesSocket string
 	DRA                DRAConfig // Dynamic Resource Allocation (dra.go)
+	// NodeConfig picks the config file by the Node's label (nodeconfig.go).
+	NodeConfig NodeConfigSettings
+
+	// from is what Resolve read, for WithFile; nodeConfigFile is the file
+	// WithFile chose from NodeConfig.Dir.
+	from           *resolved
+	nodeConfigFile string
 }
 
 // BackendFlags adds the settings that choose the hardware backend; every
@@ -124,7 +131,7 @@ func nvidiaAliases(_ *pflag.FlagSet, name string) pflag.NormalizedName {
 // RunFlags adds the daemon's settings.
 func (c *Config) RunFlags(fs *pflag.FlagSet) {
 	c.BackendFlags(fs, "nvml")
-	c.addFlags(fs, groupRun, groupCDI, groupCDIDriver, groupMetrics, groupPodResources, groupLabels, groupLabelsRun, groupDRA)
+	c.addFlags(fs, groupRun, groupCDI, groupCDIDriver, groupMetrics, groupPodResources, groupLabels, groupLabelsRun, groupDRA, groupNodeConfig)
 }
 
 // CDIFlags adds the settings of the CDI spec gpulet writes for cdi-*
@@ -155,6 +162,7 @@ func (c *Config) PodResourcesFlag(fs *pflag.FlagSet) { c.addFlags(fs, groupPodRe
 func (c *Config) Resolve(fs *pflag.FlagSet, getenv func(string) string) error {
 	notes, err := resolve(fs, getenv, &c.Sharing)
 	c.Notes = notes
+	c.from = &resolved{flags: fs, getenv: getenv}
 	return err
 }
 
@@ -278,6 +286,9 @@ func (c *Config) Validate() error {
 		errs = append(errs, err)
 	}
 	if err := c.validateDRA(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.validateNodeConfig(); err != nil {
 		errs = append(errs, err)
 	}
 	switch c.LogFormat {

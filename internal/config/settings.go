@@ -50,6 +50,7 @@ const (
 	groupLabelsRun    group = "labels-run"    // run: publishing the labels
 	groupLabelsFile   group = "labels-file"   // labels: the output file
 	groupDRA          group = "dra"           // run
+	groupNodeConfig   group = "node-config"   // run: per-node configuration
 )
 
 // Settings is every setting of gpulet, in the order of the reference.
@@ -186,6 +187,16 @@ var Settings = []*Setting{
 	{Flag: "dra-consumable-capacity", Env: env("GPULET_DRA_CONSUMABLE_CAPACITY"), File: "gpulet.dra.consumableCapacity", Default: "false", Group: groupDRA,
 		bind: boolean(func(c *Config) *bool { return &c.DRA.ConsumableCapacity }),
 		Help: "with --dra, publish whole GPUs shareable by memory (allowMultipleAllocations): claims asking capacity.requests.memory share a GPU while their sum fits; no isolation between them"},
+
+	// Per-node configuration, with the names of NVIDIA's config-manager.
+	{Flag: "config-file-srcdir", Env: env("CONFIG_FILE_SRCDIR"), Group: groupNodeConfig, bind: text(func(c *Config) *string { return &c.NodeConfig.Dir }),
+		Help: "folder of named config files (a ConfigMap mounted as a volume, one v1 file per key); the Node's --node-label picks one and a change is applied live, without a restart (docs/node-config.md); excludes --config-file"},
+	{Flag: "node-label", Env: env("NODE_LABEL"), Default: DefaultNodeConfigLabel, Group: groupNodeConfig, bind: text(func(c *Config) *string { return &c.NodeConfig.Label }),
+		Help: "the Node label whose value names this node's config in --config-file-srcdir"},
+	{Flag: "default-config", Env: env("DEFAULT_CONFIG"), Group: groupNodeConfig, bind: text(func(c *Config) *string { return &c.NodeConfig.Default }),
+		Help: "the config used while the Node has no --node-label; empty tries --fallback-strategies"},
+	{Flag: "fallback-strategies", Env: env("FALLBACK_STRATEGIES"), Default: "named,single", Group: groupNodeConfig, bind: list(func(c *Config) *[]string { return &c.NodeConfig.Fallbacks }),
+		Help: "without a label or a default config, tried in order: named (the config called default), single (the only config), empty (no file)"},
 }
 
 func env(names ...string) []string { return names }
@@ -370,4 +381,5 @@ var groupCommands = map[group]string{
 	groupLabelsRun:    "run",
 	groupLabelsFile:   "labels",
 	groupDRA:          "run",
+	groupNodeConfig:   "run",
 }

@@ -27,18 +27,18 @@ func (g *gpulet) conflictEvents() func(context.Context, string) error {
 		if err != nil {
 			return fmt.Errorf("no Kubernetes client: %w", err)
 		}
-		return postNodeEvent(ctx, c, node, msg)
+		return postNodeEvent(ctx, c, node, corev1.EventTypeWarning, ConflictEventReason, msg)
 	}
 }
 
-// postNodeEvent posts a Warning Event on node, as the kubelet names its
-// own: in the default namespace, the node's name as its UID.
-func postNodeEvent(ctx context.Context, c kubernetes.Interface, node, msg string) error {
+// postNodeEvent posts an Event on node, as the kubelet names its own: in
+// the default namespace, the node's name as its UID.
+func postNodeEvent(ctx context.Context, c kubernetes.Interface, node, typ, reason, msg string) error {
 	now := metav1.NewTime(time.Now())
 	ev := &corev1.Event{
 		ObjectMeta:     metav1.ObjectMeta{GenerateName: node + ".", Namespace: metav1.NamespaceDefault},
 		InvolvedObject: corev1.ObjectReference{Kind: "Node", Name: node, UID: types.UID(node)},
-		Reason:         ConflictEventReason, Message: msg, Type: corev1.EventTypeWarning,
+		Reason:         reason, Message: msg, Type: typ,
 		Source:         corev1.EventSource{Component: "gpulet", Host: node},
 		FirstTimestamp: now, LastTimestamp: now, Count: 1,
 	}

@@ -57,7 +57,15 @@ func RunWithVersion(ctx context.Context, cfg *config.Config, open Opener, log *s
 	if err != nil {
 		return err
 	}
+	if cfg.NodeConfig.Dir != "" {
+		var chosen *config.Config
+		g.nodeConfig, chosen = startNodeConfig(ctx, cfg, g.nodeAPI(), log) // nodeconfig.go
+		if err := g.setConfig(chosen); err != nil {
+			return err
+		}
+	}
 	sup := newSupervisor(ctx, log)
+	g.sup = sup
 	for _, c := range g.components() {
 		if err := sup.start(c); err != nil {
 			if ctx.Err() != nil {
@@ -87,25 +95,48 @@ type gpulet struct {
 	draStore    *inventory.Store // split: the GPUs DRA owns (nil without --dra)
 	mps         *mps.Manager     // mps: nil without MPS sharing
 	kube        kubeState        // kubeclient.go: the client DRA and the label publisher share
+
+	sup        *supervisor
+	nodeConfig *nodeConfig     // nodeconfig.go: nil without --config-file-srcdir
+	plugins    *plugin.Manager // the device plugin's, while it runs
 }
 
 // newGpulet checks what can be checked before anything starts.
 func newGpulet(cfg *config.Config, open Opener, log *slog.Logger, build version.Info) (*gpulet, error) {
-	g := &gpulet{cfg: cfg, open: open, log: log, start: time.Now(), placement: allocator.PolicyDistributed}
-	var err error
-	if g.policy, err = HealthPolicy(cfg); err != nil {
+	g := &gpulet{open: open, log: log, start: time.Now()}
+	if err := g.setConfig(cfg); err != nil {
 		return nil, err
-	}
-	// Validate has vetted it; parsed again so an unset value (a caller that
-	// skipped the flags) means NVIDIA's default.
-	if cfg.SharedDevicesAllocationPolicy != "" {
-		if g.placement, err = allocator.ParsePolicy(cfg.SharedDevicesAllocationPolicy); err != nil {
-			return nil, err
-		}
 	}
 	// Hostname is the node's name (NODE_NAME), as dcgm-exporter labels it; the pod's hostname is its own name.
 	g.exp = metrics.New(metrics.Options{Version: build.Version, Commit: build.Commit, Hostname: cfg.Labels.NodeName, PodResourcesSocket: cfg.PodResourcesSocket, Log: log.With("component", "metrics")})
 	return g, nil
+}
+
+// setConfig makes cfg the settings, with the health policy and placement
+// they give.
+func (g *gpulet) setConfig(cfg *config.Config) error {
+	set, err := g.configSetter(cfg)
+	if err == nil {
+		set()
+	}
+	return err
+}
+
+// configSetter checks cfg and returns what makes it the settings.
+func (g *gpulet) configSetter(cfg *config.Config) (func(), error) {
+	policy, err := HealthPolicy(cfg)
+	if err != nil {
+		return nil, err
+	}
+	// Validate has vetted it; parsed again so an unset value (a caller that
+	// skipped the flags) means NVIDIA's default.
+	placement := allocator.PolicyDistributed
+	if cfg.SharedDevicesAllocationPolicy != "" {
+		if placement, err = allocator.ParsePolicy(cfg.SharedDevicesAllocationPolicy); err != nil {
+			return nil, err
+		}
+	}
+	return func() { g.cfg, g.policy, g.placement = cfg, policy, placement }, nil
 }
 
 // components lists gpulet's parts in start order; they stop in reverse.
@@ -116,7 +147,8 @@ func newGpulet(cfg *config.Config, open Opener, log *slog.Logger, build version.
 //     for the device plugin's GPUs.
 //   - The CDI spec is written before any server registers, so no container
 //     is created with a name nothing resolves.
-//   - The device-plugin servers come last and stop first.
+//   - The device-plugin servers come last and stop first, but for the
+//     per-node config watch, which applies a change once all serve.
 func (g *gpulet) components() []component {
 	return []component{
 		g.metricsServer(),
@@ -129,6 +161,7 @@ func (g *gpulet) components() []component {
 		g.sampler(),
 		g.labelPublisher(), // labels.go
 		g.devicePlugin(),
+		g.nodeConfigWatcher(), // nodeconfig.go
 	}
 }
 
@@ -215,12 +248,16 @@ func (g *gpulet) sampler() component {
 	}
 }
 
-// devicePlugin serves the kubelet one device plugin per resource.
+// devicePlugin serves the kubelet one device plugin per resource. Its
+// manager is made in Start, so per-node configuration can hand it new
+// resources (g.plugins) from the supervisor's goroutine.
 func (g *gpulet) devicePlugin() component {
+	var mgr *plugin.Manager
+	var conflicts *conflictReporter
 	return component{
 		name: "device plugin",
-		run: func(ctx context.Context) error {
-			mgr := &plugin.Manager{
+		start: func(context.Context) error {
+			mgr = &plugin.Manager{
 				Store:     g.pluginStore,
 				Resources: ResourcesConfig(g.cfg),
 				Opts: &plugin.Options{
@@ -239,8 +276,12 @@ func (g *gpulet) devicePlugin() component {
 			if g.mps != nil {
 				mgr.Opts.MPS = g.mps
 			}
-			conflicts := newConflictReporter(g.exp, g.conflictEvents(), mgr.Opts.Log) // conflict.go
+			conflicts = newConflictReporter(g.exp, g.conflictEvents(), mgr.Opts.Log) // conflict.go
 			mgr.Opts.OnConflict = conflicts.report
+			g.plugins = mgr
+			return nil
+		},
+		run: func(ctx context.Context) error {
 			eventsDone := make(chan struct{})
 			ectx, cancel := context.WithCancel(ctx)
 			go func() { defer close(eventsDone); conflicts.run(ectx) }()

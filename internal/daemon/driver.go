@@ -86,13 +86,17 @@ func waitForHardware(ctx context.Context, open Opener, log *slog.Logger) (hardwa
 // unready; gpulet then re-initialises the backend with backoff and restores
 // the devices when the driver answers again.
 func (g *gpulet) healthMonitor() component {
+	var mon *health.Monitor
 	return component{
 		name: "health monitor",
-		run: func(ctx context.Context) error {
-			mon := &health.Monitor{
+		start: func(context.Context) error {
+			mon = &health.Monitor{
 				Backend: g.backend, Store: g.store, Policy: g.policy, Log: g.log.With("component", "health"),
 				Quiet: g.cfg.HealthQuietPeriod, Disabled: HealthDisabled(g.cfg), Observer: g.exp,
 			}
+			return nil
+		},
+		run: func(ctx context.Context) error {
 			superviseHealth(ctx, mon, g.exp, g.log)
 			return nil
 		},

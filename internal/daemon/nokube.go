@@ -45,3 +45,11 @@ func (g *gpulet) labelPublisher() component {
 		return nil
 	}}
 }
+
+// nodeAPI: without the Kubernetes API per-node configuration cannot read
+// the Node's label; the default and fallbacks apply, and the state is in
+// the log, metrics and /readyz.
+func (g *gpulet) nodeAPI() nodeAPI {
+	g.log.Info("per-node config without the Node's label: this gpulet is built without the Kubernetes API; the default and fallbacks apply", "component", "nodeconfig")
+	return nil
+}

@@ -78,6 +78,9 @@ type Exporter struct {
 	idle atomic.Bool
 	// refused: SetRefused's reason.
 	refused atomic.Pointer[error]
+	// configDegraded: why the per-node config asked for is not the one
+	// serving ("" when it is); /readyz says so but stays ready.
+	configDegraded atomic.Pointer[string]
 
 	mu         sync.Mutex
 	registered map[string]bool // resource → last registration succeeded
@@ -101,6 +104,10 @@ type Exporter struct {
 	lastSweep     prometheus.Gauge
 	driverUpG     prometheus.GaugeFunc
 	readyG        prometheus.GaugeFunc
+	configApplied *prometheus.GaugeVec
+	configOK      prometheus.Gauge
+	configReloads *prometheus.CounterVec
+	configAt      prometheus.Gauge
 }
 
 // New makes an exporter with its own registry (process and Go collectors
@@ -149,6 +156,14 @@ func New(opts Options) *Exporter {
 		func() float64 { return b2f(e.driverUp.Load()) })
 	e.readyG = prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gpulet_ready", Help: "1 when /readyz answers 200."},
 		func() float64 { return b2f(e.Ready() == nil) })
+	e.configApplied = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "gpulet_config_applied",
+		Help: "1 for the per-node config serving (--config-file-srcdir), by name; \"(empty)\" for none."}, []string{"name"})
+	e.configOK = prometheus.NewGauge(prometheus.GaugeOpts{Name: "gpulet_config_last_reload_success",
+		Help: "1 when the last per-node config change (or the choice at start) was applied, 0 when it failed and the previous config keeps serving."})
+	e.configAt = prometheus.NewGauge(prometheus.GaugeOpts{Name: "gpulet_config_last_reload_timestamp_seconds",
+		Help: "When the last per-node config change was applied or failed (Unix time)."})
+	e.configReloads = f.counterVec("gpulet_config_reloads_total", "Per-node config changes, by result (applied, failed).", "result")
+	e.reg.MustRegister(e.configApplied, e.configOK, e.configAt)
 	build := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "gpulet_build_info", Help: "gpulet's version, commit and Go version; always 1.",
 		ConstLabels: prometheus.Labels{"version": opts.Version, "commit": opts.Commit, "goversion": runtime.Version()},
@@ -206,6 +221,41 @@ func (e *Exporter) SetIdle() { e.idle.Store(true) }
 // settings (a setup no restart fixes) and waits for new ones, so /healthz
 // still answers and the kubelet does not restart it into a crash-loop.
 func (e *Exporter) SetRefused(why error) { e.refused.Store(&why) }
+
+// ConfigApplied records the per-node config serving.
+func (e *Exporter) ConfigApplied(name string) {
+	e.configApplied.Reset()
+	e.configApplied.WithLabelValues(name).Set(1)
+}
+
+// ConfigReload records a per-node config change applied (ok) or not.
+func (e *Exporter) ConfigReload(ok bool) {
+	result := "applied"
+	if !ok {
+		result = "failed"
+	}
+	e.configReloads.WithLabelValues(result).Inc()
+	e.configOK.Set(b2f(ok))
+	e.configAt.SetToCurrentTime()
+}
+
+// ConfigDegraded records why the per-node config asked for is not the one
+// serving; "" clears it. gpulet stays ready: the previous config serves.
+func (e *Exporter) ConfigDegraded(why string) {
+	if why == "" {
+		e.configDegraded.Store(nil)
+		return
+	}
+	e.configDegraded.Store(&why)
+}
+
+// Degraded says what is wrong while gpulet stays ready ("" for nothing).
+func (e *Exporter) Degraded() string {
+	if p := e.configDegraded.Load(); p != nil {
+		return *p
+	}
+	return ""
+}
 
 // Ready says why gpulet should not receive traffic, or nil: the driver
 // answers, the inventory is there, and every advertised resource is

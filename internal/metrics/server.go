@@ -24,6 +24,10 @@ func (e *Exporter) Handler() http.Handler {
 			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
 			return
 		}
+		if d := e.Degraded(); d != "" {
+			fmt.Fprintln(w, "ok (degraded: "+d+")")
+			return
+		}
 		fmt.Fprintln(w, "ok")
 	})
 	return mux

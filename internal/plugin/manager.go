@@ -20,6 +20,27 @@ type Manager struct {
 
 	mu      sync.Mutex
 	servers map[string]*Server
+	// reconfigured wakes Run after SetResources.
+	reconfigured chan struct{}
+}
+
+// SetResources replaces the resources config while Run serves, as a change
+// of the inventory would: a resource whose devices, replicas or name
+// changed gets its new device list on its ListAndWatch streams (the
+// kubelet updates its capacity; containers keep their devices), a new one
+// a server that registers, one gone an empty list; the others see nothing.
+func (m *Manager) SetResources(rc resources.Config) {
+	m.mu.Lock()
+	m.Resources = rc
+	if m.reconfigured == nil {
+		m.reconfigured = make(chan struct{}, 1)
+	}
+	wake := m.reconfigured
+	m.mu.Unlock()
+	select {
+	case wake <- struct{}{}:
+	default:
+	}
 }
 
 // Servers returns the running servers by resource name.
@@ -37,6 +58,10 @@ func (m *Manager) Servers() map[string]*Server {
 func (m *Manager) Run(ctx context.Context) error {
 	m.mu.Lock()
 	m.servers = map[string]*Server{}
+	if m.reconfigured == nil {
+		m.reconfigured = make(chan struct{}, 1)
+	}
+	reconfigured := m.reconfigured
 	m.mu.Unlock()
 	changes, unsubscribe := m.Store.Subscribe()
 	defer unsubscribe()
@@ -67,6 +92,8 @@ func (m *Manager) Run(ctx context.Context) error {
 			return err
 		case <-changes:
 			m.apply(start)
+		case <-reconfigured:
+			m.apply(start)
 		}
 	}
 }
@@ -74,10 +101,10 @@ func (m *Manager) Run(ctx context.Context) error {
 // apply brings the servers in step with the store's current snapshot;
 // start runs a newly created server.
 func (m *Manager) apply(start func(*Server)) {
-	built := resources.Build(m.Store.Snapshot(), m.Resources)
-	present := map[string]bool{}
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	built := resources.Build(m.Store.Snapshot(), m.Resources)
+	present := map[string]bool{}
 	for _, r := range built {
 		present[r.Name] = true
 		if s, ok := m.servers[r.Name]; ok {

@@ -76,6 +76,30 @@ func BenchmarkInventoryChange(b *testing.B) {
 	}
 }
 
+// mixedStreams waits for mixedNode's two registrations and opens a
+// ListAndWatch stream on each, its first list read: nvidia.com/gpu's and
+// nvidia.com/mig-1g.10gb's.
+func mixedStreams(t *testing.T, h *harness) (gpu, mig pluginapi.DevicePlugin_ListAndWatchClient) {
+	t.Helper()
+	streams := map[string]pluginapi.DevicePlugin_ListAndWatchClient{}
+	for range 2 {
+		reg := h.kubelet.waitRegistration(t, 5*time.Second)
+		s, err := dial(t, h.dir, reg.Endpoint).ListAndWatch(context.Background(), &pluginapi.Empty{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Recv(); err != nil {
+			t.Fatal(err)
+		}
+		streams[reg.ResourceName] = s
+	}
+	gpu, mig = streams["nvidia.com/gpu"], streams["nvidia.com/mig-1g.10gb"]
+	if gpu == nil || mig == nil {
+		t.Fatalf("registered %v", slices.Collect(maps.Keys(streams)))
+	}
+	return gpu, mig
+}
+
 // A health change of one whole GPU must reach only nvidia.com/gpu: the MIG
 // resource's server keeps its placer and its stream stays quiet.
 func TestInventoryChangeUpdatesOnlyChangedResource(t *testing.T) {
@@ -89,22 +113,7 @@ func TestInventoryChangeUpdatesOnlyChangedResource(t *testing.T) {
 		return allocatorPlacement(res)
 	}}
 	h := startHarness(t, node, opts, resources.Config{MIGStrategy: resources.MIGMixed})
-	streams := map[string]pluginapi.DevicePlugin_ListAndWatchClient{}
-	for range 2 {
-		reg := h.kubelet.waitRegistration(t, 5*time.Second)
-		s, err := dial(t, h.dir, reg.Endpoint).ListAndWatch(context.Background(), &pluginapi.Empty{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := s.Recv(); err != nil {
-			t.Fatal(err)
-		}
-		streams[reg.ResourceName] = s
-	}
-	gpu, mig := streams["nvidia.com/gpu"], streams["nvidia.com/mig-1g.10gb"]
-	if gpu == nil || mig == nil {
-		t.Fatalf("registered %v", slices.Collect(maps.Keys(streams)))
-	}
+	gpu, mig := mixedStreams(t, h)
 	migMsgs := make(chan *pluginapi.ListAndWatchResponse, 8)
 	go func() {
 		for {
@@ -147,5 +156,52 @@ func TestNewServerLeavesCallersOptionsAlone(t *testing.T) {
 	}
 	if s.opts == opts || s.opts.Poll != time.Second {
 		t.Errorf("server should keep its own copy with the default poll, got %v", s.opts.Poll)
+	}
+}
+
+// A new resources config while serving (a per-node config applied live):
+// nvidia.com/gpu, now time-sliced 4 ways, sends its 16 replicas on its open
+// stream without registering again; the unchanged MIG resource stays
+// quiet; a renamed resource registers as new.
+func TestSetResourcesUpdatesOnlyChangedResources(t *testing.T) {
+	node := mixedNode(t)
+	h := startHarness(t, node, Options{}, resources.Config{MIGStrategy: resources.MIGMixed})
+	gpu, mig := mixedStreams(t, h)
+	migMsgs := make(chan int, 8)
+	go func() {
+		for {
+			resp, err := mig.Recv()
+			if err != nil {
+				return
+			}
+			migMsgs <- len(resp.Devices)
+		}
+	}()
+	shared := resources.Config{MIGStrategy: resources.MIGMixed,
+		Shares: []resources.Share{{Name: "nvidia.com/gpu", Replicas: 4, Devices: resources.Selector{}}}}
+	h.mgr.SetResources(shared)
+	resp, err := gpu.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.Devices) != 16 {
+		t.Fatalf("nvidia.com/gpu sent %d devices, want 16 (4 GPUs × 4 replicas)", len(resp.Devices))
+	}
+	select {
+	case n := <-migMsgs:
+		t.Fatalf("the unchanged MIG resource sent a new list of %d devices", n)
+	case <-time.After(300 * time.Millisecond):
+	}
+	if reg, err := h.kubelet.WaitRegistration(100 * time.Millisecond); err == nil {
+		t.Fatalf("%s registered again", reg.ResourceName)
+	}
+	// Renamed: nvidia.com/gpu.shared registers, nvidia.com/gpu advertises none.
+	shared.Shares[0].Rename = "nvidia.com/gpu.shared"
+	h.mgr.SetResources(shared)
+	if reg := h.kubelet.waitRegistration(t, 5*time.Second); reg.ResourceName != "nvidia.com/gpu.shared" {
+		t.Fatalf("registered %s, want nvidia.com/gpu.shared", reg.ResourceName)
+	}
+	if resp, err = gpu.Recv(); err != nil || len(resp.Devices) != 0 {
+		t.Fatalf("nvidia.com/gpu after the rename: %d devices, %v; want 0", len(resp.GetDevices()), err)
 	}
 }

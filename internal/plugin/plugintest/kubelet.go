@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"testing"
 	"time"
 
 	"google.golang.org/grpc"
@@ -44,6 +45,23 @@ func StartKubelet(dir string) (*Kubelet, error) {
 	pluginapi.RegisterRegistrationServer(k.srv, k)
 	go func() { _ = k.srv.Serve(lis) }() // returns when Stop stops it
 	return k, nil
+}
+
+// StartKubeletT starts a Kubelet in a folder of its own, short (unix socket
+// paths are limited), both gone when t ends.
+func StartKubeletT(t testing.TB) *Kubelet {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "gpulet-dp-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	k, err := StartKubelet(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(k.Stop)
+	return k
 }
 
 // Socket is the path of kubelet.sock.
