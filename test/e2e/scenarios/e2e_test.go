@@ -24,6 +24,8 @@ var scenarios = map[string]func(*S){
 	"no-gpu":    scenarioNoGPU,
 	"cdi":       scenarioCDI,
 	"cdi-video": scenarioCDIVideo,
+	"labels":    scenarioLabels,
+	"metrics":   scenarioMetrics,
 }
 
 // Env is what run.sh knows about the cluster, from the environment.
