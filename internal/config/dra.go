@@ -36,6 +36,13 @@ type DRAConfig struct {
 	// "memory" option: claims ask capacity.requests.memory and share a GPU
 	// while their sum fits.
 	ConsumableCapacity bool
+	// DynamicMIG is "", "all" or a comma-separated list of GPU indexes whose
+	// MIG instances DRA cuts on request (docs/dra-mig.md): every placement
+	// is published as a partitionable device and created at Prepare.
+	DynamicMIG string
+	// DynamicMIGWholeWhenIdle turns MIG mode off again when a dynamic GPU's
+	// last instance is destroyed.
+	DynamicMIGWholeWhenIdle bool
 }
 
 // draFile is gpulet.dra in the config file.
@@ -46,6 +53,9 @@ type draFile struct {
 	RegistrarDir *string `json:"registrarDir,omitempty"`
 	// ConsumableCapacity: see DRAConfig.
 	ConsumableCapacity *bool `json:"consumableCapacity,omitempty"`
+	// DynamicMIG, DynamicMIGWholeWhenIdle: see DRAConfig.
+	DynamicMIG              *string `json:"dynamicMIG,omitempty"`
+	DynamicMIGWholeWhenIdle *bool   `json:"dynamicMIGWholeWhenIdle,omitempty"`
 }
 
 // DRAFlags adds the DRA settings of `gpulet run`.
@@ -54,14 +64,32 @@ func (c *Config) DRAFlags(fs *pflag.FlagSet) { c.addFlags(fs, groupDRA) }
 // DRAIndexes returns the GPU indexes DRA owns, or all=true.
 func (d DRAConfig) DRAIndexes() (indexes []int, all bool, err error) {
 	s := strings.TrimSpace(d.Devices)
-	if s == "" || s == DRADevicesAll {
+	if s == "" {
+		return nil, true, nil
+	}
+	return gpuIndexes("dra-devices", s)
+}
+
+// DynamicMIGIndexes returns the GPU indexes given to dynamic MIG, or
+// all=true; none when the setting is empty.
+func (d DRAConfig) DynamicMIGIndexes() (indexes []int, all bool, err error) {
+	s := strings.TrimSpace(d.DynamicMIG)
+	if s == "" {
+		return nil, false, nil
+	}
+	return gpuIndexes("dra-dynamic-mig", s)
+}
+
+// gpuIndexes parses "all" or a list of GPU indexes given to setting flag.
+func gpuIndexes(flag, s string) (indexes []int, all bool, err error) {
+	if s == DRADevicesAll {
 		return nil, true, nil
 	}
 	seen := map[int]bool{}
 	for _, p := range strings.Split(s, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(p))
 		if err != nil || n < 0 {
-			return nil, false, fmt.Errorf("dra-devices %q: %q is not a GPU index; give all or indexes such as 0,1,4", d.Devices, p)
+			return nil, false, fmt.Errorf("%s %q: %q is not a GPU index; give all or indexes such as 0,1,4", flag, s, p)
 		}
 		if !seen[n] {
 			seen[n] = true
@@ -76,6 +104,9 @@ func (c *Config) validateDRA() error {
 		return nil
 	}
 	if _, _, err := c.DRA.DRAIndexes(); err != nil {
+		return err
+	}
+	if _, _, err := c.DRA.DynamicMIGIndexes(); err != nil {
 		return err
 	}
 	if c.Labels.NodeName == "" {

@@ -187,6 +187,11 @@ var Settings = []*Setting{
 	{Flag: "dra-consumable-capacity", Env: env("GPULET_DRA_CONSUMABLE_CAPACITY"), File: "gpulet.dra.consumableCapacity", Default: "false", Group: groupDRA,
 		bind: boolean(func(c *Config) *bool { return &c.DRA.ConsumableCapacity }),
 		Help: "with --dra, publish whole GPUs shareable by memory (allowMultipleAllocations): claims asking capacity.requests.memory share a GPU while their sum fits; no isolation between them"},
+	{Flag: "dra-dynamic-mig", Env: env("GPULET_DRA_DYNAMIC_MIG"), File: "gpulet.dra.dynamicMIG", Group: groupDRA, bind: text(func(c *Config) *string { return &c.DRA.DynamicMIG }),
+		Help: "with --dra, the DRA GPUs whose MIG instances are cut on request: all, or GPU indexes (0,1,4); each is published whole and as every MIG placement (partitionable devices, shared counters), and Prepare creates the allocated instance (docs/dra-mig.md); GPUs without MIG stay whole"},
+	{Flag: "dra-dynamic-mig-whole-when-idle", Env: env("GPULET_DRA_DYNAMIC_MIG_WHOLE_WHEN_IDLE"), File: "gpulet.dra.dynamicMIGWholeWhenIdle", Default: "true", Group: groupDRA,
+		bind: boolean(func(c *Config) *bool { return &c.DRA.DynamicMIGWholeWhenIdle }),
+		Help: "with --dra-dynamic-mig, turn MIG mode off when a GPU's last dynamic instance is destroyed (false: leave it on, so the next instance is cut sooner)"},
 
 	// Per-node configuration, with the names of NVIDIA's config-manager.
 	{Flag: "config-file-srcdir", Env: env("CONFIG_FILE_SRCDIR"), Group: groupNodeConfig, bind: text(func(c *Config) *string { return &c.NodeConfig.Dir }),

@@ -39,6 +39,28 @@ func DRAOwns(cfg *config.Config, node *inventory.Node) (func(inventory.GPU) bool
 	return func(g inventory.GPU) bool { return slices.Contains(indexes, g.Index) }, nil
 }
 
+// DynamicMIGWants returns which GPUs --dra-dynamic-mig gives to dynamic
+// MIG (nil: none), checked against node.
+func DynamicMIGWants(cfg *config.Config, node *inventory.Node) (func(inventory.GPU) bool, error) {
+	indexes, all, err := cfg.DRA.DynamicMIGIndexes()
+	if err != nil || (!all && len(indexes) == 0) {
+		return nil, err
+	}
+	if all {
+		return func(inventory.GPU) bool { return true }, nil
+	}
+	var have []int
+	for _, g := range node.GPUs {
+		have = append(have, g.Index)
+	}
+	for _, i := range indexes {
+		if !slices.Contains(have, i) {
+			return nil, fmt.Errorf("dra-dynamic-mig names GPU %d, but DRA has GPUs %v; fix --dra-dynamic-mig / GPULET_DRA_DYNAMIC_MIG", i, have)
+		}
+	}
+	return func(g inventory.GPU) bool { return slices.Contains(indexes, g.Index) }, nil
+}
+
 // splitStores returns the views of store the device plugin and DRA serve,
 // kept in step with it until ctx ends; wait blocks until they have stopped.
 func splitStores(ctx context.Context, cfg *config.Config, store *inventory.Store) (pluginStore, draStore *inventory.Store, wait func(), err error) {

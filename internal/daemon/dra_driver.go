@@ -42,6 +42,11 @@ func (g *gpulet) draDriver() component {
 			o.Devices.PCIeRoot = PCIeRoot(g.backend)
 			o.Devices.ConsumableCapacity = g.cfg.DRA.ConsumableCapacity
 			o.Sharing = DRASharing(g.cfg, g.backend, log)
+			if o.DynamicMIG, err = DynamicMIGWants(g.cfg, g.draStore.Snapshot().Node); err != nil {
+				return err
+			}
+			o.MIG, _ = g.backend.(hardware.DynamicMIG)
+			o.MIGWholeWhenIdle = g.cfg.DRA.DynamicMIGWholeWhenIdle
 			return nil
 		},
 		run: func(ctx context.Context) error {

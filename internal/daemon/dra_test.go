@@ -31,14 +31,19 @@ func TestDRASettings(t *testing.T) {
 		want    config.DRAConfig
 		wantErr string
 	}{
-		{"off by default", nil, nil, config.DRAConfig{Devices: "all", PluginDir: config.DefaultDRAPluginDir, RegistrarDir: config.DefaultDRARegistrarDir}, ""},
-		{"flag", []string{"--dra", "--node-name=n1"}, nil, config.DRAConfig{Enabled: true, Devices: "all", PluginDir: config.DefaultDRAPluginDir, RegistrarDir: config.DefaultDRARegistrarDir}, ""},
+		{"off by default", nil, nil, config.DRAConfig{Devices: "all", PluginDir: config.DefaultDRAPluginDir, RegistrarDir: config.DefaultDRARegistrarDir, DynamicMIGWholeWhenIdle: true}, ""},
+		{"flag", []string{"--dra", "--node-name=n1"}, nil, config.DRAConfig{Enabled: true, Devices: "all", PluginDir: config.DefaultDRAPluginDir, RegistrarDir: config.DefaultDRARegistrarDir, DynamicMIGWholeWhenIdle: true}, ""},
 		{"env", nil, map[string]string{"GPULET_DRA": "true", "GPULET_DRA_DEVICES": "0,2", "NODE_NAME": "n1", "GPULET_DRA_PLUGIN_DIR": "/p"},
-			config.DRAConfig{Enabled: true, Devices: "0,2", PluginDir: "/p", RegistrarDir: config.DefaultDRARegistrarDir}, ""},
+			config.DRAConfig{Enabled: true, Devices: "0,2", PluginDir: "/p", RegistrarDir: config.DefaultDRARegistrarDir, DynamicMIGWholeWhenIdle: true}, ""},
 		{"file", []string{"--config-file=" + file, "--node-name=n1"}, nil,
-			config.DRAConfig{Enabled: true, Devices: "4,5", PluginDir: config.DefaultDRAPluginDir, RegistrarDir: config.DefaultDRARegistrarDir}, ""},
+			config.DRAConfig{Enabled: true, Devices: "4,5", PluginDir: config.DefaultDRAPluginDir, RegistrarDir: config.DefaultDRARegistrarDir, DynamicMIGWholeWhenIdle: true}, ""},
 		{"no node name", []string{"--dra"}, nil, config.DRAConfig{}, "NODE_NAME"},
 		{"bad devices", []string{"--dra", "--node-name=n1", "--dra-devices=0,x"}, nil, config.DRAConfig{}, "not a GPU index"},
+		{"dynamic MIG", []string{"--dra", "--node-name=n1", "--dra-dynamic-mig=0,1", "--dra-dynamic-mig-whole-when-idle=false"}, nil,
+			config.DRAConfig{Enabled: true, Devices: "all", PluginDir: config.DefaultDRAPluginDir, RegistrarDir: config.DefaultDRARegistrarDir, DynamicMIG: "0,1"}, ""},
+		{"dynamic MIG env", nil, map[string]string{"GPULET_DRA": "true", "NODE_NAME": "n1", "GPULET_DRA_DYNAMIC_MIG": "all"},
+			config.DRAConfig{Enabled: true, Devices: "all", PluginDir: config.DefaultDRAPluginDir, RegistrarDir: config.DefaultDRARegistrarDir, DynamicMIG: "all", DynamicMIGWholeWhenIdle: true}, ""},
+		{"bad dynamic MIG", []string{"--dra", "--node-name=n1", "--dra-dynamic-mig=a"}, nil, config.DRAConfig{}, "dra-dynamic-mig"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

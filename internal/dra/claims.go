@@ -285,7 +285,7 @@ func (d *Driver) PrepareResourceClaims(ctx context.Context, claims []*resourceap
 func (d *Driver) plan(c *resourceapi.ResourceClaim, inUse map[string]string) (preparedClaim, error) {
 	snap := d.o.Store.Snapshot()
 	byName := map[string]entry{}
-	for _, e := range catalog(snap.Node) {
+	for _, e := range catalog(snap.Node, d.o.Devices.DynamicMIG) {
 		byName[e.Name] = e
 	}
 	pc := preparedClaim{State: statePrepareStarted, Namespace: c.Namespace, Name: c.Name}

@@ -43,8 +43,13 @@ const (
 	AttrNVLinkDomain resourceapi.QualifiedName = "gpulet.io/nvlinkDomain"
 )
 
-// maxDevicesPerSlice is the API's limit (ResourceSliceMaxDevices).
-const maxDevicesPerSlice = resourceapi.ResourceSliceMaxDevices
+// The API's limits on devices per slice: ResourceSliceMaxDevices, and
+// ResourceSliceMaxDevicesWithAdvancedFeatures for a slice where a device
+// has taints or consumes counters.
+const (
+	maxDevicesPerSlice         = resourceapi.ResourceSliceMaxDevices
+	maxAdvancedDevicesPerSlice = resourceapi.ResourceSliceMaxDevicesWithAdvancedFeatures
+)
 
 // DeviceOptions shape the published devices.
 type DeviceOptions struct {
@@ -60,23 +65,40 @@ type DeviceOptions struct {
 	// capacity.requests.memory gets a share; without a request it gets the
 	// whole memory. MIG instances stay exclusive.
 	ConsumableCapacity bool
+	// DynamicMIG lists the GPUs whose MIG instances are cut on request,
+	// with their profiles (dynmig.go). Consumable capacity does not apply
+	// to them.
+	DynamicMIG DynamicMIG
 }
 
 // entry is one publishable device and what it stands for.
 type entry struct {
 	Name   string
 	UUID   string
-	Parent string // the GPU's UUID for a MIG instance
+	Parent string // the GPU's UUID for a MIG instance or placement
 	GPU    int    // position in node.GPUs
-	MIG    int    // position in GPU.MIGDevices, -1 for a whole GPU
+	MIG    int    // position in GPU.MIGDevices, -1 for a whole GPU or a placement
+	// Place is the placement a dynamic MIG device stands for; its instance
+	// exists only while a claim holds it.
+	Place *placement
 }
 
-// catalog lists the devices of node as DRA names them, in publishing order:
-// each GPU by index, a MIG-enabled GPU by its MIG instances instead (as
-// NVIDIA's driver does, the parent is then not allocatable).
-func catalog(node *inventory.Node) []entry {
+// catalog lists the devices of node as DRA names them: each GPU by index,
+// a MIG-enabled GPU by its MIG instances instead (as NVIDIA's driver does,
+// the parent is then not allocatable), and a dynamic MIG GPU whole and by
+// every placement, whatever instances it has now.
+func catalog(node *inventory.Node, dyn DynamicMIG) []entry {
 	var out []entry
 	for i, g := range node.GPUs {
+		if ps := dyn.dynamicProfiles(g); ps != nil {
+			out = append(out, entry{Name: GPUName(g), UUID: g.UUID, GPU: i, MIG: -1})
+			for _, p := range ps {
+				for _, start := range placementOrder(ps, p) {
+					out = append(out, entry{Name: placementName(g, p, start), Parent: g.UUID, GPU: i, MIG: -1, Place: &placement{p, start}})
+				}
+			}
+			continue
+		}
 		if !g.MIGEnabled {
 			out = append(out, entry{Name: GPUName(g), UUID: g.UUID, GPU: i, MIG: -1})
 			continue
@@ -101,11 +123,17 @@ var notDNS = regexp.MustCompile(`[^a-z0-9-]`)
 // GPU-instance and compute-instance IDs take the last two places: as
 // unique on the node, but not NVIDIA's names.
 func MIGName(g inventory.GPU, m inventory.MIGDevice) string {
-	p := strings.Trim(notDNS.ReplaceAllString(strings.ToLower(strings.ReplaceAll(m.Profile, ".", "")), "-"), "-")
+	p := migNamePart(m.Profile)
 	if gp := m.GIProfile; gp != nil {
 		return fmt.Sprintf("gpu-%d-mig-%s-%d-%d", g.Minor, p, gp.ID, gp.PlacementStart)
 	}
 	return fmt.Sprintf("gpu-%d-mig-%s-%d-%d", g.Minor, p, m.GI, m.CI)
+}
+
+// migNamePart is a profile as NVIDIA puts it in device names: lower case
+// without dots, other characters outside [a-z0-9-] as dashes (1g10gb-me).
+func migNamePart(profile string) string {
+	return strings.Trim(notDNS.ReplaceAllString(strings.ToLower(strings.ReplaceAll(profile, ".", "")), "-"), "-")
 }
 
 // Taint keys on unhealthy devices. The first two are NVIDIA's (its DRA
@@ -127,13 +155,43 @@ const xidGPULost = 79
 // to claims that tolerate the taint (diagnostics, draining), and the taint
 // goes when the device recovers.
 func Devices(snap inventory.Snapshot, o DeviceOptions) []resourceapi.Device {
+	return slices.Concat(deviceGroups(snap, o)...)
+}
+
+// deviceGroups are the devices in their publishing groups (Pool): plain
+// devices; the whole dynamic MIG GPUs, last first; then each dynamic GPU's
+// placements, which carry the GPU's taints. Empty groups are left out.
+func deviceGroups(snap inventory.Snapshot, o DeviceOptions) [][]resourceapi.Device {
 	node := snap.Node
 	domains := nvlinkDomains(node)
-	var out []resourceapi.Device
-	for _, e := range catalog(node) {
-		d := device(node, e, domains, o)
-		d.Taints = Taints(snap, e.UUID, e.Parent)
-		out = append(out, d)
+	var plain, wholes []resourceapi.Device
+	var parts [][]resourceapi.Device
+	for _, e := range catalog(node, o.DynamicMIG) {
+		if e.Place != nil {
+			continue // made with their GPU below
+		}
+		ps := o.DynamicMIG.dynamicProfiles(node.GPUs[e.GPU])
+		if ps == nil {
+			d := device(node, e, domains, o)
+			d.Taints = Taints(snap, e.UUID, e.Parent)
+			plain = append(plain, d)
+			continue
+		}
+		whole := o
+		whole.ConsumableCapacity = false
+		devs := dynamicDevices(node, e.GPU, ps, device(node, e, domains, whole), o)
+		for i := range devs {
+			devs[i].Taints = Taints(snap, "", e.UUID)
+		}
+		wholes = append(wholes, devs[0])
+		parts = append(parts, devs[1:])
+	}
+	slices.Reverse(wholes)
+	var out [][]resourceapi.Device
+	for _, g := range append([][]resourceapi.Device{plain, wholes}, parts...) {
+		if len(g) > 0 {
+			out = append(out, g)
+		}
 	}
 	return out
 }
@@ -363,8 +421,12 @@ func nvlinkDomains(node *inventory.Node) map[int]int {
 
 // slicesOf splits devices into slices the API accepts.
 func slicesOf(devices []resourceapi.Device) [][]resourceapi.Device {
+	limit := maxDevicesPerSlice
+	if slices.ContainsFunc(devices, func(d resourceapi.Device) bool { return len(d.Taints) > 0 || len(d.ConsumesCounters) > 0 }) {
+		limit = maxAdvancedDevicesPerSlice
+	}
 	var out [][]resourceapi.Device
-	for chunk := range slices.Chunk(devices, maxDevicesPerSlice) {
+	for chunk := range slices.Chunk(devices, limit) {
 		out = append(out, chunk)
 	}
 	return out

@@ -19,6 +19,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/gpulet/gpulet/internal/cdispec"
+	"github.com/gpulet/gpulet/internal/hardware"
 	"github.com/gpulet/gpulet/internal/inventory"
 )
 
@@ -62,6 +63,14 @@ type Options struct {
 	// is refused at Prepare.
 	Sharing SharingControl
 	Log     *slog.Logger
+	// MIG cuts the instances of dynamic MIG GPUs: the backend, where it
+	// can (hardware.DynamicMIG). DynamicMIG selects the GPUs given to
+	// dynamic MIG (nil: none); their profiles are read at Start into
+	// Devices.DynamicMIG. MIGWholeWhenIdle turns MIG mode off when a GPU's
+	// last dynamic instance is destroyed.
+	MIG              hardware.DynamicMIG
+	DynamicMIG       func(inventory.GPU) bool
+	MIGWholeWhenIdle bool
 }
 
 // Driver is a running DRA kubelet plugin. It implements
@@ -129,6 +138,9 @@ func Start(ctx context.Context, o Options) (*Driver, error) {
 		if err := os.MkdirAll(dir, 0o750); err != nil {
 			return nil, fmt.Errorf("DRA folder %s: %w; mount the kubelet's plugin folders into gpulet's pod", dir, err)
 		}
+	}
+	if o.DynamicMIG != nil {
+		o.Devices.DynamicMIG = LoadDynamicMIG(ctx, o.MIG, o.Store.Snapshot().Node, o.DynamicMIG, o.Log)
 	}
 	d := &Driver{o: o, log: o.Log, pool: o.NodeName, cpPath: filepath.Join(o.PluginDir, CheckpointFile), done: make(chan struct{})}
 	cp, err := loadCheckpoint(d.cpPath)
@@ -231,20 +243,14 @@ func (d *Driver) Err() error {
 // publish hands the store's healthy devices to the slice controller when
 // they differ from what it last handed over.
 func (d *Driver) publish(ctx context.Context) error {
-	devs := Devices(d.o.Store.Snapshot(), d.o.Devices)
+	snap := d.o.Store.Snapshot()
+	devs := Devices(snap, d.o.Devices)
 	d.pubMu.Lock()
 	defer d.pubMu.Unlock()
 	if d.pubOnce && equality.Semantic.DeepEqual(devs, d.published) {
 		return nil
 	}
-	pool := resourceslice.Pool{}
-	for _, chunk := range slicesOf(devs) {
-		pool.Slices = append(pool.Slices, resourceslice.Slice{Devices: chunk})
-	}
-	if len(pool.Slices) == 0 {
-		// An empty slice keeps the pool (and its generation) visible.
-		pool.Slices = []resourceslice.Slice{{}}
-	}
+	pool := Pool(snap, d.o.Devices)
 	err := d.helper.PublishResources(ctx, resourceslice.DriverResources{Pools: map[string]resourceslice.Pool{d.pool: pool}})
 	if err != nil {
 		return fmt.Errorf("publish ResourceSlices: %w", err)

@@ -38,7 +38,7 @@ func (d *Driver) WatchHealthStatus(ctx context.Context, reports chan<- kubeletpl
 func (d *Driver) healthReport(snap inventory.Snapshot) kubeletplugin.DeviceHealthReport {
 	now := time.Now()
 	var r kubeletplugin.DeviceHealthReport
-	for _, e := range catalog(snap.Node) {
+	for _, e := range catalog(snap.Node, d.o.Devices.DynamicMIG) {
 		h := kubeletplugin.DeviceHealth{
 			PoolName: d.pool, DeviceName: e.Name, Health: kubeletplugin.HealthStatusHealthy,
 			LastUpdated: now, HealthCheckTimeout: 3 * d.o.HealthResend,

@@ -112,7 +112,7 @@ func (d *Driver) adoptNVIDIA(next *checkpoint, bootID string) (string, error) {
 		}
 	}
 	byName := map[string]entry{}
-	for _, e := range catalog(d.o.Store.Snapshot().Node) {
+	for _, e := range catalog(d.o.Store.Snapshot().Node, d.o.Devices.DynamicMIG) {
 		byName[e.Name] = e
 	}
 	for uid, c := range claims {

@@ -1,0 +1,234 @@
+package dra
+
+// Dynamic MIG publishing (KEP-4815 partitionable devices): a GPU given to
+// dynamic MIG is published whole and as every GPU-instance placement its
+// profiles allow, with one counter set per GPU whose counters (memory
+// slices, memory, engines) the whole GPU consumes entirely and each
+// placement in part. The scheduler then never allocates the whole GPU
+// with a partition, nor two partitions that share a memory slice. The
+// instance itself is cut at Prepare (dynmig_prepare.go).
+//
+// Names and attributes are NVIDIA's DynamicMIG ones: gpu-<minor>-mig-
+// <profile>-<GI profile ID>-<placement start>, type mig, profile,
+// parentUUID, memorySlice<N> capacities; the counter set is
+// gpu-<minor>-counter-set with counters memory, multiprocessors,
+// copy-engines, decoders, encoders, jpeg-engines, ofa-engines and
+// memory-slice-<N>.
+//
+// Order is gpulet's edge: the allocator is first-fit over a pool's slices
+// (by name, which the slice controller prefixes with the slice's index)
+// and their devices in order, so the order steers it. Each GPU's
+// placements come in one slice, each profile's best placement first (the
+// one that leaves the largest profiles placeable, placementOrder), and
+// GPUs in index order, so partitions pack onto the first GPUs; whole
+// dynamic GPUs come in reverse index order in a slice of their own, so
+// whole-GPU claims take the last GPUs and leave the packed ones alone.
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strconv"
+
+	resourceapi "k8s.io/api/resource/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/dynamic-resource-allocation/resourceslice"
+
+	"github.com/gpulet/gpulet/internal/hardware"
+	"github.com/gpulet/gpulet/internal/inventory"
+)
+
+// DynamicMIG maps the UUID of each GPU given to dynamic MIG to its
+// GPU-instance profiles (hardware.DynamicMIG.MIGProfiles). A GPU without
+// an entry, or with no profiles, is published as before.
+type DynamicMIG map[string][]hardware.MIGProfile
+
+// placement is a GPU-instance placement published as a device.
+type placement struct {
+	Profile hardware.MIGProfile
+	Start   int
+}
+
+// counterSetName is NVIDIA's name of a GPU's counter set.
+func counterSetName(g inventory.GPU) string { return "gpu-" + strconv.Itoa(g.Minor) + "-counter-set" }
+
+// placementName is NVIDIA's DynamicMIG device name of a placement.
+func placementName(g inventory.GPU, p hardware.MIGProfile, start int) string {
+	return fmt.Sprintf("gpu-%d-mig-%s-%d-%d", g.Minor, migNamePart(p.Name), p.ID, start)
+}
+
+// counters are the counters a profile at start consumes; the whole GPU
+// consumes full (every memory slice, and the GPU's memory and engines).
+func counters(p hardware.MIGProfile, start, memSlices int, memBytes uint64) map[string]resourceapi.Counter {
+	q := func(n int64) resourceapi.Counter {
+		return resourceapi.Counter{Value: *resource.NewQuantity(n, resource.DecimalSI)}
+	}
+	out := map[string]resourceapi.Counter{
+		"memory":          {Value: *resource.NewQuantity(int64(memBytes), resource.BinarySI)},
+		"multiprocessors": q(int64(p.Multiprocessors)),
+		"copy-engines":    q(int64(p.CopyEngines)),
+		"decoders":        q(int64(p.Decoders)),
+		"encoders":        q(int64(p.Encoders)),
+		"jpeg-engines":    q(int64(p.JPEGs)),
+		"ofa-engines":     q(int64(p.OFAs)),
+	}
+	for i := start; i < start+memSlices; i++ {
+		out["memory-slice-"+strconv.Itoa(i)] = q(1)
+	}
+	return out
+}
+
+// fullCounters is a GPU's counter set content: for each engine the most
+// any profile has (the full profile's), all memory slices, all memory.
+func fullCounters(g inventory.GPU, ps []hardware.MIGProfile) map[string]resourceapi.Counter {
+	var full hardware.MIGProfile
+	slots := 0
+	for _, p := range ps {
+		full.Multiprocessors = max(full.Multiprocessors, p.Multiprocessors)
+		full.CopyEngines = max(full.CopyEngines, p.CopyEngines)
+		full.Decoders = max(full.Decoders, p.Decoders)
+		full.Encoders = max(full.Encoders, p.Encoders)
+		full.JPEGs = max(full.JPEGs, p.JPEGs)
+		full.OFAs = max(full.OFAs, p.OFAs)
+		for _, s := range p.Placements {
+			slots = max(slots, s+p.MemorySlices)
+		}
+	}
+	return counters(full, 0, slots, g.MemoryBytes)
+}
+
+// dynamicProfiles are the profiles GPU g is published with, or nil when it
+// is not a dynamic MIG GPU.
+func (dyn DynamicMIG) dynamicProfiles(g inventory.GPU) []hardware.MIGProfile {
+	ps := dyn[g.UUID]
+	if len(ps) == 0 {
+		return nil
+	}
+	return ps
+}
+
+// placementOrder returns a profile's placements best first: the one whose
+// taking leaves, on an empty GPU, the most placements of the largest
+// other profiles (compared from the largest profile down); ties go to the
+// higher start, which keeps the low slices that big profiles need.
+func placementOrder(ps []hardware.MIGProfile, p hardware.MIGProfile) []int {
+	bySize := slices.Clone(ps)
+	slices.SortStableFunc(bySize, func(a, b hardware.MIGProfile) int {
+		return cmp.Or(cmp.Compare(b.ComputeSlices, a.ComputeSlices), cmp.Compare(b.MemorySlices, a.MemorySlices))
+	})
+	left := func(start int) []int {
+		var out []int
+		for _, q := range bySize {
+			n := 0
+			for _, s := range q.Placements {
+				if s+q.MemorySlices <= start || start+p.MemorySlices <= s {
+					n++
+				}
+			}
+			out = append(out, n)
+		}
+		return out
+	}
+	order := slices.Clone(p.Placements)
+	slices.SortStableFunc(order, func(a, b int) int {
+		return cmp.Or(slices.Compare(left(b), left(a)), cmp.Compare(b, a))
+	})
+	return order
+}
+
+// dynamicDevices are the devices of dynamic GPU g (position gi in the node):
+// the whole GPU consuming everything, and every placement.
+func dynamicDevices(node *inventory.Node, gi int, ps []hardware.MIGProfile, whole resourceapi.Device, o DeviceOptions) []resourceapi.Device {
+	g := node.GPUs[gi]
+	set := counterSetName(g)
+	whole.ConsumesCounters = []resourceapi.DeviceCounterConsumption{{CounterSet: set, Counters: fullCounters(g, ps)}}
+	var out []resourceapi.Device
+	for _, p := range ps {
+		for _, start := range placementOrder(ps, p) {
+			out = append(out, placementDevice(node, gi, p, start, set, o))
+		}
+	}
+	return append([]resourceapi.Device{whole}, out...)
+}
+
+// placementDevice is a not yet existing MIG instance: the MIG device's
+// attributes less its UUID, the profile's capacities, and its counters.
+func placementDevice(node *inventory.Node, gi int, p hardware.MIGProfile, start int, set string, o DeviceOptions) resourceapi.Device {
+	g := node.GPUs[gi]
+	m := inventory.MIGDevice{Profile: p.Name, MemoryBytes: p.MemoryBytes, GIProfile: &inventory.MIGGIProfile{
+		ID: p.ID, PlacementStart: start, PlacementSize: p.MemorySlices, MemoryBytes: p.MemoryBytes,
+		Multiprocessors: p.Multiprocessors, CopyEngines: p.CopyEngines, Decoders: p.Decoders, Encoders: p.Encoders, JPEGs: p.JPEGs, OFAs: p.OFAs,
+	}}
+	probe := *node
+	probe.GPUs = slices.Clone(node.GPUs)
+	probe.GPUs[gi].MIGDevices = []inventory.MIGDevice{m}
+	d := device(&probe, entry{Name: placementName(g, p, start), Parent: g.UUID, GPU: gi, MIG: 0}, nil, o)
+	delete(d.Attributes, "uuid") // the instance does not exist yet
+	d.ConsumesCounters = []resourceapi.DeviceCounterConsumption{{CounterSet: set, Counters: counters(p, start, p.MemorySlices, p.MemoryBytes)}}
+	return d
+}
+
+// counterSets are the counter sets of the node's dynamic GPUs.
+func counterSets(node *inventory.Node, dyn DynamicMIG) []resourceapi.CounterSet {
+	var out []resourceapi.CounterSet
+	for _, g := range node.GPUs {
+		if ps := dyn.dynamicProfiles(g); ps != nil {
+			out = append(out, resourceapi.CounterSet{Name: counterSetName(g), Counters: fullCounters(g, ps)})
+		}
+	}
+	return out
+}
+
+// Pool returns the slices gpulet publishes for snap: counter sets first
+// (at most ResourceSliceMaxCounterSets a slice; a slice holds devices or
+// counter sets, never both), then the devices in their groups (plain
+// devices; whole dynamic GPUs, last GPU first; each dynamic GPU's
+// placements), each group cut into slices the API accepts.
+func Pool(snap inventory.Snapshot, o DeviceOptions) resourceslice.Pool {
+	groups := deviceGroups(snap, o)
+	var pool resourceslice.Pool
+	for chunk := range slices.Chunk(counterSets(snap.Node, o.DynamicMIG), resourceapi.ResourceSliceMaxCounterSets) {
+		pool.Slices = append(pool.Slices, resourceslice.Slice{SharedCounters: chunk})
+	}
+	for _, g := range groups {
+		for _, chunk := range slicesOf(g) {
+			pool.Slices = append(pool.Slices, resourceslice.Slice{Devices: chunk})
+		}
+	}
+	if len(pool.Slices) == 0 {
+		// An empty slice keeps the pool (and its generation) visible.
+		pool.Slices = []resourceslice.Slice{{}}
+	}
+	return pool
+}
+
+// LoadDynamicMIG reads the profiles of the node's GPUs that want says are
+// for dynamic MIG. A GPU that cannot do MIG (not MIG-capable, or the
+// backend says so) is left out and so published whole, as is one whose
+// profiles cannot be read now (logged); the node keeps working either way.
+func LoadDynamicMIG(ctx context.Context, mig hardware.DynamicMIG, node *inventory.Node, want func(inventory.GPU) bool, log *slog.Logger) DynamicMIG {
+	out := DynamicMIG{}
+	for _, g := range node.GPUs {
+		if !want(g) {
+			continue
+		}
+		if !g.MIGCapable || mig == nil {
+			log.Info("dynamic MIG: GPU cannot do MIG; published whole", "gpu", g.Index, "uuid", g.UUID, "product", g.Name)
+			continue
+		}
+		ps, err := mig.MIGProfiles(ctx, g.UUID)
+		if err != nil {
+			if errors.Is(err, hardware.ErrMIGUnsupported) {
+				log.Info("dynamic MIG: GPU cannot do MIG; published whole", "gpu", g.Index, "uuid", g.UUID, "err", err)
+			} else {
+				log.Warn("dynamic MIG: GPU profiles not readable; published whole until gpulet restarts", "gpu", g.Index, "uuid", g.UUID, "err", err)
+			}
+			continue
+		}
+		out[g.UUID] = ps
+	}
+	return out
+}

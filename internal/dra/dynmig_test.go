@@ -1,0 +1,276 @@
+package dra
+
+import (
+	"context"
+	"encoding/json"
+	"log/slog"
+	"slices"
+	"strings"
+	"testing"
+
+	resourceapi "k8s.io/api/resource/v1"
+
+	"github.com/gpulet/gpulet/internal/hardware"
+	"github.com/gpulet/gpulet/internal/hardware/sim/simtest"
+	"github.com/gpulet/gpulet/internal/inventory"
+)
+
+// dynNode is a simulated node with every MIG-capable GPU given to dynamic
+// MIG, and the backend that cuts its instances.
+func dynNode(t testing.TB, profile string) (*inventory.Node, hardware.DynamicMIG, DynamicMIG) {
+	t.Helper()
+	b, node := simtest.Backend(t, profile)
+	dyn := LoadDynamicMIG(context.Background(), b, node, func(inventory.GPU) bool { return true }, slog.New(slog.DiscardHandler))
+	return node, b, dyn
+}
+
+func TestDynamicMIGDevicesH200(t *testing.T) {
+	node, _, dyn := dynNode(t, "h200")
+	snap := inventory.NewStore(node).Snapshot()
+	devs := Devices(snap, DeviceOptions{DynamicMIG: dyn})
+	// The whole GPU and 7+7+4+3+2+1+1 placements.
+	if len(devs) != 26 {
+		t.Fatalf("%d devices, want 26", len(devs))
+	}
+	byName := map[string]resourceapi.Device{}
+	for _, d := range devs {
+		byName[d.Name] = d
+	}
+	whole := byName["gpu-0"]
+	if attrString(whole, "type") != "gpu" || attrString(whole, "uuid") != node.GPUs[0].UUID || len(whole.ConsumesCounters) != 1 {
+		t.Fatalf("whole GPU: %+v", whole)
+	}
+	three, ok := byName["gpu-0-mig-3g71gb-9-4"]
+	if !ok {
+		t.Fatalf("no gpu-0-mig-3g71gb-9-4 among %v", slices.Collect(func(y func(string) bool) {
+			for n := range byName {
+				if !y(n) {
+					return
+				}
+			}
+		}))
+	}
+	for k, v := range map[resourceapi.QualifiedName]string{
+		"type": "mig", "profile": "3g.71gb", "parentUUID": node.GPUs[0].UUID, "uuid": "<none>", "productName": "NVIDIA H200",
+	} {
+		if got := attrString(three, k); got != v {
+			t.Errorf("3g.71gb@4: %s = %s, want %s", k, got, v)
+		}
+	}
+	for _, c := range []resourceapi.QualifiedName{"memorySlice4", "memorySlice5", "memorySlice6", "memorySlice7"} {
+		if q, ok := three.Capacity[c]; !ok || q.Value.Value() != 1 {
+			t.Errorf("3g.71gb@4: capacity %s = %v", c, q.Value.String())
+		}
+	}
+	if _, ok := three.Capacity["memorySlice3"]; ok {
+		t.Error("3g.71gb@4 has memorySlice3")
+	}
+	cc := three.ConsumesCounters
+	if len(cc) != 1 || cc[0].CounterSet != "gpu-0-counter-set" {
+		t.Fatalf("3g.71gb@4 consumes %+v", cc)
+	}
+	if _, ok := byName["gpu-0-mig-1g18gb-me-20-6"]; !ok {
+		t.Error("no gpu-0-mig-1g18gb-me-20-6")
+	}
+	for _, d := range devs {
+		if n := len(d.Attributes) + len(d.Capacity); n > resourceapi.ResourceSliceMaxAttributesAndCapacitiesPerDevice {
+			t.Errorf("%s: %d attributes and capacities", d.Name, n)
+		}
+		for _, c := range d.ConsumesCounters {
+			if len(c.Counters) > resourceapi.ResourceSliceMaxCountersPerDeviceCounterConsumption {
+				t.Errorf("%s: %d counters", d.Name, len(c.Counters))
+			}
+		}
+	}
+	b, _ := json.MarshalIndent(three, "", "  ")
+	t.Logf("gpu-0-mig-3g71gb-9-4 as published:\n%s", b)
+}
+
+// consumed adds up what devs consume from each counter; fits says whether
+// that stays within sets.
+func fitsCounters(sets []resourceapi.CounterSet, devs ...resourceapi.Device) bool {
+	avail := map[string]map[string]int64{}
+	for _, s := range sets {
+		avail[s.Name] = map[string]int64{}
+		for n, c := range s.Counters {
+			avail[s.Name][n] = c.Value.Value()
+		}
+	}
+	for _, d := range devs {
+		for _, cc := range d.ConsumesCounters {
+			for n, c := range cc.Counters {
+				avail[cc.CounterSet][n] -= c.Value.Value()
+				if avail[cc.CounterSet][n] < 0 {
+					return false
+				}
+			}
+		}
+	}
+	return true
+}
+
+// The counters are exactly as strict as the hardware, on each product's
+// table: every set of placements the GPU can hold at once fits the
+// counters, and every set it cannot hold (shared memory slice, more than
+// seven compute slices, two media-extension instances) does not; the whole
+// GPU fits alone and with nothing else.
+func TestDynamicMIGCountersMatchHardware(t *testing.T) {
+	for _, profile := range []string{a100Dyn, "dgx-h100", "h200"} {
+		node, _, dyn := dynNode(t, profile)
+		snap := inventory.NewStore(node).Snapshot()
+		o := DeviceOptions{DynamicMIG: dyn}
+		sets := counterSets(node, dyn)
+		g := node.GPUs[0]
+		ps := dyn[g.UUID]
+		var parts []resourceapi.Device
+		var place []placement
+		for _, e := range catalog(node, dyn) {
+			if e.GPU == 0 && e.Place != nil {
+				place = append(place, *e.Place)
+			}
+		}
+		for _, d := range Devices(snap, o) {
+			if strings.HasPrefix(d.Name, "gpu-0-mig-") {
+				parts = append(parts, d)
+			}
+		}
+		if len(parts) != len(place) {
+			t.Fatalf("%s: %d placement devices, %d catalog entries", g.Name, len(parts), len(place))
+		}
+		full := slices.MaxFunc(ps, func(a, b hardware.MIGProfile) int { return a.ComputeSlices - b.ComputeSlices })
+		hwFits := func(idx []int) bool {
+			used := make([]bool, 8)
+			compute, ofa := 0, 0
+			for _, i := range idx {
+				p := place[i]
+				for s := p.Start; s < p.Start+p.Profile.MemorySlices; s++ {
+					if used[s] {
+						return false
+					}
+					used[s] = true
+				}
+				compute += p.Profile.ComputeSlices
+				ofa += p.Profile.OFAs
+			}
+			return compute <= full.ComputeSlices && ofa <= full.OFAs
+		}
+		// Every subset up to the GPU's seven instances, grown one
+		// placement at a time: a subset the hardware refuses is checked
+		// and not grown.
+		checked := 0
+		var grow func(idx []int, from int)
+		grow = func(idx []int, from int) {
+			for i := from; i < len(place); i++ {
+				next := append(slices.Clone(idx), i)
+				devs := make([]resourceapi.Device, len(next))
+				for k, j := range next {
+					devs[k] = parts[j]
+				}
+				hw, ctr := hwFits(next), fitsCounters(sets, devs...)
+				checked++
+				if hw != ctr {
+					var names []string
+					for _, d := range devs {
+						names = append(names, d.Name)
+					}
+					t.Fatalf("%s: %v: hardware fits %v, counters fit %v", g.Name, names, hw, ctr)
+				}
+				if hw {
+					grow(next, i+1)
+				}
+			}
+		}
+		grow(nil, 0)
+		all := Devices(snap, o)
+		whole := all[slices.IndexFunc(all, func(d resourceapi.Device) bool { return d.Name == "gpu-0" })]
+		if !fitsCounters(sets, whole) {
+			t.Fatalf("%s: the whole GPU alone does not fit", g.Name)
+		}
+		for _, p := range parts {
+			if fitsCounters(sets, whole, p) {
+				t.Fatalf("%s: the whole GPU fits with %s", g.Name, p.Name)
+			}
+		}
+		t.Logf("%s: %d placement sets checked", g.Name, checked)
+	}
+}
+
+// a100Dyn is one A100-40GB, MIG off.
+const a100Dyn = `name: a100
+driverVersion: 580.159.04
+cudaDriverVersion: "13.0"
+gpus:
+  - {name: NVIDIA A100-SXM4-40GB, architecture: Ampere, memoryMiB: 40960, computeCapability: "8.0", migCapable: true}
+`
+
+// Each profile's placements come best first: on an H100 the small ones
+// from the top, so the 4g (only at 0) and the 3g at 0 stay possible
+// longest.
+func TestPlacementOrder(t *testing.T) {
+	_, _, dyn := dynNode(t, "dgx-h100")
+	var ps []hardware.MIGProfile
+	for _, v := range dyn {
+		ps = v
+		break
+	}
+	want := map[string][]int{
+		"1g.10gb": {6, 5, 4, 3, 2, 1, 0}, "1g.10gb+me": {6, 5, 4, 3, 2, 1, 0}, "1g.20gb": {6, 4, 2, 0},
+		"2g.20gb": {4, 2, 0}, "3g.40gb": {4, 0}, "4g.40gb": {0}, "7g.80gb": {0},
+	}
+	for _, p := range ps {
+		if got := placementOrder(ps, p); !slices.Equal(got, want[p.Name]) {
+			t.Errorf("%s: order %v, want %v", p.Name, got, want[p.Name])
+		}
+	}
+}
+
+// A node of eight H100s: one counter slice (eight sets), one slice of the
+// eight whole GPUs (last first), one slice per GPU of its 25 placements;
+// every slice within the API's limits. A GPU that cannot do MIG stays
+// whole and needs no counters (NVIDIA's #1092).
+func TestDynamicMIGPool(t *testing.T) {
+	node, _, dyn := dynNode(t, "dgx-h100")
+	snap := inventory.NewStore(node).Snapshot()
+	pool := Pool(snap, DeviceOptions{DynamicMIG: dyn})
+	if len(pool.Slices) != 10 {
+		t.Fatalf("%d slices, want 10", len(pool.Slices))
+	}
+	if s := pool.Slices[0]; len(s.SharedCounters) != 8 || len(s.Devices) != 0 {
+		t.Fatalf("first slice: %d counter sets, %d devices", len(s.SharedCounters), len(s.Devices))
+	}
+	var wholes []string
+	for _, d := range pool.Slices[1].Devices {
+		wholes = append(wholes, d.Name)
+	}
+	if !slices.Equal(wholes, []string{"gpu-7", "gpu-6", "gpu-5", "gpu-4", "gpu-3", "gpu-2", "gpu-1", "gpu-0"}) {
+		t.Fatalf("whole GPUs in order %v", wholes)
+	}
+	devices, counters := 0, 0
+	for i, s := range pool.Slices {
+		if len(s.SharedCounters) > resourceapi.ResourceSliceMaxCounterSets || len(s.Devices) > resourceapi.ResourceSliceMaxDevicesWithAdvancedFeatures {
+			t.Errorf("slice %d: %d counter sets, %d devices", i, len(s.SharedCounters), len(s.Devices))
+		}
+		for _, cs := range s.SharedCounters {
+			if len(cs.Counters) > resourceapi.ResourceSliceMaxCountersPerCounterSet {
+				t.Errorf("%s: %d counters", cs.Name, len(cs.Counters))
+			}
+			counters += len(cs.Counters)
+		}
+		devices += len(s.Devices)
+		if i >= 2 && (len(s.Devices) != 25 || !strings.HasPrefix(s.Devices[0].Name, "gpu-"+string(rune('0'+i-2))+"-mig-1g10gb-19-6")) {
+			t.Errorf("slice %d starts with %s (%d devices)", i, s.Devices[0].Name, len(s.Devices))
+		}
+	}
+	if devices != 8*26 || counters != 8*15 {
+		t.Errorf("%d devices, %d counters", devices, counters)
+	}
+
+	node, _, dyn = dynNode(t, "pcie-4x-l4")
+	if len(dyn) != 0 {
+		t.Fatalf("L4s given profiles: %v", dyn)
+	}
+	pool = Pool(inventory.NewStore(node).Snapshot(), DeviceOptions{DynamicMIG: dyn})
+	if len(pool.Slices) != 1 || len(pool.Slices[0].Devices) != 4 || pool.Slices[0].Devices[0].ConsumesCounters != nil {
+		t.Fatalf("L4 node: %+v", pool.Slices)
+	}
+}
