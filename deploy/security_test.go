@@ -175,8 +175,11 @@ func grantsOf(t *testing.T, objs map[string][]byte, sa string) grants {
 
 var (
 	nodeLabelGrant = map[string][]string{"/nodes": {"get", "patch"}, "/events": {"create"}}
-	nfdGrant       = map[string][]string{"nfd.k8s-sigs.io/nodefeatures": {"create", "delete", "get", "update"}, "/pods": {"get"}}
-	draGrant       = map[string][]string{"resource.k8s.io/resourceslices": {"create", "delete", "get", "list", "update", "watch"},
+	// Per-node configuration: read the Node's label (get, an informer on
+	// its own Node) and post Events; its annotations use nodeLabelGrant's patch.
+	nodeConfigGrant = map[string][]string{"/nodes": {"get", "list", "watch"}, "/events": {"create"}}
+	nfdGrant        = map[string][]string{"nfd.k8s-sigs.io/nodefeatures": {"create", "delete", "get", "update"}, "/pods": {"get"}}
+	draGrant        = map[string][]string{"resource.k8s.io/resourceslices": {"create", "delete", "get", "list", "update", "watch"},
 		"resource.k8s.io/resourceclaims": {"get"}, "/nodes": {"get"}}
 )
 
@@ -225,6 +228,9 @@ func TestSmallestGrantPerModePlainManifests(t *testing.T) {
 	checkGrants(t, "labels through NFD", grantsOf(t, plainObjects(t, "gpulet-nfd-rbac.yaml"), "gpulet"), nfdGrant, "gpulet-node-feature")
 	checkGrants(t, "labels on the Node + DRA", grantsOf(t, plainObjects(t, "gpulet-rbac.yaml", "gpulet-dra-rbac.yaml"), "gpulet"),
 		union(nodeLabelGrant, draGrant), "gpulet-node-labels", "gpulet-resourceslices")
+	checkPodSecurity(t, "plain + per-node config patch", patched(t, &base, "gpulet-node-config-daemonset-patch.yaml"), plainMounts)
+	checkGrants(t, "labels on the Node + per-node config", grantsOf(t, plainObjects(t, "gpulet-rbac.yaml", "gpulet-node-config-rbac.yaml"), "gpulet"),
+		union(nodeLabelGrant, nodeConfigGrant), "gpulet-node-labels")
 }
 
 func TestSmallestGrantPerModeChart(t *testing.T) {
@@ -242,6 +248,8 @@ func TestSmallestGrantPerModeChart(t *testing.T) {
 			[]string{"gpulet-node-labels", "gpulet-resourceslices"}},
 		{"labels through NFD", []string{"--set", "nodeLabels.nodeFeatureAPI=true"}, plainMounts, nfdGrant, []string{"gpulet-node-feature"}},
 		{"no labels", []string{"--set", "nodeLabels.enabled=false"}, plainMounts, map[string][]string{}, nil},
+		{"per-node config", []string{"--set-string", "config.map.default=version: v1"}, plainMounts, union(nodeLabelGrant, nodeConfigGrant),
+			[]string{"gpulet-node-labels"}},
 		{"no labels, DRA", []string{"--set", "nodeLabels.enabled=false", "--set", "dra.enabled=true"}, draMountSet, draGrant,
 			[]string{"gpulet-resourceslices"}},
 	} {

@@ -22,3 +22,29 @@ versions, and then admissionregistration.k8s.io/v1 must be among them.
 {{- end -}}
 {{- join "," $pairs -}}
 {{- end -}}
+
+{{- /* gpulet.configFile: the config as one file's content (config given as a string), else "". */ -}}
+{{- define "gpulet.configFile" -}}
+{{- if kindIs "string" .Values.config -}}{{ .Values.config }}{{- end -}}
+{{- end -}}
+
+{{- /*
+gpulet.nodeConfigMap: the ConfigMap of named configs (NVIDIA's config.name,
+or <release>-configs for config.map), else "". NVIDIA's chart refuses both
+set, and a map no config can be chosen from without a label; so does this.
+*/ -}}
+{{- define "gpulet.nodeConfigMap" -}}
+{{- if kindIs "map" .Values.config -}}
+{{- $c := .Values.config -}}
+{{- if and $c.name $c.map -}}
+{{- fail "config.name (an existing ConfigMap) and config.map (configs for a ConfigMap the chart makes) are both set: set one" -}}
+{{- end -}}
+{{- if $c.map -}}
+{{- $fb := $c.fallbackStrategies | default list -}}
+{{- if not (or $c.default (and (has "named" $fb) (hasKey $c.map "default")) (and (has "single" $fb) (eq (len $c.map) 1)) (has "empty" $fb)) -}}
+{{- fail (printf "config.map has %d configs and none is chosen for a Node without the nvidia.com/device-plugin.config label: set config.default, add a config called default (fallback named), or add empty to config.fallbackStrategies (now %v)" (len $c.map) $fb) -}}
+{{- end -}}
+{{- end -}}
+{{- if $c.name -}}{{ $c.name }}{{- else if $c.map -}}{{ .Release.Name }}-configs{{- end -}}
+{{- end -}}
+{{- end -}}
