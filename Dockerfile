@@ -1,4 +1,4 @@
-# gpulet image: one binary on a distroless base. cgo is on because NVML
+# gpulet image: two builds of gpulet (below) on a distroless base. cgo is on because NVML
 # (libnvidia-ml.so.1) is loaded with dlopen at run time; the driver library
 # itself comes from the host through the NVIDIA container runtime.
 #
@@ -19,11 +19,16 @@ COPY internal ./internal
 # COMMIT=$(git rev-parse HEAD) as build args.
 ARG VERSION=dev
 ARG COMMIT=unknown
+# Two builds, as hack/image.sh lays them out: the entry point without the Kubernetes API (tag
+# nokube), which execs the full build beside it when node labels or DRA are on.
 RUN CGO_ENABLED=1 CGO_CFLAGS=-Wno-deprecated-declarations \
-    go build -trimpath -ldflags "-s -w -X github.com/gpulet/gpulet/internal/version.version=${VERSION} -X github.com/gpulet/gpulet/internal/version.commit=${COMMIT}" -o /out/gpulet ./cmd/gpulet
+    go build -trimpath -ldflags "-s -w -X github.com/gpulet/gpulet/internal/version.version=${VERSION} -X github.com/gpulet/gpulet/internal/version.commit=${COMMIT}" -o /out/gpulet-kube ./cmd/gpulet && \
+    CGO_ENABLED=1 CGO_CFLAGS=-Wno-deprecated-declarations \
+    go build -tags nokube -trimpath -ldflags "-s -w -X github.com/gpulet/gpulet/internal/version.version=${VERSION} -X github.com/gpulet/gpulet/internal/version.commit=${COMMIT}" -o /out/gpulet ./cmd/gpulet
 
 FROM gcr.io/distroless/base-debian12:nonroot@sha256:7f0c72cd138b442ae0deeb69c08b1acf5525439ba251a49ad93c320a061567e5
 COPY --from=build /out/gpulet /usr/bin/gpulet
+COPY --from=build /out/gpulet-kube /usr/lib/gpulet/gpulet-kube
 # Not root by default: the uninstall hook, `gpulet validate` and the CLI need
 # no more. The DaemonSet sets runAsUser 0 itself, with no capability, because
 # the kubelet's socket folders are root-owned 0750 (docs/security.md).

@@ -37,13 +37,18 @@ image: build-release build-release-arm64
 	hack/image.sh amd64=$(RELEASE_BIN),arm64=$(RELEASE_BIN)-arm64 _output/gpulet-image.tar $(IMAGE)
 
 # The binaries of the image: cgo (NVML and libcuda are loaded with dlopen), stripped as the
-# Dockerfile's; arm64 with Debian's cross compiler (make cross-deps installs it).
+# Dockerfile's; arm64 with Debian's cross compiler (make cross-deps installs it). Two per platform:
+# $(RELEASE_BIN) is the full build (the image's /usr/lib/gpulet/gpulet-kube), $(RELEASE_BIN)-lean the
+# build without the Kubernetes API (tag nokube; the image's entry point /usr/bin/gpulet, which execs
+# the full build when node labels or DRA are on: hack/image.sh, internal/kubebin).
 RELEASE_BIN ?= _output/gpulet-release
 GOFLAGS_RELEASE := -trimpath -ldflags "-s -w $(LDFLAGS)"
 build-release:
 	CGO_ENABLED=1 GOOS=linux GOARCH=amd64 $(GO) build $(GOFLAGS_RELEASE) -o $(RELEASE_BIN) ./cmd/gpulet
+	CGO_ENABLED=1 GOOS=linux GOARCH=amd64 $(GO) build -tags nokube $(GOFLAGS_RELEASE) -o $(RELEASE_BIN)-lean ./cmd/gpulet
 build-release-arm64: cross-deps
 	CGO_ENABLED=1 GOOS=linux GOARCH=arm64 CC=aarch64-linux-gnu-gcc $(GO) build $(GOFLAGS_RELEASE) -o $(RELEASE_BIN)-arm64 ./cmd/gpulet
+	CGO_ENABLED=1 GOOS=linux GOARCH=arm64 CC=aarch64-linux-gnu-gcc $(GO) build -tags nokube $(GOFLAGS_RELEASE) -o $(RELEASE_BIN)-arm64-lean ./cmd/gpulet
 
 # gcc-aarch64-linux-gnu, libc6-dev-arm64-cross and qemu-user-static (Debian 12), if missing.
 cross-deps:
@@ -177,7 +182,12 @@ test-kubelet: build
 # idle CPU (tools/benchsbs; results in docs/benchmarks.md). Root: each process runs in a private
 # mount namespace. BENCH_SBS_FLAGS adds flags (e.g. -runs=5 -idle=60s -only=gpulet,nvidia).
 BENCH_SBS_FLAGS ?=
-bench-sbs: build-release build-lean
+# The image's two binaries are laid out as hack/image.sh lays them out (_output/image: the entry point
+# usr/bin/gpulet, the full build usr/lib/gpulet/gpulet-kube); -gpulet-kube also runs the full build alone.
+# BENCH_SBS_FLAGS=-cache=extract fills the page cache as containerd's unpacking does (-cache=cold: not at all).
+bench-sbs: build-release
 	$(GO) build -o _output/benchsbs ./tools/benchsbs
+	install -D -m 0755 $(RELEASE_BIN)-lean _output/image/usr/bin/gpulet
+	install -D -m 0755 $(RELEASE_BIN) _output/image/usr/lib/gpulet/gpulet-kube
 	GPULET_NVML_MOCK=$$(hack/nvml-mock.sh) GPULET_NVIDIA_BIN=$$(test/e2e/lib/gobins.sh nvidia) \
-	_output/benchsbs -gpulet=_output/gpulet-release -gpulet-lean=_output/gpulet-lean $(BENCH_SBS_FLAGS)
+	_output/benchsbs -gpulet=_output/image/usr/bin/gpulet -gpulet-kube=$(RELEASE_BIN) $(BENCH_SBS_FLAGS)

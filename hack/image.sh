@@ -12,6 +12,12 @@
 #          built for arm64, laid out here as libc6:arm64 lays it out (/usr/lib/aarch64-linux-gnu,
 #          the loader /lib/ld-linux-aarch64.so.1)
 #
+# Two builds of gpulet per platform (make build-release makes both): GPULET_BINARY, the full build,
+# goes to /usr/lib/gpulet/gpulet-kube; GPULET_BINARY-lean beside it (tag nokube: no Kubernetes API
+# linked) is the entry point /usr/bin/gpulet, which runs as a plain device plugin by itself and
+# replaces itself with the full build (exec: same PID, arguments, environment) when node labels or
+# DRA are on (internal/kubebin, docs/benchmarks.md).
+#
 # Usage: hack/image.sh GPULET_BINARY[,ARCH=GPULET_BINARY...] OUT.tar [REF]
 #   (REF default ghcr.io/gpulet/gpulet:latest; a binary without ARCH= is the amd64 one)
 set -euo pipefail
@@ -29,7 +35,10 @@ IFS=, read -ra specs <<<"$bins"
 for spec in "${specs[@]}"; do
 	arch=amd64 bin=$spec
 	[[ $spec == *=* ]] && { arch=${spec%%=*}; bin=${spec#*=}; }
-	[[ -x $bin ]] || { echo "image: $bin is not an executable (make build-release)" >&2; exit 1; }
+	lean=$bin-lean
+	for b in "$bin" "$lean"; do
+		[[ -x $b ]] || { echo "image: $b is not an executable (make build-release builds both)" >&2; exit 1; }
+	done
 	root=$r/$arch
 	case $arch in
 	amd64)
@@ -50,8 +59,10 @@ for spec in "${specs[@]}"; do
 	[[ $version == "$pin" ]] ||
 		{ echo "image: Debian's $pkg here is $version, the image pins $pin (hack/image.sh libc6_pins)" >&2; exit 1; }
 	pinned+="${pinned:+,}$pkg=$version"
-	readelf -h "$bin" | grep -q "Machine: *.*$machine" || { echo "image: $bin is not a linux/$arch binary" >&2; exit 1; }
-	mkdir -p "$root"/{usr/bin,etc,tmp,usr/lib64,usr/lib/$triplet}
+	for b in "$bin" "$lean"; do
+		readelf -h "$b" | grep -q "Machine: *.*$machine" || { echo "image: $b is not a linux/$arch binary" >&2; exit 1; }
+	done
+	mkdir -p "$root"/{usr/bin,etc,tmp,usr/lib64,usr/lib/$triplet,usr/lib/gpulet}
 	ln -s usr/lib "$root/lib" # merged /usr, as Debian 12
 	ln -s usr/lib64 "$root/lib64"
 	# The shared objects of libc (the loader, libc, libm, libdl, libpthread, librt, NSS): what the
@@ -62,24 +73,33 @@ for spec in "${specs[@]}"; do
 		if [[ -n $strip ]]; then cp -a "$f" "$root/usr/lib/$triplet/${f#"$strip"}"; else cp -a "$f" "$root$f"; fi
 	done
 	[[ $arch == arm64 ]] && ln -s "$triplet/ld-linux-aarch64.so.1" "$root/usr/lib/ld-linux-aarch64.so.1"
-	install -m 0755 "$bin" "$root/usr/bin/gpulet"
-	# The binary must find its loader and every library it links inside the image (the loader
-	# searches /lib/$triplet and /usr/lib/$triplet by default).
-	interp=$(readelf -l "$bin" | sed -n 's/.*Requesting program interpreter: \(.*\)]/\1/p')
-	[[ $interp == "$loader" && -e $root$interp ]] || { echo "image: $bin asks for the loader '$interp', the image has $loader" >&2; exit 1; }
-	missing=$(readelf -d "$bin" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p' | while read -r l; do
-		[[ -e $root/usr/lib/$triplet/$l ]] || echo "$l"; done)
-	[[ -z $missing ]] || { echo "image: the binary links libraries $pkg does not ship: $missing" >&2; exit 1; }
-	# The binary starts on the image's own C library and says it is this platform's (arm64 under
-	# qemu-user when it is installed: test/e2e/lib/deps.sh cross).
-	case $arch in
-	amd64) run=("$root$loader" --library-path "$root/usr/lib/$triplet" "$root/usr/bin/gpulet") ;;
-	arm64) run=(qemu-aarch64-static -L "$root" "$root/usr/bin/gpulet") ;;
-	esac
-	if command -v "${run[0]}" >/dev/null; then
-		"${run[@]}" version 2>&1 | grep -qx "platform: linux/$arch" ||
-			{ echo "image: $bin does not run on the image's C library: $("${run[@]}" version 2>&1)" >&2; exit 1; }
-	fi
+	install -m 0755 "$lean" "$root/usr/bin/gpulet"
+	install -m 0755 "$bin" "$root/usr/lib/gpulet/gpulet-kube"
+	first=''
+	for b in /usr/bin/gpulet /usr/lib/gpulet/gpulet-kube; do
+		# Each binary must find its loader and every library it links inside the image (the loader
+		# searches /lib/$triplet and /usr/lib/$triplet by default).
+		interp=$(readelf -l "$root$b" | sed -n 's/.*Requesting program interpreter: \(.*\)]/\1/p')
+		[[ $interp == "$loader" && -e $root$interp ]] || { echo "image: $b asks for the loader '$interp', the image has $loader" >&2; exit 1; }
+		missing=$(readelf -d "$root$b" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p' | while read -r l; do
+			[[ -e $root/usr/lib/$triplet/$l ]] || echo "$l"; done)
+		[[ -z $missing ]] || { echo "image: $b links libraries $pkg does not ship: $missing" >&2; exit 1; }
+		# It starts on the image's own C library and says it is this platform's (arm64 under
+		# qemu-user when it is installed: test/e2e/lib/deps.sh cross), and both are one version.
+		case $arch in
+		amd64) run=("$root$loader" --library-path "$root/usr/lib/$triplet" "$root$b") ;;
+		arm64) run=(qemu-aarch64-static -L "$root" "$root$b") ;;
+		esac
+		command -v "${run[0]}" >/dev/null || continue
+		v=$("${run[@]}" version 2>&1) || true
+		grep -qx "platform: linux/$arch" <<<"$v" || { echo "image: $b does not run on the image's C library: $v" >&2; exit 1; }
+		want='kubernetes API: not in this build' # the entry point is the lean build
+		[[ $b == */gpulet-kube ]] && want='kubernetes API: in this build'
+		grep -q "^$want" <<<"$v" || { echo "image: $b is the wrong build (want '$want'): $v" >&2; exit 1; }
+		[[ -z $first || ${v%%$'\n'*} == "$first" ]] ||
+			{ echo "image: /usr/bin/gpulet is ${first#gpulet }, $b is ${v%%$'\n'*}: build both from one commit" >&2; exit 1; }
+		first=${v%%$'\n'*}
+	done
 	# Loader search path and cache: the NVIDIA runtime mounts the driver's libraries under
 	# /usr/lib/$triplet and refreshes this cache.
 	printf '/lib/%s\n/usr/lib/%s\n/usr/local/nvidia/lib64\n' "$triplet" "$triplet" >"$root/etc/ld.so.conf"

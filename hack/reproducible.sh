@@ -34,7 +34,7 @@ build "$t/b/a/much/longer/path/to/gpulet" PATH="$PATH" GOCACHE="$t/gocache" TZ=A
 	bash -c 'umask 0002; exec "$@"' _
 a=$t/a b=$t/b/a/much/longer/path/to/gpulet
 rc=0
-for f in _output/gpulet-release _output/gpulet-release-arm64 _output/gpulet-image.tar; do
+for f in _output/gpulet-release{,-lean,-arm64,-arm64-lean} _output/gpulet-image.tar; do
 	ha=$(sha256sum "$a/$f" | cut -d' ' -f1) hb=$(sha256sum "$b/$f" | cut -d' ' -f1)
 	if [[ $ha == "$hb" ]]; then
 		log "same: $f sha256:$ha ($(du -h "$a/$f" | cut -f1))"

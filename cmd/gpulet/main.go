@@ -35,7 +35,7 @@ func newRoot() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newRunCmd(), newListCmd(), newTopCmd(), newSimCmd(), newVersionCmd(), newValidateCmd(), newDoctorCmd(), newCDICmd(), newLabelsCmd(), newDRACmd())
+	root.AddCommand(newRunCmd(), newListCmd(), newTopCmd(), newSimCmd(), newVersionCmd(), newValidateCmd(), newDoctorCmd(), newCDICmd(), newLabelsCmd(), newDRACmd(), newNodeEventCmd())
 	return root
 }
 
@@ -62,10 +62,10 @@ func newLogger(cfg *config.Config) *slog.Logger {
 func newVersionCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "version",
-		Short: "Print gpulet's version, commit, Go version and platform",
+		Short: "Print gpulet's version, commit, Go version, platform and which binary has the Kubernetes API",
 		Args:  cobra.NoArgs,
 		Run: func(cmd *cobra.Command, _ []string) {
-			fmt.Fprint(cmd.OutOrStdout(), version.Get())
+			fmt.Fprint(cmd.OutOrStdout(), version.Get(), kubeAPI(cmd.Context()))
 		},
 	}
 }

@@ -34,6 +34,11 @@ otherwise.`,
 				return err
 			}
 			log := newLogger(cfg)
+			// The image's entry point, built without the Kubernetes API, runs
+			// the full build when labels or DRA are on (nokube.go).
+			if done, err := handOff(cmd.Context(), cfg, log); done || err != nil {
+				return err
+			}
 			for _, n := range cfg.Notes {
 				log.Warn(n)
 			}

@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"log/slog"
+	"os"
 	"time"
 
 	"github.com/gpulet/gpulet/internal/metrics"
@@ -12,6 +13,16 @@ import (
 // ConflictEventReason is the reason of the Node Event gpulet posts when
 // another device plugin serves one of its resources.
 const ConflictEventReason = "DevicePluginConflict"
+
+// conflictEventNode is the Node a conflict's Event goes on: gpulet's own
+// when it runs in a pod with NODE_NAME (as node labels are), else "" (no
+// Events).
+func (g *gpulet) conflictEventNode() string {
+	if os.Getenv("KUBERNETES_SERVICE_HOST") == "" {
+		return ""
+	}
+	return g.cfg.Labels.NodeName
+}
 
 // conflictReporter tells the operator that another device plugin serves a
 // resource gpulet advertises: a log line, gpulet_device_plugin_conflict and

@@ -5,7 +5,6 @@ package daemon
 import (
 	"context"
 	"fmt"
-	"os"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -18,8 +17,8 @@ import (
 // a pod with NODE_NAME (as node labels do); the client is made at the first
 // Event, so a node without conflicts makes none.
 func (g *gpulet) conflictEvents() func(context.Context, string) error {
-	node := g.cfg.Labels.NodeName
-	if node == "" || os.Getenv("KUBERNETES_SERVICE_HOST") == "" {
+	node := g.conflictEventNode()
+	if node == "" {
 		return nil
 	}
 	return func(ctx context.Context, msg string) error {
@@ -27,13 +26,15 @@ func (g *gpulet) conflictEvents() func(context.Context, string) error {
 		if err != nil {
 			return fmt.Errorf("no Kubernetes client: %w", err)
 		}
-		return postNodeEvent(ctx, c, node, corev1.EventTypeWarning, ConflictEventReason, msg)
+		return PostNodeEvent(ctx, c, node, corev1.EventTypeWarning, ConflictEventReason, msg)
 	}
 }
 
-// postNodeEvent posts an Event on node, as the kubelet names its own: in
-// the default namespace, the node's name as its UID.
-func postNodeEvent(ctx context.Context, c kubernetes.Interface, node, typ, reason, msg string) error {
+// PostNodeEvent posts an Event on node, as the kubelet names its own: in
+// the default namespace, the node's name as its UID. The daemon calls it,
+// and so does `gpulet node-event`, which the image's entry point (built
+// without the Kubernetes API) runs to post a device-plugin conflict.
+func PostNodeEvent(ctx context.Context, c kubernetes.Interface, node, typ, reason, msg string) error {
 	now := metav1.NewTime(time.Now())
 	ev := &corev1.Event{
 		ObjectMeta:     metav1.ObjectMeta{GenerateName: node + ".", Namespace: metav1.NamespaceDefault},

@@ -22,7 +22,7 @@ import (
 func TestConflictPostsANodeEvent(t *testing.T) {
 	client := fake.NewClientset()
 	r := newConflictReporter(metrics.New(metrics.Options{}), func(ctx context.Context, msg string) error {
-		return postNodeEvent(ctx, client, "gpu-node-1", "Warning", ConflictEventReason, msg)
+		return PostNodeEvent(ctx, client, "gpu-node-1", "Warning", ConflictEventReason, msg)
 	}, slog.New(slog.DiscardHandler))
 	r.report("nvidia.com/gpu", &plugin.Conflict{Resource: "nvidia.com/gpu", Endpoint: "nvidia-gpu.sock", Signal: "socket"})
 	r.report("nvidia.com/gpu", nil)

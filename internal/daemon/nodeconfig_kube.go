@@ -128,5 +128,5 @@ func (k *kubeNode) Event(ctx context.Context, warning bool, reason, msg string) 
 	if warning {
 		typ = corev1.EventTypeWarning
 	}
-	return postNodeEvent(ctx, k.client, k.node, typ, reason, msg)
+	return PostNodeEvent(ctx, k.client, k.node, typ, reason, msg)
 }

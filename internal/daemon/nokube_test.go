@@ -3,7 +3,12 @@
 package daemon
 
 import (
+	"context"
 	"errors"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -55,5 +60,45 @@ func TestNoKubeBuild(t *testing.T) {
 				t.Errorf("Run: %v", err)
 			}
 		})
+	}
+}
+
+// TestNoKubeBuildPostsConflictEventsThroughTheFullBuild: in a cluster, the
+// lean build posts a conflict's Node Event by running the full build beside
+// it once (`gpulet-kube node-event`), and says why when that fails; outside
+// a cluster, or without the full build, it posts none.
+func TestNoKubeBuildPostsConflictEventsThroughTheFullBuild(t *testing.T) {
+	dir := t.TempDir()
+	record := filepath.Join(dir, "record")
+	fake := filepath.Join(dir, "gpulet-kube")
+	script := "#!/bin/sh\nprintf '%s\\n' \"$@\" >" + record + "\n[ \"$3\" != --message=fail ] || { echo cannot post >&2; exit 3; }\n"
+	if err := os.WriteFile(fake, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	defer func(f func() (string, error)) { kubeBinary = f }(kubeBinary)
+	kubeBinary = func() (string, error) { return fake, nil }
+	g := &gpulet{cfg: &config.Config{Labels: config.LabelConfig{NodeName: "n1"}}, log: slog.New(slog.DiscardHandler)}
+
+	if send := g.conflictEvents(); send != nil {
+		t.Fatal("Events outside a cluster (no KUBERNETES_SERVICE_HOST)")
+	}
+	t.Setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
+	send := g.conflictEvents()
+	if send == nil {
+		t.Fatal("no Events in a cluster")
+	}
+	if err := send(context.Background(), "another plugin serves nvidia.com/gpu"); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := os.ReadFile(record)
+	if want := "node-event\n--node-name=n1\n--message=another plugin serves nvidia.com/gpu\n"; string(got) != want {
+		t.Errorf("ran the full build as %q, want %q", got, want)
+	}
+	if err := send(context.Background(), "fail"); err == nil || !strings.Contains(err.Error(), "cannot post") {
+		t.Errorf("a failed post: %v, want the full build's error", err)
+	}
+	kubeBinary = func() (string, error) { return "", errors.New("no full build") }
+	if send := g.conflictEvents(); send != nil {
+		t.Error("Events without the full build")
 	}
 }

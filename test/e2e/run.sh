@@ -13,7 +13,7 @@
 #   GPULET_E2E_WORKDIR  parent of the per-run work/log directories (default /var/tmp/gpulet-e2e)
 #   GPULET_E2E_KEEP     1: leave the cluster running at the end (tear down with test/e2e/down.sh)
 #   GPULET_E2E_ONLY     space-separated scenario ids to run (default: all), e.g. "ds seed-job"
-#   GPULET_BIN          use this gpulet binary instead of building ./cmd/gpulet
+#   GPULET_BIN          use this gpulet binary (and GPULET_BIN-lean beside it) instead of building ./cmd/gpulet
 #   GPULET_E2E_LOCK_WAIT seconds to wait for another e2e run on this machine (default 1800)
 set -euo pipefail
 
@@ -164,10 +164,12 @@ do_containerdbins() {
 do_gpulet() {
 	if [[ -n ${GPULET_BIN:-} ]]; then
 		[[ -x $GPULET_BIN ]] || fail "GPULET_BIN=$GPULET_BIN is not an executable"
+		[[ -x $(readlink -f "$GPULET_BIN")-lean ]] || fail "no $(readlink -f "$GPULET_BIN")-lean beside GPULET_BIN: the image's entry point (make build-release builds both)"
 		readlink -f "$GPULET_BIN" >"$W/gpulet.path"
 		return 0
 	fi
-	# The binary that ships: cgo, NVML-capable (it runs the simulated backend here).
+	# The binaries that ship: cgo, NVML-capable (they run the simulated backend here); the full build
+	# and, beside it, the image's entry point without the Kubernetes API (-lean, hack/image.sh).
 	make -C "$REPO_ROOT" --no-print-directory build-release || fail "could not build gpulet (make build-release)"
 	echo "$REPO_ROOT/_output/gpulet-release" >"$W/gpulet.path"
 }

@@ -17,14 +17,15 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/gpulet/gpulet/internal/kubebin"
 	"github.com/gpulet/gpulet/internal/plugin/plugintest"
 )
 
 type options struct {
-	gpulet, lean, nvidiaBin, mock, profile, only string
-	runs                                         int
-	idle                                         time.Duration
-	churn, verbose                               bool
+	gpulet, kube, nvidiaBin, mock, profile, only, cache string
+	runs                                                int
+	idle                                                time.Duration
+	churn, verbose                                      bool
 }
 
 // sample is one configuration's numbers from one run; a missing number is
@@ -41,10 +42,10 @@ type configuration struct {
 
 func configurations() []configuration {
 	return []configuration{
-		{"gpulet", "gpulet run, device plugin only (seed DaemonSet settings, labels and metrics off)", runPlain("gpulet")},
-		{"gpulet-lean", "the same with make build-lean's binary (no Kubernetes API linked)", runPlain("gpulet-lean")},
+		{"gpulet", "the image's gpulet run, device plugin only (seed DaemonSet settings, labels and metrics off)", runPlain("gpulet")},
+		{"gpulet-kube", "the same with the full build run directly (the image's only binary before the lean entry point)", runPlain("gpulet-kube")},
 		{"nvidia", "NVIDIA nvidia-device-plugin (same settings)", runPlain("nvidia")},
-		{"gpulet-full", "gpulet run with node labels, metrics and DRA (GPUs 0,1) on", runGpuletFull},
+		{"gpulet-full", "the image's gpulet run with node labels, metrics and DRA (GPUs 0,1) on (it execs the full build)", runGpuletFull},
 		{"nvidia+gfd", "NVIDIA nvidia-device-plugin + gpu-feature-discovery, summed", runNvidiaGFD},
 	}
 }
@@ -69,17 +70,14 @@ func bench(ctx context.Context, o options) error {
 	if err != nil {
 		return err
 	}
+	switch o.cache {
+	case cacheRead, cacheExtract, cacheCold:
+	default:
+		return fmt.Errorf("-cache=%q: want %s, %s or %s", o.cache, cacheRead, cacheExtract, cacheCold)
+	}
 	for _, p := range []string{o.gpulet, filepath.Join(o.nvidiaBin, "nvidia-device-plugin"), filepath.Join(o.nvidiaBin, "gpu-feature-discovery"), mockConfig(o)} {
 		if _, err := os.Stat(p); err != nil {
 			return fmt.Errorf("missing %s: %w", p, err)
-		}
-	}
-	if o.gpulet, err = filepath.Abs(o.gpulet); err != nil {
-		return err
-	}
-	if o.lean != "" {
-		if o.lean, err = filepath.Abs(o.lean); err != nil {
-			return err
 		}
 	}
 	tmp, err := os.MkdirTemp("", "benchsbs-")
@@ -89,10 +87,13 @@ func bench(ctx context.Context, o options) error {
 	if !o.verbose {
 		defer os.RemoveAll(tmp)
 	}
+	if o, err = stage(o, filepath.Join(tmp, "files")); err != nil {
+		return err
+	}
 	b := &bencher{o: o, self: self, tmp: tmp}
 	var cfgs []configuration
 	for _, c := range configurations() {
-		if c.name == "gpulet-lean" && o.lean == "" {
+		if c.name == "gpulet-kube" && o.kube == "" {
 			continue
 		}
 		if o.only == "" || slices.Contains(strings.Split(o.only, ","), c.name) {
@@ -150,7 +151,11 @@ func (b *bencher) baseEnv() []string {
 // start runs argv in dir's namespace (dir/varlib as /var/lib, secrets as
 // in-cluster credentials unless "-") and returns once it has been exec'd.
 func (b *bencher) start(name, dir, secrets string, env, argv []string) (*proc, error) {
-	if err := recache(argv[0], filepath.Join(b.o.mock, "lib", "libnvidia-ml.so.1")); err != nil {
+	files := []string{argv[0], filepath.Join(b.o.mock, "lib", "libnvidia-ml.so.1")}
+	if kube := filepath.Join(filepath.Dir(argv[0]), kubebin.Rel); fileExists(kube) {
+		files = append(files, kube) // the image's full build, which the entry point may exec
+	}
+	if err := fillCache(b.o.cache, files...); err != nil {
 		return nil, err
 	}
 	r, w, err := os.Pipe()
@@ -206,24 +211,133 @@ func (p *proc) stop() {
 	}
 }
 
-// recache drops the files from the page cache and reads them back whole,
-// so every binary is mapped from a cache filled the same way: how a file
-// came into the cache (written by the linker, copied, read) changes how
-// much of it a process's first touches map (large folios), by up to 8 MB
-// of RSS for the same gpulet binary.
-func recache(paths ...string) error {
+// How the binaries and the mock library come into the page cache before
+// each start (-cache). How a file came into the cache changes how much of
+// it a process maps: on this kernel (large folios) a process maps whole
+// folios of its binary, not only the pages it touches, and the size of the
+// folios depends on how they were filled.
+const (
+	// cacheRead: dropped, then read back whole with read(2) (readahead
+	// builds large folios).
+	cacheRead = "read"
+	// cacheExtract: a fresh copy written in 32 KiB writes and fsync'd, then
+	// renamed over the file, as containerd's layer unpacking writes an
+	// image's files (pkg/archive: io copies through a 32 KiB buffer): a pod
+	// started right after its image was pulled.
+	cacheExtract = "extract"
+	// cacheCold: dropped; the exec and the process's page faults read it
+	// (a node whose page cache no longer holds the image's files).
+	cacheCold = "cold"
+)
+
+// stage copies what is measured into dir (the image's entry point with its
+// full build beside it, the full build alone, NVIDIA's binaries, the mock
+// library), so each start can fill the page cache its own way without
+// touching the originals, and returns o pointing at the copies.
+func stage(o options, dir string) (options, error) {
+	cp := func(src, dst string) (string, error) {
+		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+			return "", err
+		}
+		return dst, writeCopy(src, dst)
+	}
+	var err error
+	entry := filepath.Join(dir, "image", "usr", "bin", "gpulet")
+	kube := filepath.Join(filepath.Dir(o.gpulet), kubebin.Rel)
+	if fileExists(kube) {
+		if _, err = cp(kube, filepath.Join(filepath.Dir(entry), kubebin.Rel)); err != nil {
+			return o, err
+		}
+	}
+	if o.gpulet, err = cp(o.gpulet, entry); err != nil {
+		return o, err
+	}
+	if o.kube != "" {
+		if o.kube, err = cp(o.kube, filepath.Join(dir, "kube", "gpulet")); err != nil {
+			return o, err
+		}
+	}
+	nv := filepath.Join(dir, "nvidia")
+	for _, f := range []string{"nvidia-device-plugin", "gpu-feature-discovery"} {
+		if _, err = cp(filepath.Join(o.nvidiaBin, f), filepath.Join(nv, f)); err != nil {
+			return o, err
+		}
+	}
+	o.nvidiaBin = nv
+	lib, err := filepath.EvalSymlinks(filepath.Join(o.mock, "lib", "libnvidia-ml.so.1"))
+	if err != nil {
+		return o, err
+	}
+	mock := filepath.Join(dir, "mock")
+	if _, err = cp(lib, filepath.Join(mock, "lib", "libnvidia-ml.so.1")); err != nil {
+		return o, err
+	}
+	if err := os.Symlink(filepath.Join(o.mock, "configs"), filepath.Join(mock, "configs")); err != nil {
+		return o, err
+	}
+	o.mock = mock
+	return o, nil
+}
+
+func fileExists(p string) bool {
+	fi, err := os.Stat(p)
+	return err == nil && fi.Mode().IsRegular()
+}
+
+// writeCopy writes src to dst in 32 KiB writes (containerd's unpack buffer),
+// fsync'd, through a temporary file renamed over dst.
+func writeCopy(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	fi, err := in.Stat()
+	if err != nil {
+		return err
+	}
+	tmp := dst + ".tmp"
+	out, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, fi.Mode().Perm())
+	if err != nil {
+		return err
+	}
+	_, err = io.CopyBuffer(struct{ io.Writer }{out}, struct{ io.Reader }{in}, make([]byte, 32<<10))
+	if err == nil {
+		err = out.Sync()
+	}
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, dst)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("copy %s to %s: %w", src, dst, err)
+	}
+	return nil
+}
+
+// fillCache brings the files into the page cache as mode says.
+func fillCache(mode string, paths ...string) error {
 	for _, p := range paths {
+		if mode == cacheExtract {
+			if err := writeCopy(p, p); err != nil {
+				return err
+			}
+			continue
+		}
 		f, err := os.Open(p)
 		if err != nil {
 			return err
 		}
 		err = unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED)
-		if err == nil {
+		if err == nil && mode == cacheRead {
 			_, err = io.Copy(io.Discard, f)
 		}
 		f.Close()
 		if err != nil {
-			return fmt.Errorf("recache %s: %w", p, err)
+			return fmt.Errorf("page cache (%s) %s: %w", mode, p, err)
 		}
 	}
 	return nil

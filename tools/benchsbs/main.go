@@ -34,6 +34,8 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/gpulet/gpulet/internal/kubebin"
 )
 
 func main() {
@@ -51,8 +53,9 @@ func main() {
 func run(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("benchsbs", flag.ContinueOnError)
 	o := options{}
-	fs.StringVar(&o.gpulet, "gpulet", "_output/gpulet-release", "gpulet binary")
-	fs.StringVar(&o.lean, "gpulet-lean", "", "gpulet built without the Kubernetes API (make build-lean), run as a plain device plugin too")
+	fs.StringVar(&o.gpulet, "gpulet", "_output/image/usr/bin/gpulet", "the image's entry point, with its full build at "+kubebin.Rel+" from its folder (make bench-sbs lays them out as hack/image.sh does)")
+	fs.StringVar(&o.kube, "gpulet-kube", "", "the full build alone (make build-release's), run as a plain device plugin too")
+	fs.StringVar(&o.cache, "cache", cacheRead, "how the binaries come into the page cache before each start: "+cacheRead+" (dropped, read back whole), "+cacheExtract+" (written afresh in 32 KiB writes, as containerd unpacks a layer) or "+cacheCold+" (dropped)")
 	fs.StringVar(&o.nvidiaBin, "nvidia-bin", os.Getenv("GPULET_NVIDIA_BIN"), "folder with NVIDIA's nvidia-device-plugin and gpu-feature-discovery (test/e2e/lib/gobins.sh nvidia)")
 	fs.StringVar(&o.mock, "nvml-mock", os.Getenv("GPULET_NVML_MOCK"), "NVIDIA's mock NVML folder (hack/nvml-mock.sh)")
 	fs.StringVar(&o.profile, "profile", "h100", "mock NVML profile")

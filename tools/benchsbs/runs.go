@@ -15,6 +15,7 @@ import (
 
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 
+	"github.com/gpulet/gpulet/internal/kubebin"
 	"github.com/gpulet/gpulet/internal/plugin"
 	"github.com/gpulet/gpulet/internal/plugin/plugintest"
 )
@@ -31,8 +32,8 @@ func runPlain(which string) func(context.Context, *bencher) (sample, error) {
 	return func(ctx context.Context, b *bencher) (sample, error) {
 		name, argv, env := which, gpuletPlainArgs(b.o.gpulet), append(b.baseEnv(), "GPULET_LOG_FORMAT=json")
 		switch which {
-		case "gpulet-lean":
-			argv = gpuletPlainArgs(b.o.lean)
+		case "gpulet-kube":
+			argv = gpuletPlainArgs(b.o.kube)
 		case "nvidia":
 			argv, env = []string{filepath.Join(b.o.nvidiaBin, "nvidia-device-plugin")}, b.baseEnv()
 		}
@@ -311,9 +312,9 @@ var metricsOrder = []struct{ key, desc string }{
 func printReport(w io.Writer, o options, cfgs []configuration, results map[string][]sample) {
 	host, _ := os.Hostname()
 	kernel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
-	fmt.Fprintf(w, "benchsbs: %d alternating runs, mock NVML profile %s, idle window %s, host %s, kernel %s, %d CPUs\n",
-		o.runs, o.profile, o.idle, host, strings.TrimSpace(string(kernel)), runtime.NumCPU())
-	for _, bin := range []string{o.gpulet, o.lean, filepath.Join(o.nvidiaBin, "nvidia-device-plugin"), filepath.Join(o.nvidiaBin, "gpu-feature-discovery")} {
+	fmt.Fprintf(w, "benchsbs: %d alternating runs, mock NVML profile %s, idle window %s, page cache %s, host %s, kernel %s, %d CPUs\n",
+		o.runs, o.profile, o.idle, o.cache, host, strings.TrimSpace(string(kernel)), runtime.NumCPU())
+	for _, bin := range []string{o.gpulet, filepath.Join(filepath.Dir(o.gpulet), kubebin.Rel), o.kube, filepath.Join(o.nvidiaBin, "nvidia-device-plugin"), filepath.Join(o.nvidiaBin, "gpu-feature-discovery")} {
 		if fi, err := os.Stat(bin); err == nil && bin != "" {
 			fmt.Fprintf(w, "binary %s: %.1f MB\n", bin, float64(fi.Size())/1e6)
 		}
