@@ -23,6 +23,7 @@ import (
 
 type options struct {
 	gpulet, kube, nvidiaBin, mock, profile, only, cache string
+	gpuletEnv                                           []string
 	runs                                                int
 	idle                                                time.Duration
 	churn, verbose                                      bool
@@ -146,6 +147,11 @@ func (b *bencher) baseEnv() []string {
 		// The seed DaemonSet's device-plugin settings; NVIDIA's plugin reads the same variables.
 		"FAIL_ON_INIT_ERROR=false", "DEVICE_LIST_STRATEGY=envvar", "DEVICE_ID_STRATEGY=uuid",
 	}
+}
+
+// gpuletEnv is baseEnv plus -gpulet-env (for gpulet's processes only).
+func (b *bencher) gpuletEnv() []string {
+	return append(b.baseEnv(), b.o.gpuletEnv...)
 }
 
 // start runs argv in dir's namespace (dir/varlib as /var/lib, secrets as

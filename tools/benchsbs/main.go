@@ -33,6 +33,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/gpulet/gpulet/internal/kubebin"
@@ -63,6 +64,13 @@ func run(ctx context.Context, args []string) error {
 	fs.DurationVar(&o.idle, "idle", 20e9, "idle window for CPU and idle RSS")
 	fs.BoolVar(&o.churn, "churn", true, "4,000 Allocates and 500 ListAndWatch churns after the idle window")
 	fs.StringVar(&o.only, "only", "", "comma-separated configurations to run (default all): "+configNames())
+	fs.Func("gpulet-env", "NAME=VALUE added to gpulet's environment (repeatable), e.g. GOGC=50", func(v string) error {
+		if !strings.Contains(v, "=") {
+			return fmt.Errorf("want NAME=VALUE")
+		}
+		o.gpuletEnv = append(o.gpuletEnv, v)
+		return nil
+	})
 	fs.BoolVar(&o.verbose, "v", false, "print each run's numbers and keep the processes' logs")
 	if err := fs.Parse(args); err != nil {
 		return err

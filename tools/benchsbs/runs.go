@@ -30,7 +30,7 @@ func gpuletPlainArgs(bin string) []string {
 // re-registration after a kubelet restart, churn, kill -9 → back.
 func runPlain(which string) func(context.Context, *bencher) (sample, error) {
 	return func(ctx context.Context, b *bencher) (sample, error) {
-		name, argv, env := which, gpuletPlainArgs(b.o.gpulet), append(b.baseEnv(), "GPULET_LOG_FORMAT=json")
+		name, argv, env := which, gpuletPlainArgs(b.o.gpulet), append(b.gpuletEnv(), "GPULET_LOG_FORMAT=json")
 		switch which {
 		case "gpulet-kube":
 			argv = gpuletPlainArgs(b.o.kube)
@@ -78,14 +78,17 @@ func runPlain(which string) func(context.Context, *bencher) (sample, error) {
 			if err != nil {
 				return nil, err
 			}
-			if err := churn(ctx, dp, endpoint, 4000, 500); err != nil {
+			done, err := churn(ctx, dp, endpoint, 4000, 500)
+			if err != nil {
 				return nil, fmt.Errorf("churn: %w", err)
 			}
 			runtime.GC()
 			if err := sleep(ctx, time.Second); err != nil {
+				done()
 				return nil, err
 			}
 			after, err := readMem(p.pid())
+			done()
 			if err != nil {
 				return nil, err
 			}
@@ -106,25 +109,42 @@ func runPlain(which string) func(context.Context, *bencher) (sample, error) {
 
 // churn plays a busy kubelet on the plugin's socket: allocs single-device
 // Allocates (round robin over the advertised devices) and streams
-// ListAndWatch streams, each opened, read once and closed.
-func churn(ctx context.Context, dir, endpoint string, allocs, streams int) error {
+// ListAndWatch streams, each opened, read once and closed, while the
+// kubelet's own stream stays open, as a kubelet keeps it: a plugin that
+// sees the kubelet end its only stream may take it for another plugin's
+// registration (gpulet's conflict detection holds back then). done closes
+// the kubelet's stream and the connection.
+func churn(ctx context.Context, dir, endpoint string, allocs, streams int) (done func(), err error) {
 	c, closeConn, err := plugin.Dial(dir, endpoint)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer closeConn()
+	kctx, cancel := context.WithCancel(ctx)
+	done = func() { cancel(); closeConn() }
+	defer func() {
+		if err != nil {
+			done()
+		}
+	}()
+	kubelet, err := c.ListAndWatch(kctx, &pluginapi.Empty{})
+	if err == nil {
+		_, err = kubelet.Recv()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("the kubelet's stream: %w", err)
+	}
 	var ids []string
 	for i := 0; i < streams; i++ {
 		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		st, err := c.ListAndWatch(sctx, &pluginapi.Empty{})
 		if err != nil {
 			cancel()
-			return err
+			return nil, err
 		}
 		r, err := st.Recv()
 		cancel()
 		if err != nil {
-			return err
+			return nil, err
 		}
 		if ids == nil {
 			for _, d := range r.Devices {
@@ -133,15 +153,15 @@ func churn(ctx context.Context, dir, endpoint string, allocs, streams int) error
 		}
 	}
 	if len(ids) == 0 {
-		return fmt.Errorf("%s advertises no devices", endpoint)
+		return nil, fmt.Errorf("%s advertises no devices", endpoint)
 	}
 	for i := 0; i < allocs; i++ {
 		req := &pluginapi.AllocateRequest{ContainerRequests: []*pluginapi.ContainerAllocateRequest{{DevicesIds: []string{ids[i%len(ids)]}}}}
 		if _, err := c.Allocate(ctx, req); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	return nil
+	return done, nil
 }
 
 func freePort() (int, error) {
@@ -190,7 +210,7 @@ func runGpuletFull(ctx context.Context, b *bencher) (sample, error) {
 		return nil, err
 	}
 	defer k.Stop()
-	env := append(b.baseEnv(), kenv...)
+	env := append(b.gpuletEnv(), kenv...)
 	env = append(env, "GPULET_LOG_FORMAT=json", "NODE_NAME=n1", "POD_NAMESPACE=gpulet", "GPULET_EXTRA_LABELS=accelerator=nvidia")
 	argv := []string{b.o.gpulet, "run", "--backend=nvml", "--device-plugin-path=" + devicePlugins,
 		fmt.Sprintf("--metrics-address=127.0.0.1:%d", port), "--node-labels=on", "--dra", "--dra-devices=0,1"}
@@ -318,6 +338,9 @@ func printReport(w io.Writer, o options, cfgs []configuration, results map[strin
 		if fi, err := os.Stat(bin); err == nil && bin != "" {
 			fmt.Fprintf(w, "binary %s: %.1f MB\n", bin, float64(fi.Size())/1e6)
 		}
+	}
+	if len(o.gpuletEnv) > 0 {
+		fmt.Fprintf(w, "gpulet's environment adds %s\n", strings.Join(o.gpuletEnv, " "))
 	}
 	for _, c := range cfgs {
 		fmt.Fprintf(w, "  %-12s %s\n", c.name+":", c.desc)
