@@ -55,8 +55,9 @@ func imageRoot(t *testing.T) (entry, record string) {
 
 // TestImageEntryPoint: the image's /usr/bin/gpulet (built without the
 // Kubernetes API) serves a plain device plugin itself, with NODE_NAME and
-// in-cluster variables set, and never runs the full build; with node labels
-// or DRA on, and for `labels --remove`, it replaces itself with the full
+// in-cluster variables set, and never runs the full build; with node labels,
+// DRA or per-node config on, and for `labels --remove` and `dra`, it
+// replaces itself with the full
 // build: same PID (a container's PID 1 stays PID 1), same arguments and
 // environment, and the kubelet's SIGTERM reaches the full build.
 func TestImageEntryPoint(t *testing.T) {
@@ -92,6 +93,7 @@ func TestImageEntryPoint(t *testing.T) {
 		{"node labels on", []string{"run", "--backend=sim", "--node-labels=on", "--metrics-address="}},
 		{"node labels auto in a cluster", []string{"run", "--backend=sim", "--metrics-address="}},
 		{"DRA", []string{"run", "--backend=sim", "--node-labels=off", "--dra", "--metrics-address="}},
+		{"per-node config in a cluster", []string{"run", "--backend=sim", "--node-labels=off", "--config-file-srcdir=" + t.TempDir(), "--metrics-address="}},
 		{"labels --remove", []string{"labels", "--remove", "--backend=sim"}},
 		{"dra", []string{"dra", "slice", "--node-name=n1"}},
 	} {

@@ -43,7 +43,7 @@ func execKube(ctx context.Context, why string) error {
 }
 
 // handOff runs `gpulet run` in the full build when a feature that needs the
-// Kubernetes API is on (node labels, DRA). It returns done when this process
+// Kubernetes API is on (node labels, DRA, per-node config in a cluster). It returns done when this process
 // must not go on (stopped before the exec). Without the full build it
 // returns false: the daemon's components then refuse --node-labels=on and
 // --dra and leave auto labels off (internal/daemon/nokube.go).
@@ -74,6 +74,9 @@ func kubeFeatures(cfg *config.Config) ([]string, error) {
 	}
 	if cfg.DRA.Enabled {
 		need = append(need, "DRA")
+	}
+	if cfg.NodeConfig.Dir != "" && cfg.ClusterNode(os.Getenv) != "" {
+		need = append(need, "per-node config (the Node's label)")
 	}
 	return need, nil
 }

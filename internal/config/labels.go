@@ -87,6 +87,17 @@ func (c *Config) LabelFlags(fs *pflag.FlagSet, daemon bool) {
 	c.addFlags(fs, groupLabels, groupLabelsFile)
 }
 
+// ClusterNode is the Node gpulet runs on when it runs in a pod of a cluster
+// (NODE_NAME, or --node-name, and the API server's in-cluster variable),
+// else "": node labels on auto, per-node config's label and Node Events
+// need both.
+func (c *Config) ClusterNode(getenv func(string) string) string {
+	if getenv("KUBERNETES_SERVICE_HOST") == "" {
+		return ""
+	}
+	return c.Labels.NodeName
+}
+
 // PublishNodeLabels decides whether the daemon labels its Node. getenv is
 // os.Getenv outside tests.
 func (c *Config) PublishNodeLabels(getenv func(string) string) (bool, error) {
@@ -99,7 +110,7 @@ func (c *Config) PublishNodeLabels(getenv func(string) string) (bool, error) {
 		}
 		return true, nil
 	case "", NodeLabelsAuto:
-		return c.Labels.NodeName != "" && getenv("KUBERNETES_SERVICE_HOST") != "", nil
+		return c.ClusterNode(getenv) != "", nil
 	}
 	return false, fmt.Errorf("node-labels %q is not one of auto, on, off", c.Labels.NodeLabels)
 }

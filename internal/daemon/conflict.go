@@ -18,10 +18,7 @@ const ConflictEventReason = "DevicePluginConflict"
 // when it runs in a pod with NODE_NAME (as node labels are), else "" (no
 // Events).
 func (g *gpulet) conflictEventNode() string {
-	if os.Getenv("KUBERNETES_SERVICE_HOST") == "" {
-		return ""
-	}
-	return g.cfg.Labels.NodeName
+	return g.cfg.ClusterNode(os.Getenv)
 }
 
 // conflictReporter tells the operator that another device plugin serves a

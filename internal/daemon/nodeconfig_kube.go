@@ -23,8 +23,8 @@ import (
 // nodeAPI is the Node per-node configuration reads and reports on, when
 // gpulet runs in a pod with NODE_NAME (as node labels); nil otherwise.
 func (g *gpulet) nodeAPI() nodeAPI {
-	node := g.cfg.Labels.NodeName
-	if node == "" || os.Getenv("KUBERNETES_SERVICE_HOST") == "" {
+	node := g.cfg.ClusterNode(os.Getenv)
+	if node == "" {
 		g.log.Info("per-node config without the Node's label: not in a cluster (NODE_NAME or the API server unknown); the default and fallbacks apply",
 			"component", "nodeconfig")
 		return nil
