@@ -26,6 +26,8 @@ var scenarios = map[string]func(*S){
 	"cdi-video": scenarioCDIVideo,
 	"labels":    scenarioLabels,
 	"metrics":   scenarioMetrics,
+	"dra":       scenarioDRA,
+	"dra-ext":   scenarioDRAExt,
 }
 
 // Env is what run.sh knows about the cluster, from the environment.
