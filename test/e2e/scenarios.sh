@@ -346,8 +346,6 @@ check_dra_pod() {
 	echo "$devs"
 }
 
-no_plugin_gpus() { local a; a=$(K get node "$NODE_NAME" -o 'jsonpath={.status.allocatable.nvidia\.com/gpu}'); [[ -z $a || $a == 0 ]] || { echo "Allocatable nvidia.com/gpu is $a"; return 1; }; }
-
 # node_res NAME: "CAPACITY/ALLOCATABLE" of extended resource NAME as the API server reports it.
 node_res() {
 	K get node "$NODE_NAME" -o json | jq -r --arg r "$1" '"\(.status.capacity[$r] // "")/\(.status.allocatable[$r] // "")"'
