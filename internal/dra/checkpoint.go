@@ -83,6 +83,9 @@ type preparedDevice struct {
 	ShareID *types.UID `json:"shareID,omitempty"`
 	// MPSDaemon is the claim's MPS control daemon serving this device.
 	MPSDaemon string `json:"mpsDaemon,omitempty"`
+	// MIG is the dynamic MIG instance the device stands for, recorded
+	// before it is created (dynmig_prepare.go); UUID is its UUID once made.
+	MIG *migRecord `json:"mig,omitempty"`
 }
 
 func newCheckpoint(bootID string) *checkpoint {

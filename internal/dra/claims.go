@@ -64,7 +64,8 @@ func (d *Driver) commit(next *checkpoint) error {
 
 // release undoes what Prepare did for the claim uid of cp: its sharing
 // (MPS daemons, compute policy; a GPU another claim of cp still holds
-// keeps its time-slice), then its CDI specs. Each step is idempotent.
+// keeps its time-slice), then its CDI specs, then its dynamic MIG
+// instances. Each step is idempotent.
 func (d *Driver) release(ctx context.Context, cp *checkpoint, uid string, pc preparedClaim) error {
 	held := func(gpu string) bool {
 		for other, o := range cp.Claims {
@@ -82,7 +83,13 @@ func (d *Driver) release(ctx context.Context, cp *checkpoint, uid string, pc pre
 	if err := d.o.Sharing.undo(ctx, pc.Sharing, held); err != nil {
 		return fmt.Errorf("undo the claim's sharing: %w", err)
 	}
-	return d.removeSpecs(uid, pc)
+	if err := d.removeSpecs(uid, pc); err != nil {
+		return err
+	}
+	if d.killed(stepUnprepareInstances) {
+		return errKilled
+	}
+	return d.releaseMIG(ctx, cp, uid, pc)
 }
 
 // removeSpecs removes a claim's CDI spec, and NVIDIA's for a claim adopted
@@ -138,11 +145,15 @@ func (d *Driver) repair(bootID string) error {
 		return err
 	}
 	if nvidia == "" && next.BootID == d.cp.BootID && len(next.Claims) == len(d.cp.Claims) {
+		// Instances no record holds (a crash between create and save,
+		// or anyone's) go once the records are final.
+		d.sweepMIG(context.Background(), next)
 		return nil
 	}
 	if err := d.commit(next); err != nil {
 		return fmt.Errorf("DRA checkpoint %s: %w", d.cpPath, err)
 	}
+	d.sweepMIG(context.Background(), next)
 	if nvidia != "" {
 		// Saved as gpulet's: NVIDIA's file is not read again.
 		if err := os.Rename(nvidia, nvidia+nvidiaAdoptedSuffix); err != nil {
@@ -226,7 +237,23 @@ func (d *Driver) PrepareResourceClaims(ctx context.Context, claims []*resourceap
 	next = d.cp.clone()
 	var written []*resourceapi.ResourceClaim
 	for _, c := range todo {
-		pc := next.Claims[string(c.UID)]
+		pc, err := d.prepareMIG(ctx, next.Claims[string(c.UID)])
+		if err != nil {
+			if uerr := d.release(ctx, next, string(c.UID), pc); uerr != nil {
+				// The record stays "started": a retry or the next start
+				// destroys what was made.
+				fail(c, errors.Join(err, uerr))
+				continue
+			}
+			fail(c, err)
+			delete(next.Claims, string(c.UID))
+			continue
+		}
+		next.Claims[string(c.UID)] = pc
+		if d.killed(stepPrepareInstances) {
+			failAll(errKilled)
+			return out, nil
+		}
 		if err := d.o.Sharing.apply(ctx, pc.Sharing); err != nil {
 			err = fmt.Errorf("apply the claim's sharing config: %w", err)
 			if uerr := d.release(ctx, next, string(c.UID), pc); uerr != nil {
@@ -313,7 +340,7 @@ func (d *Driver) plan(c *resourceapi.ResourceClaim, inUse map[string]string) (pr
 			return pc, fmt.Errorf("device %s (%s) is unhealthy (taint %s=%s:%s) and the claim does not tolerate it; delete the pod so its claim is allocated again",
 				r.Device, e.UUID, t.Key, t.Value, t.Effect)
 		}
-		cfg, err := configFor(configs, r.Request, e.MIG >= 0)
+		cfg, err := configFor(configs, r.Request, e.MIG >= 0 || e.Place != nil)
 		if err != nil {
 			return pc, fmt.Errorf("device %s, request %s: %w", r.Device, r.Request, err)
 		}
@@ -324,13 +351,26 @@ func (d *Driver) plan(c *resourceapi.ResourceClaim, inUse map[string]string) (pr
 		if r.ShareID != nil {
 			owner, busy = inUse[exclusiveKey(e.UUID)]
 		}
+		if e.Place != nil {
+			owner, busy = "", false // no UUID yet: its GPU and slices are checked below
+		}
+		if o := d.migConflict(inUse, string(c.UID), e); o != "" {
+			owner, busy = o, true
+		}
 		if busy && !admin && owner != string(c.UID) {
 			return pc, fmt.Errorf("device %s is already prepared for claim %s; refusing to hand it out twice", r.Device, owner)
 		}
-		pc.Devices = append(pc.Devices, preparedDevice{
+		if admin && e.Place != nil {
+			return pc, fmt.Errorf("device %s is a MIG placement created for its claim; admin access to it is not supported", r.Device)
+		}
+		pd := preparedDevice{
 			Requests: []string{r.Request}, Pool: r.Pool, Device: r.Device, UUID: e.UUID, AdminAccess: admin, ShareID: r.ShareID,
 			CDIDeviceIDs: []string{cdispec.ClaimDeviceID(d.o.CDI.Options.Kind, cdiName(c.UID, r.Device))},
-		})
+		}
+		if p := e.Place; p != nil {
+			pd.MIG = &migRecord{GPU: e.Parent, ProfileID: p.Profile.ID, Profile: p.Profile.Name, Start: p.Start, Size: p.Profile.MemorySlices}
+		}
+		pc.Devices = append(pc.Devices, pd)
 		gpu := e.UUID
 		if e.MIG >= 0 {
 			gpu = ""
@@ -364,6 +404,11 @@ func (d *Driver) plan(c *resourceapi.ResourceClaim, inUse map[string]string) (pr
 		if a == nil {
 			continue
 		}
+		for _, i := range groups[cfg] {
+			if pc.Devices[i].MIG != nil {
+				return pc, fmt.Errorf("%s: %w", pc.Devices[i].Device, errNoDynamicSharing)
+			}
+		}
 		if a.MPS != nil {
 			for _, i := range groups[cfg] {
 				pc.Devices[i].MPSDaemon = a.MPS.ID
@@ -393,7 +438,7 @@ func (d *Driver) writeSpec(uid types.UID, devs []preparedDevice) (string, error)
 		}
 		cd = append(cd, dev)
 	}
-	return d.o.CDI.WriteClaim(d.o.Store.Snapshot().Node, string(uid), cd)
+	return d.o.CDI.WriteClaim(withInstances(d.o.Store.Snapshot().Node, devs), string(uid), cd)
 }
 
 // cdiName is a claim device's CDI name, <claim UID>-<device>, as NVIDIA's:
@@ -418,6 +463,10 @@ func markInUse(inUse map[string]string, uid string, pc preparedClaim) {
 	for _, p := range pc.Devices {
 		if p.AdminAccess {
 			continue
+		}
+		markMIGInUse(inUse, uid, p)
+		if p.UUID == "" {
+			continue // a placement not created yet
 		}
 		inUse[p.UUID] = uid
 		if p.ShareID == nil {
