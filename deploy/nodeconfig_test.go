@@ -47,6 +47,11 @@ func TestNodeConfigManifests(t *testing.T) {
 	strict(t, docs(t, "gpulet-daemonset.yaml")[0], &base)
 	ds := patched(t, &base, "gpulet-node-config-daemonset-patch.yaml")
 	e := env(ds.Spec.Template.Spec.Containers[0])
+	for _, k := range []string{"DEVICE_LIST_STRATEGY", "DEVICE_ID_STRATEGY"} {
+		if _, set := e[k]; set {
+			t.Errorf("the patch leaves %s set: it would win over every per-node config", k)
+		}
+	}
 	for _, k := range nodeConfigEnv {
 		if !slices.ContainsFunc(config.Settings, func(s *config.Setting) bool { return slices.Contains(s.Env, k) }) {
 			t.Errorf("%s is no gpulet setting", k)

@@ -16,18 +16,19 @@ import (
 // body. run.sh runs one at a time: GPULET_E2E_SCENARIO=<id> and
 // -test.run '^TestScenarios$'.
 var scenarios = map[string]func(*S){
-	"ds":        scenarioDS,
-	"seed-job":  scenarioSeedJob,
-	"sharing":   scenarioSharing,
-	"fault":     scenarioFault,
-	"restarts":  scenarioRestarts,
-	"no-gpu":    scenarioNoGPU,
-	"cdi":       scenarioCDI,
-	"cdi-video": scenarioCDIVideo,
-	"labels":    scenarioLabels,
-	"metrics":   scenarioMetrics,
-	"dra":       scenarioDRA,
-	"dra-ext":   scenarioDRAExt,
+	"ds":          scenarioDS,
+	"seed-job":    scenarioSeedJob,
+	"sharing":     scenarioSharing,
+	"fault":       scenarioFault,
+	"restarts":    scenarioRestarts,
+	"no-gpu":      scenarioNoGPU,
+	"cdi":         scenarioCDI,
+	"cdi-video":   scenarioCDIVideo,
+	"labels":      scenarioLabels,
+	"metrics":     scenarioMetrics,
+	"dra":         scenarioDRA,
+	"dra-ext":     scenarioDRAExt,
+	"node-config": scenarioNodeConfig,
 }
 
 // Env is what run.sh knows about the cluster, from the environment.
