@@ -394,7 +394,7 @@ func keepNotLive(old, next *config.Config) []string {
 func (g *gpulet) reportNodeConfig(ctx context.Context, why string, failed *nodeConfigFailure) {
 	nc := g.nodeConfig
 	g.exp.ConfigApplied(nc.applied.String())
-	state, msg := "applied", "label "+labelValue(nc.label)+": "+nc.applied.Reason
+	state, msg := "applied", "label "+labelValue(nc.label)+"; chosen by "+nc.applied.Reason
 	if len(nc.notLive) > 0 {
 		msg += "; changed settings that need a gpulet restart: " + strings.Join(nc.notLive, ", ")
 	}

@@ -309,3 +309,43 @@ func TestNodeConfigBadAtStartAndSIGHUP(t *testing.T) {
 	}
 	waitDevices(t, counts, 8, "after SIGHUP")
 }
+
+// The Node's annotations are written only when they differ from the
+// Node's: a report that changes nothing (a restart in the same state, a
+// repeated failure) makes no API write.
+func TestKubeNodeAnnotatesOnlyChanges(t *testing.T) {
+	client := fake.NewClientset(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1",
+		Annotations: map[string]string{AnnotationConfig: "ts4", AnnotationConfigState: "applied"}}})
+	k := &kubeNode{client: client, node: "n1", label: config.DefaultNodeConfigLabel}
+	ctx := context.Background()
+	if _, err := k.Label(ctx); err != nil {
+		t.Fatal(err)
+	}
+	patches := func() int {
+		n := 0
+		for _, a := range client.Actions() {
+			if a.GetVerb() == "patch" {
+				n++
+			}
+		}
+		return n
+	}
+	same := map[string]string{AnnotationConfig: "ts4", AnnotationConfigState: "applied"}
+	for range 3 {
+		if err := k.Annotate(ctx, same); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := patches(); n != 0 {
+		t.Fatalf("%d patches for annotations the Node already has", n)
+	}
+	failed := map[string]string{AnnotationConfig: "ts4", AnnotationConfigState: "failed"}
+	for range 3 {
+		if err := k.Annotate(ctx, failed); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := patches(); n != 1 {
+		t.Fatalf("%d patches for one change, want 1", n)
+	}
+}
