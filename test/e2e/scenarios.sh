@@ -31,7 +31,7 @@ SCENARIOS=(
 	"mig|MIG sim profile, mig-strategy=mixed: capacity per MIG resource; a mig-1g.10gb.me pod gets one MIG device and its caps nodes; back to 8 GPUs|ds"
 	"nvml|--backend nvml on NVIDIA's mock NVML (H100 profile) mounted as the driver root: 8 GPUs, the seed Job gets one; an XID from nvml-mock-ctl: Allocatable 7, /metrics shows it; back to the simulator|ds"
 	"upgrade|rolling upgrade A -> B -> A (RollingUpdate) with pods holding GPUs and a prepared DRA claim: pods keep GPUs and /dev nodes, the claim stays prepared and is unprepared by the next version, capacity returns (measured), labels not rewritten, nothing held handed out again|ds"
-	"node-config|per-node config (NVIDIA's nvidia.com/device-plugin.config label, a ConfigMap of named configs): ts4 -> Allocatable 32 in 10 s without a restart while a pod keeps its GPU, CPU node untouched; missing/broken config keeps capacity, Event + annotation + metric + /readyz say why; ConfigMap edit picked up; no API writes while idle; mig-mixed on the MIG profile|ds"
+	"node-config|per-node config (NVIDIA's nvidia.com/device-plugin.config label, a ConfigMap of named configs): ts4 -> Allocatable 32 (gpulet applies in < 2 s; the kubelet reports within its 10 s status period) without a restart while a pod keeps its GPU, CPU node untouched; missing/broken config keeps capacity, Event + annotation + metric + /readyz say why; ConfigMap edit picked up; no API writes while idle; mig-mixed on the MIG profile|ds"
 )
 SCENARIO_IDS=()
 for s in "${SCENARIOS[@]}"; do SCENARIO_IDS+=("${s%%|*}"); done
