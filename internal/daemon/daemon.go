@@ -64,17 +64,33 @@ func RunWithVersion(ctx context.Context, cfg *config.Config, open Opener, log *s
 			return err
 		}
 	}
-	sup := newSupervisor(ctx, log)
-	g.sup = sup
-	for _, c := range g.components() {
-		if err := sup.start(c); err != nil {
-			if ctx.Err() != nil {
-				return sup.stop() // stopped while starting: not a failure
-			}
-			return errors.Join(err, sup.stop())
+	err = g.startComponents(ctx)
+	if err != nil && ctx.Err() == nil && g.nodeConfig.fallBack(err) { // nodeconfig.go
+		// The node's config cannot start here (its MIG strategy or sharing
+		// does not fit the node): serve without it, as reported.
+		if err = g.setConfig(g.nodeConfig.base); err == nil {
+			err = g.startComponents(ctx)
 		}
 	}
-	return sup.wait()
+	if err != nil {
+		return err
+	}
+	return g.sup.wait()
+}
+
+// startComponents starts gpulet's components under a new supervisor; when
+// one fails, those started are stopped again.
+func (g *gpulet) startComponents(ctx context.Context) error {
+	g.sup = newSupervisor(ctx, g.log)
+	for _, c := range g.components() {
+		if err := g.sup.start(c); err != nil {
+			if ctx.Err() != nil {
+				return g.sup.stop() // stopped while starting: not a failure
+			}
+			return errors.Join(err, g.sup.stop())
+		}
+	}
+	return nil
 }
 
 // gpulet is what the components of one `gpulet run` share. Each field is

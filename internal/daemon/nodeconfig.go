@@ -113,6 +113,21 @@ func startNodeConfig(ctx context.Context, cfg *config.Config, api nodeAPI, log *
 	return nc, next
 }
 
+// fallBack records that the chosen config failed to start (err) and says
+// whether gpulet should start again with the command line's and
+// environment's settings alone: only when a config file was chosen. nc may
+// be nil (no per-node configuration).
+func (nc *nodeConfig) fallBack(err error) bool {
+	if nc == nil || nc.applied.Path == "" {
+		return false
+	}
+	nc.log.Error("the chosen config does not start on this node; starting with the command line's and environment's settings alone",
+		"config", nc.applied.String(), "err", err)
+	nc.failed = &nodeConfigFailure{name: nc.applied.Name, data: nc.data, err: err}
+	nc.applied, nc.data, nc.notLive = nodeconfig.Choice{}, nil, nil
+	return true
+}
+
 // load chooses the config for the current label and reads it into
 // settings, checked as at start (Validate).
 func (nc *nodeConfig) load() (*config.Config, nodeconfig.Choice, []byte, error) {

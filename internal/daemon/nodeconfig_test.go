@@ -136,6 +136,7 @@ func TestNodeConfigAppliedLive(t *testing.T) {
 		"default": "version: v1\n",
 		"ts4":     timeSliced(4),
 		"bad":     timeSliced(1),
+		"far":     "version: v1\nsharing: {timeSlicing: {resources: [{name: nvidia.com/gpu, replicas: 2, devices: [\"7\"]}]}}\n",
 	})
 	client := fakeCluster(t, "n1")
 	addr := freeAddr(t)
@@ -208,7 +209,7 @@ func TestNodeConfigAppliedLive(t *testing.T) {
 	waittest.Until(t, 5*time.Second, "a ConfigApplied Event", func() bool { return len(events(ConfigAppliedReason)) == 1 })
 	waittest.UntilSays(t, 5*time.Second, "metrics", metric(`gpulet_config_applied{name="ts4"} 1`))
 
-	for _, bad := range []struct{ label, says string }{{"nope", `names config "nope"`}, {"bad", "replicas=1"}} {
+	for _, bad := range []struct{ label, says string }{{"nope", `names config "nope"`}, {"bad", "replicas=1"}, {"far", `"7", which is not`}} {
 		label(bad.label)
 		waitState("ts4", "failed", bad.says)
 		waittest.UntilSays(t, 5*time.Second, "a ConfigFailed Event for "+bad.label, func() (bool, string) {
@@ -234,27 +235,38 @@ func TestNodeConfigAppliedLive(t *testing.T) {
 	}
 
 	// The ConfigMap edited in place: ts4 now shares 2 ways.
-	cm.Update(map[string]string{"default": "version: v1\n", "ts4": timeSliced(2), "bad": timeSliced(1)})
+	cm.Update(map[string]string{"default": "version: v1\n", "ts4": timeSliced(2)})
 	waitDevices(t, counts, 8, "ts4 edited")
 
 	label("")
 	waitDevices(t, counts, 4, "label removed")
 	waitState("default", "applied", "label unset")
-	waittest.UntilSays(t, 5*time.Second, "metrics", metric(`gpulet_config_reloads_total{result="failed"} 2`))
+	waittest.UntilSays(t, 5*time.Second, "metrics", metric(`gpulet_config_reloads_total{result="failed"} 3`))
 }
 
-// A broken config at start: gpulet serves with the command line's settings
-// alone and says so on the Node; a good label then applies. A file changed
-// where the folder's watch does not see it (inside ..data) is read on
-// SIGHUP, as NVIDIA's config-manager signals its plugin.
+// A broken config at start (one that fails its checks, one that fails to
+// start on this node): gpulet serves with the command line's settings alone
+// and says so on the Node; a good label then applies. A file changed where
+// the folder's watch does not see it (inside ..data) is read on SIGHUP, as
+// NVIDIA's config-manager signals its plugin.
 func TestNodeConfigBadAtStartAndSIGHUP(t *testing.T) {
+	for _, tc := range []struct{ label, says string }{
+		{"bad", "sideways"},
+		{"far", `"7", which is not a nvidia.com/gpu device`},
+	} {
+		t.Run(tc.label, func(t *testing.T) { badAtStart(t, tc.label, tc.says) })
+	}
+}
+
+func badAtStart(t *testing.T, label, says string) {
 	kubelet := plugintest.StartKubeletT(t)
 	dpDir := kubelet.Dir
-	cm := nodeconfigtest.New(t, t.TempDir(), map[string]string{"ts4": timeSliced(4), "bad": "version: v1\nflags: {migStrategy: sideways}\n"})
+	cm := nodeconfigtest.New(t, t.TempDir(), map[string]string{"ts4": timeSliced(4), "bad": "version: v1\nflags: {migStrategy: sideways}\n",
+		"far": "version: v1\nsharing: {timeSlicing: {resources: [{name: nvidia.com/gpu, replicas: 2, devices: [\"7\"]}]}}\n"})
 	client := fakeCluster(t, "n1")
 	ctx := context.Background()
 	if _, err := client.CoreV1().Nodes().Patch(ctx, "n1", types.MergePatchType,
-		[]byte(`{"metadata":{"labels":{"nvidia.com/device-plugin.config":"bad"}}}`), metav1.PatchOptions{}); err != nil {
+		[]byte(`{"metadata":{"labels":{"nvidia.com/device-plugin.config":"`+label+`"}}}`), metav1.PatchOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	cfg := resolvedConfig(t, map[string]string{"CONFIG_FILE_SRCDIR": cm.Dir, "NODE_NAME": "n1"},
@@ -282,7 +294,7 @@ func TestNodeConfigBadAtStartAndSIGHUP(t *testing.T) {
 			t.Fatal(err)
 		}
 		a := n.Annotations
-		return a[AnnotationConfig] == "(empty)" && a[AnnotationConfigState] == "failed" && strings.Contains(a[AnnotationConfigMessage], "sideways"), fmt.Sprint(a)
+		return a[AnnotationConfig] == "(empty)" && a[AnnotationConfigState] == "failed" && strings.Contains(a[AnnotationConfigMessage], says), fmt.Sprint(a)
 	}
 	waittest.UntilSays(t, 15*time.Second, "the failure on the Node", state)
 
