@@ -129,15 +129,6 @@ gpulet_pod_ready() {
 	r=$(K -n "$GPU_NS" get pod "$p" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}')
 	[[ $r == True ]] || { echo "gpulet pod $p on $NODE_NAME: Ready=$r"; return 1; }
 }
-ds_ready() {
-	local s
-	gpulet_stable || return
-	gpulet_stable "$NODE2_NAME" || return
-	s=$(K -n "$GPU_NS" get ds "$DS_NAME" -o 'jsonpath={.status.desiredNumberScheduled}/{.status.numberReady}/{.status.updatedNumberScheduled}')
-	[[ $s == "$DS_NODES/$DS_NODES/$DS_NODES" ]] ||
-		{ echo "DaemonSet desired/ready/updated = $s, want $DS_NODES/$DS_NODES/$DS_NODES"; return 1; }
-	gpulet_pod_ready
-}
 gpus_8_and_stable() { gpulet_stable || return; node_gpus_are 8/8; }
 
 # gpulet_logged_ms SINCE_MS MSG [DEVICE]: when (epoch ms) the gpulet pod's JSON log first says MSG (for
@@ -167,13 +158,6 @@ gpulet_timing() {
 	else
 		warn "gpulet's log has no '$3' line after the event; no timing for: $name"
 	fi
-}
-
-# kubelet_registrations [LOG]: how many times the kubelet's log (default the GPU node's) says a
-# device plugin registered nvidia.com/gpu.
-kubelet_registrations() {
-	grep -c -e 'registration request from device plugin with resource.*nvidia.com/gpu' \
-		-e 'Registered client.*nvidia.com/gpu' "${1:-$W/logs/kubelet.log}" || true
 }
 
 cleanup_workloads() {
@@ -347,12 +331,6 @@ check_dra_pod() {
 	echo "$devs"
 }
 
-# node_res NAME: "CAPACITY/ALLOCATABLE" of extended resource NAME as the API server reports it.
-node_res() {
-	K get node "$NODE_NAME" -o json | jq -r --arg r "$1" '"\(.status.capacity[$r] // "")/\(.status.allocatable[$r] // "")"'
-}
-node_res_is() { local got; got=$(node_res "$1") && [[ $got == "$2" ]] || { echo "$1 capacity/allocatable is '$got', want '$2'"; return 1; }; }
-
 # ds_rolled: the DaemonSet controller has seen its latest spec and both pods run it, the GPU node's
 # Ready (the CPU-only node's never is: see ds_ready).
 ds_rolled() {
@@ -364,65 +342,6 @@ ds_rolled() {
 	gpulet_stable "$NODE2_NAME" || return
 	gpulet_pod_ready || return
 	gpulet_stable
-}
-
-MIG_SIM_PROFILE=dgx-h100-mig-mixed
-MIG_RESOURCE=nvidia.com/mig-1g.10gb.me
-# What dgx-h100-mig-mixed advertises under mig-strategy=mixed: GPUs 0-3 whole, 4-7 cut in four.
-MIG_CAPACITY=("nvidia.com/gpu 4/4" "nvidia.com/mig-3g.40gb 4/4" "nvidia.com/mig-2g.20gb 4/4"
-	"nvidia.com/mig-1g.10gb.me 4/4" "nvidia.com/mig-1g.10gb 4/4")
-mig_capacity() {
-	local e
-	gpulet_stable || return
-	for e in "${MIG_CAPACITY[@]}"; do node_res_is "${e% *}" "${e#* }" || return 1; done
-}
-
-# mig_restore: the DaemonSet back on the e2e profile without a MIG strategy, 8/8 GPUs.
-mig_restore() {
-	K delete pod mig-pod --ignore-not-found --grace-period=1 >/dev/null 2>&1 || true
-	K -n "$GPU_NS" set env ds/"$DS_NAME" GPULET_SIM_PROFILE="$SIM_PROFILE" MIG_STRATEGY- >/dev/null || return 1
-	wait_until 120 "DaemonSet back on $SIM_PROFILE" ds_rolled || return 1
-	wait_until 120 "Allocatable nvidia.com/gpu 8" gpus_8_and_stable
-}
-
-scenario_mig() {
-	local t0 logs env uuid caps gpu_devs
-	# Whatever happens below, later scenarios (and a rerun) find the 8-GPU node.
-	trap 'mig_restore || echo "could not restore the DaemonSet to $SIM_PROFILE" >&2' EXIT
-	K delete pod mig-pod --ignore-not-found --grace-period=1 >/dev/null
-
-	# The simulated driver of the MIG node: its /dev/nvidia-caps nodes and mig-minors, made on
-	# the node as for the base profile (the DaemonSet cannot mknod).
-	gpulet_node sim devices --sim-root="$SIM_ROOT" --sim-profile="$MIG_SIM_PROFILE" ||
-		fail "gpulet sim devices --sim-profile=$MIG_SIM_PROFILE failed"
-	gpulet_node list --backend=sim --sim-profile="$MIG_SIM_PROFILE" --sim-root="$SIM_ROOT" --mig-strategy=mixed -o json |
-		jq -r '.node.gpus[] | .migDevices[]? | "\(.uuid) \(.profile) gi\(.gi) ci\(.ci) index \(.index)"' >"$W/mig-inventory.txt" ||
-		fail "gpulet list of $MIG_SIM_PROFILE failed"
-	log "MIG instances: $(wc -l <"$W/mig-inventory.txt")"
-
-	t0=$(now_ms)
-	K -n "$GPU_NS" set env ds/"$DS_NAME" GPULET_SIM_PROFILE="$MIG_SIM_PROFILE" MIG_STRATEGY=mixed
-	wait_until 120 "DaemonSet rolled to $MIG_SIM_PROFILE" ds_rolled || fail "DaemonSet did not roll to $MIG_SIM_PROFILE"
-	wait_until 120 "MIG capacity ${MIG_CAPACITY[*]}" mig_capacity || fail "the node does not show the MIG resources"
-	timing "set env MIG profile -> MIG resources allocatable" "$(secs_since "$t0")"
-	K describe node "$NODE_NAME" | sed -n '/^Capacity:/,/^Allocatable:/p' | sed 's/^/    /'
-
-	sed "s|__RESOURCE__|$MIG_RESOURCE|" "$MANIFESTS/mig-pod.yaml" | K apply -f -
-	wait_until 90 "pod mig-pod Succeeded" pod_phase_is mig-pod Succeeded || fail "mig-pod did not succeed"
-	logs=$(K logs mig-pod)
-	echo "$logs" | sed 's/^/    /'
-	env=$(sed -n 's/^NVIDIA_VISIBLE_DEVICES=//p' <<<"$logs")
-	[[ $env == MIG-* && $env != *,* ]] || fail "mig-pod has NVIDIA_VISIBLE_DEVICES=$env, want one MIG UUID"
-	grep -q "^$env 1g.10gb+me " "$W/mig-inventory.txt" ||
-		fail "mig-pod got $env, which is not a 1g.10gb+me instance of the node: $(tr '\n' ';' <"$W/mig-inventory.txt")"
-	caps=$(grep -c '^device: c.* /dev/nvidia-caps/nvidia-cap[0-9][0-9]*$' <<<"$logs" || true)
-	[[ $caps == 2 ]] || fail "mig-pod has $caps /dev/nvidia-caps character devices, want 2 (its GPU and compute instance)"
-	gpu_devs=$(grep -c '^device: c.* /dev/nvidia[0-9][0-9]*$' <<<"$logs" || true)
-	[[ $gpu_devs == 1 ]] || fail "mig-pod has $gpu_devs /dev/nvidiaN devices, want its parent GPU's only"
-	K delete pod mig-pod --wait=true >/dev/null
-
-	trap - EXIT
-	mig_restore || fail "could not restore the DaemonSet to $SIM_PROFILE with 8/8 GPUs"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -522,126 +441,6 @@ scenario_nvml() {
 # ---------------------------------------------------------------------------------------------
 # Two nodes: the GPU node and a CPU-only one ($NODE2_NAME, lib/cluster.sh), gpulet on both.
 
-GPU_PRODUCT=NVIDIA-H100-80GB-HBM3 # GFD's nvidia.com/gpu.product of the dgx-h100 profile
-
-# node_label NODE KEY: the value of the label (empty when absent).
-node_label() { K get node "$1" -o json | jq -r --arg k "$2" '.metadata.labels[$k] // ""'; }
-# gpu_labels_of NODE: the node's nvidia.com/* and accelerator labels, one KEY=VALUE a line.
-gpu_labels_of() {
-	K get node "$1" -o json |
-		jq -r '.metadata.labels | to_entries[] | select((.key | startswith("nvidia.com/")) or .key == "accelerator") | "\(.key)=\(.value)"'
-}
-# pod_condition POD CONDITION [NS]: the status of a pod's condition.
-pod_condition() { K -n "${3:-default}" get pod "$1" -o "jsonpath={.status.conditions[?(@.type==\"$2\")].status}"; }
-
-scenario_two_node() {
-	local n gp cp cp_ip gp_ip st reason logs cap token out pod
-	for n in "$NODE_NAME" "$NODE2_NAME"; do
-		wait_until 30 "node $n Ready" node_ready "$n" || fail "node $n is not Ready"
-	done
-	K get nodes -o wide
-
-	# gpulet on both nodes: the DaemonSet wants 2 pods, one per node.
-	wait_until 60 "DaemonSet on both nodes" ds_ready || fail "the DaemonSet is not on both nodes as expected"
-	gp=$(gpulet_pod) cp=$(gpulet_pod_on "$NODE2_NAME")
-	[[ -n $gp && -n $cp ]] || fail "gpulet pods: '$gp' on $NODE_NAME, '$cp' on $NODE2_NAME"
-	K -n "$GPU_NS" get ds "$DS_NAME"
-	K -n "$GPU_NS" get pods -l "$(gpulet_selector)" -o wide
-	gp_ip=$(K -n "$GPU_NS" get pod "$gp" -o 'jsonpath={.status.podIP}')
-	cp_ip=$(K -n "$GPU_NS" get pod "$cp" -o 'jsonpath={.status.podIP}')
-	[[ $gp_ip == 10.244.0.* && $cp_ip == 10.244.1.* ]] ||
-		fail "gpulet pod IPs $gp_ip ($NODE_NAME) and $cp_ip ($NODE2_NAME) are not in the nodes' own pod subnets"
-
-	# The CPU-only node's gpulet keeps running without a driver (fail-on-init-error false): past 3
-	# liveness periods without a restart, Running and Ready (idle: nothing to serve), and says why.
-	settled() {
-		gpulet_stable "$NODE2_NAME" || return
-		st=$(K -n "$GPU_NS" get pod "$cp" -o 'jsonpath={.status.phase} {.status.containerStatuses[0].state.running.startedAt}')
-		[[ $st == "Running "?* ]] || { echo "gpulet on $NODE2_NAME: phase/started = $st"; return 1; }
-		(($(now_ms) - $(date -d "${st#* }" +%s%3N) >= 40000)) || { echo "gpulet on $NODE2_NAME runs since ${st#* } only"; return 1; }
-	}
-	wait_until 90 "gpulet on $NODE2_NAME running 40 s" settled || fail "gpulet does not keep running on the CPU-only node"
-	st=$(K -n "$GPU_NS" get pod "$cp" -o 'jsonpath={.status.containerStatuses[0].state.running.startedAt}')
-	[[ $(pod_condition "$cp" Ready "$GPU_NS") == True ]] || fail "gpulet on the CPU-only node is not Ready (it would stall rolling updates)"
-	reason=$(K get --raw "/api/v1/namespaces/$GPU_NS/pods/$cp:9401/proxy/readyz" 2>&1) || true
-	[[ $reason == ok ]] || fail "gpulet's /readyz on $NODE2_NAME says '$reason'"
-	logs=$(K -n "$GPU_NS" logs "$cp")
-	grep -q 'waiting for the driver because fail-on-init-error is false' <<<"$logs" ||
-		fail "gpulet's log on $NODE2_NAME does not say it waits for the driver:"$'\n'"$(tail -n 5 <<<"$logs")"
-	log "gpulet on $NODE2_NAME: Running since $st, 0 restarts, Ready while idle (/readyz '$reason'); its log waits for the driver"
-
-	# It advertises and labels nothing there; the GPU node has its 8 GPUs and GFD's labels.
-	cap=$(K get node "$NODE2_NAME" -o json | jq -r '"\(.status.capacity["nvidia.com/gpu"] // "")/\(.status.allocatable["nvidia.com/gpu"] // "")"')
-	[[ $cap == / || $cap == 0/0 ]] || fail "the CPU-only node has nvidia.com/gpu capacity/allocatable $cap"
-	[[ $(kubelet_registrations "$W/logs/kubelet-node2.log") == 0 ]] ||
-		fail "a device plugin registered nvidia.com/gpu with the kubelet of $NODE2_NAME"
-	out=$(gpu_labels_of "$NODE2_NAME")
-	[[ -z $out ]] || fail "the CPU-only node carries GPU labels: $(tr '\n' ' ' <<<"$out")"
-	node_gpus_are 8/8 || fail "the GPU node: $(node_gpus_are 8/8)"
-	[[ $(node_label "$NODE_NAME" nvidia.com/gpu.product) == "$GPU_PRODUCT" ]] ||
-		fail "the GPU node's nvidia.com/gpu.product is '$(node_label "$NODE_NAME" nvidia.com/gpu.product)', want $GPU_PRODUCT"
-	[[ $(node_label "$NODE_NAME" nvidia.com/gpu.count) == "$SIM_GPUS" ]] || fail "the GPU node's nvidia.com/gpu.count is not $SIM_GPUS"
-	K get nodes -o custom-columns='NAME:.metadata.name,GPU:.status.capacity.nvidia\.com/gpu,PRODUCT:.metadata.labels.nvidia\.com/gpu\.product'
-	log "$NODE2_NAME: no nvidia.com/gpu ($cap), no nvidia.com/* label; $NODE_NAME: 8/8, $GPU_PRODUCT"
-
-	# A pod selecting the product lands on the GPU node.
-	K delete pod product-selector --ignore-not-found --grace-period=1 >/dev/null
-	sed -e "s|__PRODUCT__|$GPU_PRODUCT|" "$MANIFESTS/product-selector-pod.yaml" | K apply -f -
-	wait_until 60 "pod product-selector Succeeded" pod_phase_is product-selector Succeeded || fail "product-selector did not succeed"
-	[[ $(K get pod product-selector -o 'jsonpath={.spec.nodeName}') == "$NODE_NAME" ]] ||
-		fail "product-selector ran on $(K get pod product-selector -o 'jsonpath={.spec.nodeName}'), not on $NODE_NAME"
-	logs=$(K logs product-selector)
-	echo "$logs" | sed 's/^/    /'
-	grep -qx "running on a node labelled nvidia.com/gpu.product=$GPU_PRODUCT" <<<"$logs" || fail "product-selector did not run as expected"
-	K delete pod product-selector --wait=true >/dev/null
-
-	# A GPU pod never lands on the CPU-only node: with the GPU node cordoned it stays Pending.
-	trap 'K uncordon "$NODE_NAME" >/dev/null 2>&1 || true' EXIT
-	K cordon "$NODE_NAME"
-	render_hold_job gpu1-cordoned 1 | K apply -f -
-	pending_not_node2() {
-		local p msg
-		p=$(job_pod gpu1-cordoned) && [[ -n $p ]] || return 1
-		[[ -z $(K get pod "$p" -o 'jsonpath={.spec.nodeName}') ]] || return "$ABORT"
-		msg=$(K get pod "$p" -o 'jsonpath={.status.conditions[?(@.type=="PodScheduled")].message}')
-		[[ $msg == *"0/2 nodes are available"*"Insufficient nvidia.com/gpu"* && $msg == *unschedulable* ]] || { echo "PodScheduled: $msg"; return 1; }
-	}
-	wait_until 60 "gpu1-cordoned Pending: Insufficient nvidia.com/gpu on $NODE2_NAME, $NODE_NAME unschedulable" pending_not_node2 ||
-		fail "the 1-GPU pod is not Pending as it should be: $(K get pods -l job-name=gpu1-cordoned -o wide 2>&1)"
-	pod=$(job_pod gpu1-cordoned)
-	log "cordoned: $(K get pod "$pod" -o 'jsonpath={.status.conditions[?(@.type=="PodScheduled")].message}')"
-	sleep 3
-	[[ -z $(K get pod "$pod" -o 'jsonpath={.spec.nodeName}') ]] || fail "$pod was scheduled to $(K get pod "$pod" -o 'jsonpath={.spec.nodeName}')"
-	K uncordon "$NODE_NAME"
-	trap - EXIT
-	wait_until 90 "gpu1-cordoned Running after the uncordon" job_pod_running gpu1-cordoned || fail "gpu1-cordoned did not run after the uncordon"
-	[[ $(K get pod "$pod" -o 'jsonpath={.spec.nodeName}') == "$NODE_NAME" ]] || fail "$pod ran on another node than $NODE_NAME"
-	check_pod_devices "$pod" 1
-	release "$pod"
-	wait_until 60 "gpu1-cordoned COMPLETIONS 1/1" job_complete gpu1-cordoned || fail "gpu1-cordoned did not complete"
-	K delete job gpu1-cordoned --wait=true >/dev/null
-
-	# The admission policy keeps each gpulet to its own node, also with a real second node.
-	token=$(K -n "$GPU_NS" create token gpulet --bound-object-kind=Pod --bound-object-name="$gp" --duration=10m) ||
-		fail "could not create a token for gpulet's service account"
-	K label node "$NODE_NAME" nvidia.com/e2e-probe=1 --token="$token" >/dev/null ||
-		fail "the GPU node's gpulet token may not label its own node"
-	K label node "$NODE_NAME" nvidia.com/e2e-probe- --token="$token" >/dev/null || fail "could not remove the probe label"
-	out=$(K label node "$NODE2_NAME" nvidia.com/gpu.product="$GPU_PRODUCT" --token="$token" 2>&1) &&
-		fail "the GPU node's gpulet token labelled $NODE2_NAME"
-	grep -q 'only the node its pod runs on' <<<"$out" || fail "refused, but not by the policy: $out"
-	log "policy refuses $NODE_NAME's gpulet a label on $NODE2_NAME: $(tail -n1 <<<"$out")"
-	token=$(K -n "$GPU_NS" create token gpulet --bound-object-kind=Pod --bound-object-name="$cp" --duration=10m) ||
-		fail "could not create a token bound to $cp"
-	K label node "$NODE2_NAME" nvidia.com/e2e-probe=1 --token="$token" >/dev/null ||
-		fail "the CPU-only node's gpulet token may not label its own node"
-	K label node "$NODE2_NAME" nvidia.com/e2e-probe- --token="$token" >/dev/null || fail "could not remove the probe label"
-	out=$(K label node "$NODE_NAME" nvidia.com/e2e-probe=1 --token="$token" 2>&1) &&
-		fail "the CPU-only node's gpulet token labelled $NODE_NAME"
-	grep -q 'only the node its pod runs on' <<<"$out" || fail "refused, but not by the policy: $out"
-	[[ -z $(gpu_labels_of "$NODE2_NAME") ]] || fail "$NODE2_NAME has GPU labels now: $(gpu_labels_of "$NODE2_NAME" | tr '\n' ' ')"
-	log "policy refuses $NODE2_NAME's gpulet a label on $NODE_NAME: $(tail -n1 <<<"$out")"
-}
 
 # ---------------------------------------------------------------------------------------------
 

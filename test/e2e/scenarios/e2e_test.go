@@ -29,6 +29,8 @@ var scenarios = map[string]func(*S){
 	"dra":         scenarioDRA,
 	"dra-ext":     scenarioDRAExt,
 	"node-config": scenarioNodeConfig,
+	"two-node":    scenarioTwoNode,
+	"mig":         scenarioMIG,
 }
 
 // Env is what run.sh knows about the cluster, from the environment.
