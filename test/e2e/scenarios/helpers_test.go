@@ -206,18 +206,7 @@ func (s *S) GPUIndex(i int) inventory.GPU {
 // API server reports it (what `kubectl describe node` prints under Capacity
 // and Allocatable), e.g. "8/7"; an absent value is empty.
 func (s *S) NodeGPUs(node string) (string, error) {
-	n, err := s.Client.CoreV1().Nodes().Get(s.ctx, node, metav1.GetOptions{})
-	if err != nil {
-		return "", err
-	}
-	q := func(l corev1.ResourceList) string {
-		v, ok := l["nvidia.com/gpu"]
-		if !ok {
-			return ""
-		}
-		return v.String()
-	}
-	return q(n.Status.Capacity) + "/" + q(n.Status.Allocatable), nil
+	return s.NodeResource(node, "nvidia.com/gpu")
 }
 
 // NodeGPUsAre is a condition: the GPU node's capacity/allocatable is want.

@@ -189,17 +189,8 @@ func scenarioTwoNode(s *S) {
 	}
 }
 
-// MIG: what dgx-h100-mig-mixed advertises under mig-strategy=mixed (GPUs 0-3
-// whole, 4-7 cut in four).
-const (
-	migSimProfile = "dgx-h100-mig-mixed"
-	migResource   = "nvidia.com/mig-1g.10gb.me"
-)
-
-var migCapacity = map[string]string{
-	"nvidia.com/gpu": "4/4", "nvidia.com/mig-3g.40gb": "4/4", "nvidia.com/mig-2g.20gb": "4/4",
-	"nvidia.com/mig-1g.10gb.me": "4/4", "nvidia.com/mig-1g.10gb": "4/4",
-}
+// migResource is the MIG resource the MIG scenario's pod asks for.
+const migResource = "nvidia.com/mig-1g.10gb.me"
 
 // scenarioMIG: `gpulet sim devices` for dgx-h100-mig-mixed, the DaemonSet set
 // to that profile with MIG_STRATEGY=mixed: Capacity shows 4 of each MIG
@@ -238,22 +229,7 @@ func scenarioMIG(s *S) {
 		}
 	})
 	s.Eventually(120*time.Second, "DaemonSet rolled to "+migSimProfile, s.DaemonSetRolled)
-	s.Eventually(120*time.Second, fmt.Sprintf("MIG capacity %v", migCapacity), func() error {
-		if err := s.GpuletStable(s.Node); err != nil {
-			return err
-		}
-		n, err := s.Client.CoreV1().Nodes().Get(s.ctx, s.Node, metav1.GetOptions{})
-		if err != nil {
-			return err
-		}
-		for r, want := range migCapacity {
-			c, a := n.Status.Capacity[corev1.ResourceName(r)], n.Status.Allocatable[corev1.ResourceName(r)]
-			if got := c.String() + "/" + a.String(); got != want {
-				return fmt.Errorf("%s capacity/allocatable is %s, want %s", r, got, want)
-			}
-		}
-		return nil
-	})
+	s.Eventually(120*time.Second, fmt.Sprintf("MIG capacity %v", migMixedCapacity), s.ResourcesAre(migMixedCapacity...))
 	s.Timing("set env MIG profile -> MIG resources allocatable", time.Since(t0))
 
 	p := s.CreatePod(Manifest[*corev1.Pod](s, "mig-pod.yaml", "__RESOURCE__", migResource))
