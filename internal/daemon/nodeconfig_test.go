@@ -235,11 +235,16 @@ func TestNodeConfigAppliedLive(t *testing.T) {
 	}
 
 	// The ConfigMap edited in place: ts4 now shares 2 ways.
-	cm.Update(map[string]string{"default": "version: v1\n", "ts4": timeSliced(2)})
+	cm.Update(map[string]string{"default": "version: v1\n", "ts4": timeSliced(2), "cdi": "version: v1\ngpulet: {cdiSpecDir: /elsewhere}\n"})
 	waitDevices(t, counts, 8, "ts4 edited")
 
-	label("")
-	waitDevices(t, counts, 4, "label removed")
+	// A setting that cannot change while gpulet runs: the rest applies,
+	// the Node says what needs a restart.
+	label("cdi")
+	waitDevices(t, counts, 4, "config cdi")
+	waitState("cdi", "applied", "need a gpulet restart: cdi-spec-dir")
+
+	label("") // the default: the same 4 devices as config cdi, so no new list
 	waitState("default", "applied", "label unset")
 	waittest.UntilSays(t, 5*time.Second, "metrics", metric(`gpulet_config_reloads_total{result="failed"} 3`))
 }
