@@ -294,19 +294,6 @@ node_labels() { K get node "$NODE_NAME" -o json | jq -r '.metadata.labels | to_e
 
 # metrics_scrape: gpulet's /metrics through the API server's pod proxy.
 metrics_scrape() { K get --raw "/api/v1/namespaces/$GPU_NS/pods/$(gpulet_pod):9401/proxy/metrics"; }
-# series_of METRIC FILTER: the lines of METRIC whose labels contain FILTER (e.g. 'gpu="3"').
-series_of() { metrics_scrape | grep "^$1{" | grep -F -- "$2"; }
-
-# ---------------------------------------------------------------------------------------------
-# Dynamic Resource Allocation
-
-DRA_DRIVER=gpu.nvidia.com
-
-# slice_devices: the devices gpulet publishes for this node, one JSON object per line.
-slice_devices() {
-	K get resourceslices -o json |
-		jq -c --arg d "$DRA_DRIVER" --arg n "$NODE_NAME" '.items[] | select(.spec.driver == $d and .spec.nodeName == $n) | .spec.devices[]'
-}
 slice_count_is() { local n; n=$(slice_devices | wc -l) && [[ $n == "$1" ]] || { echo "$n devices published, want $1"; return 1; }; }
 
 # claim_devices POD: the devices (names in the slice) the pod's claim was allocated, sorted.
@@ -342,100 +329,6 @@ ds_rolled() {
 	gpulet_stable "$NODE2_NAME" || return
 	gpulet_pod_ready || return
 	gpulet_stable
-}
-
-# ---------------------------------------------------------------------------------------------
-# gpulet's real NVML backend on NVIDIA's mock libnvidia-ml.so (hack/nvml-mock.sh), laid out on the
-# node as NVIDIA's DRA driver CI lays it: a driver root holding usr/lib64/libnvidia-ml.so.1,
-# config/config.yaml (the profile, found by the library itself from where it was loaded),
-# config/overrides.yaml (faults from nvml-mock-ctl) and dev/nvidia* (made here, as the driver does).
-
-NVML_ROOT=/var/lib/nvml-mock/driver
-NVML_PROFILE=h100
-
-# nvml_ctl ARGS: nvml-mock-ctl on the node, on the mock's override file.
-nvml_ctl() { "$W/nsrun" "$NVML_MOCK/nvml-mock-ctl" --file "$NVML_ROOT/config/overrides.yaml" --config "$NVML_ROOT/config/config.yaml" "$@"; }
-
-# nvml_restore: the DaemonSet as it was before the scenario (simulated backend), 8/8 GPUs.
-nvml_restore() {
-	K delete job samples-gpu-demo --ignore-not-found --wait=true >/dev/null 2>&1 || true
-	[[ -s $W/ds-before-nvml.json ]] || return 1
-	jq 'del(.metadata.resourceVersion, .metadata.managedFields, .metadata.generation, .status)' "$W/ds-before-nvml.json" |
-		K replace -f - >/dev/null || return 1
-	wait_until 120 "DaemonSet back on the simulator" ds_rolled || return 1
-	wait_until 120 "Allocatable nvidia.com/gpu 8" gpus_8_and_stable
-}
-
-scenario_nvml() {
-	local t0 m n uuid pod i
-	NVML_MOCK=$("$REPO_ROOT/hack/nvml-mock.sh") || fail "could not build NVIDIA's mock NVML (hack/nvml-mock.sh)"
-	K -n "$GPU_NS" get ds "$DS_NAME" -o json >"$W/ds-before-nvml.json"
-	trap 'nvml_restore || echo "could not restore the DaemonSet to the simulator" >&2' EXIT
-
-	# The mock as the node's driver.
-	"$W/nsrun" sh -ec '
-		mkdir -p "$1/usr/lib64" "$1/config" "$1/dev"
-		cp "$2/lib/libnvidia-ml.so.1" "$1/usr/lib64/libnvidia-ml.so.1"
-		cp "$2/configs/mock-nvml-config-$3.yaml" "$1/config/config.yaml"
-		rm -f "$1/config/overrides.yaml"
-		mk() { [ -e "$1/dev/$2" ] || mknod -m 666 "$1/dev/$2" c "$3" "$4"; }
-		mk "$1" nvidiactl 195 255
-		mk "$1" nvidia-uvm 511 0
-		mk "$1" nvidia-uvm-tools 511 1
-		for i in 0 1 2 3 4 5 6 7; do mk "$1" "nvidia$i" 195 "$i"; done' sh "$NVML_ROOT" "$NVML_MOCK" "$NVML_PROFILE" ||
-		fail "could not lay out the mock driver root on the node"
-	gpulet_node list --backend=nvml --nvidia-driver-root="$NVML_ROOT" -o json |
-		jq -r '.node.gpus[] | "\(.index) \(.uuid) \(.minor)"' >"$W/nvml-inventory.txt" || fail "gpulet list --backend=nvml on the node failed"
-	INVENTORY=$W/nvml-inventory.txt
-	[[ $(wc -l <"$INVENTORY") == 8 ]] || fail "the mock's inventory has $(wc -l <"$INVENTORY") GPUs, want 8"
-	log "mock inventory: $(tr '\n' ' ' <"$INVENTORY")"
-
-	# The DaemonSet on the NVML backend with the mock's driver root mounted where it is on the node.
-	t0=$(now_ms)
-	K -n "$GPU_NS" patch ds "$DS_NAME" --type=strategic -p "$(jq -cn --arg root "$NVML_ROOT" '{spec: {template: {spec: {
-		containers: [{name: "gpulet",
-			env: [{name: "GPULET_BACKEND", value: "nvml"}, {name: "NVIDIA_DRIVER_ROOT", value: $root}],
-			volumeMounts: [{name: "nvml-mock-driver", mountPath: $root}]}],
-		volumes: [{name: "nvml-mock-driver", hostPath: {path: $root, type: "DirectoryOrCreate"}}]}}}}')" >/dev/null ||
-		fail "could not switch the DaemonSet to --backend nvml"
-	wait_until 120 "DaemonSet rolled to --backend nvml" ds_rolled || fail "the DaemonSet did not roll to the NVML backend"
-	wait_until 120 "Allocatable nvidia.com/gpu 8 from the mock" gpus_8_and_stable || fail "the node does not show the mock's 8 GPUs"
-	timing "nvml: set backend nvml -> Allocatable 8" "$(secs_since "$t0")"
-	m=$(retry_output 30 metrics_scrape) || fail "no /metrics from gpulet"
-	n=$(grep '^DCGM_FI_DEV_GPU_UTIL{' <<<"$m" | grep -c 'DCGM_FI_DRIVER_VERSION="550.163.01"' || true)
-	[[ $n == 8 ]] || fail "/metrics has $n DCGM_FI_DEV_GPU_UTIL series of the mock's driver 550.163.01, want 8"
-	for i in $(awk '{ print $2 }' "$INVENTORY"); do
-		grep -q "^DCGM_FI_DEV_GPU_UTIL{.*UUID=\"$i\"" <<<"$m" || fail "/metrics has no series for the mock's GPU $i"
-	done
-	log "/metrics: 8 GPUs of the mock (driver 550.163.01)"
-
-	# The seed's Job gets one of the mock's GPUs and its device node.
-	K apply -f "$MANIFESTS/samples-gpu-demo.yaml"
-	wait_until 90 "job samples-gpu-demo COMPLETIONS 1/1" job_complete samples-gpu-demo || fail "the Job did not complete"
-	pod=$(K get pods --selector app=samples-gpu-demo -o 'jsonpath={.items[0].metadata.name}')
-	K logs "$pod" | sed 's/^/    /'
-	check_pod_devices "$pod" 1
-	grep -q '^GPUs visible: 1$' <<<"$(K logs "$pod")" || fail "the Job's log does not say 'GPUs visible: 1'"
-	K delete job samples-gpu-demo --wait=true >/dev/null
-
-	# An XID through the mock's NVML event set: GPU 3 leaves Allocatable, /metrics shows it.
-	uuid=$(awk '$1 == 3 { print $2 }' "$INVENTORY")
-	log "nvml-mock-ctl: Xid 48 (uncorrectable ECC) on GPU 3 ($uuid)"
-	t0=$(now_ms)
-	nvml_ctl fail --gpu 3 --mode ecc_uncorrectable --xid 48 || fail "nvml-mock-ctl fail failed"
-	wait_until 60 "Allocatable 7, Capacity 8" node_gpus_are 8/7 || fail "Allocatable did not drop to 7"
-	timing "nvml: XID injected with nvml-mock-ctl -> Allocatable 7 (API server)" "$(secs_since "$t0")"
-	gpulet_timing "nvml: XID injected with nvml-mock-ctl -> gpulet marks the GPU unhealthy (its log)" "$t0" "device unhealthy" "$uuid"
-	xid_shown() {
-		series_of DCGM_FI_DEV_XID_ERRORS "UUID=\"$uuid\"" | grep -q ' 48$' || { echo "no XID 48 on $uuid"; return 1; }
-		series_of gpulet_device_healthy "UUID=\"$uuid\"" | grep -q ' 0$' || { echo "$uuid still healthy in gpulet_device_healthy"; return 1; }
-	}
-	wait_until 60 "XID 48 on GPU 3 in /metrics" xid_shown || fail "the XID did not show in /metrics"
-	series_of DCGM_FI_DEV_XID_ERRORS "UUID=\"$uuid\"" | sed 's/^/    /'
-	nvml_ctl reset --gpu all || fail "nvml-mock-ctl reset failed"
-
-	trap - EXIT
-	nvml_restore || fail "could not restore the DaemonSet to the simulator with 8/8 GPUs"
 }
 
 # ---------------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ var scenarios = map[string]func(*S){
 	"node-config": scenarioNodeConfig,
 	"two-node":    scenarioTwoNode,
 	"mig":         scenarioMIG,
+	"nvml":        scenarioNVML,
 }
 
 // Env is what run.sh knows about the cluster, from the environment.
