@@ -27,6 +27,7 @@ SCENARIOS=(
 	"metrics|/metrics: dcgm-exporter series per GPU, a pod's GPUs attributed then released, an XID counted; /readyz and Ready follow the driver down and up|ds"
 	"dra|DRA (gpu.nvidia.com): slices from gpulet, claims get exactly their GPUs, CEL selectors, no sharing, an NVLink pair, a gpulet restart, a fault taints a GPU (a tolerating claim may have it)|ds"
 	"dra-ext|DRA extendedResourceName: nvidia.com/gpu: 2 on a DRA-owned node runs with exactly 2 GPUs of a claim; with --dra-devices=0,1 the device plugin serves nvidia.com/gpu and DRA's GPUs are claims-only|ds"
+	"dra-mig|DRA dynamic MIG on GPU 0: every placement published with counters; a 3g.40gb and a 2g.20gb claim run on GPU 0 with their caps nodes; a whole-GPU claim waits until they end; a gpulet restart changes nothing for them|ds"
 	"policy|two gpulet tokens, one per node: each may write its own node's labels, ResourceSlices and NodeFeature; everything aimed at the other node, another driver or all nodes is Forbidden by the admission policies|ds"
 	"mig|MIG sim profile, mig-strategy=mixed: capacity per MIG resource; a mig-1g.10gb.me pod gets one MIG device and its caps nodes; back to 8 GPUs|ds"
 	"nvml|--backend nvml on NVIDIA's mock NVML (H100 profile) mounted as the driver root: 8 GPUs, the seed Job gets one; an XID from nvml-mock-ctl: Allocatable 7, /metrics shows it; back to the simulator|ds"
@@ -36,7 +37,7 @@ SCENARIOS=(
 SCENARIO_IDS=()
 for s in "${SCENARIOS[@]}"; do SCENARIO_IDS+=("${s%%|*}"); done
 # Scenarios that run only when GPULET_E2E_ONLY names them (not yet part of the default run).
-OPT_IN_SCENARIOS=""
+OPT_IN_SCENARIOS="dra-mig"
 
 K() { "$W/kubectl" "$@"; }
 gpulet_node() { "$W/nsrun" "$GPULET" "$@"; } # gpulet CLI on the node (inside the cluster namespace)

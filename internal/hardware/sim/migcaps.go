@@ -25,8 +25,10 @@ func migMinorsPath(root string) string {
 }
 
 // createMIGCaps writes the mig-minors file the driver would for the
-// profile's GPUs and the /dev/nvidia-caps nodes its MIG instances need
-// (plus config and monitor, which a real node has too).
+// profile's GPUs and the /dev/nvidia-caps nodes its MIG instances need,
+// and those of every instance dynamic MIG may create on a GPU the
+// simulator has a MIG table for (plus config and monitor, which a real
+// node has too).
 func createMIGCaps(root string, node *inventory.Node) error {
 	maxMinor := -1
 	for _, g := range node.GPUs {
@@ -51,6 +53,13 @@ func createMIGCaps(root string, node *inventory.Node) error {
 	for _, g := range node.GPUs {
 		for _, m := range g.MIGDevices {
 			want = append(want, minors[cdispec.GICap(g.Minor, m.GI)], minors[cdispec.CICap(g.Minor, m.GI, m.CI)])
+		}
+		// Every instance dynamic MIG may cut (dynmig.go): its nodes exist
+		// before the daemon, which may not mknod, needs them.
+		if g.MIGCapable && migTableFor(g.Name, g.MemoryBytes>>20) != nil {
+			for gi := giID(8, 0); gi <= giID(1, 6); gi++ {
+				want = append(want, minors[cdispec.GICap(g.Minor, gi)], minors[cdispec.CICap(g.Minor, gi, 0)])
+			}
 		}
 	}
 	dir := filepath.Join(node.DevRoot, "nvidia-caps")

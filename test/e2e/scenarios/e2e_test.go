@@ -32,6 +32,7 @@ var scenarios = map[string]func(*S){
 	"two-node":    scenarioTwoNode,
 	"mig":         scenarioMIG,
 	"nvml":        scenarioNVML,
+	"dra-mig":     scenarioDRAMIG,
 }
 
 // Env is what run.sh knows about the cluster, from the environment.
