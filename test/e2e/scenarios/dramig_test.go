@@ -41,7 +41,9 @@ func (s *S) nodeGPU(i int) inventory.GPU {
 	return inventory.GPU{}
 }
 
-var capsRE = regexp.MustCompile(`(?m)^device: c.* /dev/nvidia-caps/nvidia-cap[0-9]+$`)
+// capsRE matches a character device of the pod's /dev/nvidia-caps in the
+// hold Job's listing (its glob lists the folder's entries).
+var capsRE = regexp.MustCompile(`(?m)^\s*c[-rwx]{9}.* nvidia-cap[0-9]+$`)
 
 // scenarioDRAMIG: dynamic MIG (--dra-dynamic-mig=0) on the simulated H100
 // GPU 0: the slice holds the whole GPU and its 25 placements with a counter
