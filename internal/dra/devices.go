@@ -93,7 +93,7 @@ func catalog(node *inventory.Node, dyn DynamicMIG) []entry {
 		if ps := dyn.dynamicProfiles(g); ps != nil {
 			out = append(out, entry{Name: GPUName(g), UUID: g.UUID, GPU: i, MIG: -1})
 			for _, p := range ps {
-				for _, start := range placementOrder(ps, p) {
+				for _, start := range p.Placements {
 					out = append(out, entry{Name: placementName(g, p, start), Parent: g.UUID, GPU: i, MIG: -1, Place: &placement{p, start}})
 				}
 			}
@@ -159,12 +159,12 @@ func Devices(snap inventory.Snapshot, o DeviceOptions) []resourceapi.Device {
 }
 
 // deviceGroups are the devices in their publishing groups (Pool): plain
-// devices; the whole dynamic MIG GPUs, last first; then each dynamic GPU's
-// placements, which carry the GPU's taints. Empty groups are left out.
+// devices; then each dynamic MIG GPU whole and its placements, which carry
+// the GPU's taints. Empty groups are left out.
 func deviceGroups(snap inventory.Snapshot, o DeviceOptions) [][]resourceapi.Device {
 	node := snap.Node
 	domains := nvlinkDomains(node)
-	var plain, wholes []resourceapi.Device
+	var plain []resourceapi.Device
 	var parts [][]resourceapi.Device
 	for _, e := range catalog(node, o.DynamicMIG) {
 		if e.Place != nil {
@@ -183,12 +183,10 @@ func deviceGroups(snap inventory.Snapshot, o DeviceOptions) [][]resourceapi.Devi
 		for i := range devs {
 			devs[i].Taints = Taints(snap, "", e.UUID)
 		}
-		wholes = append(wholes, devs[0])
-		parts = append(parts, devs[1:])
+		parts = append(parts, devs)
 	}
-	slices.Reverse(wholes)
 	var out [][]resourceapi.Device
-	for _, g := range append([][]resourceapi.Device{plain, wholes}, parts...) {
+	for _, g := range append([][]resourceapi.Device{plain}, parts...) {
 		if len(g) > 0 {
 			out = append(out, g)
 		}
