@@ -28,6 +28,7 @@ import (
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 
 	"github.com/gpulet/gpulet/internal/config"
+	"github.com/gpulet/gpulet/internal/hardware/sim"
 	"github.com/gpulet/gpulet/internal/nodeconfig/nodeconfigtest"
 	"github.com/gpulet/gpulet/internal/plugin"
 	"github.com/gpulet/gpulet/internal/plugin/plugintest"
@@ -365,4 +366,61 @@ func TestKubeNodeAnnotatesOnlyChanges(t *testing.T) {
 	if n := patches(); n != 1 {
 		t.Fatalf("%d patches for one change, want 1", n)
 	}
+}
+
+// The components a change affects follow it: a config with a cdi-*
+// device-list strategy has the CDI spec written and the device plugin
+// started again (it registers anew); one with MPS sharing starts the MPS
+// control daemons, and leaving it quits them.
+func TestNodeConfigRestartsAffectedComponents(t *testing.T) {
+	kubelet := plugintest.StartKubeletT(t)
+	cm := nodeconfigtest.New(t, t.TempDir(), map[string]string{
+		"default": "version: v1\n",
+		"cdi":     "version: v1\nflags: {plugin: {deviceListStrategy: [envvar, cdi-annotations]}}\n",
+		"mps":     "version: v1\nsharing: {mps: {resources: [{name: nvidia.com/gpu, replicas: 2}]}}\n",
+	})
+	client := fakeCluster(t, "n1")
+	simRoot, specDir := t.TempDir(), t.TempDir()
+	cfg := resolvedConfig(t, map[string]string{"CONFIG_FILE_SRCDIR": cm.Dir, "NODE_NAME": "n1"},
+		"--backend=sim", "--sim-profile=pcie-4x-l4", "--sim-root="+simRoot, "--device-plugin-path="+kubelet.Dir,
+		"--metrics-address=", "--pod-resources-socket=", "--node-labels=off", "--health-quiet-period=1h",
+		"--cdi-spec-dir="+specDir, "--mps-root="+t.TempDir())
+	run := startRun(cfg)
+	defer func() {
+		if err := run.stop(); err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	if _, err := kubelet.WaitRegistration(15 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	label := func(v string) {
+		t.Helper()
+		if _, err := client.CoreV1().Nodes().Patch(context.Background(), "n1", types.MergePatchType,
+			[]byte(fmt.Sprintf(`{"metadata":{"labels":{"nvidia.com/device-plugin.config":%q}}}`, v)), metav1.PatchOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	specs := func() []string { m, _ := filepath.Glob(filepath.Join(specDir, "*")); return m }
+	if s := specs(); len(s) != 0 {
+		t.Fatalf("a CDI spec with envvar: %v", s)
+	}
+
+	label("cdi")
+	if r, err := kubelet.WaitRegistration(15 * time.Second); err != nil || r.ResourceName != "nvidia.com/gpu" {
+		t.Fatalf("the device plugin did not register again for a new device-list strategy: %v", err)
+	}
+	waittest.Until(t, 5*time.Second, "the CDI spec written", func() bool { return len(specs()) > 0 })
+
+	mpsLog := func() string { b, _ := os.ReadFile(sim.MPSLogPath(simRoot)); return string(b) }
+	label("mps")
+	waittest.UntilSays(t, 15*time.Second, "4 MPS control daemons", func() (bool, string) {
+		l := mpsLog()
+		return strings.Count(l, " -d\n") == 4, l
+	})
+	label("default")
+	waittest.UntilSays(t, 15*time.Second, "the MPS control daemons quit", func() (bool, string) {
+		l := mpsLog()
+		return strings.Count(l, " quit\n") == 4, l
+	})
 }

@@ -217,6 +217,16 @@ func scenarioNodeConfig(s *S) {
 	}
 	s.Eventually(10*time.Second, "the Node says config ts4", s.ConfigStateIs("ts4", "applied", "label ts4"))
 	s.Eventually(10*time.Second, "a ConfigApplied Event", s.NodeEventSays(daemon.ConfigAppliedReason, "config ts4 applied"))
+	s.Eventually(15*time.Second, "GFD's sharing labels follow", func() error {
+		l, err := s.NodeLabels(s.Node)
+		if err != nil {
+			return err
+		}
+		if l["nvidia.com/gpu.replicas"] != "4" || !strings.HasSuffix(l["nvidia.com/gpu.product"], "-SHARED") {
+			return fmt.Errorf("gpu.replicas=%q gpu.product=%q, want 4 and -SHARED", l["nvidia.com/gpu.replicas"], l["nvidia.com/gpu.product"])
+		}
+		return nil
+	})
 	if p := s.MustGpuletPod(); p.UID != gpuletPod.UID || p.Status.ContainerStatuses[0].RestartCount != 0 {
 		s.Fatalf("gpulet's pod changed or restarted: %s (restarts %d), was %s", p.Name, p.Status.ContainerStatuses[0].RestartCount, gpuletPod.Name)
 	}
