@@ -179,7 +179,8 @@ func (g *gpulet) watchNodeConfig(ctx context.Context) error {
 	}
 	defer fw.Close()
 	if err := fw.Add(nc.base.NodeConfig.Dir); err != nil {
-		return fmt.Errorf("watch the config folder %s: %w", nc.base.NodeConfig.Dir, err)
+		// Reported, not fatal: the label and SIGHUP still apply changes.
+		nc.log.Error("cannot watch the config folder: its changes are read on a label change or SIGHUP only", "dir", nc.base.NodeConfig.Dir, "err", err)
 	}
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)

@@ -424,3 +424,34 @@ func TestNodeConfigRestartsAffectedComponents(t *testing.T) {
 		return strings.Count(l, " quit\n") == 4, l
 	})
 }
+
+// A config folder that is not there (a ConfigMap not mounted yet) is a
+// reported failure, not a stop: gpulet serves with the command line's
+// settings and keeps running.
+func TestNodeConfigMissingFolder(t *testing.T) {
+	kubelet := plugintest.StartKubeletT(t)
+	client := fakeCluster(t, "n1")
+	cfg := resolvedConfig(t, map[string]string{"CONFIG_FILE_SRCDIR": filepath.Join(t.TempDir(), "absent"), "NODE_NAME": "n1"},
+		"--backend=sim", "--sim-profile=pcie-4x-l4", "--sim-root="+t.TempDir(), "--device-plugin-path="+kubelet.Dir,
+		"--metrics-address=", "--pod-resources-socket=", "--node-labels=off", "--health-quiet-period=1h")
+	run := startRun(cfg)
+	if _, err := kubelet.WaitRegistration(15 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	waittest.UntilSays(t, 15*time.Second, "the failure on the Node", func() (bool, string) {
+		n, err := client.CoreV1().Nodes().Get(context.Background(), "n1", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		a := n.Annotations
+		return a[AnnotationConfigState] == "failed" && strings.Contains(a[AnnotationConfigMessage], "read the config folder"), fmt.Sprint(a)
+	})
+	select {
+	case err := <-run.done:
+		t.Fatalf("gpulet stopped: %v", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	if err := run.stop(); err != nil {
+		t.Errorf("Run: %v", err)
+	}
+}
