@@ -33,6 +33,7 @@ var scenarios = map[string]func(*S){
 	"mig":         scenarioMIG,
 	"nvml":        scenarioNVML,
 	"dra-mig":     scenarioDRAMIG,
+	"policy":      scenarioPolicy,
 }
 
 // Env is what run.sh knows about the cluster, from the environment.

@@ -66,10 +66,10 @@ func (s *S) LabelsAre(want map[string]string) func() error {
 	}
 }
 
-// GpuletClient is a client with a token of gpulet's service account bound to
-// its pod on node (so the token carries that node's name, which the
-// admission policies check), valid 10 minutes.
-func (s *S) GpuletClient(node string) kubernetes.Interface {
+// GpuletConfig is a client config with a token of gpulet's service account
+// bound to its pod on node (so the token carries that node's name, which
+// the admission policies check), valid 10 minutes.
+func (s *S) GpuletConfig(node string) *rest.Config {
 	s.Helper()
 	p, err := s.GpuletPodOn(node)
 	if err != nil || p == nil {
@@ -86,7 +86,13 @@ func (s *S) GpuletClient(node string) kubernetes.Interface {
 	}
 	cfg := rest.AnonymousClientConfig(s.Config)
 	cfg.BearerToken = tr.Status.Token
-	cs, err := kubernetes.NewForConfig(cfg)
+	return cfg
+}
+
+// GpuletClient is a typed client as gpulet on node (GpuletConfig).
+func (s *S) GpuletClient(node string) kubernetes.Interface {
+	s.Helper()
+	cs, err := kubernetes.NewForConfig(s.GpuletConfig(node))
 	if err != nil {
 		s.Fatal(err)
 	}
