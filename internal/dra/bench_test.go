@@ -28,7 +28,12 @@ func reportPercentiles(b *testing.B, name string, lat []time.Duration) {
 // CDI spec written and removed, the checkpoint saved each time.
 func BenchmarkPrepareUnprepareGRPC(b *testing.B) {
 	r := newRig(b, "dgx-h100")
-	c := r.claim("bench", "gpu-4")
+	benchPrepareUnprepare(b, r, r.claim("bench", "gpu-4"))
+}
+
+// benchPrepareUnprepare prepares and unprepares c, as the kubelet calls
+// them, once per iteration, and reports the percentiles of each.
+func benchPrepareUnprepare(b *testing.B, r *rig, c *resourceapi.ResourceClaim) {
 	var prep, unprep []time.Duration
 	b.ResetTimer()
 	for b.Loop() {

@@ -4,11 +4,16 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	resourceapi "k8s.io/api/resource/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
 
 	"github.com/gpulet/gpulet/internal/cdispec"
 	"github.com/gpulet/gpulet/internal/hardware"
@@ -17,15 +22,30 @@ import (
 
 // newDynRig is newRig with every GPU given to dynamic MIG on the
 // simulator, MIG mode turned off when a GPU's last instance goes.
-func newDynRig(t *testing.T, profile string) *rig {
+func newDynRig(t testing.TB, profile string) *rig {
 	t.Helper()
 	r := newRig(t, profile)
 	r.stop()
+	generateNames(r.client)
 	r.opts.MIG = r.sim
 	r.opts.DynamicMIG = func(inventory.GPU) bool { return true }
 	r.opts.MIGWholeWhenIdle = true
 	r.start()
 	return r
+}
+
+// generateNames makes the fake API server name created objects from their
+// generateName, as the real one does: a pool of several slices (counter
+// sets apart from devices) needs it.
+func generateNames(c *fake.Clientset) {
+	var n atomic.Int64
+	c.PrependReactor("create", "*", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		o := a.(k8stesting.CreateAction).GetObject()
+		if m, ok := o.(metav1.Object); ok && m.GetName() == "" && m.GetGenerateName() != "" {
+			m.SetName(m.GetGenerateName() + strconv.FormatInt(n.Add(1), 36))
+		}
+		return false, nil, nil
+	})
 }
 
 // instances are the simulated GPU's live MIG instances.

@@ -37,7 +37,7 @@ SCENARIOS=(
 SCENARIO_IDS=()
 for s in "${SCENARIOS[@]}"; do SCENARIO_IDS+=("${s%%|*}"); done
 # Scenarios that run only when GPULET_E2E_ONLY names them (not yet part of the default run).
-OPT_IN_SCENARIOS="dra-mig"
+OPT_IN_SCENARIOS=""
 
 K() { "$W/kubectl" "$@"; }
 gpulet_node() { "$W/nsrun" "$GPULET" "$@"; } # gpulet CLI on the node (inside the cluster namespace)
