@@ -160,3 +160,44 @@ func TestDRASliceHasNVIDIAsNames(t *testing.T) {
 		t.Errorf("second MIG device named %q, want NVIDIA's gpu-1-mig-3g40gb-9-4 (profile ID 9, placed at slice 4)", got)
 	}
 }
+
+// `gpulet dra slice --dra-dynamic-mig` prints the pool as the driver
+// publishes it: the counter sets first, then each dynamic GPU whole and its
+// placements; a GPU left out stays plain.
+func TestDRASliceDynamicMIG(t *testing.T) {
+	out, err := gpulet(t, "dra", "slice", "--node-name=n1", "--backend=sim", "--sim-profile=dgx-h100",
+		"--sim-root="+t.TempDir(), "--dra-dynamic-mig=0,1")
+	if err != nil {
+		t.Fatalf("gpulet dra slice: %v\n%s", err, out)
+	}
+	docs := strings.Split(out, "\n---\n")
+	if len(docs) != 4 {
+		t.Fatalf("%d slices, want 4 (counters, plain GPUs, GPU 0, GPU 1):\n%s", len(docs), out)
+	}
+	var sl []resourceapi.ResourceSlice
+	for _, d := range docs {
+		var s resourceapi.ResourceSlice
+		if err := yaml.UnmarshalStrict([]byte(d), &s); err != nil {
+			t.Fatalf("not a ResourceSlice: %v\n%s", err, d)
+		}
+		if s.Spec.Pool.ResourceSliceCount != 4 {
+			t.Errorf("%s: resourceSliceCount %d", s.Name, s.Spec.Pool.ResourceSliceCount)
+		}
+		sl = append(sl, s)
+	}
+	if len(sl[0].Spec.SharedCounters) != 2 || sl[0].Spec.SharedCounters[0].Name != "gpu-0-counter-set" || len(sl[0].Spec.Devices) != 0 {
+		t.Fatalf("first slice: %+v", sl[0].Spec)
+	}
+	if len(sl[1].Spec.Devices) != 6 || sl[1].Spec.Devices[0].Name != "gpu-2" || sl[1].Spec.Devices[0].ConsumesCounters != nil {
+		t.Fatalf("plain GPUs: %d devices, first %s", len(sl[1].Spec.Devices), sl[1].Spec.Devices[0].Name)
+	}
+	for i, s := range sl[2:] {
+		if len(s.Spec.Devices) != 26 || s.Spec.Devices[0].Name != fmt.Sprintf("gpu-%d", i) || len(s.Spec.Devices[25].ConsumesCounters) != 1 {
+			t.Fatalf("GPU %d's slice: %d devices, first %s", i, len(s.Spec.Devices), s.Spec.Devices[0].Name)
+		}
+	}
+	if out, err := gpulet(t, "dra", "slice", "--node-name=n1", "--backend=sim", "--sim-profile=dgx-h100",
+		"--sim-root="+t.TempDir(), "--dra-dynamic-mig=9"); err == nil || !strings.Contains(out, "dra-dynamic-mig names GPU 9") {
+		t.Fatalf("a GPU the node lacks: %v\n%s", err, out)
+	}
+}

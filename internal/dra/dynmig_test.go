@@ -253,3 +253,28 @@ func TestDynamicMIGPool(t *testing.T) {
 		t.Fatalf("L4 node: %+v", pool.Slices)
 	}
 }
+
+// A fault on a dynamic GPU taints the whole GPU and every one of its
+// placements (NVIDIA's xid key); the other GPU's devices stay clean.
+func TestDynamicMIGTaints(t *testing.T) {
+	node, _, dyn := dynNode(t, "dgx-h100")
+	store := inventory.NewStore(node)
+	store.SetHealth(node.GPUs[1].UUID, inventory.Health{Reason: "XID 48", XID: 48})
+	tainted, clean := 0, 0
+	for _, d := range Devices(store.Snapshot(), DeviceOptions{DynamicMIG: dyn}) {
+		onGPU1 := d.Name == "gpu-1" || strings.HasPrefix(d.Name, "gpu-1-mig-")
+		switch {
+		case onGPU1 && (len(d.Taints) != 1 || d.Taints[0].Key != TaintKeyXID || d.Taints[0].Value != "48"):
+			t.Errorf("%s: taints %+v", d.Name, d.Taints)
+		case !onGPU1 && len(d.Taints) != 0:
+			t.Errorf("%s tainted: %+v", d.Name, d.Taints)
+		case onGPU1:
+			tainted++
+		default:
+			clean++
+		}
+	}
+	if tainted != 26 || clean != 7*26 {
+		t.Fatalf("%d tainted, %d clean", tainted, clean)
+	}
+}
