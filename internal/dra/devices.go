@@ -91,7 +91,9 @@ func catalog(node *inventory.Node, dyn DynamicMIG) []entry {
 	var out []entry
 	for i, g := range node.GPUs {
 		if ps := dyn.dynamicProfiles(g); ps != nil {
-			out = append(out, entry{Name: GPUName(g), UUID: g.UUID, GPU: i, MIG: -1})
+			if !fixedMIGMode(g) {
+				out = append(out, entry{Name: GPUName(g), UUID: g.UUID, GPU: i, MIG: -1})
+			}
 			for _, p := range ps {
 				for _, start := range p.Placements {
 					out = append(out, entry{Name: placementName(g, p, start), Parent: g.UUID, GPU: i, MIG: -1, Place: &placement{p, start}})
@@ -167,21 +169,22 @@ func deviceGroups(snap inventory.Snapshot, o DeviceOptions) [][]resourceapi.Devi
 	var plain []resourceapi.Device
 	var parts [][]resourceapi.Device
 	for _, e := range catalog(node, o.DynamicMIG) {
-		if e.Place != nil {
-			continue // made with their GPU below
-		}
-		ps := o.DynamicMIG.dynamicProfiles(node.GPUs[e.GPU])
-		if ps == nil {
+		if o.DynamicMIG.dynamicProfiles(node.GPUs[e.GPU]) == nil {
 			d := device(node, e, domains, o)
 			d.Taints = Taints(snap, e.UUID, e.Parent)
 			plain = append(plain, d)
+		}
+	}
+	for i, g := range node.GPUs {
+		ps := o.DynamicMIG.dynamicProfiles(g)
+		if ps == nil {
 			continue
 		}
 		whole := o
 		whole.ConsumableCapacity = false
-		devs := dynamicDevices(node, e.GPU, ps, device(node, e, domains, whole), o)
-		for i := range devs {
-			devs[i].Taints = Taints(snap, "", e.UUID)
+		devs := dynamicDevices(node, i, ps, device(node, entry{Name: GPUName(g), UUID: g.UUID, GPU: i, MIG: -1}, domains, whole), o)
+		for k := range devs {
+			devs[k].Taints = Taints(snap, "", g.UUID)
 		}
 		parts = append(parts, devs)
 	}

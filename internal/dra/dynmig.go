@@ -99,6 +99,12 @@ func fullCounters(g inventory.GPU, ps []hardware.MIGProfile) map[string]resource
 	return counters(full, 0, slots, g.MemoryBytes)
 }
 
+// fixedMIGMode says whether g cannot switch MIG mode without a GPU reset
+// (Ampere: A100, A30; Hopper and later switch in place). Such a GPU is
+// dynamic only while MIG mode is on, is then published without its whole
+// device, and its MIG mode is never switched.
+func fixedMIGMode(g inventory.GPU) bool { return g.Architecture == "Ampere" }
+
 // dynamicProfiles are the profiles GPU g is published with, or nil when it
 // is not a dynamic MIG GPU.
 func (dyn DynamicMIG) dynamicProfiles(g inventory.GPU) []hardware.MIGProfile {
@@ -110,18 +116,22 @@ func (dyn DynamicMIG) dynamicProfiles(g inventory.GPU) []hardware.MIGProfile {
 }
 
 // dynamicDevices are the devices of dynamic GPU g (position gi in the node):
-// the whole GPU consuming everything, and every placement.
+// the whole GPU consuming everything (not on a fixedMIGMode GPU), and every
+// placement.
 func dynamicDevices(node *inventory.Node, gi int, ps []hardware.MIGProfile, whole resourceapi.Device, o DeviceOptions) []resourceapi.Device {
 	g := node.GPUs[gi]
 	set := counterSetName(g)
 	whole.ConsumesCounters = []resourceapi.DeviceCounterConsumption{{CounterSet: set, Counters: fullCounters(g, ps)}}
 	var out []resourceapi.Device
+	if !fixedMIGMode(g) {
+		out = append(out, whole) // an Ampere GPU in MIG mode is never handed out whole
+	}
 	for _, p := range ps {
 		for _, start := range p.Placements {
 			out = append(out, placementDevice(node, gi, p, start, set, o))
 		}
 	}
-	return append([]resourceapi.Device{whole}, out...)
+	return out
 }
 
 // placementDevice is a not yet existing MIG instance: the MIG device's
@@ -187,6 +197,11 @@ func LoadDynamicMIG(ctx context.Context, mig hardware.DynamicMIG, node *inventor
 		}
 		if !g.MIGCapable || mig == nil {
 			log.Info("dynamic MIG: GPU cannot do MIG; published whole", "gpu", g.Index, "uuid", g.UUID, "product", g.Name)
+			continue
+		}
+		if fixedMIGMode(g) && !g.MIGEnabled {
+			log.Info("dynamic MIG: this GPU switches MIG mode only with a GPU reset; turn MIG mode on (nvidia-smi -i <index> -mig 1, then a reset) to cut its instances on request; published whole",
+				"gpu", g.Index, "uuid", g.UUID, "architecture", g.Architecture)
 			continue
 		}
 		ps, err := mig.MIGProfiles(ctx, g.UUID)

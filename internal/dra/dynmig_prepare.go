@@ -213,10 +213,17 @@ func (d *Driver) destroyAt(ctx context.Context, gpu string, profileID, start int
 	return nil
 }
 
-// maybeWhole turns MIG mode off on gpu when configured so, no claim of cp
-// but uid holds an instance there, and none is left.
+// maybeWhole turns MIG mode off on gpu when configured so, the GPU can
+// switch without a reset, MIG mode is on, no claim of cp but uid holds an
+// instance there, and none is left.
 func (d *Driver) maybeWhole(ctx context.Context, cp *checkpoint, uid, gpu string) {
 	if !d.o.MIGWholeWhenIdle {
+		return
+	}
+	if g, _, ok := d.o.Store.Snapshot().Node.GPUByUUID(gpu); ok && fixedMIGMode(g) {
+		return // switching back needs a GPU reset
+	}
+	if on, err := d.o.MIG.MIGMode(ctx, gpu); err != nil || !on {
 		return
 	}
 	for other, pc := range cp.Claims {

@@ -290,3 +290,34 @@ func TestDynamicMIGNoSharing(t *testing.T) {
 		t.Fatal("an instance was created for a refused claim")
 	}
 }
+
+// On an A100 in MIG mode, the last instance's end leaves MIG mode on: it
+// could only be switched back with a GPU reset.
+func TestDynamicMIGAmpereKeepsMIGMode(t *testing.T) {
+	r := newRig(t, a100Dyn)
+	r.stop()
+	if err := r.sim.SetMIGMode(context.Background(), r.node.GPUs[0].UUID, true); err != nil {
+		t.Fatal(err)
+	}
+	node, err := r.sim.Discover(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.store.SetNode(node)
+	r.node = node
+	generateNames(r.client)
+	r.opts.MIG = r.sim
+	r.opts.DynamicMIG = func(inventory.GPU) bool { return true }
+	r.opts.MIGWholeWhenIdle = true
+	r.start()
+	c := r.claim("a", "gpu-0-mig-3g20gb-9-4")
+	if _, msg := r.prepare(c); msg != "" {
+		t.Fatal(msg)
+	}
+	if msg := r.unprepare(c); msg != "" {
+		t.Fatal(msg)
+	}
+	if len(r.instances(0)) != 0 || !r.migMode(0) {
+		t.Fatalf("after the claim: instances %+v, MIG mode %v; want none, on", r.instances(0), r.migMode(0))
+	}
+}

@@ -18,10 +18,23 @@ import (
 
 // dynNode is a simulated node with every MIG-capable GPU given to dynamic
 // MIG, and the backend that cuts its instances.
+// An Ampere GPU is turned to MIG mode first (it cannot switch by itself).
 func dynNode(t testing.TB, profile string) (*inventory.Node, hardware.DynamicMIG, DynamicMIG) {
 	t.Helper()
+	ctx := context.Background()
 	b, node := simtest.Backend(t, profile)
-	dyn := LoadDynamicMIG(context.Background(), b, node, func(inventory.GPU) bool { return true }, slog.New(slog.DiscardHandler))
+	for _, g := range node.GPUs {
+		if fixedMIGMode(g) && g.MIGCapable {
+			if err := b.SetMIGMode(ctx, g.UUID, true); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	node, err := b.Discover(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dyn := LoadDynamicMIG(ctx, b, node, func(inventory.GPU) bool { return true }, slog.New(slog.DiscardHandler))
 	return node, b, dyn
 }
 
@@ -183,7 +196,15 @@ func TestDynamicMIGCountersMatchHardware(t *testing.T) {
 		}
 		grow(nil, 0)
 		all := Devices(snap, o)
-		whole := all[slices.IndexFunc(all, func(d resourceapi.Device) bool { return d.Name == "gpu-0" })]
+		w := slices.IndexFunc(all, func(d resourceapi.Device) bool { return d.Name == "gpu-0" })
+		if fixedMIGMode(g) {
+			if w >= 0 {
+				t.Fatalf("%s in MIG mode published whole", g.Name)
+			}
+			t.Logf("%s: %d placement sets checked (no whole device: MIG mode switches only with a reset)", g.Name, checked)
+			continue
+		}
+		whole := all[w]
 		if !fitsCounters(sets, whole) {
 			t.Fatalf("%s: the whole GPU alone does not fit", g.Name)
 		}
@@ -196,7 +217,7 @@ func TestDynamicMIGCountersMatchHardware(t *testing.T) {
 	}
 }
 
-// a100Dyn is one A100-40GB, MIG off.
+// a100Dyn is one A100-40GB, MIG off (dynNode turns it on).
 const a100Dyn = `name: a100
 driverVersion: 580.159.04
 cudaDriverVersion: "13.0"
@@ -276,5 +297,28 @@ func TestDynamicMIGTaints(t *testing.T) {
 	}
 	if tainted != 26 || clean != 7*26 {
 		t.Fatalf("%d tainted, %d clean", tainted, clean)
+	}
+}
+
+// An A100 (Ampere: MIG mode switches only with a GPU reset) is dynamic
+// only in MIG mode, then published without its whole device; in MIG mode
+// off it is published whole, without counters.
+func TestDynamicMIGAmpere(t *testing.T) {
+	ctx := context.Background()
+	b, node := simtest.Backend(t, a100Dyn)
+	all := func(inventory.GPU) bool { return true }
+	dyn := LoadDynamicMIG(ctx, b, node, all, slog.New(slog.DiscardHandler))
+	devs := Devices(inventory.NewStore(node).Snapshot(), DeviceOptions{DynamicMIG: dyn})
+	if len(dyn) != 0 || len(devs) != 1 || devs[0].Name != "gpu-0" || devs[0].ConsumesCounters != nil {
+		t.Fatalf("A100, MIG off: %d dynamic, devices %+v", len(dyn), devs)
+	}
+	if err := b.SetMIGMode(ctx, node.GPUs[0].UUID, true); err != nil {
+		t.Fatal(err)
+	}
+	node, _ = b.Discover(ctx)
+	dyn = LoadDynamicMIG(ctx, b, node, all, slog.New(slog.DiscardHandler))
+	devs = Devices(inventory.NewStore(node).Snapshot(), DeviceOptions{DynamicMIG: dyn})
+	if len(devs) != 25 || slices.ContainsFunc(devs, func(d resourceapi.Device) bool { return d.Name == "gpu-0" }) {
+		t.Fatalf("A100, MIG on: %d devices (whole GPU among them: %v)", len(devs), slices.ContainsFunc(devs, func(d resourceapi.Device) bool { return d.Name == "gpu-0" }))
 	}
 }
