@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"slices"
 	"strings"
 
@@ -212,12 +213,17 @@ func simDevices() *cobra.Command {
 			if err := b.Publish(); err != nil {
 				return err
 			}
-			n, _ := b.Discover(cmd.Context())
+			// The profile's GPUs, all of which sim.New made nodes for: Discover
+			// would fail with the simulated driver down and leave out removed GPUs.
+			n, err := p.Node()
+			if err != nil {
+				return err
+			}
 			var names []string
 			for _, g := range n.GPUs {
 				names = append(names, fmt.Sprintf("nvidia%d", g.Minor))
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "created %s/{nvidiactl,nvidia-uvm,nvidia-uvm-tools,%s}\n", n.DevRoot, strings.Join(names, ","))
+			fmt.Fprintf(cmd.OutOrStdout(), "created %s/{nvidiactl,nvidia-uvm,nvidia-uvm-tools,%s}\n", filepath.Join(b.Root(), "dev"), strings.Join(names, ","))
 			return nil
 		},
 	}

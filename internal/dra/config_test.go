@@ -108,7 +108,7 @@ func applyConfig(ctl SharingControl, configs []resourceapi.DeviceAllocationConfi
 	return ctl.planSharing("uid", c, []sharedDevice{dev}, false)
 }
 
-// NVIDIA's quickstart claims (testdata/quickstart, unchanged): each
+// NVIDIA's quickstart claims (test/e2e/testdata/quickstart, unchanged): each
 // request's configuration is applied (on a node with the simulator's
 // capabilities). gpu-test6 selects on an `index` attribute no driver
 // publishes: the scheduler, not Prepare, fails it.
@@ -124,7 +124,7 @@ func TestQuickstartClaims(t *testing.T) {
 	}
 	for file, reqs := range want {
 		t.Run(file, func(t *testing.T) {
-			data, err := os.ReadFile(filepath.Join("testdata", "quickstart", file))
+			data, err := os.ReadFile(filepath.Join("..", "..", "test", "e2e", "testdata", "quickstart", file))
 			if err != nil {
 				t.Fatal(err)
 			}

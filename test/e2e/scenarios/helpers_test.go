@@ -210,18 +210,7 @@ func (s *S) NodeGPUs(node string) (string, error) {
 }
 
 // NodeGPUsAre is a condition: the GPU node's capacity/allocatable is want.
-func (s *S) NodeGPUsAre(want string) func() error {
-	return func() error {
-		got, err := s.NodeGPUs(s.Node)
-		if err != nil {
-			return err
-		}
-		if got != want {
-			return fmt.Errorf("nvidia.com/gpu capacity/allocatable is %q, want %q", got, want)
-		}
-		return nil
-	}
-}
+func (s *S) NodeGPUsAre(want string) func() error { return s.nodeGPUsAre(s.Node, want) }
 
 // GpuletPodOn is the DaemonSet's pod on node (nil, nil when there is none).
 func (s *S) GpuletPodOn(node string) (*corev1.Pod, error) {
