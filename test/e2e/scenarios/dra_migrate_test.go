@@ -120,6 +120,9 @@ func (s *S) nodeSliceCount(node string, n int) func() error {
 func scenarioDRAMigrate(s *S) {
 	s.Cleanup(s.DRARestore)
 	s.Cleanup(s.migrateUndo)
+	// gpulet on that node, which cannot mknod, left plain files as the
+	// device nodes in its simulator root: `sim devices` keeps what exists.
+	s.OnNode2("rm", "-rf", s.SimRoot+"/dev")
 	s.OnNode2(s.Gpulet, "sim", "devices", "--sim-root="+s.SimRoot, "--sim-profile="+s.SimProfile)
 	s.OnNode2(s.Gpulet, "sim", "driver", "up", "--sim-root="+s.SimRoot)
 	all := fmt.Sprintf("%d/%d", s.SimGPUs, s.SimGPUs)
