@@ -248,8 +248,13 @@ func (g *gpulet) nodeReady(backend hardware.Backend, node *inventory.Node) error
 
 // sampler samples telemetry and pod attribution for the metrics. Telemetry
 // covers every GPU; readiness waits for the resources the device plugin
-// serves, which are none of the GPUs DRA owns.
+// serves, which are none of the GPUs DRA owns. Without the metrics server
+// nothing reads the samples, so nothing samples (no NVML telemetry sweeps,
+// no PodResources connection): a plain device plugin does only its work.
 func (g *gpulet) sampler() component {
+	if g.cfg.MetricsAddress == "" {
+		return component{}
+	}
 	return component{
 		name: "metrics sampler",
 		start: func(context.Context) error {

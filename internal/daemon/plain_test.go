@@ -124,3 +124,51 @@ func TestPlainPluginStartsNoKubernetesClient(t *testing.T) {
 		})
 	}
 }
+
+// TestNoMetricsServerNoSampler: with --metrics-address= (the seed
+// DaemonSet's plain device plugin) nothing would read the samples, so no
+// telemetry sampler runs (no NVML sweeps, no PodResources connection); with
+// the server on, it runs.
+func TestNoMetricsServerNoSampler(t *testing.T) {
+	const sampler = "internal/metrics.(*Exporter).Run"
+	for _, metricsOn := range []bool{false, true} {
+		t.Run(map[bool]string{false: "metrics off", true: "metrics on"}[metricsOn], func(t *testing.T) {
+			dpDir := t.TempDir()
+			kubelet, err := plugintest.StartKubelet(dpDir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer kubelet.Stop()
+			cfg := simConfig(t, dpDir)
+			cfg.MetricsAddress = ""
+			if metricsOn {
+				cfg.MetricsAddress = freeAddr(t)
+			}
+			cfg.Labels = config.LabelConfig{NodeLabels: "off"}
+			run := startRun(cfg)
+			defer func() {
+				if err := run.stop(); err != nil {
+					t.Errorf("Run: %v", err)
+				}
+			}()
+			if _, err := kubelet.WaitRegistration(30 * time.Second); err != nil {
+				t.Fatal(err)
+			}
+			running := func() bool {
+				for _, g := range goroutines(t) {
+					if strings.Contains(g, sampler) {
+						return true
+					}
+				}
+				return false
+			}
+			if !metricsOn {
+				if running() {
+					t.Error("the telemetry sampler runs without a metrics server")
+				}
+				return
+			}
+			waittest.UntilSays(t, 15*time.Second, "the sampler runs", func() (bool, string) { return running(), "" })
+		})
+	}
+}
