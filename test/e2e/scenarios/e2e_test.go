@@ -37,13 +37,15 @@ var scenarios = map[string]func(*S){
 	"dra-quickstart": scenarioDRAQuickstart,
 	"dra-capacity":   scenarioDRACapacity,
 	"dra-migrate":    scenarioDRAMigrate,
+	"upgrade":        scenarioUpgrade,
 }
 
 // Env is what run.sh knows about the cluster, from the environment.
 type Env struct {
-	W          string // the run's work folder (nsrun, nsrun2, pki/, inventory.txt)
+	W          string // the run's work folder (nsrun, nsrun2, pki/)
 	Logs       string // the run's log folder (timings.tsv)
 	Gpulet     string // the gpulet binary, run on the nodes through nsrun/nsrun2
+	CBin       string // containerd's binaries (ctr)
 	Node       string // the GPU node
 	Node2      string // the CPU-only node
 	Namespace  string // gpulet's namespace
@@ -79,6 +81,7 @@ func loadEnv(t *testing.T) *Env {
 		W:          w,
 		Logs:       envOr("GPULET_E2E_LOGS", filepath.Join(w, "logs")),
 		Gpulet:     os.Getenv("GPULET_E2E_GPULET"),
+		CBin:       os.Getenv("GPULET_E2E_CBIN"),
 		Node:       envOr("GPULET_E2E_NODE", "e2e-node"),
 		Node2:      envOr("GPULET_E2E_NODE2", "e2e-node2"),
 		Namespace:  envOr("GPULET_E2E_NAMESPACE", "gpu-resources"),
