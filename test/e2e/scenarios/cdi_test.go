@@ -270,14 +270,9 @@ func scenarioCDIVideo(s *S) {
 // DriverVersion is the simulated node's driver version (gpulet list).
 func (s *S) DriverVersion() string {
 	s.Helper()
-	out := s.GpuletOnNode("list", "--backend=sim", "--sim-profile="+s.SimProfile, "--sim-root="+s.SimRoot, "-o", "json")
-	var l struct {
-		Node struct {
-			DriverVersion string `json:"driverVersion"`
-		} `json:"node"`
+	v := s.ListNode(s.SimArgs()...).DriverVersion
+	if v == "" {
+		s.Fatal("no driverVersion in gpulet list -o json")
 	}
-	if err := json.Unmarshal([]byte(out), &l); err != nil || l.Node.DriverVersion == "" {
-		s.Fatalf("no driverVersion in gpulet list -o json (%v)", err)
-	}
-	return l.Node.DriverVersion
+	return v
 }

@@ -159,21 +159,32 @@ func cmdCtx() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), 3*time.Minute)
 }
 
-// Inventory is the GPU node's GPUs as `gpulet list -o json` reports them
-// there (index, UUID, minor: the N of /dev/nvidiaN).
-func (s *S) Inventory() []inventory.GPU {
+// ListNode is `gpulet list <args> -o json` on the GPU node: what gpulet
+// finds there with those settings.
+func (s *S) ListNode(args ...string) *inventory.Node {
 	s.Helper()
-	if s.inv != nil {
-		return s.inv
-	}
-	out := s.GpuletOnNode("list", "--backend=sim", "--sim-profile="+s.SimProfile, "--sim-root="+s.SimRoot, "-o", "json")
+	out := s.GpuletOnNode(append(append([]string{"list"}, args...), "-o", "json")...)
 	var l struct {
 		Node *inventory.Node `json:"node"`
 	}
 	if err := json.Unmarshal([]byte(out), &l); err != nil || l.Node == nil {
-		s.Fatalf("gpulet list -o json: %v\n%s", err, out)
+		s.Fatalf("gpulet list %s -o json: %v\n%s", strings.Join(args, " "), err, out)
 	}
-	s.inv = l.Node.GPUs
+	return l.Node
+}
+
+// SimArgs are the gpulet flags of the DaemonSet's simulated node.
+func (s *S) SimArgs() []string {
+	return []string{"--backend=sim", "--sim-profile=" + s.SimProfile, "--sim-root=" + s.SimRoot}
+}
+
+// Inventory is the GPU node's GPUs as `gpulet list -o json` reports them
+// there (index, UUID, minor: the N of /dev/nvidiaN), read once.
+func (s *S) Inventory() []inventory.GPU {
+	s.Helper()
+	if s.inv == nil {
+		s.inv = s.ListNode(s.SimArgs()...).GPUs
+	}
 	return s.inv
 }
 

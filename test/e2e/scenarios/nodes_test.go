@@ -1,7 +1,6 @@
 package scenarios
 
 import (
-	"encoding/json"
 	"fmt"
 	"regexp"
 	"strings"
@@ -202,19 +201,13 @@ func scenarioMIG(s *S) {
 	// The simulated driver of the MIG node: its /dev/nvidia-caps nodes and mig-minors, made on the
 	// node as for the base profile (the DaemonSet cannot mknod).
 	s.GpuletOnNode("sim", "devices", "--sim-root="+s.SimRoot, "--sim-profile="+migSimProfile)
-	out := s.GpuletOnNode("list", "--backend=sim", "--sim-profile="+migSimProfile, "--sim-root="+s.SimRoot, "--mig-strategy=mixed", "-o", "json")
-	var l struct {
-		Node *inventory.Node `json:"node"`
-	}
-	if err := json.Unmarshal([]byte(out), &l); err != nil || l.Node == nil {
-		s.Fatalf("gpulet list of %s: %v", migSimProfile, err)
-	}
+	node := s.ListNode("--backend=sim", "--sim-profile="+migSimProfile, "--sim-root="+s.SimRoot, "--mig-strategy=mixed")
 	type migOf struct {
 		mig    inventory.MIGDevice
 		parent inventory.GPU
 	}
 	migs := map[string]migOf{}
-	for _, g := range l.Node.GPUs {
+	for _, g := range node.GPUs {
 		for _, m := range g.MIGDevices {
 			migs[m.UUID] = migOf{m, g}
 		}

@@ -1,7 +1,6 @@
 package scenarios
 
 import (
-	"encoding/json"
 	"fmt"
 	"os/exec"
 	"regexp"
@@ -11,8 +10,6 @@ import (
 	batchv1 "k8s.io/api/batch/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-
-	"github.com/gpulet/gpulet/internal/inventory"
 )
 
 // NVIDIA's mock NVML as the node's driver, laid out as NVIDIA's DRA driver
@@ -63,17 +60,11 @@ func scenarioNVML(s *S) {
 			"--config", nvmlRoot + "/config/config.yaml"}, args...)...)
 	}
 	s.Cleanup(func() { ctl("reset", "--gpu", "all") })
-	out := s.GpuletOnNode("list", "--backend=nvml", "--nvidia-driver-root="+nvmlRoot, "-o", "json")
-	var l struct {
-		Node *inventory.Node `json:"node"`
+	node := s.ListNode("--backend=nvml", "--nvidia-driver-root="+nvmlRoot)
+	if len(node.GPUs) != 8 {
+		s.Fatalf("the mock's inventory has %d GPUs, want 8", len(node.GPUs))
 	}
-	if err := json.Unmarshal([]byte(out), &l); err != nil || l.Node == nil {
-		s.Fatalf("gpulet list --backend=nvml on the node: %v\n%s", err, out)
-	}
-	if len(l.Node.GPUs) != 8 {
-		s.Fatalf("the mock's inventory has %d GPUs, want 8", len(l.Node.GPUs))
-	}
-	s.inv = l.Node.GPUs // the workloads' GPUs are judged against the mock's
+	s.inv = node.GPUs // the workloads' GPUs are judged against the mock's
 	s.Logf("mock inventory: %d GPUs, GPU 0 %s", len(s.inv), s.inv[0].UUID)
 
 	// The DaemonSet on the NVML backend with the mock's driver root mounted where it is on the node.
