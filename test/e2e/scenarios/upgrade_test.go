@@ -150,10 +150,23 @@ func (s *S) upgradeCapacityFull() error {
 	if err := s.GpuletStable(s.Node); err != nil {
 		return err
 	}
-	if err := s.NodeGPUsAre(fmt.Sprintf("%d/%d", s.SimGPUs, s.SimGPUs-upgradeDRAGPUs))(); err != nil {
+	if err := s.dpAllocatableIs(s.SimGPUs - upgradeDRAGPUs); err != nil {
 		return err
 	}
 	return s.SliceCountIs(upgradeDRAGPUs)()
+}
+
+// dpAllocatableIs says (nil) when the device plugin's Allocatable
+// nvidia.com/gpu on the GPU node is n.
+func (s *S) dpAllocatableIs(n int) error {
+	got, err := s.NodeGPUs(s.Node)
+	if err != nil {
+		return err
+	}
+	if _, a, _ := strings.Cut(got, "/"); a != fmt.Sprint(n) {
+		return fmt.Errorf("Allocatable nvidia.com/gpu is %q, want %d", a, n)
+	}
+	return nil
 }
 
 // upgrade is the state one roll starts from.
@@ -205,7 +218,7 @@ func (s *S) roll(u *upgrade, image, version, name string) {
 	go func() {
 		defer close(done)
 		for {
-			full := s.NodeGPUsAre(fmt.Sprintf("%d/%d", s.SimGPUs, s.SimGPUs-upgradeDRAGPUs))() == nil && s.SliceCountIs(upgradeDRAGPUs)() == nil
+			full := s.dpAllocatableIs(s.SimGPUs-upgradeDRAGPUs) == nil && s.SliceCountIs(upgradeDRAGPUs)() == nil
 			mu.Lock()
 			samples = append(samples, sample{time.Now(), full})
 			mu.Unlock()
