@@ -191,7 +191,6 @@ func (s *S) newClaim(u *upgrade, name string) {
 // again; it measures how long capacity was below full on the API server
 // (polled every 0.2 s).
 func (s *S) roll(u *upgrade, image, version, name string) {
-	s.Helper()
 	uid := s.claimUID(u.dra)
 	if err := s.ClaimPrepared(uid, true)(); err != nil {
 		s.Fatalf("before %s: %v", name, err)
