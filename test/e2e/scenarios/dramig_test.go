@@ -49,8 +49,9 @@ var capsRE = regexp.MustCompile(`(?m)^\s*c[-rwx]{9}.* nvidia-cap[0-9]+$`)
 // GPU 0: the slice holds the whole GPU and its 25 placements with a counter
 // set; a 3g.40gb and a 2g.20gb claim run at once on GPU 0, each with its
 // instance's caps nodes; a whole-GPU claim for GPU 0 stays Pending while
-// they run; a gpulet restart changes nothing for them; once they end the
-// instances are gone, MIG mode is off and the whole-GPU claim runs.
+// they run; a gpulet restart changes nothing for them; neither the claims
+// nor the restart rewrite a ResourceSlice; once they end the instances are
+// gone, MIG mode is off and the whole-GPU claim runs.
 func scenarioDRAMIG(s *S) {
 	s.Cleanup(func() {
 		s.DRARestore()
@@ -80,6 +81,10 @@ func scenarioDRAMIG(s *S) {
 	}
 
 	gpu0 := s.GPUIndex(0)
+	rv0, err := s.sliceVersions()
+	if err != nil {
+		s.Fatal(err)
+	}
 	s.CreateClaimTemplate(migClaimTemplate("mig-3g", "3g.40gb"))
 	s.CreateClaimTemplate(migClaimTemplate("mig-2g", "2g.20gb"))
 	s.CreateClaimTemplate(claimTemplate("gpu0-whole", fmt.Sprintf("device.attributes['gpu.nvidia.com'].uuid == '%s'", gpu0.UUID)))
@@ -143,6 +148,14 @@ func scenarioDRAMIG(s *S) {
 	if err := Unschedulable(s.MustJobPod("dmig-whole"), ""); err != nil {
 		s.Fatalf("after the restart: %v", err)
 	}
+	rv1, err := s.sliceVersions()
+	if err != nil {
+		s.Fatal(err)
+	}
+	if rv1 != rv0 {
+		s.Fatalf("gpulet rewrote its ResourceSlices for the MIG claims or its restart: %s -> %s", rv0, rv1)
+	}
+	s.Timing("DRA dynamic MIG: ResourceSlice writes for 2 MIG claims and a gpulet restart (count)", 0)
 
 	s.Release(s.Pod("default", p3.Name))
 	s.Release(s.Pod("default", p2.Name))
