@@ -15,12 +15,12 @@ RUN go mod download
 COPY cmd ./cmd
 COPY internal ./internal
 # make image is the release build (offline, both architectures, reproducible); this file builds the
-# same binary with Docker for the platform it runs on: pass VERSION=$(hack/version.sh) and
+# same binaries with Docker for the platform it runs on: pass VERSION=$(hack/version.sh) and
 # COMMIT=$(git rev-parse HEAD) as build args.
 ARG VERSION=dev
 ARG COMMIT=unknown
 # Two builds, as hack/image.sh lays them out: the entry point without the Kubernetes API (tag
-# nokube), which execs the full build beside it when node labels or DRA are on.
+# nokube), which execs the full build beside it when node labels, DRA or per-node config are on.
 RUN CGO_ENABLED=1 CGO_CFLAGS=-Wno-deprecated-declarations \
     go build -trimpath -ldflags "-s -w -X github.com/gpulet/gpulet/internal/version.version=${VERSION} -X github.com/gpulet/gpulet/internal/version.commit=${COMMIT}" -o /out/gpulet-kube ./cmd/gpulet && \
     CGO_ENABLED=1 CGO_CFLAGS=-Wno-deprecated-declarations \

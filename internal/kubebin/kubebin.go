@@ -4,9 +4,9 @@
 // binary of make build-lean), so a plain device plugin loads and initialises
 // no client-go, API scheme or DRA helper; the full build beside it,
 // /usr/lib/gpulet/gpulet-kube, runs whatever needs the API (node labels,
-// DRA, `labels --remove`, `dra`, a conflict's Node Event). The entry point
-// replaces itself with it (exec: same PID, arguments and environment) or, for
-// a one-off Event, runs it as a child.
+// DRA, per-node config in a cluster, `labels --remove`, `dra`, a conflict's
+// Node Event). The entry point replaces itself with it (exec: same PID,
+// arguments and environment) or, for a one-off Event, runs it as a child.
 package kubebin
 
 import (
