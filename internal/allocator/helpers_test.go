@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gpulet/gpulet/internal/allocator/allocatortest"
 	"github.com/gpulet/gpulet/internal/inventory"
 )
 
@@ -218,4 +219,44 @@ func randSubset(r *rand.Rand, n, k int) []int {
 
 func describe(devs []Device, avail, must []int, k int) string {
 	return fmt.Sprintf("avail=%v must=%v size=%d", idsOf(devs, avail), idsOf(devs, must), k)
+}
+
+// Fixture is a reference topology of allocatortest with this package's
+// Device (allocatortest cannot import the allocator: its tests import it).
+type Fixture struct {
+	Name    string
+	Links   [][]inventory.Link
+	Devices []Device
+}
+
+func fromFixture(f allocatortest.Fixture) Fixture {
+	return Fixture{Name: f.Name, Links: f.Links, Devices: allocatortest.To[Device](f.Devices)}
+}
+
+// Fixtures is allocatortest.Fixtures.
+func Fixtures() []Fixture {
+	var out []Fixture
+	for _, f := range allocatortest.Fixtures() {
+		out = append(out, fromFixture(f))
+	}
+	return out
+}
+
+// Replicated is allocatortest.Replicated.
+func Replicated(f Fixture, n int) Fixture {
+	return fromFixture(allocatortest.Replicated(allocatortest.Fixture{Name: f.Name, Links: f.Links, Devices: allocatortest.From(f.Devices)}, n))
+}
+
+// DGX1V100 is allocatortest.DGX1V100.
+func DGX1V100() ([][]inventory.Link, []Device) {
+	l, d := allocatortest.DGX1V100()
+	return l, allocatortest.To[Device](d)
+}
+
+// newLinks is allocatortest.NewLinks.
+var newLinks = allocatortest.NewLinks
+
+// wholeGPUs is allocatortest.WholeGPUs.
+func wholeGPUs(n int, numa func(int) int) []Device {
+	return allocatortest.To[Device](allocatortest.WholeGPUs(n, numa))
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/gpulet/gpulet/internal/allocator"
+	"github.com/gpulet/gpulet/internal/allocator/allocatortest"
 )
 
 // balancePolicy picks size of the free replicas (IDs, sorted).
@@ -24,7 +25,7 @@ type balancePolicy struct {
 // GPU the comparator prefers by replicas in use (fewest for distributed,
 // most for packed), ties to the GPU picked least in this request, then
 // candidate order (ID order here; NVIDIA's unstable sort leaves it open).
-func nvidiaGreedy(f allocator.Fixture, fewest bool) func(free []string, size int) []string {
+func nvidiaGreedy(f allocatortest.Fixture, fewest bool) func(free []string, size int) []string {
 	gpuOf := map[string]int{}
 	total := map[int]int{}
 	for _, d := range f.Devices {
@@ -66,14 +67,14 @@ func nvidiaGreedy(f allocator.Fixture, fewest bool) func(free []string, size int
 // GPUs loaded: spread = max − min replicas in use over the GPUs, after
 // every event.
 func balance(name string, replicas, steps int, deadline time.Duration, seed uint64) {
-	var base allocator.Fixture
-	for _, x := range allocator.Fixtures() {
+	var base allocatortest.Fixture
+	for _, x := range allocatortest.Fixtures() {
 		if x.Name == name {
 			base = x
 		}
 	}
-	f := allocator.Replicated(base, replicas)
-	topo, err := allocator.NewTopology(f.Links, f.Devices)
+	f := allocatortest.Replicated(base, replicas)
+	topo, err := allocator.NewTopology(f.Links, allocatortest.To[allocator.Device](f.Devices))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "allocbench:", err)
 		os.Exit(1)

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/gpulet/gpulet/internal/allocator"
+	"github.com/gpulet/gpulet/internal/allocator/allocatortest"
 )
 
 func main() {
@@ -69,14 +70,14 @@ var selected map[string]bool
 
 // bench is one fixture prepared for measuring.
 type bench struct {
-	f    allocator.Fixture
+	f    allocatortest.Fixture
 	topo *allocator.Topology
 	pair [][]int // device pair scores, from Topology.Score
 	gpus int
 }
 
-func load(f allocator.Fixture) *bench {
-	topo, err := allocator.NewTopology(f.Links, f.Devices)
+func load(f allocatortest.Fixture) *bench {
+	topo, err := allocator.NewTopology(f.Links, allocatortest.To[allocator.Device](f.Devices))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "allocbench:", err)
 		os.Exit(1)
@@ -239,7 +240,7 @@ func latency(trials, refTrials int, deadline time.Duration, seed uint64) {
 	fmt.Fprintln(tw, "topology\tdevices\tsize\twall p50\twall p99\twall max\tcpu p50\tcpu p99\tcpu max\tdone\tchecked\tmean ratio\tworst ratio\tref enum/bb\tfirst-N mean\tfirst-N worst\t")
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
-	for _, f := range allocator.Fixtures() {
+	for _, f := range allocatortest.Fixtures() {
 		if selected != nil && !selected[f.Name] {
 			continue
 		}
@@ -416,8 +417,8 @@ type event struct {
 // policy sees the same requests and frees the same allocations (by age), so
 // free counts match and only the placement differs.
 func replay(name string, steps int, deadline time.Duration, seed uint64) {
-	var f allocator.Fixture
-	for _, x := range allocator.Fixtures() {
+	var f allocatortest.Fixture
+	for _, x := range allocatortest.Fixtures() {
 		if x.Name == name {
 			f = x
 		}

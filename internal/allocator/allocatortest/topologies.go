@@ -1,4 +1,9 @@
-package allocator
+// Package allocatortest holds the allocator's reference topologies, shared
+// by its tests and tools/allocbench (test code: no product package imports
+// it, hack/layers.sh checks). Each returns a link matrix as
+// inventory.Node.Links holds it and one whole-GPU device per GPU (or seven
+// MIG devices per GPU).
+package allocatortest
 
 import (
 	"fmt"
@@ -6,9 +11,14 @@ import (
 	"github.com/gpulet/gpulet/internal/inventory"
 )
 
-// The fixtures below are reference topologies shared by the tests and
-// tools/allocbench. Each returns a link matrix as inventory.Node.Links holds
-// it and one whole-GPU device per GPU (or seven MIG devices per GPU).
+// Device is allocator.Device's shape (ID, parent GPU, NUMA node): convert
+// with allocator.Device(d). This package cannot import the allocator, whose
+// own tests import it.
+type Device struct {
+	ID   string
+	GPU  int
+	NUMA int
+}
 
 // Fixture names a reference topology.
 type Fixture struct {
@@ -42,9 +52,9 @@ func Fixtures() []Fixture {
 	return out
 }
 
-// newLinks returns an n×n matrix filled by f for every i≠j (f is called for
+// NewLinks returns an n×n matrix filled by f for every i≠j (f is called for
 // i<j and mirrored, so the matrix is symmetric by construction).
-func newLinks(n int, f func(i, j int) inventory.Link) [][]inventory.Link {
+func NewLinks(n int, f func(i, j int) inventory.Link) [][]inventory.Link {
 	m := make([][]inventory.Link, n)
 	for i := range m {
 		m[i] = make([]inventory.Link, n)
@@ -58,8 +68,8 @@ func newLinks(n int, f func(i, j int) inventory.Link) [][]inventory.Link {
 	return m
 }
 
-// wholeGPUs returns one device per GPU, named gpuN, with NUMA numa(N).
-func wholeGPUs(n int, numa func(int) int) []Device {
+// WholeGPUs returns one device per GPU, named gpuN, with NUMA numa(N).
+func WholeGPUs(n int, numa func(int) int) []Device {
 	d := make([]Device, n)
 	for i := range d {
 		d[i] = Device{ID: fmt.Sprintf("gpu%d", i), GPU: i, NUMA: numa(i)}
@@ -84,7 +94,7 @@ var dgx1NVLinks = [8][8]int{
 // (0,1) (2,3) (4,5) (6,7) behind one PCIe switch (PIX), the rest of a socket
 // through the host bridge (PHB), GPUs 0–3 on NUMA 0 and 4–7 on NUMA 1 (SYS).
 func DGX1V100() ([][]inventory.Link, []Device) {
-	links := newLinks(8, func(i, j int) inventory.Link {
+	links := NewLinks(8, func(i, j int) inventory.Link {
 		l := inventory.Link{NVLinks: dgx1NVLinks[i][j]}
 		switch {
 		case i/2 == j/2:
@@ -96,13 +106,13 @@ func DGX1V100() ([][]inventory.Link, []Device) {
 		}
 		return l
 	})
-	return links, wholeGPUs(8, func(i int) int { return i / 4 })
+	return links, WholeGPUs(8, func(i int) int { return i / 4 })
 }
 
 // h100Links is the DGX H100 matrix over n GPUs: NVSwitch (18 links) between
 // every pair, NODE within a NUMA node of four GPUs, SYS across.
 func h100Links(n int) [][]inventory.Link {
-	return newLinks(n, func(i, j int) inventory.Link {
+	return NewLinks(n, func(i, j int) inventory.Link {
 		l := inventory.Link{NVLinks: 18, PCIe: inventory.LevelSYS}
 		if i/4 == j/4 {
 			l.PCIe = inventory.LevelNODE
@@ -114,13 +124,13 @@ func h100Links(n int) [][]inventory.Link {
 // DGXH100 is a DGX H100: eight GPUs on NVSwitch (NV18 everywhere), GPUs 0–3
 // on NUMA 0 and 4–7 on NUMA 1.
 func DGXH100() ([][]inventory.Link, []Device) {
-	return h100Links(8), wholeGPUs(8, func(i int) int { return i / 4 })
+	return h100Links(8), WholeGPUs(8, func(i int) int { return i / 4 })
 }
 
 // DGXH100MIG7 is the DGX H100 with every GPU split into seven MIG instances
 // (56 devices), named gpuN-migM.
 func DGXH100MIG7() ([][]inventory.Link, []Device) {
-	return h100Links(8), splitGPUs(wholeGPUs(8, func(i int) int { return i / 4 }), 7)
+	return h100Links(8), splitGPUs(WholeGPUs(8, func(i int) int { return i / 4 }), 7)
 }
 
 // Islands16MIG4 is Islands16 with every GPU split into four MIG instances
@@ -144,7 +154,7 @@ func splitGPUs(gpus []Device, per int) []Device {
 // pcieSwitched is n GPUs without NVLink, two per PCIe switch (PIX), perSocket
 // per socket (NODE within a socket, SYS across).
 func pcieSwitched(n, perSocket int) ([][]inventory.Link, []Device) {
-	links := newLinks(n, func(i, j int) inventory.Link {
+	links := NewLinks(n, func(i, j int) inventory.Link {
 		switch {
 		case i/2 == j/2:
 			return inventory.Link{PCIe: inventory.LevelPIX}
@@ -154,7 +164,7 @@ func pcieSwitched(n, perSocket int) ([][]inventory.Link, []Device) {
 			return inventory.Link{PCIe: inventory.LevelSYS}
 		}
 	})
-	return links, wholeGPUs(n, func(i int) int { return i / perSocket })
+	return links, WholeGPUs(n, func(i int) int { return i / perSocket })
 }
 
 // PCIe4 is four GPUs without NVLink on two sockets, one PCIe switch of two
@@ -170,7 +180,7 @@ func PCIe8() ([][]inventory.Link, []Device) { return pcieSwitched(8, 4) }
 // islandsPerSocket islands share a socket.
 func islands(n, islandsPerSocket int) ([][]inventory.Link, []Device) {
 	socket := func(i int) int { return i / 8 / islandsPerSocket }
-	links := newLinks(n, func(i, j int) inventory.Link {
+	links := NewLinks(n, func(i, j int) inventory.Link {
 		var l inventory.Link
 		if i/8 == j/8 {
 			l.NVLinks = 18
@@ -185,7 +195,7 @@ func islands(n, islandsPerSocket int) ([][]inventory.Link, []Device) {
 		}
 		return l
 	})
-	return links, wholeGPUs(n, socket)
+	return links, WholeGPUs(n, socket)
 }
 
 // Islands16 is sixteen GPUs in two NVSwitch islands of eight, one island per
@@ -206,4 +216,31 @@ func Replicated(f Fixture, n int) Fixture {
 		}
 	}
 	return Fixture{Name: fmt.Sprintf("%s-x%d", f.Name, n), Links: f.Links, Devices: devs}
+}
+
+// deviceShape is allocator.Device's underlying type.
+type deviceShape interface {
+	~struct {
+		ID   string
+		GPU  int
+		NUMA int
+	}
+}
+
+// To converts devices to the allocator's type: To[allocator.Device](f.Devices).
+func To[T deviceShape](ds []Device) []T {
+	out := make([]T, len(ds))
+	for i, d := range ds {
+		out[i] = T(d)
+	}
+	return out
+}
+
+// From converts the allocator's devices back.
+func From[T deviceShape](ds []T) []Device {
+	out := make([]Device, len(ds))
+	for i, d := range ds {
+		out[i] = Device(d)
+	}
+	return out
 }
