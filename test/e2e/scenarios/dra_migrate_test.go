@@ -223,8 +223,8 @@ func (s *S) deleteDeployment(ns, name string) {
 	}
 }
 
-// migrateUndo removes what the recipe added (gpulet-dra and its pods, the
-// node's label) and the moved node's GPUs (its simulated driver down, the
+// migrateUndo removes what the recipe added (gpulet-dra and its pods and
+// ResourceSlices, the node's label) and the moved node's GPUs (its simulated driver down, the
 // labels its gpulet wrote); DRARestore then puts gpulet's DaemonSet back.
 func (s *S) migrateUndo() {
 	ctx := context.Background()
@@ -244,6 +244,19 @@ func (s *S) migrateUndo() {
 		return nil
 	}); err != nil {
 		s.Errorf("gpulet-dra: %v", err)
+	}
+	// Its ResourceSlices: the kubelet drops a gone plugin's slices only after a delay.
+	list, err := s.Client.ResourceV1().ResourceSlices().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		s.Errorf("list ResourceSlices: %v", err)
+	} else {
+		for _, sl := range list.Items {
+			if sl.Spec.Driver == DRADriver && sl.Spec.NodeName != nil && *sl.Spec.NodeName == s.Node2 {
+				if err := s.Client.ResourceV1().ResourceSlices().Delete(ctx, sl.Name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+					s.Errorf("delete ResourceSlice %s: %v", sl.Name, err)
+				}
+			}
+		}
 	}
 	s.OnNode2(s.Gpulet, "sim", "driver", "down", "--sim-root="+s.SimRoot)
 	if err := s.Within(30*time.Second, func() error { // retried on a conflicting update
