@@ -64,7 +64,7 @@ func deviceNodes(node *inventory.Node, o Options, uuid string) ([]*specs.DeviceN
 		}
 		for _, m := range g.MIGDevices {
 			if m.UUID == uuid {
-				return migNodes(node.DevRoot, o.MIGMinors, g, m)
+				return migNodes(node.DevRoot, o.MIGMinors, o.CapsMajor, g, m)
 			}
 		}
 	}

@@ -9,9 +9,11 @@ package cdispec
 import (
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 
 	"tags.cncf.io/container-device-interface/pkg/cdi"
 	"tags.cncf.io/container-device-interface/pkg/parser"
@@ -50,6 +52,12 @@ type Options struct {
 	// MIGMinors resolves MIG instances to their /dev/nvidia-caps nodes. A
 	// MIG instance whose capabilities are not in it is an error.
 	MIGMinors MIGMinors
+	// CapsMajor is the nvidia-caps character major (/proc/devices). With
+	// it, a caps node missing on the host (the driver makes a new MIG
+	// instance's only on demand) is given by type and numbers, which the
+	// runtime creates in the container without the host's node, as
+	// NVIDIA's DRA driver does; 0 needs the host's node.
+	CapsMajor int64
 	// Driver, if set, holds the driver files mounted into every container
 	// (see FindDriver); nil leaves that to the node.
 	Driver *Driver
@@ -108,7 +116,7 @@ func Build(node *inventory.Node, o Options) (*specs.Spec, error) {
 		gpu := devNode(node.DevRoot, "nvidia"+strconv.Itoa(g.Minor))
 		add(g.UUID, strconv.Itoa(g.Index), []*specs.DeviceNode{gpu})
 		for _, m := range g.MIGDevices {
-			nodes, err := migNodes(node.DevRoot, o.MIGMinors, g, m)
+			nodes, err := migNodes(node.DevRoot, o.MIGMinors, o.CapsMajor, g, m)
 			if err != nil {
 				return nil, err
 			}
@@ -163,7 +171,7 @@ func driverRoot(o Options) string {
 
 // migNodes are the device nodes of MIG instance m of GPU g: its parent's
 // /dev/nvidiaN and its capability nodes.
-func migNodes(devRoot string, minors MIGMinors, g inventory.GPU, m inventory.MIGDevice) ([]*specs.DeviceNode, error) {
+func migNodes(devRoot string, minors MIGMinors, capsMajor int64, g inventory.GPU, m inventory.MIGDevice) ([]*specs.DeviceNode, error) {
 	caps, err := minors.CapNodes(g.Minor, m.GI, m.CI)
 	if err != nil {
 		return nil, fmt.Errorf("MIG device %s (GPU %d, GI %d, CI %d): %w; is %s readable?",
@@ -171,9 +179,42 @@ func migNodes(devRoot string, minors MIGMinors, g inventory.GPU, m inventory.MIG
 	}
 	nodes := []*specs.DeviceNode{devNode(devRoot, "nvidia"+strconv.Itoa(g.Minor))}
 	for _, c := range caps {
-		nodes = append(nodes, devNode(devRoot, c))
+		n := devNode(devRoot, c)
+		if capsMajor > 0 && !exists(n.HostPath) {
+			minor, err := strconv.ParseInt(strings.TrimPrefix(filepath.Base(c), "nvidia-cap"), 10, 64)
+			if err != nil {
+				return nil, fmt.Errorf("caps node %s: %w", c, err)
+			}
+			mode := os.FileMode(0o444) // as the driver makes them: read-only
+			n.HostPath, n.Type, n.Major, n.Minor, n.FileMode = "", "c", capsMajor, minor, &mode
+		}
+		nodes = append(nodes, n)
 	}
 	return nodes, nil
+}
+
+// DefaultProcDevicesPath lists the kernel's character majors.
+const DefaultProcDevicesPath = "/proc/devices"
+
+// CharMajor reads the major of the character device driver name from a
+// /proc/devices file; 0 when it is not listed or the file is unreadable.
+func CharMajor(path, name string) int64 {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "Block devices") {
+			break
+		}
+		f := strings.Fields(line)
+		if len(f) == 2 && f[1] == name {
+			if n, err := strconv.ParseInt(f[0], 10, 64); err == nil {
+				return n
+			}
+		}
+	}
+	return 0
 }
 
 func devNode(devRoot, name string) *specs.DeviceNode {

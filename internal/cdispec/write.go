@@ -76,6 +76,9 @@ type Writer struct {
 	// MIGMinorsPath is re-read at each build: MIG instances change the caps
 	// they need when they are recreated. Empty means DefaultMIGMinorsPath.
 	MIGMinorsPath string
+	// ProcDevicesPath is read for the nvidia-caps major (Options.CapsMajor)
+	// at each build with MIG instances. Empty means DefaultProcDevicesPath.
+	ProcDevicesPath string
 	// DriverRoot, if set, is searched for driver files at each build.
 	DriverRoot string
 	// Capabilities select the driver files every container gets, in
@@ -124,6 +127,11 @@ func (w *Writer) resolve(node *inventory.Node) (Options, error) {
 			return o, err
 		}
 		o.MIGMinors = m
+		pd := w.ProcDevicesPath
+		if pd == "" {
+			pd = DefaultProcDevicesPath
+		}
+		o.CapsMajor = CharMajor(pd, "nvidia-caps")
 	}
 	if w.DriverRoot != "" {
 		d, err := FindDriver(w.DriverRoot, node.DriverVersion)
