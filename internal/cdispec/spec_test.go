@@ -323,19 +323,13 @@ func TestWriterFollowsInventory(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	store.SetNode(&inventory.Node{DevRoot: node.DevRoot, GPUs: append(slices.Clone(next.GPUs), added)})
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		got, _ := cdispec.Resolve(dir)
-		if slices.Contains(got, cdispec.PluginKind+"="+added.UUID) && !slices.Contains(got, cdispec.PluginKind+"="+removed.UUID) {
-			if len(got) != 9 {
-				t.Errorf("resolves %d names, want 8 GPUs and all", len(got))
-			}
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("spec not rewritten: resolves %v", got)
-		}
-		time.Sleep(10 * time.Millisecond)
+	var got []string
+	waittest.UntilSays(t, 10*time.Second, "the spec rewritten", func() (bool, string) {
+		got, _ = cdispec.Resolve(dir)
+		return slices.Contains(got, cdispec.PluginKind+"="+added.UUID) && !slices.Contains(got, cdispec.PluginKind+"="+removed.UUID), fmt.Sprint(got)
+	})
+	if len(got) != 9 {
+		t.Errorf("resolves %d names, want 8 GPUs and all", len(got))
 	}
 	stop.Store(true)
 	wg.Wait()

@@ -15,6 +15,7 @@ import (
 
 	"github.com/gpulet/gpulet/internal/metrics"
 	"github.com/gpulet/gpulet/internal/plugin"
+	"github.com/gpulet/gpulet/internal/waittest"
 )
 
 // A conflict becomes a Warning Event on the Node naming the other endpoint
@@ -34,18 +35,14 @@ func TestConflictPostsANodeEvent(t *testing.T) {
 	go func() { defer close(done); r.run(ctx) }()
 	defer func() { cancel(); <-done }()
 	var evs []corev1.Event
-	deadline := time.Now().Add(5 * time.Second)
-	for len(evs) == 0 {
+	waittest.UntilSays(t, 5*time.Second, "an Event posted", func() (bool, string) {
 		l, err := client.CoreV1().Events(metav1.NamespaceDefault).List(ctx, metav1.ListOptions{})
 		if err != nil {
-			t.Fatal(err)
+			return false, err.Error()
 		}
 		evs = l.Items
-		if time.Now().After(deadline) {
-			t.Fatal("no Event posted within 5s")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return len(evs) > 0, "no Event"
+	})
 	ev := evs[0]
 	if ev.InvolvedObject.Kind != "Node" || ev.InvolvedObject.Name != "gpu-node-1" || ev.Reason != ConflictEventReason ||
 		ev.Type != corev1.EventTypeWarning || !strings.Contains(ev.Message, "nvidia-gpu.sock") || !strings.Contains(ev.Message, "take-over") {

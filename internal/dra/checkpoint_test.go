@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gpulet/gpulet/internal/waittest"
 	resourceapi "k8s.io/api/resource/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -278,13 +279,7 @@ func TestCleanupRunsPeriodically(t *testing.T) {
 		t.Fatal(msg)
 	}
 	r.client.ResourceV1().ResourceClaims("default").Delete(context.Background(), c.Name, metav1.DeleteOptions{})
-	deadline := time.Now().Add(10 * time.Second)
-	for exists(r.specPath(c)) {
-		if time.Now().After(deadline) {
-			t.Fatal("the periodic cleanup did not remove the deleted claim's spec")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	waittest.Until(t, 10*time.Second, "the periodic cleanup removes the deleted claim's spec", func() bool { return !exists(r.specPath(c)) })
 	r.driver.mu.Lock()
 	n := len(r.driver.cp.Claims)
 	r.driver.mu.Unlock()

@@ -2,6 +2,7 @@ package dra
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -26,6 +27,7 @@ import (
 	"github.com/gpulet/gpulet/internal/hardware/sim/simtest"
 	"github.com/gpulet/gpulet/internal/inventory"
 	"github.com/gpulet/gpulet/internal/mps"
+	"github.com/gpulet/gpulet/internal/waittest"
 )
 
 const testNode = "gpu-node-1"
@@ -164,16 +166,10 @@ func (r *rig) specPath(c *resourceapi.ResourceClaim) string {
 // sliceDevices waits until the published slices hold exactly want.
 func sliceDevices(t testing.TB, client kubernetes.Interface, want []string) {
 	t.Helper()
-	var got []string
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		got = publishedNames(t, client)
-		if slices.Equal(got, want) {
-			return
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	t.Fatalf("published devices %v, want %v", got, want)
+	waittest.UntilSays(t, 10*time.Second, fmt.Sprintf("published devices %v", want), func() (bool, string) {
+		got := publishedNames(t, client)
+		return slices.Equal(got, want), fmt.Sprint(got)
+	})
 }
 
 func publishedNames(t testing.TB, client kubernetes.Interface) []string {
@@ -335,14 +331,12 @@ func TestCheckpointCorrupt(t *testing.T) {
 // match want (key=value:effect, sorted), and returns them.
 func publishedTaints(t testing.TB, client kubernetes.Interface, name string, want []string) {
 	t.Helper()
-	var got []string
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
+	waittest.UntilSays(t, 10*time.Second, fmt.Sprintf("device %s with taints %v", name, want), func() (bool, string) {
 		list, err := client.ResourceV1().ResourceSlices().List(context.Background(), metav1.ListOptions{})
 		if err != nil {
-			t.Fatal(err)
+			return false, err.Error()
 		}
-		got = nil
+		var got []string
 		for _, sl := range list.Items {
 			for _, d := range sl.Spec.Devices {
 				if d.Name == name {
@@ -353,12 +347,8 @@ func publishedTaints(t testing.TB, client kubernetes.Interface, name string, wan
 			}
 		}
 		slices.Sort(got)
-		if slices.Equal(got, want) {
-			return
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	t.Fatalf("device %s has taints %v, want %v", name, got, want)
+		return slices.Equal(got, want), fmt.Sprint(got)
+	})
 }
 
 // A fault taints the device in the slice (NVIDIA's keys): a claim that

@@ -16,6 +16,7 @@ import (
 	"github.com/gpulet/gpulet/internal/hardware/sim/simtest"
 	"github.com/gpulet/gpulet/internal/inventory"
 	"github.com/gpulet/gpulet/internal/resources"
+	"github.com/gpulet/gpulet/internal/waittest"
 )
 
 // peerPlugin is another device plugin's socket in the folder: it answers
@@ -210,16 +211,10 @@ func TestWithdrawsWhenAnotherPluginArrives(t *testing.T) {
 	if c := s.seen.wait(t, 5*time.Second); c == nil || c.Endpoint != "nvidia-gpu.sock" {
 		t.Fatalf("conflict = %+v, want nvidia-gpu.sock", c)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		if _, err := os.Lstat(filepath.Join(s.dir, endpoint)); os.IsNotExist(err) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("gpulet still serves its socket 5s after the conflict")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waittest.Until(t, 5*time.Second, "gpulet stops serving its socket after the conflict", func() bool {
+		_, err := os.Lstat(filepath.Join(s.dir, endpoint))
+		return os.IsNotExist(err)
+	})
 	s.noRegistration(t, 1500*time.Millisecond)
 }
 

@@ -3,6 +3,7 @@ package plugin
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"sort"
@@ -18,6 +19,7 @@ import (
 	"github.com/gpulet/gpulet/internal/inventory"
 	"github.com/gpulet/gpulet/internal/plugin/plugintest"
 	"github.com/gpulet/gpulet/internal/resources"
+	"github.com/gpulet/gpulet/internal/waittest"
 )
 
 const endpoint = "gpulet-nvidia-com-gpu.sock"
@@ -262,14 +264,10 @@ func TestAllocateRejectsUnknownAndUnhealthyDevices(t *testing.T) {
 	h.store.SetHealth(bad, inventory.Health{Reason: "XID 79: GPU has fallen off the bus", XID: 79})
 	client := dial(t, h.dir, endpoint)
 	// Wait until the server has the new health (the store notifies asynchronously).
-	deadline := time.Now().Add(5 * time.Second)
-	for {
+	waittest.Until(t, 5*time.Second, "the server refuses the unhealthy GPU", func() bool {
 		_, err := client.PreStartContainer(context.Background(), &pluginapi.PreStartContainerRequest{DevicesIds: []string{bad}})
-		if err != nil || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return err != nil
+	})
 	cases := []struct {
 		name string
 		ids  []string
@@ -456,22 +454,25 @@ func TestWaitsForAbsentKubeletThenRegisters(t *testing.T) {
 	node := simtest.Node(t, "h200")
 	store := inventory.NewStore(node)
 	var logs strings.Builder
+	lw := &lockedWriter{w: &logs}
+	log := func() string { lw.mu.Lock(); defer lw.mu.Unlock(); return logs.String() }
 	opts := &Options{PluginDir: dir, DeviceListStrategies: []string{StrategyEnvvar}, DeviceIDStrategy: IDStrategyUUID,
-		Log: newTestLogger(&logs), Poll: 20 * time.Millisecond}
+		Log: slog.New(slog.NewTextHandler(lw, &slog.HandlerOptions{Level: slog.LevelDebug})), Poll: 20 * time.Millisecond}
 	mgr := &Manager{Opts: opts, Store: store}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- mgr.Run(ctx) }()
 
-	time.Sleep(400 * time.Millisecond) // several retries without a kubelet
+	// Several retries without a kubelet (each logged at debug level).
+	waittest.Until(t, 5*time.Second, "3 failed registrations", func() bool { return strings.Count(log(), "registration failed") >= 3 })
 	k := startKubelet(t, dir)
 	k.waitRegistration(t, 5*time.Second)
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatalf("Run returned %v", err)
 	}
-	if n := strings.Count(logs.String(), "kubelet not reachable"); n != 1 {
-		t.Errorf("logged the missing kubelet %d times, want once:\n%s", n, logs.String())
+	if n := strings.Count(log(), "kubelet not reachable"); n != 1 {
+		t.Errorf("logged the missing kubelet %d times, want once:\n%s", n, log())
 	}
 	if _, err := os.Stat(filepath.Join(dir, endpoint)); !os.IsNotExist(err) {
 		t.Errorf("socket left behind after shutdown: %v", err)

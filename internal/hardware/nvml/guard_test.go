@@ -14,6 +14,7 @@ import (
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/dgxh100"
 	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/server"
+	"github.com/gpulet/gpulet/internal/waittest"
 )
 
 func TestHungCallFailsFast(t *testing.T) {
@@ -91,7 +92,11 @@ func TestTwoHungCalls(t *testing.T) {
 		}
 	}
 	blocks[0].release()
-	time.Sleep(20 * time.Millisecond)
+	waittest.Until(t, 2*time.Second, "the first stuck call returned and is forgotten", func() bool {
+		f.b.mu.Lock()
+		defer f.b.mu.Unlock()
+		return len(f.b.stuck) == 1
+	})
 	if err := f.b.Probe(context.Background(), f.devs[2].UUID); !errors.Is(err, errWedged) {
 		t.Errorf("with one call still stuck, Probe = %v; want a wedged error", err)
 	}

@@ -29,6 +29,7 @@ import (
 	"github.com/gpulet/gpulet/internal/hardware/nvml/nvmlmocktest"
 	"github.com/gpulet/gpulet/internal/health"
 	"github.com/gpulet/gpulet/internal/inventory"
+	"github.com/gpulet/gpulet/internal/waittest"
 )
 
 const mockChildEnv = "GPULET_NVML_MOCK_CHILD"
@@ -447,18 +448,6 @@ func (l *healthLog) saw(uuid string, h inventory.Health) bool {
 	return false
 }
 
-// waitFor polls cond until it holds, failing t after timeout.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %s", what, timeout)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // checkHealth injects the four faults the README describes with
 // nvml-mock-ctl, one GPU each, into a running health monitor, and checks
 // state, reason and recovery: reset-class faults (XID 48, uncorrectable ECC)
@@ -527,7 +516,7 @@ func checkHealth(t *testing.T, b *Backend, n *inventory.Node, mock string) {
 	}
 	for i, f := range faults {
 		uuid := n.GPUs[i].UUID
-		waitFor(t, bound, fmt.Sprintf("GPU %d unhealthy after %s", i, f.name), func() bool { return log.saw(uuid, f.saw) })
+		waittest.Until(t, bound, fmt.Sprintf("GPU %d unhealthy after %s", i, f.name), func() bool { return log.saw(uuid, f.saw) })
 		t.Logf("%s on GPU %d: %q", f.name, i, f.saw.Reason)
 	}
 	// The other GPUs are untouched.
@@ -545,7 +534,7 @@ func checkHealth(t *testing.T, b *Backend, n *inventory.Node, mock string) {
 			continue
 		}
 		uuid := n.GPUs[i].UUID
-		waitFor(t, bound, fmt.Sprintf("GPU %d healthy again after %s cleared", i, f.name), func() bool {
+		waittest.Until(t, bound, fmt.Sprintf("GPU %d healthy again after %s cleared", i, f.name), func() bool {
 			return log.saw(uuid, inventory.Health{Healthy: true})
 		})
 	}

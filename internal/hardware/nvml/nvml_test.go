@@ -19,6 +19,7 @@ import (
 	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/server"
 
 	"github.com/gpulet/gpulet/internal/inventory"
+	"github.com/gpulet/gpulet/internal/waittest"
 )
 
 // dgxBus holds the PCI buses of a DGX H100's eight GPUs.
@@ -128,13 +129,10 @@ func (b *blocker) release() { b.once.Do(func() { close(b.ch) }) }
 // waitUnwedged waits for every stuck call to have returned.
 func waitUnwedged(t *testing.T, b *Backend) {
 	t.Helper()
-	deadline := time.Now().Add(2 * time.Second)
-	for b.wedged("test") != nil {
-		if time.Now().After(deadline) {
-			t.Fatalf("the backend still refuses calls after the stuck call returned: %v", b.wedged("test"))
-		}
-		time.Sleep(time.Millisecond)
-	}
+	waittest.UntilSays(t, 2*time.Second, "the backend takes calls again after the stuck calls returned", func() (bool, string) {
+		err := b.wedged("test")
+		return err == nil, fmt.Sprint(err)
+	})
 }
 
 func TestNewWithoutLibrary(t *testing.T) {
