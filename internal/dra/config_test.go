@@ -3,6 +3,7 @@ package dra
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -175,4 +176,43 @@ func TestQuickstartClaims(t *testing.T) {
 			}
 		})
 	}
+}
+
+// Any opaque parameters: decoding never panics, a decoded config is valid
+// (validate accepts it again), and planning its sharing for two GPUs,
+// with and without the capabilities, never panics and, for MPS, gives
+// limits only for those GPUs, in whole MiB.
+func FuzzDecodeDeviceConfig(f *testing.F) {
+	for _, seed := range []string{
+		`{"apiVersion":"resource.nvidia.com/v1beta1","kind":"GpuConfig"}`,
+		`{"apiVersion":"resource.nvidia.com/v1beta1","kind":"GpuConfig","sharing":{"strategy":"TimeSlicing","timeSlicingConfig":{"interval":"Long"}}}`,
+		`{"apiVersion":"resource.nvidia.com/v1beta1","kind":"GpuConfig","sharing":{"strategy":"MPS","mpsConfig":{"defaultActiveThreadPercentage":50,"defaultPinnedDeviceMemoryLimit":"10Gi","defaultPerDevicePinnedMemoryLimit":{"1":"5Gi","GPU-a":"1Mi"}}}}`,
+		`{"apiVersion":"resource.nvidia.com/v1beta1","kind":"MigDeviceConfig","sharing":{"strategy":"MPS"}}`,
+		`{"apiVersion":"resource.nvidia.com/v1beta1","kind":"GpuConfig","sharing":{"strategy":"MPS","mpsConfig":{"multiUser":true}}}`,
+		`{"kind":"GpuConfig","sharing":null}`,
+	} {
+		f.Add([]byte(seed))
+	}
+	uuids := []string{"GPU-a", "GPU-b"}
+	devs := []sharedDevice{{UUID: "GPU-a", GPU: "GPU-a"}, {UUID: "GPU-b", GPU: "GPU-b"}}
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		c, err := DecodeDeviceConfig(raw)
+		if err != nil {
+			return
+		}
+		if err := c.validate(); err != nil {
+			t.Fatalf("decoded config fails validation: %v", err)
+		}
+		for _, ctl := range []SharingControl{capable, {}} {
+			a, err := ctl.planSharing("uid", c, devs, false)
+			if err != nil || a == nil || a.MPS == nil {
+				continue
+			}
+			for dev, l := range a.MPS.PinnedMemLimits {
+				if !slices.Contains(uuids, dev) || !strings.HasSuffix(l, "M") || strings.HasPrefix(l, "0") || strings.HasPrefix(l, "-") {
+					t.Fatalf("pinned limit %q for %q", l, dev)
+				}
+			}
+		}
+	})
 }
