@@ -84,6 +84,25 @@ func intAttr(d resourcev1.Device, name string) (int64, bool) {
 	return *a.IntValue, true
 }
 
+// intAttrValues is the set of values the published devices named devs have
+// for the int attribute name; a device without it fails the scenario.
+func (s *S) intAttrValues(devs []string, name string) map[int64]bool {
+	s.Helper()
+	vals := map[int64]bool{}
+	for _, n := range devs {
+		d, err := s.SliceDevice(n)
+		if err != nil {
+			s.Fatal(err)
+		}
+		v, ok := intAttr(d, name)
+		if !ok {
+			s.Fatalf("%s has no %s", n, name)
+		}
+		vals[v] = true
+	}
+	return vals
+}
+
 // scenarioDRA: the operator's DRA steps give a ResourceSlice of 8 GPUs with
 // their attributes and no nvidia.com/gpu left to the device plugin; an idle
 // driver does not rewrite its slice; the README's templates run with exactly
@@ -160,18 +179,7 @@ func scenarioDRA(s *S) {
 	s.DRAHoldJob("dra-pair", "two-gpus-nvlink")
 	s.Eventually(90*time.Second, "a 2-GPU NVLink claim runs", s.HoldRunning("dra-pair"))
 	dp := s.DRAPodDevices(s.MustJobPod("dra-pair"), 2)
-	doms := map[int64]bool{}
-	for _, n := range dp {
-		d, err := s.SliceDevice(n)
-		if err != nil {
-			s.Fatal(err)
-		}
-		v, ok := intAttr(d, "gpulet.io/nvlinkDomain")
-		if !ok {
-			s.Fatalf("%s has no gpulet.io/nvlinkDomain", n)
-		}
-		doms[v] = true
-	}
+	doms := s.intAttrValues(dp, "gpulet.io/nvlinkDomain")
 	if len(doms) != 1 {
 		s.Fatalf("the NVLink pair %v spans domains %v", dp, doms)
 	}
@@ -185,18 +193,7 @@ func scenarioDRA(s *S) {
 	s.Eventually(90*time.Second, "a 2-GPU same-NUMA claim runs", s.HoldRunning("dra-numa"))
 	pn2 := s.MustJobPod("dra-numa")
 	dn := s.DRAPodDevices(pn2, 2)
-	numa := map[int64]bool{}
-	for _, n := range dn {
-		d, err := s.SliceDevice(n)
-		if err != nil {
-			s.Fatal(err)
-		}
-		v, ok := intAttr(d, "resource.kubernetes.io/numaNode")
-		if !ok {
-			s.Fatalf("%s has no resource.kubernetes.io/numaNode", n)
-		}
-		numa[v] = true
-	}
+	numa := s.intAttrValues(dn, "resource.kubernetes.io/numaNode")
 	if len(numa) != 1 {
 		s.Fatalf("the same-NUMA pair %v spans NUMA nodes %v", dn, numa)
 	}

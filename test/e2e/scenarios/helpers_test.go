@@ -375,25 +375,32 @@ func (s *S) HoldJob(name string, gpus int) *batchv1.Job {
 
 // DeleteJob deletes a Job with its pods and waits (bounded) until both are gone.
 func (s *S) DeleteJob(ns, name string) {
+	fg := metav1.DeletePropagationForeground
+	jobs := s.Client.BatchV1().Jobs(ns)
+	s.deleteAndWait("job "+name, func(ctx context.Context) error {
+		return jobs.Delete(ctx, name, metav1.DeleteOptions{PropagationPolicy: &fg})
+	}, func(ctx context.Context) error { _, err := jobs.Get(ctx, name, metav1.GetOptions{}); return err })
+}
+
+// deleteAndWait deletes an object (del) and waits, 90 s at most, until get
+// says it is not found. A failure is reported without ending the scenario
+// (this runs in cleanups).
+func (s *S) deleteAndWait(what string, del, get func(context.Context) error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	fg := metav1.DeletePropagationForeground
-	err := s.Client.BatchV1().Jobs(ns).Delete(ctx, name, metav1.DeleteOptions{PropagationPolicy: &fg})
-	if apierrors.IsNotFound(err) {
+	if err := del(ctx); apierrors.IsNotFound(err) {
 		return
-	}
-	if err != nil {
-		s.Errorf("delete job %s: %v", name, err)
+	} else if err != nil {
+		s.Errorf("delete %s: %v", what, err)
 		return
 	}
 	for ctx.Err() == nil {
-		_, err := s.Client.BatchV1().Jobs(ns).Get(ctx, name, metav1.GetOptions{})
-		if apierrors.IsNotFound(err) {
+		if apierrors.IsNotFound(get(ctx)) {
 			return
 		}
 		time.Sleep(Poll)
 	}
-	s.Errorf("job %s was not deleted within 90 s", name)
+	s.Errorf("%s was not deleted within 90 s", what)
 }
 
 // JobPod is the Job's (newest) pod, or nil.
@@ -662,7 +669,13 @@ func ContainerID(p *corev1.Pod) string {
 
 // NewGpuletReady is a condition: the GPU node's gpulet pod is another than
 // old and the DaemonSet is Ready (DaemonSetReady).
-func (s *S) NewGpuletReady(old string) func() error {
+func (s *S) NewGpuletReady(old string) func() error { return s.newGpulet(old, s.DaemonSetReady) }
+
+// NewGpuletRolled is a condition: the GPU node's gpulet pod is another than
+// old and the DaemonSet has rolled out (DaemonSetRolled).
+func (s *S) NewGpuletRolled(old string) func() error { return s.newGpulet(old, s.DaemonSetRolled) }
+
+func (s *S) newGpulet(old string, then func() error) func() error {
 	return func() error {
 		p, err := s.GpuletPodOn(s.Node)
 		if err != nil {
@@ -671,7 +684,7 @@ func (s *S) NewGpuletReady(old string) func() error {
 		if p == nil || p.Name == old {
 			return fmt.Errorf("no new gpulet pod on %s yet", s.Node)
 		}
-		return s.DaemonSetReady()
+		return then()
 	}
 }
 
@@ -702,22 +715,9 @@ func (s *S) CreatePod(pod *corev1.Pod) *corev1.Pod {
 
 // DeletePod deletes a pod (1 s grace) and waits (bounded) until it is gone.
 func (s *S) DeletePod(ns, name string) {
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
 	grace := int64(1)
-	err := s.Client.CoreV1().Pods(ns).Delete(ctx, name, metav1.DeleteOptions{GracePeriodSeconds: &grace})
-	if apierrors.IsNotFound(err) {
-		return
-	}
-	if err != nil {
-		s.Errorf("delete pod %s: %v", name, err)
-		return
-	}
-	for ctx.Err() == nil {
-		if _, err := s.Client.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{}); apierrors.IsNotFound(err) {
-			return
-		}
-		time.Sleep(Poll)
-	}
-	s.Errorf("pod %s was not deleted within 90 s", name)
+	pods := s.Client.CoreV1().Pods(ns)
+	s.deleteAndWait("pod "+name, func(ctx context.Context) error {
+		return pods.Delete(ctx, name, metav1.DeleteOptions{GracePeriodSeconds: &grace})
+	}, func(ctx context.Context) error { _, err := pods.Get(ctx, name, metav1.GetOptions{}); return err })
 }

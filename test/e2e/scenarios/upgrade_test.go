@@ -361,21 +361,6 @@ func (s *S) roll(u *upgrade, image, version, name string) {
 	s.Logf("%s: the claim prepared before the upgrade was unprepared after it (CDI spec and checkpoint entry gone)", name)
 }
 
-// NewGpuletRolled is a condition: the GPU node's gpulet pod is another than
-// old and the DaemonSet has rolled out (DaemonSetRolled).
-func (s *S) NewGpuletRolled(old string) func() error {
-	return func() error {
-		p, err := s.GpuletPodOn(s.Node)
-		if err != nil {
-			return err
-		}
-		if p == nil || p.Name == old {
-			return fmt.Errorf("no new gpulet pod on %s yet", s.Node)
-		}
-		return s.DaemonSetRolled()
-	}
-}
-
 // scenarioUpgrade: image A (this code stamped v0.0.0-20000101000000-
 // e2eprevious0, built with make build-release and hack/image.sh, imported
 // with ctr) with DRA on GPUs 0,1 and the device plugin on the other 6; a
