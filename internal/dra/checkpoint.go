@@ -26,8 +26,14 @@ const DefaultBootIDPath = "/proc/sys/kernel/random/boot_id"
 // checkpointVersion changes when the file's meaning does; a file of another
 // version is refused rather than misread. Version 1 (no states, no boot ID)
 // is read as every claim completed, written on this boot.
-// Version 2 (no sharing records) is read as is: its claims applied none.
+// Version 2 (no sharing records, no dynamic MIG records) is read as is: its
+// claims applied none.
 const checkpointVersion = 3
+
+// checkpointVersionBase is the version written while no record needs what
+// version 3 added, so that a gpulet that reads only up to version 2 (released
+// before claim configs were applied) can take the node back on a rollback.
+const checkpointVersionBase = 2
 
 // claimState is where a claim is in its two-phase Prepare or Unprepare. A
 // record is saved before the CDI spec is written or removed and again after,
@@ -88,6 +94,32 @@ type preparedDevice struct {
 	MIG *migRecord `json:"mig,omitempty"`
 }
 
+// needsV3 says whether the record holds what version 2 has no field for:
+// an applied sharing config (its MPS daemon) or a dynamic MIG instance. A
+// version-2 reader would drop those silently and leave them behind.
+func (pc preparedClaim) needsV3() bool {
+	if len(pc.Sharing) > 0 {
+		return true
+	}
+	for _, d := range pc.Devices {
+		if d.MPSDaemon != "" || d.MIG != nil {
+			return true
+		}
+	}
+	return false
+}
+
+// fileVersion is the oldest version that holds every record: 2 unless a
+// claim needs version 3.
+func (cp *checkpoint) fileVersion() int {
+	for _, pc := range cp.Claims {
+		if pc.needsV3() {
+			return checkpointVersion
+		}
+	}
+	return checkpointVersionBase
+}
+
 func newCheckpoint(bootID string) *checkpoint {
 	return &checkpoint{Version: checkpointVersion, BootID: bootID, Claims: map[string]preparedClaim{}}
 }
@@ -116,7 +148,7 @@ func loadCheckpoint(path string) (*checkpoint, error) {
 		return nil, fmt.Errorf("DRA checkpoint %s is corrupt (%v); prepared claims are unknown: drain the node's DRA pods, move the file away and restart gpulet", path, err)
 	}
 	switch cp.Version {
-	case checkpointVersion, 2:
+	case checkpointVersion, checkpointVersionBase:
 		cp.Version = checkpointVersion
 	case 1:
 		// Written before records had states: each was completed.
@@ -143,9 +175,12 @@ func loadCheckpoint(path string) (*checkpoint, error) {
 
 // save writes the checkpoint atomically: a temporary file synced, renamed
 // over the old one, and the folder synced, so a crash leaves the old file
-// or the new one.
+// or the new one. It is written as version 2 while no record needs
+// version 3 (fileVersion).
 func (cp *checkpoint) save(path string) error {
-	data, err := json.MarshalIndent(cp, "", "  ")
+	out := *cp
+	out.Version = cp.fileVersion()
+	data, err := json.MarshalIndent(&out, "", "  ")
 	if err != nil {
 		return fmt.Errorf("encode DRA checkpoint: %w", err)
 	}
