@@ -67,7 +67,8 @@ var podDefault = corev1.PodSecurityContext{SeccompProfile: &corev1.SeccompProfil
 var (
 	plainMounts = map[string]bool{"/var/lib/kubelet/device-plugins": false, "/var/lib/kubelet/pod-resources": true}
 	cdiMounts   = with(plainMounts, config.DefaultCDISpecDir, false)
-	draMountSet = with(cdiMounts, config.DefaultDRARegistrarDir, false, config.DefaultDRAPluginDir, false)
+	draMountSet = with(cdiMounts, config.DefaultDRARegistrarDir, false, config.DefaultDRAPluginDir, false,
+		config.DefaultDRAPluginDir+"/mps/shm", false)
 )
 
 func with(m map[string]bool, kv ...any) map[string]bool {
@@ -110,6 +111,45 @@ func checkPodSecurity(t *testing.T, what string, ds *appsv1.DaemonSet, mounts ma
 	}
 	if len(hostPaths) != len(got) {
 		t.Errorf("%s: host volumes %v, mounted %v", what, hostPaths, got)
+	}
+	// The driver files and devices the NVIDIA runtime adds: nvidia-smi and
+	// NVML (utility) in every mode; the MPS binaries, libcuda and the UVM
+	// devices (compute) only with DRA, for its claims' MPS daemons.
+	e := env(c)
+	caps := "utility"
+	if e["GPULET_DRA"] == "true" {
+		caps = "compute,utility"
+	}
+	if e["NVIDIA_DRIVER_CAPABILITIES"] != caps {
+		t.Errorf("%s: NVIDIA_DRIVER_CAPABILITIES=%q, want %q", what, e["NVIDIA_DRIVER_CAPABILITIES"], caps)
+	}
+}
+
+// checkMPSHost holds a DRA DaemonSet to what mps.CheckHost needs before an
+// MPS claim's daemon starts: the plugin folder (which holds the daemons'
+// pipe and log folders) mounted from the host at its own path, and the
+// host's <plugin folder>/mps/shm, nothing wider, as /dev/shm.
+func checkMPSHost(t *testing.T, what string, ds *appsv1.DaemonSet, pluginDir string) {
+	t.Helper()
+	spec := ds.Spec.Template.Spec
+	hostPaths := map[string]string{}
+	for _, v := range spec.Volumes {
+		if v.HostPath != nil {
+			hostPaths[v.Name] = v.HostPath.Path
+		}
+	}
+	mounted := map[string]string{} // container path -> host path
+	for _, m := range spec.Containers[0].VolumeMounts {
+		mounted[m.MountPath] = hostPaths[m.Name]
+	}
+	if got := mounted[pluginDir]; got != pluginDir {
+		t.Errorf("%s: the plugin folder %s is mounted from host %q", what, pluginDir, got)
+	}
+	if got, want := mounted["/dev/shm"], pluginDir+"/mps/shm"; got != want {
+		t.Errorf("%s: /dev/shm is host %q, want %s", what, got, want)
+	}
+	if e := env(spec.Containers[0]); e["GPULET_DRA_PLUGIN_DIR"] != "" && e["GPULET_DRA_PLUGIN_DIR"] != pluginDir {
+		t.Errorf("%s: GPULET_DRA_PLUGIN_DIR=%q, mounted %s", what, e["GPULET_DRA_PLUGIN_DIR"], pluginDir)
 	}
 }
 
@@ -222,7 +262,9 @@ func TestSmallestGrantPerModePlainManifests(t *testing.T) {
 		t.Errorf("the CDI patch leaves DEVICE_LIST_STRATEGY=%q", e["DEVICE_LIST_STRATEGY"])
 	}
 	checkPodSecurity(t, "plain + CDI patch", cdi, cdiMounts)
-	checkPodSecurity(t, "plain + DRA patch", patched(t, &base, "gpulet-dra-daemonset-patch.yaml"), draMountSet)
+	dra := patched(t, &base, "gpulet-dra-daemonset-patch.yaml")
+	checkPodSecurity(t, "plain + DRA patch", dra, draMountSet)
+	checkMPSHost(t, "plain + DRA patch", dra, config.DefaultDRAPluginDir)
 
 	checkGrants(t, "labels on the Node", grantsOf(t, plainObjects(t, "gpulet-rbac.yaml"), "gpulet"), nodeLabelGrant, "gpulet-node-labels")
 	checkGrants(t, "labels through NFD", grantsOf(t, plainObjects(t, "gpulet-nfd-rbac.yaml"), "gpulet"), nfdGrant, "gpulet-node-feature")
@@ -252,12 +294,19 @@ func TestSmallestGrantPerModeChart(t *testing.T) {
 			[]string{"gpulet-node-labels"}},
 		{"no labels, DRA", []string{"--set", "nodeLabels.enabled=false", "--set", "dra.enabled=true"}, draMountSet, draGrant,
 			[]string{"gpulet-resourceslices"}},
+		{"DRA, another plugin folder", []string{"--set", "dra.enabled=true", "--set", "dra.pluginDir=/data/kubelet/plugins/gpu.nvidia.com"},
+			with(cdiMounts, config.DefaultDRARegistrarDir, false, "/data/kubelet/plugins/gpu.nvidia.com", false,
+				"/data/kubelet/plugins/gpu.nvidia.com/mps/shm", false),
+			union(nodeLabelGrant, draGrant), []string{"gpulet-node-labels", "gpulet-resourceslices"}},
 	} {
 		t.Run(tc.mode, func(t *testing.T) {
 			objs := helmTemplate(t, tc.args...)
 			var ds appsv1.DaemonSet
 			strict(t, objs["DaemonSet"], &ds)
 			checkPodSecurity(t, tc.mode, &ds, tc.mounts)
+			if e := env(ds.Spec.Template.Spec.Containers[0]); e["GPULET_DRA"] == "true" {
+				checkMPSHost(t, tc.mode, &ds, e["GPULET_DRA_PLUGIN_DIR"])
+			}
 			checkGrants(t, tc.mode, grantsOf(t, objs, "gpulet"), tc.rules, tc.policies...)
 			if data, ok := objs["Job/gpulet-remove-labels"]; ok {
 				var job batchv1.Job
