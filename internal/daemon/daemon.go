@@ -203,7 +203,7 @@ func (g *gpulet) hardware() component {
 	return component{
 		name: "hardware",
 		start: func(ctx context.Context) error {
-			backend, node, err := InitHardware(ctx, g.open)
+			backend, node, err := initHardware(ctx, g.open, true)
 			if err != nil {
 				if g.cfg.FailOnInitError {
 					return err
@@ -225,9 +225,33 @@ func (g *gpulet) hardware() component {
 			return nil
 		},
 		run: func(ctx context.Context) error {
+			g.fillLinks(ctx)
 			<-ctx.Done()
 			return g.backend.Close()
 		},
+	}
+}
+
+// fillLinks scans the links of a node discovered without them and hands
+// them to the store, where the device plugin's placement waits for them. A
+// failed scan leaves placement to NUMA alone, as logged.
+func (g *gpulet) fillLinks(ctx context.Context) {
+	node := g.store.Snapshot().Node
+	ld, ok := g.backend.(hardware.LinkDeferrer)
+	if !ok || !node.LinksPending {
+		return
+	}
+	started := time.Now()
+	links, err := ld.Links(ctx, node)
+	if err != nil {
+		if ctx.Err() != nil {
+			return
+		}
+		g.log.Error("GPU links could not be read; placement goes by NUMA node only until the GPUs are rediscovered", "err", err)
+		links = nil
+	}
+	if g.store.SetLinks(node, links) {
+		g.log.Info("GPU links scanned", "gpus", len(node.GPUs), "took", time.Since(started).Round(time.Microsecond))
 	}
 }
 
@@ -315,11 +339,22 @@ func (g *gpulet) devicePlugin() component {
 // InitHardware opens the backend and discovers the node; on error nothing
 // is left open.
 func InitHardware(ctx context.Context, open Opener) (hardware.Backend, *inventory.Node, error) {
+	return initHardware(ctx, open, false)
+}
+
+// initHardware is InitHardware that, with deferLinks and a backend that
+// can, leaves the link scan to fillLinks so the device plugin registers
+// without waiting for it.
+func initHardware(ctx context.Context, open Opener, deferLinks bool) (hardware.Backend, *inventory.Node, error) {
 	backend, err := open()
 	if err != nil {
 		return nil, nil, err
 	}
-	node, err := backend.Discover(ctx)
+	discover := backend.Discover
+	if ld, ok := backend.(hardware.LinkDeferrer); ok && deferLinks {
+		discover = ld.DiscoverDevices
+	}
+	node, err := discover(ctx)
 	if err != nil {
 		backend.Close()
 		return nil, nil, fmt.Errorf("discover GPUs with the %s backend: %w", backend.Name(), err)

@@ -244,6 +244,11 @@ func (d *Driver) Err() error {
 // they differ from what it last handed over.
 func (d *Driver) publish(ctx context.Context) error {
 	snap := d.o.Store.Snapshot()
+	if snap.Node.LinksPending {
+		// The GPUs' NVLink domains are attributes: publish once the
+		// links are scanned (the store's next change), not without them.
+		return nil
+	}
 	devs := Devices(snap, d.o.Devices)
 	d.pubMu.Lock()
 	defer d.pubMu.Unlock()

@@ -123,3 +123,18 @@ type Event struct {
 	XID    uint64
 	Reason string
 }
+
+// LinkDeferrer is a Backend whose link scan is the slow part of discovery
+// (NVML: up to 18 NVLinks × 3 calls per GPU) and can run after it. The
+// daemon discovers the devices, serves them at once, and fills the links in
+// right after, so the kubelet sees the devices without waiting for the scan;
+// topology-aware placement waits for the links (resources.Resource.LinksPending).
+// Discover still returns the whole node for everything else.
+type LinkDeferrer interface {
+	// DiscoverDevices is Discover without the link matrix: the node's
+	// Links are nil and LinksPending is true.
+	DiscoverDevices(ctx context.Context) (*inventory.Node, error)
+	// Links scans the link matrix of a node DiscoverDevices returned,
+	// indexed as its GPUs.
+	Links(ctx context.Context, node *inventory.Node) ([][]inventory.Link, error)
+}

@@ -105,3 +105,39 @@ func TestLevelNamesRoundTrip(t *testing.T) {
 		t.Error("levels must order closest highest, as the pair score needs")
 	}
 }
+
+// TestSetLinksFillsPendingNodeOnly: the links of a node discovered without
+// them reach the store (and its subscribers) with the health kept; links
+// scanned for a node a rediscovery has since replaced, or for a node that
+// has its links, change nothing.
+func TestSetLinksFillsPendingNodeOnly(t *testing.T) {
+	links := [][]Link{{{}, {NVLinks: 4}}, {{NVLinks: 4}, {}}}
+	pending := node("GPU-a", "GPU-b")
+	pending.LinksPending = true
+	s := NewStore(pending)
+	s.SetHealth("GPU-b", Health{Healthy: false, Reason: "xid 79"})
+	ch, stop := s.Subscribe()
+	defer stop()
+	if !s.SetLinks(pending, links) {
+		t.Fatal("SetLinks on the pending node changed nothing")
+	}
+	select {
+	case <-ch:
+	default:
+		t.Error("subscribers were not told about the links")
+	}
+	snap := s.Snapshot()
+	if snap.Node.LinksPending || snap.Node.Link(0, 1).NVLinks != 4 || snap.Healthy("GPU-b") || pending.Links != nil {
+		t.Errorf("after SetLinks: pending %v, links %v, GPU-b healthy %v; the discovered node changed: %v",
+			snap.Node.LinksPending, snap.Node.Links, snap.Healthy("GPU-b"), pending.Links != nil)
+	}
+	if s.SetLinks(snap.Node, nil) {
+		t.Error("SetLinks replaced the links of a node that has them")
+	}
+	stale := node("GPU-a", "GPU-b")
+	stale.LinksPending = true
+	s.SetNode(node("GPU-a"))
+	if s.SetLinks(stale, links) || s.Snapshot().Node.Links != nil {
+		t.Error("SetLinks applied the links of a node the store no longer holds")
+	}
+}

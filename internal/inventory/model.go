@@ -161,6 +161,9 @@ type Node struct {
 	GPUs              []GPU  `json:"gpus"`
 	// Links[i][j] connects GPUs[i] and GPUs[j]; the diagonal is unused.
 	Links [][]Link `json:"links"`
+	// LinksPending: the links are still being scanned (Links is nil); the
+	// store gets them with SetLinks. Placement that needs them waits.
+	LinksPending bool `json:"linksPending,omitempty"`
 	// DevRoot is the host folder holding the device nodes (/dev on a real node).
 	DevRoot string `json:"devRoot"`
 }

@@ -102,6 +102,23 @@ func (s *Store) SetNode(node *Node) {
 	s.publish(Snapshot{Version: s.snap.Version + 1, Node: node, Health: health})
 }
 
+// SetLinks fills in the link matrix of node, a node DiscoverDevices
+// returned with LinksPending, once its scan is done; links nil means the
+// scan failed and placement goes by NUMA only. It reports false, changing
+// nothing, when node is no longer the store's (a rediscovery replaced it,
+// with its own links).
+func (s *Store) SetLinks(node *Node, links [][]Link) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.snap.Node != node || !node.LinksPending {
+		return false
+	}
+	n := *node
+	n.Links, n.LinksPending = links, false
+	s.publish(Snapshot{Version: s.snap.Version + 1, Node: &n, Health: s.snap.Health})
+	return true
+}
+
 // publish installs a new snapshot and wakes every subscriber. Must hold mu.
 func (s *Store) publish(snap Snapshot) {
 	s.snap = snap

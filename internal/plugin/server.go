@@ -41,6 +41,12 @@ type Placer interface {
 // best set found by then.
 const preferredBudget = 50 * time.Millisecond
 
+// topologyWait bounds how long GetPreferredAllocation waits for the
+// node's links while their scan, started with the server, is still running
+// (well under a second on an 8-GPU node); past it the placer answers from
+// NUMA alone.
+const topologyWait = 10 * time.Second
+
 // Options are shared by every resource server.
 type Options struct {
 	// PluginDir holds kubelet.sock and the plugins' sockets.
@@ -198,13 +204,22 @@ func (s *Server) ListAndWatch(_ *pluginapi.Empty, stream pluginapi.DevicePlugin_
 	started, gen := time.Now(), s.served
 	s.mu.Unlock()
 	defer s.streamEnded(started, gen)
+	var sent []resources.Device
 	for {
 		res, changed := s.current()
-		if err := stream.Send(&pluginapi.ListAndWatchResponse{Devices: apiDevices(res)}); err != nil {
-			return err
-		}
-		if o := s.opts.Observer; o != nil {
-			o.ListAndWatchSent(s.name, len(res.Devices))
+		// An update the kubelet cannot see (the links filled in, the
+		// control devices) sends nothing.
+		if sent == nil || !slices.Equal(sent, res.Devices) {
+			if err := stream.Send(&pluginapi.ListAndWatchResponse{Devices: apiDevices(res)}); err != nil {
+				return err
+			}
+			if o := s.opts.Observer; o != nil {
+				o.ListAndWatchSent(s.name, len(res.Devices))
+			}
+			sent = res.Devices
+			if sent == nil {
+				sent = []resources.Device{}
+			}
 		}
 		select {
 		case <-changed:
@@ -260,9 +275,7 @@ func apiDevices(res *resources.Resource) []*pluginapi.Device {
 // this call fails, so a placer error or a placer answer that is not a valid
 // choice falls back to a valid choice in ID order rather than an error.
 func (s *Server) GetPreferredAllocation(ctx context.Context, req *pluginapi.PreferredAllocationRequest) (*pluginapi.PreferredAllocationResponse, error) {
-	s.mu.Lock()
-	res, placer := s.res, s.placer
-	s.mu.Unlock()
+	res, placer := s.placement(ctx)
 	resp := &pluginapi.PreferredAllocationResponse{}
 	for _, cr := range req.ContainerRequests {
 		if err := checkPreferred(res, cr); err != nil {
@@ -288,6 +301,37 @@ func (s *Server) GetPreferredAllocation(ctx context.Context, req *pluginapi.Pref
 		resp.ContainerResponses = append(resp.ContainerResponses, &pluginapi.ContainerPreferredAllocationResponse{DeviceIDs: ids})
 	}
 	return resp, nil
+}
+
+// placement returns the device list and its placer once the node's links
+// are known: a call that arrives while they are still being scanned waits
+// for them, for at most topologyWait or until ctx ends, so it gets the
+// same topology-aware answer as a later one.
+func (s *Server) placement(ctx context.Context) (*resources.Resource, Placer) {
+	var timeout <-chan time.Time
+	for {
+		s.mu.Lock()
+		res, placer, changed := s.res, s.placer, s.changed
+		s.mu.Unlock()
+		if !res.LinksPending || s.opts.Placement == nil {
+			return res, placer
+		}
+		if timeout == nil {
+			s.log.Info("waiting for the GPU links before placing", "limit", topologyWait)
+			t := time.NewTimer(topologyWait)
+			defer t.Stop()
+			timeout = t.C
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			s.log.Warn("GPU links not scanned yet and the request ended; placing by NUMA only", "err", ctx.Err())
+			return res, placer
+		case <-timeout:
+			s.log.Warn("GPU links not scanned yet; placing by NUMA only", "waited", topologyWait)
+			return res, placer
+		}
+	}
 }
 
 // checkPreferred refuses a request no correct kubelet sends, naming every

@@ -106,6 +106,9 @@ type Resource struct {
 	ControlDevices []string
 	// Links is the node's link matrix, indexed by Device.GPU (shared, read-only).
 	Links [][]inventory.Link
+	// LinksPending: the node's links are still being scanned; Links is
+	// nil until an update brings them.
+	LinksPending bool
 	// MaxPerContainer, if not 0, is the most devices one container may get
 	// when any of them is a replica (NVIDIA's failRequestsGreaterThanOne).
 	MaxPerContainer int
@@ -117,6 +120,7 @@ type Resource struct {
 // unchanged one needs no update (and no new allocator topology).
 func (r *Resource) Equal(o *Resource) bool {
 	return r.Name == o.Name && r.DevRoot == o.DevRoot && r.MaxPerContainer == o.MaxPerContainer && r.MPS == o.MPS &&
+		r.LinksPending == o.LinksPending &&
 		slices.Equal(r.Devices, o.Devices) && slices.Equal(r.ControlDevices, o.ControlDevices) &&
 		slices.EqualFunc(r.Links, o.Links, slices.Equal)
 }
@@ -182,7 +186,7 @@ func Build(snap inventory.Snapshot, cfg Config) []Resource {
 			return
 		}
 		out = append(out, Resource{Name: rn, Devices: devs, DevRoot: node.DevRoot, ControlDevices: existing(node.DevRoot),
-			Links: node.Links, MaxPerContainer: limit, MPS: shared && cfg.MPS})
+			Links: node.Links, LinksPending: node.LinksPending, MaxPerContainer: limit, MPS: shared && cfg.MPS})
 	}
 	for rn, devs := range byName {
 		for i := range devs {

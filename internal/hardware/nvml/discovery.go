@@ -18,7 +18,37 @@ import (
 
 // Discover reads every GPU, its MIG devices and the links between GPUs.
 func (b *Backend) Discover(ctx context.Context) (*inventory.Node, error) {
-	n := &inventory.Node{Backend: "nvml", DevRoot: b.devRoot}
+	return b.discover(ctx, true)
+}
+
+// DiscoverDevices is Discover without the link scan, most of its NVML
+// calls (hardware.LinkDeferrer); Links reads them afterwards.
+func (b *Backend) DiscoverDevices(ctx context.Context) (*inventory.Node, error) {
+	return b.discover(ctx, false)
+}
+
+// Links reads the links between the GPUs of a node DiscoverDevices returned.
+func (b *Backend) Links(ctx context.Context, node *inventory.Node) ([][]inventory.Link, error) {
+	handles := make([]nvml.Device, len(node.GPUs))
+	for i, g := range node.GPUs {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		h, err := call(b, fmt.Sprintf("DeviceGetHandleByIndex(%d)", g.Index), func() (nvml.Device, nvml.Return) { return b.lib.DeviceGetHandleByIndex(g.Index) })
+		if err != nil {
+			return nil, fmt.Errorf("GPU %d: %w", g.Index, err)
+		}
+		handles[i] = h
+	}
+	links, err := b.links(handles, node.GPUs)
+	if err != nil {
+		return nil, fmt.Errorf("GPU topology: %w", err)
+	}
+	return links, nil
+}
+
+func (b *Backend) discover(ctx context.Context, withLinks bool) (*inventory.Node, error) {
+	n := &inventory.Node{Backend: "nvml", DevRoot: b.devRoot, LinksPending: !withLinks}
 	var err error
 	if n.DriverVersion, err = call(b, "SystemGetDriverVersion", b.lib.SystemGetDriverVersion); err != nil {
 		return nil, err
@@ -51,8 +81,10 @@ func (b *Backend) Discover(ctx context.Context) (*inventory.Node, error) {
 		}
 		n.GPUs = append(n.GPUs, g)
 	}
-	if n.Links, err = b.links(handles, n.GPUs); err != nil {
-		return nil, fmt.Errorf("GPU topology: %w", err)
+	if withLinks {
+		if n.Links, err = b.links(handles, n.GPUs); err != nil {
+			return nil, fmt.Errorf("GPU topology: %w", err)
+		}
 	}
 	if err := n.Validate(); err != nil {
 		return nil, fmt.Errorf("NVML inventory is inconsistent: %w", err)

@@ -4,6 +4,8 @@ package nvml
 
 import (
 	"context"
+	"reflect"
+	"sync/atomic"
 	"testing"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
@@ -37,6 +39,7 @@ func TestNVLinkDirect(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newFixture(t, dgxh100.New())
+			var linkCalls atomic.Int64
 			for i, d := range f.devs {
 				var peers []int
 				for j, c := range dgx1[i] {
@@ -48,6 +51,7 @@ func TestNVLinkDirect(t *testing.T) {
 					t.Fatalf("fixture: GPU %d has %d links", i, len(peers))
 				}
 				d.GetNvLinkStateFunc = func(l int) (nvml.EnableState, nvml.Return) {
+					linkCalls.Add(1)
 					switch {
 					case l < len(peers):
 						return nvml.FEATURE_ENABLED, nvml.SUCCESS
@@ -77,6 +81,23 @@ func TestNVLinkDirect(t *testing.T) {
 			}
 			if err := n.Validate(); err != nil {
 				t.Error(err)
+			}
+			// Deferred: the devices without a single link call, then the
+			// same links as Discover's.
+			linkCalls.Store(0)
+			d, err := f.b.DiscoverDevices(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c := linkCalls.Load(); c != 0 || !d.LinksPending || d.Links != nil || len(d.GPUs) != len(n.GPUs) {
+				t.Fatalf("DiscoverDevices: %d link calls, pending %v, links %v, %d GPUs", c, d.LinksPending, d.Links, len(d.GPUs))
+			}
+			links, err := f.b.Links(context.Background(), d)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(links, n.Links) {
+				t.Errorf("Links after DiscoverDevices %v, Discover's %v", links, n.Links)
 			}
 		})
 	}
