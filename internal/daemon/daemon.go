@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"sync"
 	"time"
 
 	"github.com/gpulet/gpulet/internal/allocator"
@@ -112,6 +113,11 @@ type gpulet struct {
 	mps         *mps.Manager     // mps: nil without MPS sharing
 	kube        kubeState        // kubeclient.go: the client DRA and the label publisher share
 
+	// registered is closed at the device plugin's first registration: the
+	// deferred link scan starts then (fillLinks), not beside registration.
+	registered     chan struct{}
+	registeredOnce sync.Once
+
 	sup        *supervisor
 	nodeConfig *nodeConfig     // nodeconfig.go: nil without --config-file-srcdir
 	plugins    *plugin.Manager // the device plugin's, while it runs
@@ -119,7 +125,7 @@ type gpulet struct {
 
 // newGpulet checks what can be checked before anything starts.
 func newGpulet(cfg *config.Config, open Opener, log *slog.Logger, build version.Info) (*gpulet, error) {
-	g := &gpulet{open: open, log: log, start: time.Now()}
+	g := &gpulet{open: open, log: log, start: time.Now(), registered: make(chan struct{})}
 	if err := g.setConfig(cfg); err != nil {
 		return nil, err
 	}
@@ -232,6 +238,24 @@ func (g *gpulet) hardware() component {
 	}
 }
 
+// linksDelay is the longest the deferred link scan waits for the device
+// plugin to register before it starts anyway.
+const linksDelay = 200 * time.Millisecond
+
+// registrationTap passes the device plugin's events on to the metrics and
+// tells the link scan about the first registration.
+type registrationTap struct {
+	plugin.Observer
+	g *gpulet
+}
+
+func (t registrationTap) Registration(resource string, err error) {
+	t.Observer.Registration(resource, err)
+	if err == nil {
+		t.g.registeredOnce.Do(func() { close(t.g.registered) })
+	}
+}
+
 // fillLinks scans the links of a node discovered without them and hands
 // them to the store, where the device plugin's placement waits for them. A
 // failed scan leaves placement to NUMA alone, as logged.
@@ -239,6 +263,17 @@ func (g *gpulet) fillLinks(ctx context.Context) {
 	node := g.store.Snapshot().Node
 	ld, ok := g.backend.(hardware.LinkDeferrer)
 	if !ok || !node.LinksPending {
+		return
+	}
+	// On a node with few cores the scan's NVML calls would slow the
+	// registration they no longer block: start after it, or after
+	// linksDelay when nothing registers (no kubelet yet, every GPU DRA's).
+	t := time.NewTimer(linksDelay)
+	defer t.Stop()
+	select {
+	case <-g.registered:
+	case <-t.C:
+	case <-ctx.Done():
 		return
 	}
 	started := time.Now()
@@ -314,7 +349,7 @@ func (g *gpulet) devicePlugin() component {
 					CDIKind:              plugin.DefaultCDIKind,
 					Placement:            PlacementFor(g.placement),
 					Log:                  g.log.With("component", "deviceplugin"),
-					Observer:             g.exp,
+					Observer:             registrationTap{g.exp, g},
 					TakeOver:             g.cfg.TakeOver,
 				},
 			}
