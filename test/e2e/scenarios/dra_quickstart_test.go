@@ -245,10 +245,41 @@ func (s *S) deviceUUID(name string) string {
 	return *u
 }
 
+// mpsShmScript prints, for each process on the node whose environment has
+// NODE_NAME=$1 and whose command is "gpulet run", its PID, the device and
+// inode of its /dev/shm, and those of the host's MPS shm folder $2.
+const mpsShmScript = `want=$(stat -c %d:%i "$2") || exit 1
+for p in /proc/[0-9]*; do
+  tr '\0' '\n' < $p/environ 2>/dev/null | grep -qx "NODE_NAME=$1" || continue
+  tr '\0' ' ' < $p/cmdline 2>/dev/null | grep -q 'gpulet run' || continue
+  echo "${p#/proc/} $(stat -L -c %d:%i $p/root/dev/shm 2>/dev/null || echo none) $want"
+done`
+
+// GpuletShmIsMPSShm is a condition: gpulet's /dev/shm on the GPU node is
+// the host's <plugin folder>/mps/shm, the folder MPS claims' containers
+// get as /dev/shm, as the shipped DRA patch mounts it. On a real node an
+// MPS claim fails Prepare without it; the simulator's stand-in daemon does
+// not check, so this checks the mount itself.
+func (s *S) GpuletShmIsMPSShm() error {
+	s.Helper()
+	out := s.OnNode("sh", "-c", mpsShmScript, "sh", s.Node, "/var/lib/kubelet/plugins/gpu.nvidia.com/mps/shm")
+	lines := strings.Fields(strings.TrimSpace(out))
+	if len(lines) == 0 || len(lines)%3 != 0 {
+		return fmt.Errorf("no gpulet process found on %s (%q)", s.Node, out)
+	}
+	for i := 0; i < len(lines); i += 3 {
+		if lines[i+1] != lines[i+2] {
+			return fmt.Errorf("gpulet (PID %s): /dev/shm is %s, the host's MPS shm folder %s", lines[i], lines[i+1], lines[i+2])
+		}
+	}
+	return nil
+}
+
 // scenarioDRAQuickstart: NVIDIA's quickstart claims (test/e2e/testdata/
 // quickstart, unchanged but for the container images and commands) on
 // gpulet's DRA driver. gpu-test1: two pods, two GPUs; gpu-test2: two
 // containers, one GPU; gpu-test3: two pods, one shared ResourceClaim;
+// The DaemonSet patch gives gpulet the host's MPS shm folder as /dev/shm.
 // gpu-test5: TimeSlicing Long (the simulator's compute policy records
 // interval 3) and MPS (a daemon for the claim with 50 % and 10Gi; its
 // containers get CUDA_MPS_PIPE_DIRECTORY=/tmp/nvidia-mps and the daemon's
@@ -260,6 +291,8 @@ func (s *S) deviceUUID(name string) string {
 func scenarioDRAQuickstart(s *S) {
 	s.Cleanup(s.DRARestore)
 	s.DRAOn()
+	s.Eventually(60*time.Second, "gpulet's /dev/shm is the host's MPS shm folder", s.GpuletShmIsMPSShm)
+	s.Logf("gpulet's /dev/shm is the host's %s/mps/shm (the DRA patch)", "/var/lib/kubelet/plugins/gpu.nvidia.com")
 
 	ns1, del1 := s.quickstart("gpu-test1.yaml")
 	s.Cleanup(del1)
