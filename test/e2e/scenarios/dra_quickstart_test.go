@@ -246,12 +246,13 @@ func (s *S) deviceUUID(name string) string {
 }
 
 // mpsShmScript prints, for each process on the node whose environment has
-// NODE_NAME=$1 and whose command is "gpulet run", its PID, the device and
-// inode of its /dev/shm, and those of the host's MPS shm folder $2.
+// NODE_NAME=$1 and whose executable is a gpulet (the image's entry or the
+// build it execs), its PID, the device and inode of its /dev/shm, and those
+// of the host's MPS shm folder $2.
 const mpsShmScript = `want=$(stat -c %d:%i "$2") || exit 1
 for p in /proc/[0-9]*; do
   tr '\0' '\n' < $p/environ 2>/dev/null | grep -qx "NODE_NAME=$1" || continue
-  tr '\0' ' ' < $p/cmdline 2>/dev/null | grep -q 'gpulet run' || continue
+  case $(readlink $p/exe 2>/dev/null) in *gpulet*) ;; *) continue ;; esac
   echo "${p#/proc/} $(stat -L -c %d:%i $p/root/dev/shm 2>/dev/null || echo none) $want"
 done`
 
