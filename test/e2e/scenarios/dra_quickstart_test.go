@@ -251,7 +251,7 @@ func (s *S) deviceUUID(name string) string {
 // of the host's MPS shm folder $2.
 const mpsShmScript = `want=$(stat -c %d:%i "$2") || exit 1
 for p in /proc/[0-9]*; do
-  tr '\0' '\n' < $p/environ 2>/dev/null | grep -qx "NODE_NAME=$1" || continue
+  { tr '\0' '\n' < $p/environ; } 2>/dev/null | grep -qx "NODE_NAME=$1" || continue
   case $(readlink $p/exe 2>/dev/null) in *gpulet*) ;; *) continue ;; esac
   echo "${p#/proc/} $(stat -L -c %d:%i $p/root/dev/shm 2>/dev/null || echo none) $want"
 done`
