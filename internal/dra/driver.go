@@ -161,6 +161,15 @@ func Start(ctx context.Context, o Options) (*Driver, error) {
 	// logger; route that into gpulet's slog.
 	ctx = klog.NewContext(ctx, logr.FromSlogHandler(o.Log.Handler()))
 	d.ctx = ctx
+	// The prepared claims' MPS daemons ended with the last gpulet: start
+	// them before the kubelet learns the driver is there; those that fail
+	// are retried in the background (not fatal: the other claims work).
+	mpsRetry := d.restoreMPS(ctx, d.cp.mpsClaims())
+	mpsDone := make(chan struct{})
+	go func() {
+		defer close(mpsDone)
+		d.restoreMPSRetry(ctx, mpsRetry)
+	}()
 	d.helper, err = kubeletplugin.Start(ctx, d,
 		kubeletplugin.DriverName(DriverName),
 		kubeletplugin.KubeClient(o.Client),
@@ -170,6 +179,7 @@ func Start(ctx context.Context, o Options) (*Driver, error) {
 	)
 	if err != nil {
 		d.cancel(err)
+		<-mpsDone
 		return nil, fmt.Errorf("start DRA kubelet plugin: %w", err)
 	}
 	changes, unsubscribe := o.Store.Subscribe()
@@ -177,6 +187,7 @@ func Start(ctx context.Context, o Options) (*Driver, error) {
 		unsubscribe()
 		d.cancel(err)
 		d.helper.Stop()
+		<-mpsDone
 		return nil, err
 	}
 	d.log.Info("DRA driver serving", "driver", DriverName, "pool", d.pool, "socket", filepath.Join(o.PluginDir, "dra.sock"),
@@ -198,7 +209,7 @@ func Start(ctx context.Context, o Options) (*Driver, error) {
 	go func() {
 		defer close(d.done)
 		defer d.helper.Stop()
-		defer func() { <-cleanupDone }()
+		defer func() { <-cleanupDone; <-mpsDone }()
 		defer unsubscribe()
 		for {
 			select {

@@ -28,10 +28,13 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math"
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
+	"k8s.io/apimachinery/pkg/util/wait"
 	specs "tags.cncf.io/container-device-interface/specs-go"
 
 	"github.com/gpulet/gpulet/internal/hardware"
@@ -256,4 +259,81 @@ func (s SharingControl) mpsEdits(id string) ([]string, []*specs.Mount, error) {
 		mounts = append(mounts, &specs.Mount{HostPath: m.Host, ContainerPath: m.Container, Options: []string{"rw", "nosuid", "nodev", "bind"}})
 	}
 	return env, mounts, nil
+}
+
+// mpsDaemons are the MPS control daemons a claim's record says it has.
+func mpsDaemons(all []appliedSharing) []mps.Daemon {
+	var out []mps.Daemon
+	for _, a := range all {
+		if a.Strategy == StrategyMPS && a.MPS != nil {
+			out = append(out, *a.MPS)
+		}
+	}
+	return out
+}
+
+// MPS control daemons run in gpulet's container and end with it, while the
+// claims they serve outlive it: a started driver starts them again.
+const (
+	mpsRestoreRetryFirst = time.Second
+	mpsRestoreRetryMax   = time.Minute
+)
+
+// restoreMPS starts again the MPS control daemon of every prepared claim
+// that has one, with its recorded settings (ID, folders, thread percentage,
+// pinned limits); a daemon still answering in its pipe folder is reused
+// (mps.Manager.StartDaemon). It returns the claims whose daemon did not
+// start, each logged; restoreMPSRetry retries them.
+func (d *Driver) restoreMPS(ctx context.Context, uids []string) []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var failed []string
+	for _, uid := range uids {
+		pc, ok := d.cp.Claims[uid]
+		if !ok || pc.State != statePrepareCompleted {
+			continue // unprepared since
+		}
+		var errs []error
+		for _, dm := range mpsDaemons(pc.Sharing) {
+			if d.o.Sharing.MPS == nil {
+				errs = append(errs, fmt.Errorf("MPS control daemon %s: this gpulet has no MPS control to start it", dm.ID))
+				continue
+			}
+			if err := d.o.Sharing.MPS.StartDaemon(ctx, dm); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		if err := errors.Join(errs...); err != nil {
+			d.log.Warn("DRA claim's MPS control daemon not restarted; retrying", "claim", pc.Namespace+"/"+pc.Name, "uid", uid, "err", err)
+			failed = append(failed, uid)
+		}
+	}
+	return failed
+}
+
+// restoreMPSRetry retries restoreMPS for uids with backoff until each
+// daemon started, its claim was unprepared, or ctx ended.
+func (d *Driver) restoreMPSRetry(ctx context.Context, uids []string) {
+	backoff := wait.Backoff{Duration: mpsRestoreRetryFirst, Factor: 2, Cap: mpsRestoreRetryMax, Steps: math.MaxInt32}
+	for len(uids) > 0 {
+		t := time.NewTimer(backoff.Step())
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		uids = d.restoreMPS(ctx, uids)
+	}
+}
+
+// mpsClaims are the prepared claims of cp with an MPS control daemon.
+func (cp *checkpoint) mpsClaims() []string {
+	var out []string
+	for _, uid := range cp.uids() {
+		if pc := cp.Claims[uid]; pc.State == statePrepareCompleted && len(mpsDaemons(pc.Sharing)) > 0 {
+			out = append(out, uid)
+		}
+	}
+	return out
 }

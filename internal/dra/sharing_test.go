@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	resourceapi "k8s.io/api/resource/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/gpulet/gpulet/internal/hardware"
 	"github.com/gpulet/gpulet/internal/hardware/sim"
+	"github.com/gpulet/gpulet/internal/waittest"
 )
 
 const gpuConfig = "apiVersion: resource.nvidia.com/v1beta1\nkind: GpuConfig\n"
@@ -258,4 +260,121 @@ func TestSharingFailures(t *testing.T) {
 			t.Fatalf("prepare error %q", msg)
 		}
 	})
+}
+
+// MPS daemons end with gpulet's pod; the restarted driver starts the daemon
+// of every prepared MPS claim again, with its recorded settings, before it
+// serves; one still running is reused, not started twice; Unprepare then
+// stops it. A TimeSlicing-only claim starts no daemon.
+func TestMPSDaemonRestoredAtStart(t *testing.T) {
+	r := newRig(t, "dgx-h100")
+	c := r.configuredClaim("mps", map[string][]string{"gpu": {"gpu-1", "gpu-2"}}, map[string]string{
+		"gpu": gpuConfig + "sharing: {strategy: MPS, mpsConfig: {defaultActiveThreadPercentage: 30, defaultPerDevicePinnedMemoryLimit: {\"1\": 2Gi}}}"})
+	ts := r.configuredClaim("ts", map[string][]string{"gpu": {"gpu-3"}}, map[string]string{
+		"gpu": gpuConfig + "sharing: {strategy: TimeSlicing, timeSlicingConfig: {interval: Short}}"})
+	for _, cl := range []*resourceapi.ResourceClaim{c, ts} {
+		if _, msg := r.prepare(cl); msg != "" {
+			t.Fatal(msg)
+		}
+	}
+	var daemon string
+	for _, p := range r.recorded().Claims[string(c.UID)].Devices {
+		daemon = max(daemon, p.MPSDaemon)
+	}
+	if daemon == "" {
+		t.Fatal("no MPS daemon recorded")
+	}
+	g1, g2, g3 := r.node.GPUs[1].UUID, r.node.GPUs[2].UUID, r.node.GPUs[3].UUID
+	devs := g1 + "," + g2
+	started := []string{devs + " -d", devs + " set_default_active_thread_percentage 30",
+		devs + " set_default_device_pinned_mem_limit " + g2 + " 2048M"}
+	count := func(line string) int { return strings.Count(r.mpsLog(), line+"\n") }
+	for _, l := range started {
+		if count(l) != 1 {
+			t.Fatalf("prepare: %q sent %d times:\n%s", l, count(l), r.mpsLog())
+		}
+	}
+	// The simulated daemon runs while its pipe folder's control file is
+	// there: gpulet's pod stopping ends it.
+	control := filepath.Join(r.opts.Sharing.MPS.Root, daemon, "pipe", "control")
+	r.stop()
+	if err := os.Remove(control); err != nil {
+		t.Fatal(err)
+	}
+	r.start()
+	// Start returned: the daemon runs again, in the same folders, with
+	// the same settings.
+	for _, l := range started {
+		if count(l) != 2 {
+			t.Fatalf("after restart: %q sent %d times, want 2:\n%s", l, count(l), r.mpsLog())
+		}
+	}
+	if b, err := os.ReadFile(control); err != nil || string(b) != "30" {
+		t.Fatalf("daemon after restart: %q %v", b, err)
+	}
+	if strings.Contains(r.mpsLog(), g3) {
+		t.Errorf("a daemon for the time-sliced GPU:\n%s", r.mpsLog())
+	}
+	// A restart while the daemon still runs reuses it.
+	r.stop()
+	r.start()
+	if count(devs+" -d") != 2 {
+		t.Fatalf("a running daemon was started again:\n%s", r.mpsLog())
+	}
+	for _, cl := range []*resourceapi.ResourceClaim{c, ts} {
+		if msg := r.unprepare(cl); msg != "" {
+			t.Fatal(msg)
+		}
+	}
+	if count(devs+" quit") != 1 || exists(control) {
+		t.Fatalf("unprepare did not stop the restored daemon (control file %v):\n%s", exists(control), r.mpsLog())
+	}
+	// Nothing prepared: a restart starts nothing.
+	r.stop()
+	r.start()
+	if count(devs+" -d") != 2 || strings.Contains(r.mpsLog(), g3) {
+		t.Fatalf("daemons started with no MPS claim prepared:\n%s", r.mpsLog())
+	}
+}
+
+// A daemon that does not start at driver start is not fatal: the driver
+// serves, and the start is retried until it works.
+func TestMPSDaemonRestoreRetried(t *testing.T) {
+	r := newRig(t, "dgx-h100")
+	c := r.configuredClaim("mps", map[string][]string{"gpu": {"gpu-1"}}, map[string]string{
+		"gpu": gpuConfig + "sharing: {strategy: MPS, mpsConfig: {defaultActiveThreadPercentage: 40}}"})
+	if _, msg := r.prepare(c); msg != "" {
+		t.Fatal(msg)
+	}
+	var daemon string
+	for _, p := range r.recorded().Claims[string(c.UID)].Devices {
+		daemon = max(daemon, p.MPSDaemon)
+	}
+	r.stop()
+	dir := filepath.Join(r.opts.Sharing.MPS.Root, daemon)
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	// A file where the daemon's folder goes: its start fails.
+	if err := os.WriteFile(dir, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r.start()
+	if _, msg := r.prepare(c); msg != "" {
+		t.Fatalf("driver not serving with a daemon down: %q", msg)
+	}
+	if err := os.Remove(dir); err != nil {
+		t.Fatal(err)
+	}
+	control := filepath.Join(dir, "pipe", "control")
+	waittest.Until(t, 10*time.Second, "the MPS daemon restarted by the retry", func() bool {
+		b, err := os.ReadFile(control)
+		return err == nil && string(b) == "40"
+	})
+	if msg := r.unprepare(c); msg != "" {
+		t.Fatal(msg)
+	}
+	if exists(control) {
+		t.Fatal("unprepare left the daemon running")
+	}
 }
