@@ -24,6 +24,12 @@ func DRAOwns(cfg *config.Config, node *inventory.Node) (func(inventory.GPU) bool
 	if err != nil {
 		return nil, err
 	}
+	return gpusNamed(node, indexes, all, "dra-devices names GPU %d, but this node has GPUs %v; fix --dra-devices / GPULET_DRA_DEVICES")
+}
+
+// gpusNamed selects every GPU (all) or those with the given indexes, each
+// of which node must have; notFound formats the error (index, the node's).
+func gpusNamed(node *inventory.Node, indexes []int, all bool, notFound string) (func(inventory.GPU) bool, error) {
 	if all {
 		return func(inventory.GPU) bool { return true }, nil
 	}
@@ -33,7 +39,7 @@ func DRAOwns(cfg *config.Config, node *inventory.Node) (func(inventory.GPU) bool
 	}
 	for _, i := range indexes {
 		if !slices.Contains(have, i) {
-			return nil, fmt.Errorf("dra-devices names GPU %d, but this node has GPUs %v; fix --dra-devices / GPULET_DRA_DEVICES", i, have)
+			return nil, fmt.Errorf(notFound, i, have)
 		}
 	}
 	return func(g inventory.GPU) bool { return slices.Contains(indexes, g.Index) }, nil
@@ -46,19 +52,7 @@ func DynamicMIGWants(cfg *config.Config, node *inventory.Node) (func(inventory.G
 	if err != nil || (!all && len(indexes) == 0) {
 		return nil, err
 	}
-	if all {
-		return func(inventory.GPU) bool { return true }, nil
-	}
-	var have []int
-	for _, g := range node.GPUs {
-		have = append(have, g.Index)
-	}
-	for _, i := range indexes {
-		if !slices.Contains(have, i) {
-			return nil, fmt.Errorf("dra-dynamic-mig names GPU %d, but DRA has GPUs %v; fix --dra-dynamic-mig / GPULET_DRA_DYNAMIC_MIG", i, have)
-		}
-	}
-	return func(g inventory.GPU) bool { return slices.Contains(indexes, g.Index) }, nil
+	return gpusNamed(node, indexes, all, "dra-dynamic-mig names GPU %d, but DRA has GPUs %v; fix --dra-dynamic-mig / GPULET_DRA_DYNAMIC_MIG")
 }
 
 // splitStores returns the views of store the device plugin and DRA serve,
