@@ -235,18 +235,22 @@ func (d *Driver) PrepareResourceClaims(ctx context.Context, claims []*resourceap
 		return out, nil
 	}
 	next = d.cp.clone()
+	// abandon fails claim c after undoing what its Prepare made. If the undo
+	// fails too, the record stays "started": a retry or the next start
+	// undoes it again.
+	abandon := func(c *resourceapi.ResourceClaim, pc preparedClaim, err error) {
+		if uerr := d.release(ctx, next, string(c.UID), pc); uerr != nil {
+			fail(c, errors.Join(err, uerr))
+			return
+		}
+		fail(c, err)
+		delete(next.Claims, string(c.UID))
+	}
 	var written []*resourceapi.ResourceClaim
 	for _, c := range todo {
 		pc, err := d.prepareMIG(ctx, next.Claims[string(c.UID)])
 		if err != nil {
-			if uerr := d.release(ctx, next, string(c.UID), pc); uerr != nil {
-				// The record stays "started": a retry or the next start
-				// destroys what was made.
-				fail(c, errors.Join(err, uerr))
-				continue
-			}
-			fail(c, err)
-			delete(next.Claims, string(c.UID))
+			abandon(c, pc, err)
 			continue
 		}
 		next.Claims[string(c.UID)] = pc
@@ -255,15 +259,7 @@ func (d *Driver) PrepareResourceClaims(ctx context.Context, claims []*resourceap
 			return out, nil
 		}
 		if err := d.o.Sharing.apply(ctx, pc.Sharing); err != nil {
-			err = fmt.Errorf("apply the claim's sharing config: %w", err)
-			if uerr := d.release(ctx, next, string(c.UID), pc); uerr != nil {
-				// The record stays "started": a retry or the next start
-				// undoes it again.
-				fail(c, errors.Join(err, uerr))
-				continue
-			}
-			fail(c, err)
-			delete(next.Claims, string(c.UID))
+			abandon(c, pc, fmt.Errorf("apply the claim's sharing config: %w", err))
 			continue
 		}
 		spec, err := d.writeSpec(c.UID, pc.Devices)
