@@ -39,17 +39,13 @@ func (b *Backend) MIGProfiles(_ context.Context, uuid string) ([]hardware.MIGPro
 	if err != nil {
 		return nil, err
 	}
+	idx, err := b.giProfileIndex(h)
+	if err != nil {
+		return nil, err
+	}
 	var out []hardware.MIGProfile
-	for p := 0; p < nvml.GPU_INSTANCE_PROFILE_COUNT; p++ {
-		info, err := call(b, "GetGpuInstanceProfileInfo", func() (nvml.GpuInstanceProfileInfo, nvml.Return) {
-			return h.GetGpuInstanceProfileInfo(p)
-		})
-		if err != nil {
-			if hung(err) != nil {
-				return nil, err
-			}
-			continue
-		}
+	for _, gp := range idx { // map order: SortMIGProfiles below orders fully
+		info := gp.info
 		places, err := call(b, "GetGpuInstancePossiblePlacements", func() ([]nvml.GpuInstancePlacement, nvml.Return) {
 			return h.GetGpuInstancePossiblePlacements(&info)
 		})
@@ -57,7 +53,7 @@ func (b *Backend) MIGProfiles(_ context.Context, uuid string) ([]hardware.MIGPro
 			return nil, fmt.Errorf("GPU %s, GPU-instance profile %d: %w", uuid, info.Id, err)
 		}
 		mp := hardware.MIGProfile{
-			Name: migProfile(info.SliceCount, info.SliceCount, info.MemorySizeMB, mem.Total, migSuffix(p)),
+			Name: migProfile(info.SliceCount, info.SliceCount, info.MemorySizeMB, mem.Total, migSuffix(gp.index)),
 			ID:   int(info.Id), ComputeSlices: int(info.SliceCount), MemoryBytes: info.MemorySizeMB << 20,
 			Multiprocessors: int(info.MultiprocessorCount), CopyEngines: int(info.CopyEngineCount),
 			Decoders: int(info.DecoderCount), Encoders: int(info.EncoderCount), JPEGs: int(info.JpegCount), OFAs: int(info.OfaCount),
